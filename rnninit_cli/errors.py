@@ -1,0 +1,43 @@
+"""Typed exceptions. The library raises these; only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class RnnInitError(Exception):
+    """Base class: every error rnninit raises on purpose. The message says what to do next."""
+
+    exit_code = 1
+
+
+class UsageError(RnnInitError):
+    """The command line or the call is wrong (exit status 2 in the CLI)."""
+
+    exit_code = 2
+
+
+class LayoutError(RnnInitError):
+    """Recurrent parameters whose names or shapes do not form a valid PyTorch layer."""
+
+
+class RuleError(UsageError):
+    """A malformed rule, an unknown initializer or argument, or a rule that hits nothing."""
+
+
+class SchemeError(UsageError):
+    """An unknown scheme, bad scheme arguments, or a scheme that cannot apply to a layer."""
+
+
+class NothingToDoError(RnnInitError):
+    """No recurrent parameter found, or none selected by `only`."""
+
+
+class CheckpointError(RnnInitError):
+    """A file that is missing, unreadable, truncated or not a checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A `.pt` file that would need arbitrary code to load; nothing in it was run."""
+
+
+class OutputError(RnnInitError):
+    """The output cannot be written: it exists, equals the input, or the format cannot hold the data."""

@@ -1,0 +1,223 @@
+"""Block initializers, in the style of `torch.nn.init`.
+
+Each is a small pure function that fills `tensor` in place and returns it. It draws only from the
+explicit `generator`, computes in float32 (float64 for float64 tensors) and casts to the tensor's
+dtype. Fans are those of the tensor it is given: the planner passes one gate block (`per=gate`) or
+the whole concatenated parameter (`per=matrix`). 2-D tensors are (out_features, in_features).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import RuleError
+
+
+@dataclass(frozen=True)
+class InitializerSpec:
+    """A registered initializer: its function and what the planner must know about it."""
+
+    name: str
+    function: Callable[..., torch.Tensor]
+    scoped: bool  # takes per=gate|matrix (fan-based and orthogonal initializers)
+    ndim: int | None  # 2 for matrix-only, 1 for bias-only, None for any
+    stream: str | None  # draws shared by every block of a parameter (chrono: b_i = -b_f)
+    context: tuple[str, ...]  # arguments the planner fills from the layer (hidden_size)
+
+    @property
+    def doc(self) -> str:
+        return (self.function.__doc__ or "").strip().splitlines()[0]
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """User-settable arguments and their defaults (inspect.Parameter.empty when required)."""
+        params = list(inspect.signature(self.function).parameters.values())[1:]
+        result = {p.name: p.default for p in params if p.kind is not p.KEYWORD_ONLY}
+        if self.scoped:
+            result["per"] = "gate"
+        return result
+
+
+INITIALIZERS: dict[str, InitializerSpec] = {}
+
+
+def _register(
+    *, scoped: bool = False, ndim: int | None = None, stream: str | None = None,
+    context: tuple[str, ...] = (),
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        name = function.__name__
+        INITIALIZERS[name] = InitializerSpec(name, function, scoped, ndim, stream, context)
+        return function
+
+    return decorate
+
+
+def get_initializer(name: str) -> InitializerSpec:
+    """The registered initializer `name`; `RuleError` listing the known ones otherwise."""
+    try:
+        return INITIALIZERS[name]
+    except KeyError:
+        known = ", ".join(["keep", *INITIALIZERS])
+        raise RuleError(f"unknown initializer {name!r}; known initializers: {known}") from None
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _empty(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.empty(tensor.shape, dtype=dtype or _compute_dtype(tensor))
+
+
+def _write(tensor: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        tensor.copy_(values)
+    return tensor
+
+
+def _fans(tensor: torch.Tensor) -> tuple[int, int]:
+    if tensor.dim() != 2:
+        raise RuleError(f"a fan-based initializer needs a 2-D tensor, got shape {list(tensor.shape)}")
+    fan_out, fan_in = tensor.shape
+    return fan_in, fan_out
+
+
+def _gain(nonlinearity: str, a: float) -> float:
+    gains = {"linear": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0),
+             "leaky_relu": math.sqrt(2.0 / (1 + a * a)), "selu": 0.75}
+    if nonlinearity not in gains:
+        raise RuleError(f"unknown nonlinearity {nonlinearity!r}; known: {', '.join(gains)}")
+    return gains[nonlinearity]
+
+
+def _fan(tensor: torch.Tensor, mode: str) -> int:
+    fan_in, fan_out = _fans(tensor)
+    if mode not in ("fan_in", "fan_out"):
+        raise RuleError(f"mode must be fan_in or fan_out, got {mode!r}")
+    return fan_in if mode == "fan_in" else fan_out
+
+
+def _uniform(tensor: torch.Tensor, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return _write(tensor, _empty(tensor).uniform_(low, high, generator=generator))
+
+
+def _normal(tensor: torch.Tensor, mean: float, std: float, generator: torch.Generator) -> torch.Tensor:
+    return _write(tensor, _empty(tensor).normal_(mean, std, generator=generator))
+
+
+@_register()
+def zeros(tensor: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """0."""
+    return _write(tensor, torch.zeros(tensor.shape))
+
+
+@_register()
+def ones(tensor: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """1."""
+    return _write(tensor, torch.ones(tensor.shape))
+
+
+@_register()
+def constant(tensor: torch.Tensor, value: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """value."""
+    return _write(tensor, torch.full(tensor.shape, float(value), dtype=_compute_dtype(tensor)))
+
+
+@_register()
+def uniform(tensor: torch.Tensor, a: float = 0.0, b: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
+    """U(a, b)."""
+    return _uniform(tensor, a, b, generator)
+
+
+@_register()
+def normal(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
+    """N(mean, std²)."""
+    return _normal(tensor, mean, std, generator)
+
+
+@_register(scoped=True, ndim=2)
+def xavier_uniform(tensor: torch.Tensor, gain: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
+    """U(−a, a), a = gain·√(6 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
+    fan_in, fan_out = _fans(tensor)
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return _uniform(tensor, -bound, bound, generator)
+
+
+@_register(scoped=True, ndim=2)
+def xavier_normal(tensor: torch.Tensor, gain: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
+    """N(0, σ²), σ = gain·√(2 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
+    fan_in, fan_out = _fans(tensor)
+    return _normal(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), generator)
+
+
+@_register(scoped=True, ndim=2)
+def kaiming_uniform(
+    tensor: torch.Tensor, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
+    *, generator: torch.Generator,
+) -> torch.Tensor:
+    """U(−b, b), b = gain·√(3 / fan), gain as torch.nn.init.calculate_gain (He et al. 2015)."""
+    bound = _gain(nonlinearity, a) * math.sqrt(3.0 / _fan(tensor, mode))
+    return _uniform(tensor, -bound, bound, generator)
+
+
+@_register(scoped=True, ndim=2)
+def kaiming_normal(
+    tensor: torch.Tensor, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
+    *, generator: torch.Generator,
+) -> torch.Tensor:
+    """N(0, σ²), σ = gain / √fan, gain as torch.nn.init.calculate_gain (He et al. 2015)."""
+    return _normal(tensor, 0.0, _gain(nonlinearity, a) / math.sqrt(_fan(tensor, mode)), generator)
+
+
+# Standard deviation of a unit normal truncated to [-2, 2]; Flax divides by it (variance_scaling).
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+@_register(scoped=True, ndim=2)
+def lecun_normal(tensor: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """σ·T, T ~ N(0, 1) truncated to [−2, 2], σ = √(1 / fan_in) / 0.8796 so Var = 1/fan_in (Flax)."""
+    fan_in, _ = _fans(tensor)
+    low, high = (1 + math.erf(-2 / math.sqrt(2))) / 2, (1 + math.erf(2 / math.sqrt(2))) / 2
+    u = torch.empty(tensor.shape, dtype=torch.float64).uniform_(low, high, generator=generator)
+    truncated = math.sqrt(2.0) * torch.erfinv(2 * u - 1)
+    sigma = math.sqrt(1.0 / fan_in) / TRUNCATED_NORMAL_STD
+    return _write(tensor, (sigma * truncated).clamp_(-2 * sigma, 2 * sigma))
+
+
+@_register(scoped=True, ndim=2)
+def orthogonal(tensor: torch.Tensor, gain: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
+    """gain·Q, Q from the QR of a normal matrix with sign(diag R) fixed: QᵀQ = I or QQᵀ = I (Saxe 2014)."""
+    rows, cols = tensor.shape
+    flat = torch.empty(max(rows, cols), min(rows, cols), dtype=torch.float64).normal_(generator=generator)
+    q, r = torch.linalg.qr(flat)
+    q = q * torch.sign(torch.diagonal(r))
+    return _write(tensor, gain * (q if rows >= cols else q.T))
+
+
+@_register(ndim=2)
+def identity(tensor: torch.Tensor, scale: float = 1.0, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """scale·I, ones on the main diagonal for non-square blocks (as torch.nn.init.eye_) (Le et al. 2015)."""
+    return _write(tensor, scale * torch.eye(*tensor.shape, dtype=_compute_dtype(tensor)))
+
+
+@_register(context=("hidden_size",))
+def pytorch(tensor: torch.Tensor, hidden_size: int, *, generator: torch.Generator) -> torch.Tensor:
+    """U(−1/√hidden_size, 1/√hidden_size), as torch.nn.RNNBase.reset_parameters."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    return _uniform(tensor, -bound, bound, generator)
+
+
+@_register(ndim=1, stream="chrono")
+def chrono(tensor: torch.Tensor, tmax: float, negate: bool = False, *, generator: torch.Generator) -> torch.Tensor:
+    """log(U[1, tmax − 1]), negated if `negate` (Tallec & Ollivier 2018)."""
+    if not tmax > 2:
+        raise RuleError(f"chrono needs tmax > 2, got {tmax}")
+    values = torch.log(_empty(tensor).uniform_(1.0, tmax - 1.0, generator=generator))
+    return _write(tensor, -values if negate else values)

@@ -1,0 +1,289 @@
+"""Plan (which rule hits which block) and apply (draw and write the values).
+
+A `Plan` is a plain value: it can be printed, compared, serialized and used as a dry run. Applying it
+draws each block from its own generator, seeded from (seed, parameter name, block), so the values of
+a parameter depend only on the seed, the rules and that parameter's name and shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import NothingToDoError, RuleError, SchemeError, UsageError
+from .layout import Layer, find_layers
+from .schemes import Rule, Scheme, Value, format_value, get_scheme, parse_rules
+
+if TYPE_CHECKING:
+    import torch
+
+KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One gate block and what will be written into it."""
+
+    name: str
+    kind: str
+    gate: str | None
+    start: int
+    stop: int
+    initializer: str
+    args: tuple[tuple[str, Value], ...]
+    per: str  # "gate" (the block alone) or "matrix" (the whole parameter as one matrix)
+    rule: str
+    source: str  # "scheme" or "rule"
+
+    @property
+    def call(self) -> str:
+        args = [f"{k}={format_value(v)}" for k, v in self.args]
+        return self.initializer + (f"({', '.join(args)})" if args else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "gate": self.gate, "rows": [self.start, self.stop],
+                "initializer": self.initializer, "args": dict(self.args), "per": self.per,
+                "rule": self.rule, "source": self.source}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every selected block, in storage order, with the initializer that will fill it."""
+
+    scheme: str
+    rules: tuple[str, ...]
+    only: str | None
+    layers: tuple[Layer, ...]
+    entries: tuple[PlanEntry, ...]
+    seed: int | None = None
+
+    @property
+    def writes(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.initializer != KEEP)
+
+    def entries_for(self, layer: Layer) -> list[PlanEntry]:
+        names = set(layer.params.values())
+        return [e for e in self.entries if e.name in names]
+
+    def __str__(self) -> str:
+        lines = [f"scheme {self.scheme}" + (f", rules {' '.join(self.rules)}" if self.rules else "")
+                 + (f", seed {self.seed}" if self.seed is not None else "")]
+        for entry in self.entries:
+            gate = entry.gate or "-"
+            lines.append(f"  {entry.name}[{entry.start}:{entry.stop}] {gate}: {entry.call}"
+                         f"{' per matrix' if entry.per == 'matrix' else ''}  <- {entry.rule}")
+        return "\n".join(lines)
+
+
+def _scheme_label(scheme: str | Scheme) -> str:
+    return scheme.name if isinstance(scheme, Scheme) else scheme.strip()
+
+
+def _bind_args(rule: Rule, layer: Layer | None) -> tuple[str, tuple[tuple[str, Value], ...]]:
+    """Check `rule`'s initializer and arguments; return (per, bound arguments without per)."""
+    if rule.initializer == KEEP:
+        if rule.args or rule.kwargs:
+            raise RuleError(f"rule {rule}: keep takes no arguments")
+        return "gate", ()
+    from .initializers import get_initializer
+
+    spec = get_initializer(rule.initializer)
+    params = spec.parameters
+    user = [name for name in params if name not in spec.context]
+    if len(rule.args) > len(user):
+        raise RuleError(f"rule {rule}: {spec.name} takes at most {len(user)} positional argument(s) "
+                        f"({', '.join(user) or 'none'})")
+    given = dict(zip(user, rule.args))
+    for key, value in rule.kwargs:
+        if key not in user:
+            valid = ", ".join(user) or "no arguments"
+            raise RuleError(f"rule {rule}: {spec.name} has no argument {key!r}; it takes {valid}")
+        if key in given:
+            raise RuleError(f"rule {rule}: argument {key!r} given twice")
+        given[key] = value
+    per = str(given.pop("per", "gate"))
+    if per not in ("gate", "matrix"):
+        raise RuleError(f"rule {rule}: per must be gate or matrix, got {per!r}")
+    bound = {}
+    for key in user:
+        if key == "per":
+            continue
+        default = params[key]
+        if key not in given and default is inspect.Parameter.empty:
+            raise RuleError(f"rule {rule}: {spec.name} needs argument {key!r}")
+        value = given.get(key, default)
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RuleError(f"rule {rule}: {key} must be a number, got {value!r}")
+        bound[key] = value
+    if layer is not None:
+        bound.update({key: getattr(layer, key) for key in spec.context})
+    return per, tuple(bound.items())
+
+
+def _check_dims(rule: Rule) -> None:
+    if rule.initializer == KEEP:
+        return
+    from .initializers import get_initializer
+
+    spec = get_initializer(rule.initializer)
+    if spec.ndim == 2 and any(k.startswith("bias") for k in rule.kinds):
+        raise RuleError(f"rule {rule}: {spec.name} needs a 2-D weight block; biases are 1-D")
+    if spec.ndim == 1 and any(k.startswith("weight") for k in rule.kinds):
+        raise RuleError(f"rule {rule}: {spec.name} is for biases; weights are 2-D")
+
+
+def _select(layer: Layer, pattern: re.Pattern[str] | None) -> list[str]:
+    return [kind for kind, name in layer.params.items() if pattern is None or pattern.search(name)]
+
+
+def plan(
+    tensors: Mapping[str, Any],
+    scheme: str | Scheme = "keras",
+    *,
+    rules: Iterable[str | Rule] = (),
+    only: str | None = None,
+) -> Plan:
+    """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors`."""
+    scheme_obj, scheme_rules = get_scheme(scheme)
+    user_rules = parse_rules(rules)
+    all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
+    for rule, _ in all_rules:
+        _check_dims(rule)
+        _bind_args(rule, None)
+    try:
+        pattern = re.compile(only) if only is not None else None
+    except re.error as error:
+        raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
+
+    layers = find_layers(tensors)
+    if not layers:
+        raise NothingToDoError("no recurrent parameters found (names like weight_ih_l0, weight_hh_l0, "
+                               "bias_ih_l0 of nn.RNN/GRU/LSTM, or weight_ih/weight_hh of a cell)")
+    selected = [(layer, kinds) for layer in layers if (kinds := _select(layer, pattern))]
+    if not selected:
+        names = ", ".join(name for layer in layers for name in layer.params.values())
+        raise NothingToDoError(f"--only {only!r} matches no recurrent parameter; they are: {names}")
+
+    entries: list[PlanEntry] = []
+    hit = [False] * len(user_rules)
+    for layer, kinds in selected:
+        _check_scheme_fits(scheme_obj, layer)
+        for kind in kinds:
+            for block in layer.blocks(kind):
+                winner = None
+                for index, (rule, source) in enumerate(all_rules):
+                    if rule.hits(kind, block.gate):
+                        winner = (rule, source)
+                        if source == "rule":
+                            hit[index - len(scheme_rules)] = True
+                if winner is None:
+                    continue
+                rule, source = winner
+                per, args = _bind_args(rule, layer)
+                entries.append(PlanEntry(block.name, kind, block.gate, block.start, block.stop,
+                                         rule.initializer, args, per, str(rule), source))
+    for rule, was_hit in zip(user_rules, hit):
+        if not was_hit:
+            present = sorted({f"{k}.{b.gate}" if b.gate else k for lay, kinds in selected
+                              for k in kinds for b in lay.blocks(k)})
+            raise RuleError(f"rule {rule} hits no block; the selected blocks are: {', '.join(present)}")
+    return Plan(_scheme_label(scheme), tuple(str(r) for r in user_rules), only,
+                tuple(layer for layer, _ in selected), tuple(entries))
+
+
+def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
+    if layer.cell not in scheme.cells:
+        raise SchemeError(f"scheme {scheme.name} applies to {'/'.join(sorted(scheme.cells)).upper()} "
+                          f"layers, but {layer.title} is a {layer.cell.upper()}; select other layers "
+                          "with --only or choose another scheme")
+    if scheme.needs_bias and not layer.bias:
+        raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} has no bias "
+                          "(bias=False)")
+
+
+def draw_seed() -> int:
+    """A fresh random seed, small enough to type."""
+    return secrets.randbelow(2**32)
+
+
+def _generator(seed: int, name: str, stream: str) -> torch.Generator:
+    import torch
+
+    digest = hashlib.sha256(f"rnninit\0{seed}\0{name}\0{stream}".encode()).digest()
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return generator
+
+
+def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tensor:
+    """Fresh values for the entry's scope: the whole parameter (per=matrix) or its block alone."""
+    import torch
+
+    from .initializers import get_initializer
+
+    spec = get_initializer(entry.initializer)
+    whole = entry.per == "matrix"
+    stream = spec.stream or ("matrix" if whole else (entry.gate or "block"))
+    shape = tuple(tensor.shape) if whole else (entry.stop - entry.start, *tensor.shape[1:])
+    compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    values = torch.empty(shape, dtype=compute)
+    spec.function(values, **dict(entry.args), generator=_generator(seed, entry.name, stream))
+    return values
+
+
+def apply_plan(
+    the_plan: Plan,
+    tensors: MutableMapping[str, Any],
+    *,
+    seed: int | None = None,
+    on_entry: Callable[[PlanEntry], None] | None = None,
+) -> Plan:
+    """Write every block of `the_plan` into `tensors` in place; return the plan with its seed."""
+    import torch
+
+    seed = the_plan.seed if seed is None else seed
+    seed = draw_seed() if seed is None else seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    matrices: dict[tuple[str, str], torch.Tensor] = {}
+    with torch.no_grad():
+        for entry in the_plan.writes:
+            tensor = tensors[entry.name]
+            if entry.per == "matrix":
+                key = (entry.name, entry.rule)
+                if key not in matrices:
+                    matrices[key] = _draw_scope(entry, tensor, seed)
+                values = matrices[key][entry.start:entry.stop]
+            else:
+                values = _draw_scope(entry, tensor, seed)
+            tensor[entry.start:entry.stop].copy_(values.to(tensor.dtype))
+            if on_entry is not None:
+                on_entry(entry)
+    return replace(the_plan, seed=seed)
+
+
+def init_(
+    target: Any,
+    scheme: str | Scheme = "keras",
+    *,
+    seed: int | None = None,
+    rules: Iterable[str | Rule] = (),
+    only: str | None = None,
+) -> Plan:
+    """Initialize every recurrent parameter of an `nn.Module` or a dict of tensors, in place."""
+    import torch
+
+    if isinstance(target, torch.nn.Module):
+        tensors: MutableMapping[str, Any] = dict(target.named_parameters())
+    elif isinstance(target, MutableMapping):
+        tensors = target
+    else:
+        raise UsageError(f"init_ takes an nn.Module or a dict of tensors, not {type(target).__name__}")
+    return apply_plan(plan(tensors, scheme, rules=rules, only=only), tensors, seed=seed)
+

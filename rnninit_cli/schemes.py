@@ -1,0 +1,260 @@
+"""Rules (`TARGET=INIT`) and the registry of named schemes (ordered lists of rules).
+
+Torch-free on purpose: `rnninit schemes` and `--help` read this module without importing torch.
+Rule *syntax* is checked here; whether an initializer and its arguments exist is checked by the
+planner against `initializers.INITIALIZERS`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Union
+
+from .errors import RuleError, SchemeError
+from .layout import ALL_GATES, KINDS
+
+Value = Union[bool, int, float, str]
+TARGET_KINDS: dict[str, tuple[str, ...]] = {
+    **{kind: (kind,) for kind in KINDS},
+    "weight": ("weight_ih", "weight_hh"),
+    "bias": ("bias_ih", "bias_hh"),
+}
+
+_CALL = re.compile(r"^\s*(?P<name>[A-Za-z_][\w-]*)\s*(?:\((?P<args>[^()]*)\))?\s*$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_IDENT = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def parse_value(text: str) -> Value:
+    """`1` → 1, `1e-3` → 0.001, `true` → True, `gate` or `'gate'` → 'gate'."""
+    text = text.strip()
+    if _NUMBER.match(text):
+        number = float(text)
+        return int(number) if re.fullmatch(r"[+-]?\d+", text) else number
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if _IDENT.match(text):
+        return text
+    raise ValueError(f"cannot read value {text!r} (a number, true/false or a name)")
+
+
+def format_value(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def parse_call(text: str, what: str) -> tuple[str, tuple[Value, ...], tuple[tuple[str, Value], ...]]:
+    """`name(1, b=2)` → ('name', (1,), (('b', 2),)). `what` names the thing in error messages."""
+    match = _CALL.match(text)
+    if match is None:
+        raise ValueError(f"{what} {text.strip()!r} is not of the form name or name(arg=value, ...)")
+    positional: list[Value] = []
+    keywords: dict[str, Value] = {}
+    for part in filter(None, (p.strip() for p in (match["args"] or "").split(","))):
+        key, equals, value = part.partition("=")
+        if not equals:
+            if keywords:
+                raise ValueError(f"positional argument {part!r} after keyword arguments in {text!r}")
+            positional.append(parse_value(part))
+            continue
+        key = key.strip()
+        if not _IDENT.match(key):
+            raise ValueError(f"argument name {key!r} in {text!r} is not a name")
+        if key in keywords:
+            raise ValueError(f"argument {key!r} given twice in {text!r}")
+        keywords[key] = parse_value(value)
+    return match["name"], tuple(positional), tuple(keywords.items())
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`TARGET=INIT`: which blocks (kind, optional gate) get which initializer with which arguments."""
+
+    target: str
+    gate: str | None
+    initializer: str
+    args: tuple[Value, ...] = ()
+    kwargs: tuple[tuple[str, Value], ...] = ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return TARGET_KINDS[self.target]
+
+    def hits(self, kind: str, gate: str | None) -> bool:
+        return kind in self.kinds and (self.gate is None or self.gate == gate)
+
+    def __str__(self) -> str:
+        target = self.target + (f".{self.gate}" if self.gate else "")
+        parts = [format_value(v) for v in self.args] + [f"{k}={format_value(v)}" for k, v in self.kwargs]
+        return f"{target}={self.initializer}" + (f"({', '.join(parts)})" if parts else "")
+
+
+def parse_rule(text: str | Rule) -> Rule:
+    """Parse `TARGET=INIT`, e.g. `bias_ih.f=constant(1)` or `weight_hh=orthogonal(per=gate)`."""
+    if isinstance(text, Rule):
+        return text
+    target_text, equals, init_text = text.partition("=")
+    if not equals or not init_text.strip():
+        raise RuleError(f"rule {text!r} is not of the form TARGET=INIT, e.g. bias_ih.f=constant(1)")
+    kind, _, gate = target_text.strip().partition(".")
+    if kind not in TARGET_KINDS:
+        raise RuleError(f"rule {text!r}: unknown target {kind!r}; targets are "
+                        f"{', '.join(TARGET_KINDS)}, optionally with .GATE")
+    if gate and kind == "weight_hr":
+        raise RuleError(f"rule {text!r}: weight_hr has no gates; write weight_hr=INIT")
+    if gate and gate not in ALL_GATES:
+        raise RuleError(f"rule {text!r}: unknown gate {gate!r}; gates are i f g o (LSTM), r z n (GRU)")
+    try:
+        name, args, kwargs = parse_call(init_text, "initializer")
+    except ValueError as error:
+        raise RuleError(f"rule {text!r}: {error}") from None
+    return Rule(kind, gate or None, name, args, kwargs)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A named, documented, ordered list of rules. Rule texts may use `{arg}` for scheme arguments."""
+
+    name: str
+    description: str
+    rules: tuple[str, ...]
+    reference: str
+    params: tuple[tuple[str, Value | None], ...] = ()  # (name, default); None = required
+    cells: frozenset[str] = field(default_factory=lambda: frozenset({"rnn", "gru", "lstm"}))
+    needs_bias: bool = False
+
+    def resolve(self, **arguments: Value) -> tuple[Rule, ...]:
+        """The scheme's rules with its arguments filled in."""
+        defaults = dict(self.params)
+        unknown = set(arguments) - set(defaults)
+        if unknown:
+            raise SchemeError(f"scheme {self.name!r} has no argument {sorted(unknown)[0]!r}; "
+                              f"it takes: {self.signature}")
+        values = {**defaults, **arguments}
+        missing = [k for k, v in values.items() if v is None]
+        if missing:
+            raise SchemeError(f"scheme {self.name!r} needs {missing[0]}, e.g. {self.name}({missing[0]}=100)")
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SchemeError(f"scheme {self.name!r}: {key} must be a number, got {value!r}")
+        return tuple(parse_rule(rule.format(**values)) for rule in self.rules)
+
+    @property
+    def signature(self) -> str:
+        if not self.params:
+            return self.name
+        parts = [k if v is None else f"{k}={format_value(v)}" for k, v in self.params]
+        return f"{self.name}({', '.join(parts)})"
+
+
+SCHEMES: dict[str, Scheme] = {}
+
+
+def register_scheme(scheme: Scheme, *, replace: bool = False) -> Scheme:
+    """Add `scheme` to the registry that the Python API and the CLI share."""
+    if scheme.name in SCHEMES and not replace:
+        raise SchemeError(f"scheme {scheme.name!r} is already registered; pass replace=True")
+    for rule in scheme.rules:
+        parse_rule(rule.format(**{k: 1 for k, _ in scheme.params}))
+    SCHEMES[scheme.name] = scheme
+    return scheme
+
+
+def get_scheme(spec: str | Scheme) -> tuple[Scheme, tuple[Rule, ...]]:
+    """`'chrono(tmax=200)'` → (the chrono scheme, its rules with tmax=200)."""
+    if isinstance(spec, Scheme):
+        return spec, spec.resolve()
+    try:
+        name, args, kwargs = parse_call(spec, "scheme")
+    except ValueError as error:
+        raise SchemeError(str(error)) from None
+    if name not in SCHEMES:
+        raise SchemeError(f"unknown scheme {name!r}; known schemes: {', '.join(SCHEMES)}")
+    scheme = SCHEMES[name]
+    if len(args) > len(scheme.params):
+        raise SchemeError(f"scheme {name!r} takes at most {len(scheme.params)} positional "
+                          f"argument(s): {scheme.signature}")
+    positional = {key: value for (key, _), value in zip(scheme.params, args)}
+    return scheme, scheme.resolve(**positional, **dict(kwargs))
+
+
+def parse_rules(rules: Iterable[str | Rule]) -> tuple[Rule, ...]:
+    return tuple(parse_rule(rule) for rule in rules)
+
+
+_KERAS_RULES = (
+    "weight_ih=xavier_uniform(per=matrix)",
+    "weight_hh=orthogonal(per=matrix)",
+    "weight_hr=xavier_uniform(per=matrix)",
+    "bias=zeros",
+    "bias_ih.f=ones",
+)
+_KERAS_REF = ("Keras 3 LSTM/GRU/SimpleRNN defaults (glorot_uniform kernel, orthogonal recurrent "
+              "kernel, zero bias, unit_forget_bias=True); Glorot & Bengio 2010; Saxe et al. 2014")
+
+for _scheme in (
+    Scheme(
+        "pytorch",
+        "PyTorch's default: every parameter, biases and weight_hr included, U(−1/√h, 1/√h).",
+        ("weight=pytorch", "weight_hr=pytorch", "bias=pytorch"),
+        "torch.nn.RNNBase.reset_parameters (PyTorch)",
+    ),
+    Scheme(
+        "keras",
+        "Keras defaults in PyTorch layout: Glorot uniform over the whole weight_ih, orthogonal over "
+        "the whole weight_hh (gate blocks are not orthogonal), biases 0, LSTM effective forget bias 1.",
+        _KERAS_RULES,
+        _KERAS_REF,
+    ),
+    Scheme(
+        "keras-gate",
+        "Per-gate variant: Glorot uniform per gate block, each recurrent gate block orthogonal, "
+        "biases 0, LSTM effective forget bias 1.",
+        ("weight_ih=xavier_uniform(per=gate)", "weight_hh=orthogonal(per=gate)",
+         "weight_hr=xavier_uniform(per=matrix)", "bias=zeros", "bias_ih.f=ones"),
+        "Glorot & Bengio 2010; Saxe et al. 2014; forget bias 1: Gers et al. 2000, Jozefowicz et al. 2015",
+    ),
+    Scheme(
+        "flax",
+        "Flax linen LSTMCell/GRUCell defaults: input blocks lecun_normal (truncated) per gate, "
+        "recurrent blocks orthogonal per gate, biases 0.",
+        ("weight_ih=lecun_normal(per=gate)", "weight_hh=orthogonal(per=gate)",
+         "weight_hr=lecun_normal(per=matrix)", "bias=zeros"),
+        "Flax linen recurrent.py (LSTMCell, GRUCell); LeCun et al. 1998",
+    ),
+    Scheme(
+        "orthogonal",
+        "Every input and recurrent gate block orthogonal on its own, biases 0.",
+        ("weight_ih=orthogonal(per=gate)", "weight_hh=orthogonal(per=gate)",
+         "weight_hr=orthogonal(per=matrix)", "bias=zeros"),
+        "Saxe, McClelland & Ganguli 2014, Exact solutions to the nonlinear dynamics of learning "
+        "in deep linear neural networks",
+    ),
+    Scheme(
+        "irnn",
+        "Identity recurrence: recurrent gate blocks (and weight_hr) scale·I, input weights "
+        "N(0, 0.001²), biases 0.",
+        ("weight_ih=normal(0.0, 0.001)", "weight_hh=identity({scale})",
+         "weight_hr=identity({scale})", "bias=zeros"),
+        "Le, Jaitly & Hinton 2015, A Simple Way to Initialize Recurrent Networks of Rectified "
+        "Linear Units (arXiv:1504.00941)",
+        params=(("scale", 1.0),),
+    ),
+    Scheme(
+        "chrono",
+        "As keras, then LSTM forget bias b_f ~ log(U[1, tmax−1]) and input bias b_i = −b_f; "
+        "GRU update bias b_z ~ log(U[1, tmax−1]); written into bias_ih, bias_hh stays 0.",
+        (*_KERAS_RULES, "bias_ih.f=chrono({tmax})", "bias_ih.i=chrono({tmax}, negate=true)",
+         "bias_ih.z=chrono({tmax})"),
+        "Tallec & Ollivier 2018, Can recurrent neural networks warp time? (ICLR)",
+        params=(("tmax", None),),
+        cells=frozenset({"gru", "lstm"}),
+        needs_bias=True,
+    ),
+):
+    register_scheme(_scheme)
