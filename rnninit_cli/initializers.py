@@ -35,6 +35,11 @@ class InitializerSpec:
         return (self.function.__doc__ or "").strip().splitlines()[0]
 
     @property
+    def annotations(self) -> dict[str, str]:
+        """Declared type of each argument, as written in the signature ('float', 'bool', 'str')."""
+        return {k: str(v) for k, v in self.function.__annotations__.items()}
+
+    @property
     def parameters(self) -> dict[str, Any]:
         """User-settable arguments and their defaults (inspect.Parameter.empty when required)."""
         params = list(inspect.signature(self.function).parameters.values())[1:]

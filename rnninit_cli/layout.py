@@ -58,11 +58,11 @@ class Layer:
 
     @property
     def title(self) -> str:
-        """A short human name: `encoder.rnn. lstm layer 1 reverse`."""
+        """A short human name: `encoder.rnn.: LSTM layer 1, reverse`."""
         where = self.prefix or "(top level)"
         if self.is_cell:
-            return f"{where} {self.cell}cell"
-        return f"{where} {self.cell} layer {self.layer} {self.direction}"
+            return f"{where}: {self.cell.upper()} cell"
+        return f"{where}: {self.cell.upper()} layer {self.layer}, {self.direction}"
 
     def blocks(self, kind: str) -> list[Block]:
         """The gate blocks of parameter `kind` (views are taken by the caller with rows [start, stop))."""
@@ -84,7 +84,7 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def find_layers(tensors: Mapping[str, Any]) -> list[Layer]:
-    """Every recurrent layer (one per direction) or cell whose parameters appear in `tensors`.
+    """Every recurrent layer (one per direction) or cell in `tensors`, in order of first appearance.
 
     Groups that only share a suffix with recurrent names but hold no 2-D `weight_ih`/`weight_hh`
     are not recurrent and are skipped; real groups with inconsistent shapes raise `LayoutError`.
@@ -106,7 +106,6 @@ def find_layers(tensors: Mapping[str, Any]) -> list[Layer]:
         if not any(len(members.get(k, ("", ()))[1]) == 2 for k in ("weight_ih", "weight_hh")):
             continue
         layers.append(_build_layer(prefix, index, reverse, members))
-    layers.sort(key=lambda lay: (lay.prefix, lay.layer, lay.direction))
     return layers
 
 

@@ -98,7 +98,7 @@ def _bind_args(rule: Rule, layer: Layer | None) -> tuple[str, tuple[tuple[str, V
     if len(rule.args) > len(user):
         raise RuleError(f"rule {rule}: {spec.name} takes at most {len(user)} positional argument(s) "
                         f"({', '.join(user) or 'none'})")
-    given = dict(zip(user, rule.args))
+    given = dict(zip(user, rule.args, strict=False))
     for key, value in rule.kwargs:
         if key not in user:
             valid = ", ".join(user) or "no arguments"
@@ -116,14 +116,21 @@ def _bind_args(rule: Rule, layer: Layer | None) -> tuple[str, tuple[tuple[str, V
         default = params[key]
         if key not in given and default is inspect.Parameter.empty:
             raise RuleError(f"rule {rule}: {spec.name} needs argument {key!r}")
-        value = given.get(key, default)
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RuleError(f"rule {rule}: {key} must be a number, got {value!r}")
-        bound[key] = value
+        bound[key] = _check_type(rule, key, given.get(key, default), spec.annotations.get(key))
     if layer is not None:
         bound.update({key: getattr(layer, key) for key in spec.context})
     return per, tuple(bound.items())
+
+
+def _check_type(rule: Rule, key: str, value: Value, annotation: str | None) -> Value:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation in ("float", "int") and not is_number:
+        raise RuleError(f"rule {rule}: {key} must be a number, got {format_value(value)}")
+    if annotation == "bool" and not isinstance(value, bool):
+        raise RuleError(f"rule {rule}: {key} must be true or false, got {format_value(value)}")
+    if annotation == "str" and not isinstance(value, str):
+        raise RuleError(f"rule {rule}: {key} must be a name, got {format_value(value)}")
+    return value
 
 
 def _check_dims(rule: Rule) -> None:
@@ -188,7 +195,7 @@ def plan(
                 per, args = _bind_args(rule, layer)
                 entries.append(PlanEntry(block.name, kind, block.gate, block.start, block.stop,
                                          rule.initializer, args, per, str(rule), source))
-    for rule, was_hit in zip(user_rules, hit):
+    for rule, was_hit in zip(user_rules, hit, strict=False):
         if not was_hit:
             present = sorted({f"{k}.{b.gate}" if b.gate else k for lay, kinds in selected
                               for k in kinds for b in lay.blocks(k)})

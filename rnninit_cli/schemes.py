@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Union
 
 from .errors import RuleError, SchemeError
 from .layout import ALL_GATES, KINDS
 
-Value = Union[bool, int, float, str]
+Value = bool | int | float | str
 TARGET_KINDS: dict[str, tuple[str, ...]] = {
     **{kind: (kind,) for kind in KINDS},
     "weight": ("weight_ih", "weight_hh"),
@@ -179,7 +178,7 @@ def get_scheme(spec: str | Scheme) -> tuple[Scheme, tuple[Rule, ...]]:
     if len(args) > len(scheme.params):
         raise SchemeError(f"scheme {name!r} takes at most {len(scheme.params)} positional "
                           f"argument(s): {scheme.signature}")
-    positional = {key: value for (key, _), value in zip(scheme.params, args)}
+    positional = {key: value for (key, _), value in zip(scheme.params, args, strict=False)}
     return scheme, scheme.resolve(**positional, **dict(kwargs))
 
 

@@ -1,0 +1,194 @@
+"""Statistics and reports: per-gate block statistics, the JSON documents, and Rich tables.
+
+Nothing here prints; the CLI decides where each report goes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.text import Text
+
+from .layout import KINDS, Layer
+from .planning import Plan, PlanEntry
+
+if TYPE_CHECKING:
+    import torch
+
+Stats = dict[str, float]
+STAT_NAMES = ("mean", "std", "min", "max")
+
+
+def block_stats(values: torch.Tensor) -> Stats:
+    """mean, std (population), min and max of a block, computed in float64."""
+    if values.numel() == 0:
+        return dict.fromkeys(STAT_NAMES, math.nan)
+    data = values.detach().to("cpu").double()
+    return {"mean": data.mean().item(), "std": data.std(unbiased=False).item(),
+            "min": data.min().item(), "max": data.max().item()}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _json_stats(stats: Stats) -> dict[str, float | None]:
+    return {key: _finite(value) for key, value in stats.items()}
+
+
+def param_document(layer: Layer, kind: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    name = layer.params[kind]
+    tensor = tensors[name]
+    return {
+        "name": name,
+        "kind": kind,
+        "shape": list(tensor.shape),
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+        "blocks": [{"gate": block.gate, **_json_stats(block_stats(tensor[block.start:block.stop]))}
+                   for block in layer.blocks(kind)],
+    }
+
+
+def effective_bias(layer: Layer, tensors: Mapping[str, torch.Tensor]) -> list[tuple[str | None, Stats]]:
+    """Per gate, statistics of bias_ih + bias_hh (what the gate actually adds)."""
+    if not layer.bias:
+        return []
+    total = tensors[layer.params["bias_ih"]].double() + tensors[layer.params["bias_hh"]].double()
+    return [(block.gate, block_stats(total[block.start:block.stop])) for block in layer.blocks("bias_ih")]
+
+
+def layer_document(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> dict[str, Any]:
+    return {
+        "prefix": layer.prefix,
+        "cell": layer.cell,
+        "is_cell": layer.is_cell,
+        "layer": layer.layer,
+        "direction": layer.direction,
+        "input_size": layer.input_size,
+        "hidden_size": layer.hidden_size,
+        "proj_size": layer.proj_size,
+        "bias": layer.bias,
+        "params": [param_document(layer, kind, tensors) for kind in kinds],
+        "effective_bias": [{"gate": gate, **_json_stats(stats)}
+                           for gate, stats in effective_bias(layer, tensors)],
+    }
+
+
+def selected_kinds(layer: Layer, only: str | None) -> list[str]:
+    pattern = re.compile(only) if only else None
+    return [kind for kind in KINDS if kind in layer.params
+            and (pattern is None or pattern.search(layer.params[kind]))]
+
+
+def inspect_document(
+    layers: Iterable[Layer], tensors: Mapping[str, torch.Tensor], *, source: str, fmt: str,
+    only: str | None = None, metadata: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The `inspect --json` document (schema in README.md)."""
+    docs = [layer_document(layer, tensors, kinds) for layer in layers
+            if (kinds := selected_kinds(layer, only))]
+    return {"input": source, "format": fmt, "metadata": dict(metadata or {}), "layers": docs}
+
+
+def capture_stats(the_plan: Plan, tensors: Mapping[str, torch.Tensor]) -> dict[tuple[str, int], Stats]:
+    """Statistics of every planned block, keyed by (parameter name, start row)."""
+    return {(e.name, e.start): block_stats(tensors[e.name][e.start:e.stop]) for e in the_plan.entries}
+
+
+def apply_document(
+    the_plan: Plan, tensors: Mapping[str, torch.Tensor], before: Mapping[tuple[str, int], Stats], *,
+    source: str, fmt: str, output: str | None,
+) -> dict[str, Any]:
+    """The `apply --json` / `new --json` document: the inspect schema plus scheme, rules, seed,
+    output, and per block the rule and initializer applied and the statistics before."""
+    entries = {(e.name, e.start): e for e in the_plan.entries}
+    layers = []
+    for layer in the_plan.layers:
+        kinds = [kind for kind in KINDS if kind in layer.params
+                 and any(key[0] == layer.params[kind] for key in entries)]
+        doc = layer_document(layer, tensors, kinds)
+        for param in doc["params"]:
+            for block, spec in zip(param["blocks"], layer.blocks(param["kind"]), strict=False):
+                entry = entries.get((spec.name, spec.start))
+                block["rule"] = entry.rule if entry else None
+                block["initializer"] = entry.call if entry else None
+                block["per"] = entry.per if entry else None
+                block["before"] = _json_stats(before[(spec.name, spec.start)]) if entry else None
+        layers.append(doc)
+    return {"input": source, "format": fmt, "scheme": the_plan.scheme, "rules": list(the_plan.rules),
+            "seed": the_plan.seed, "only": the_plan.only, "output": output, "layers": layers}
+
+
+def _num(value: float, stat: str = "mean") -> str:
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.3f}" if stat == "std" else f"{value:+.3f}"
+
+
+def layer_heading(layer: Layer) -> str:
+    sizes = f"input {layer.input_size}, hidden {layer.hidden_size}"
+    if layer.proj_size:
+        sizes += f", proj {layer.proj_size}"
+    sizes += ", bias" if layer.bias else ", no bias"
+    return f"{layer.title}  ({sizes})"
+
+
+def inspect_table(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> Table:
+    table = Table(title=layer_heading(layer), title_justify="left", show_edge=False)
+    for column in ("parameter", "gate", "shape", "dtype", *STAT_NAMES):
+        table.add_column(column, justify="right" if column in STAT_NAMES else "left")
+    for kind in kinds:
+        doc = param_document(layer, kind, tensors)
+        for index, block in enumerate(doc["blocks"]):
+            first = index == 0
+            table.add_row(_short(doc["name"], layer) if first else "", block["gate"] or "-",
+                          "x".join(map(str, doc["shape"])) if first else "",
+                          doc["dtype"] if first else "",
+                          *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES))
+    for index, (gate, stats) in enumerate(effective_bias(layer, tensors)):
+        label = Text("effective bias", style="bold") if index == 0 else ""
+        table.add_row(label, gate or "-", "ih + hh" if index == 0 else "", "",
+                      *(_num(stats[s], s) for s in STAT_NAMES))
+    return table
+
+
+def _short(name: str, layer: Layer) -> str:
+    return name.removeprefix(layer.prefix)
+
+
+def apply_table(
+    layer: Layer, entries: Iterable[PlanEntry], tensors: Mapping[str, torch.Tensor] | None,
+    before: Mapping[tuple[str, int], Stats] | None,
+) -> Table:
+    """Per block: parameter, gate, rule, and mean/std before → after (the plan alone without tensors)."""
+    table = Table(title=layer_heading(layer), title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("gate")
+    table.add_column("rule", overflow="fold")
+    with_stats = tensors is not None and before is not None
+    if with_stats:
+        table.add_column("mean before → after", justify="right", no_wrap=True)
+        table.add_column("std before → after", justify="right", no_wrap=True)
+    last = None
+    for entry in entries:
+        cells = [_short(entry.name, layer) if entry.name != last else "", entry.gate or "-", entry.rule]
+        last = entry.name
+        if with_stats:
+            old = before[(entry.name, entry.start)]
+            new = block_stats(tensors[entry.name][entry.start:entry.stop])
+            cells += [f"{old['mean']:+.3f} → {new['mean']:+.3f}", f"{old['std']:.3f} → {new['std']:.3f}"]
+        table.add_row(*cells)
+    return table
+
+
+def schemes_table(schemes: Iterable[Any]) -> Table:
+    table = Table(show_lines=True)
+    for column in ("scheme", "description", "rules (in order; later rules win)", "reference"):
+        table.add_column(column, overflow="fold")
+    for scheme in schemes:
+        table.add_row(scheme.signature, scheme.description, "\n".join(scheme.rules), scheme.reference)
+    return table
