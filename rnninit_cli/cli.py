@@ -66,6 +66,11 @@ def _errors() -> Iterator[None]:
             console.print_exception()
         console.print(f"[bold red]error:[/] {error}", markup=True, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
+    except BrokenPipeError:
+        # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
+        # at /dev/null so that the interpreter's final flush does not complain again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[bold red]error:[/] interrupted", soft_wrap=True)
         raise typer.Exit(130) from None
@@ -143,10 +148,11 @@ def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, q
     for layer in the_plan.layers:
         console.print(apply_table(layer, the_plan.entries_for(layer), tensors, before))
         console.print()
-    where = f"wrote {output}" if output else "nothing written (dry run)"
-    seed = f"seed {the_plan.seed}" if the_plan.seed is not None else "no seed (dry run)"
-    console.print(f"{len(the_plan.layers)} layer(s), {len(the_plan.writes)} block(s), scheme "
-                  f"{the_plan.scheme}, {seed}; {where}", soft_wrap=True, markup=False)
+    summary = f"{len(the_plan.layers)} layer(s), {len(the_plan.writes)} block(s), scheme {the_plan.scheme}"
+    if the_plan.seed is not None:
+        summary += f", seed {the_plan.seed}"
+    summary += f"; wrote {output}" if output else "; dry run, nothing written"
+    console.print(summary, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -232,7 +238,7 @@ def inspect(
 
         from .checkpoint import load_checkpoint
         from .layout import find_layers
-        from .report import inspect_document, inspect_table, selected_kinds
+        from .report import inspect_document, inspect_table, provenance, selected_kinds
 
         if only is not None:
             try:
@@ -248,10 +254,9 @@ def inspect(
         shown = [(layer, kinds) for layer in layers if (kinds := selected_kinds(layer, only))]
         console.print(f"{input}: {checkpoint.format}, {len(checkpoint.tensors)} tensor(s), "
                       f"{len(shown)} recurrent layer(s)", markup=False, soft_wrap=True)
-        recorded = {k: v for k, v in checkpoint.metadata.items() if k.startswith("rnninit.")}
+        recorded = provenance(checkpoint.metadata)
         if recorded:
-            console.print("initialized by " + ", ".join(f"{k.removeprefix('rnninit.')}={v}"
-                                                        for k, v in recorded.items()), markup=False)
+            console.print(recorded, markup=False, soft_wrap=True)
         if not shown:
             console.print("no recurrent parameters found" + (f" matching --only {only!r}" if only else ""),
                           markup=False)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -137,8 +138,13 @@ def layer_heading(layer: Layer) -> str:
     return f"{layer.title}  ({sizes})"
 
 
-def inspect_table(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> Table:
-    table = Table(title=layer_heading(layer), title_justify="left", show_edge=False)
+def titled(layer: Layer, table: Table) -> Group:
+    """The layer's heading on its own line (a table title would wrap at the table's width), then the table."""
+    return Group(Text(layer_heading(layer), style="bold"), table)
+
+
+def inspect_table(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> Group:
+    table = Table(show_edge=False, pad_edge=False)
     for column in ("parameter", "gate", "shape", "dtype", *STAT_NAMES):
         table.add_column(column, justify="right" if column in STAT_NAMES else "left")
     for kind in kinds:
@@ -153,7 +159,7 @@ def inspect_table(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iter
         label = Text("effective bias", style="bold") if index == 0 else ""
         table.add_row(label, gate or "-", "ih + hh" if index == 0 else "", "",
                       *(_num(stats[s], s) for s in STAT_NAMES))
-    return table
+    return titled(layer, table)
 
 
 def _short(name: str, layer: Layer) -> str:
@@ -163,9 +169,9 @@ def _short(name: str, layer: Layer) -> str:
 def apply_table(
     layer: Layer, entries: Iterable[PlanEntry], tensors: Mapping[str, torch.Tensor] | None,
     before: Mapping[tuple[str, int], Stats] | None,
-) -> Table:
+) -> Group:
     """Per block: parameter, gate, rule, and mean/std before → after (the plan alone without tensors)."""
-    table = Table(title=layer_heading(layer), title_justify="left", show_edge=False, pad_edge=False)
+    table = Table(show_edge=False, pad_edge=False)
     table.add_column("parameter", no_wrap=True)
     table.add_column("gate")
     table.add_column("rule", overflow="fold")
@@ -182,7 +188,7 @@ def apply_table(
             new = block_stats(tensors[entry.name][entry.start:entry.stop])
             cells += [f"{old['mean']:+.3f} → {new['mean']:+.3f}", f"{old['std']:.3f} → {new['std']:.3f}"]
         table.add_row(*cells)
-    return table
+    return titled(layer, table)
 
 
 def schemes_table(schemes: Iterable[Any]) -> Table:
@@ -192,3 +198,17 @@ def schemes_table(schemes: Iterable[Any]) -> Table:
     for scheme in schemes:
         table.add_row(scheme.signature, scheme.description, "\n".join(scheme.rules), scheme.reference)
     return table
+
+
+def provenance(metadata: Mapping[str, str]) -> str | None:
+    """`initialized by rnninit 0.1.0: scheme keras, seed 0` from a checkpoint's rnninit metadata."""
+    if "rnninit.scheme" not in metadata:
+        return None
+    line = f"initialized by rnninit {metadata.get('rnninit.version', '?')}: scheme {metadata['rnninit.scheme']}"
+    line += f", seed {metadata.get('rnninit.seed', '?')}"
+    rules = metadata.get("rnninit.rules", "[]")
+    if rules not in ("[]", ""):
+        line += f", rules {rules}"
+    if metadata.get("rnninit.only"):
+        line += f", only {metadata['rnninit.only']!r}"
+    return line
