@@ -122,6 +122,22 @@ def _bind_args(rule: Rule, layer: Layer | None) -> tuple[str, tuple[tuple[str, V
     return per, tuple(bound.items())
 
 
+def _try_arguments(rule: Rule) -> None:
+    """Run the rule's initializer once on a tiny block, so that arguments it rejects (chrono's
+    tmax <= 2, an unknown kaiming mode) fail here, before any tensor is written."""
+    if rule.initializer == KEEP:
+        return
+    import torch
+
+    from .initializers import get_initializer
+
+    spec = get_initializer(rule.initializer)
+    _, args = _bind_args(rule, None)
+    context = dict.fromkeys(spec.context, 1)
+    probe = torch.empty((2,) if spec.ndim == 1 else (2, 2))
+    spec.function(probe, **dict(args), **context, generator=torch.Generator())
+
+
 def _check_type(rule: Rule, key: str, value: Value, annotation: str | None) -> Value:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation in ("float", "int") and not is_number:
@@ -162,7 +178,7 @@ def plan(
     all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
     for rule, _ in all_rules:
         _check_dims(rule)
-        _bind_args(rule, None)
+        _try_arguments(rule)
     try:
         pattern = re.compile(only) if only is not None else None
     except re.error as error:
@@ -269,7 +285,7 @@ def apply_plan(
                 values = matrices[key][entry.start:entry.stop]
             else:
                 values = _draw_scope(entry, tensor, seed)
-            tensor[entry.start:entry.stop].copy_(values.to(tensor.dtype))
+            tensor[entry.start:entry.stop].copy_(values)
             if on_entry is not None:
                 on_entry(entry)
     return replace(the_plan, seed=seed)
