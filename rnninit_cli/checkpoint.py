@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -45,7 +45,60 @@ class Checkpoint:
     @property
     def non_tensor_paths(self) -> list[str]:
         """Paths of entries that are not tensors (epoch counters, optimizer hyper-parameters...)."""
-        return [path for path, value in _walk(self.root, "") if not _is_tensor(value)]
+        return [path for path, value in walk(self.root, "") if not _is_tensor(value)]
+
+    @property
+    def optimizer_paths(self) -> list[str]:
+        return optimizer_state_paths(self.root)
+
+    def shapes(self) -> dict[str, torch.Tensor]:
+        """The tensors by path (real ones here; a TensorFile gives meta tensors)."""
+        return self.tensors
+
+    def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The named tensors themselves: writing into them changes this checkpoint."""
+        return {name: self.tensors[name] for name in names}
+
+    def storage_spans(self) -> dict[str, tuple[int, int, int]]:
+        """(storage id, first byte, last byte + 1) of every tensor, to find tensors that share memory."""
+        spans = {}
+        for name, tensor in self.tensors.items():
+            storage = tensor.untyped_storage()
+            start = tensor.storage_offset() * tensor.element_size()
+            spans[name] = (storage.data_ptr(), start, start + tensor.numel() * tensor.element_size())
+        return spans
+
+    def drop(self, paths: Iterable[str]) -> None:
+        """Remove the entries at `paths` (e.g. optimizer state) from the checkpoint."""
+        for path in filter(None, paths):
+            *parents, last = path.split("/")
+            node = self.root
+            for key in parents:
+                node = node[int(key)] if isinstance(node, (list, tuple)) else node[key]
+            if isinstance(node, dict):
+                del node[last]
+        self.tensors = {p: v for p, v in walk(self.root, "") if _is_tensor(v)}
+
+
+def _is_optimizer_state(node: Any) -> bool:
+    return isinstance(node, dict) and "state" in node and "param_groups" in node
+
+
+def optimizer_state_paths(root: Any) -> list[str]:
+    """Paths of optimizer state dicts ({"state", "param_groups"}); a list of them (Lightning's
+    `optimizer_states`) is named as the list itself."""
+    if _is_optimizer_state(root):
+        return [""]
+    if isinstance(root, dict):
+        children: Any = root.items()
+    elif isinstance(root, (list, tuple)):
+        if any(_is_optimizer_state(item) for item in root):
+            return [""]
+        children = enumerate(root)
+    else:
+        return []
+    return [join(str(key), sub) if sub else str(key)
+            for key, value in children for sub in optimizer_state_paths(value)]
 
 
 def _is_tensor(value: Any) -> bool:
@@ -54,11 +107,11 @@ def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def _join(prefix: str, key: Any) -> str:
+def join(prefix: str, key: Any) -> str:
     return f"{prefix}/{key}" if prefix else str(key)
 
 
-def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+def walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     """(path, leaf) for every leaf of nested dicts, lists and tuples."""
     if isinstance(node, dict):
         items: Any = node.items()
@@ -68,7 +121,7 @@ def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
         yield prefix, node
         return
     for key, value in items:
-        yield from _walk(value, _join(prefix, key))
+        yield from walk(value, join(prefix, key))
 
 
 def detect_format(head: bytes, size: int) -> str:
@@ -127,22 +180,25 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
     except pickle.UnpicklingError as error:
         text = str(error)
         if "Weights only load failed" in text or "Unsupported" in text:
-            found = _UNSAFE_GLOBAL.search(text)
-            what = f" (it refers to {found.group(1)})" if found else ""
-            raise UnsafeCheckpointError(
-                f"{name}: this file needs code to load{what}; rnninit will not run it. "
-                "Only tensors, containers and plain values are accepted (weights_only=True)"
-            ) from None
-        raise CheckpointError(f"{name}: not a readable torch.save file: {_first_line(text)}") from None
+            raise UnsafeCheckpointError(unsafe_message(name, text)) from None
+        raise CheckpointError(f"{name}: not a readable torch.save file: {first_line(text)}") from None
     except Exception as error:  # torch raises RuntimeError, EOFError, ValueError... on damage
         raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
-                              f"{_first_line(str(error))}") from None
-    tensors = {path or "tensor": value for path, value in _walk(root, "") if _is_tensor(value)}
+                              f"{first_line(str(error))}") from None
+    tensors = {path or "tensor": value for path, value in walk(root, "") if _is_tensor(value)}
     metadata = _read_pt_metadata(data)
     return Checkpoint("pt", root, tensors, metadata, name)
 
 
-def _first_line(text: str) -> str:
+def unsafe_message(name: str, text: str) -> str:
+    """The refusal for a pickle that would need code: name what it refers to, say nothing ran."""
+    found = _UNSAFE_GLOBAL.search(text)
+    what = f" (it refers to {found.group(1)})" if found else ""
+    return (f"{name}: this file needs code to load{what}; rnninit will not run it. "
+            "Only tensors, containers and plain values are accepted (weights_only=True)")
+
+
+def first_line(text: str) -> str:
     line = (text.strip().splitlines() or ["unknown error"])[0]
     return line.split(". ")[0][:200]
 
@@ -173,7 +229,7 @@ def _load_safetensors(data: bytes, name: str) -> Checkpoint:
         loaded = load(data)
     except Exception as error:  # SafetensorError and friends
         raise CheckpointError(f"{name}: not a readable safetensors file (truncated or damaged?): "
-                              f"{_first_line(str(error))}") from None
+                              f"{first_line(str(error))}") from None
     order = [key for key in header if key != "__metadata__"]
     tensors = {key: loaded[key] for key in order if key in loaded}
     return Checkpoint("safetensors", tensors, tensors, dict(metadata), name)

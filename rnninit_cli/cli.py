@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
-from .errors import OutputError, RnnInitError, UsageError
+from .errors import RnnInitError, UsageError
 
 app = typer.Typer(
     name="rnninit",
@@ -121,25 +122,6 @@ ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Replace an exi
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on standard output.")]
 
 
-def _metadata(the_plan: Any) -> dict[str, str]:
-    return {"rnninit.version": __version__, "rnninit.scheme": the_plan.scheme,
-            "rnninit.rules": json.dumps(list(the_plan.rules)), "rnninit.seed": str(the_plan.seed),
-            **({"rnninit.only": the_plan.only} if the_plan.only else {})}
-
-
-def _apply_with_progress(the_plan: Any, tensors: Any, seed: int | None, quiet: bool) -> Any:
-    from .planning import apply_plan
-
-    if quiet or not console.is_terminal or len(the_plan.writes) < 64:
-        return apply_plan(the_plan, tensors, seed=seed)
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("initializing", total=len(the_plan.writes))
-        return apply_plan(the_plan, tensors, seed=seed,
-                          on_entry=lambda _entry: progress.advance(task))
-
-
 def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, quiet: bool) -> None:
     from .report import apply_table
 
@@ -157,11 +139,12 @@ def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, q
 
 @app.command()
 def apply(
-    input: Annotated[str, typer.Argument(help="Checkpoint (torch.save file or .safetensors), or - for "
-                                         "standard input.", show_default=False)],
+    input: Annotated[str, typer.Argument(
+        help="Checkpoint (torch.save file or .safetensors), a model folder, or - for standard input.",
+        show_default=False)],
     scheme: SchemeOption,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="Where to write; - for standard output.")] = None,
+        "--output", "-o", help="Where to write (a folder for a model folder); - for standard output.")] = None,
     seed: SeedOption = None,
     rule: RuleOption = None,
     only: OnlyOption = None,
@@ -171,55 +154,48 @@ def apply(
     force: ForceOption = False,
     tensors_only: Annotated[bool, typer.Option(
         "--tensors-only", help="Writing safetensors from a .pt: drop its non-tensor entries.")] = False,
+    drop_optimizer_state: Annotated[bool, typer.Option(
+        "--drop-optimizer-state", help="Remove optimizer state (stale for rewritten parameters).")] = False,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Rewrite every recurrent parameter of a checkpoint by SCHEME; keep everything else as it was."""
     with _errors():
-        if output is None and in_place:
-            output = input
-        if output is None and not dry_run:
-            raise UsageError("give -o OUTPUT, --in-place, or --dry-run")
         if as_json and output == "-":
             raise UsageError("--json and -o - both want standard output; choose one")
-        if in_place and input == "-":
-            raise UsageError("--in-place needs a file, not standard input")
-        from .checkpoint import check_output, load_checkpoint, output_format, save_checkpoint
-        from .planning import plan
-        from .report import apply_document, capture_stats
+        from .report import apply_document
+        from .rewrite import rewrite
 
-        if output is not None and not dry_run:
-            check_output(input, output, force=force, in_place=in_place)
-        checkpoint = load_checkpoint(input)
-        the_plan = plan(checkpoint.tensors, scheme, rules=rule or (), only=only)
-        target_format = output_format(output or "", fmt.value if fmt else None, checkpoint.format)
-        if target_format == "safetensors" and checkpoint.non_tensor_paths and not tensors_only:
-            raise OutputError("the checkpoint holds non-tensor entries that safetensors cannot store "
-                              f"({', '.join(checkpoint.non_tensor_paths[:5])}); write .pt, or pass "
-                              "--tensors-only to keep only the tensors")
-        before = capture_stats(the_plan, checkpoint.tensors)
-        if dry_run:
-            the_plan = the_plan if seed is None else _with_seed(the_plan, seed)
-            if as_json:
-                _emit_json(apply_document(the_plan, checkpoint.tensors, before, source=input,
-                                          fmt=target_format, output=None) | {"dry_run": True})
-            elif not quiet:
-                _show_result(the_plan, None, None, None, quiet)
-            return
-        the_plan = _apply_with_progress(the_plan, checkpoint.tensors, seed, quiet or as_json)
-        save_checkpoint(checkpoint, output, target_format, metadata=_metadata(the_plan),
-                        tensors_only=tensors_only)
+        with _progress(quiet or as_json) as on_entry:
+            result = rewrite(input, output, scheme, rules=rule or (), only=only, seed=seed,
+                             fmt=fmt.value if fmt else None, dry_run=dry_run, in_place=in_place, force=force,
+                             tensors_only=tensors_only, drop_optimizer_state=drop_optimizer_state,
+                             on_entry=on_entry)
+        if not quiet:
+            for line in result.warnings:
+                console.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True)
+            for line in result.notes:
+                console.print(line, markup=False, soft_wrap=True)
         if as_json:
-            _emit_json(apply_document(the_plan, checkpoint.tensors, before, source=input,
-                                      fmt=target_format, output=output))
-        else:
-            _show_result(the_plan, checkpoint.tensors, before, _shown(output), quiet)
+            document = apply_document(result.plan, result.tensors, result.before, source=input,
+                                      fmt=result.output_format, output=result.output)
+            _emit_json(document | ({"dry_run": True} if dry_run else {}))
+        elif not quiet:
+            _show_result(result.plan, None if dry_run else result.tensors, result.before,
+                         _shown(result.output), quiet)
 
 
-def _with_seed(the_plan: Any, seed: int) -> Any:
-    from dataclasses import replace
+@contextmanager
+def _progress(silent: bool) -> Iterator[Callable[[Any], None] | None]:
+    """A progress bar on a terminal's standard error; nothing elsewhere."""
+    if silent or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import Progress
 
-    return replace(the_plan, seed=seed)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("initializing", total=None)
+        yield lambda _entry: progress.advance(task)
 
 
 def _shown(output: str | None) -> str | None:
@@ -228,7 +204,8 @@ def _shown(output: str | None) -> str | None:
 
 @app.command()
 def inspect(
-    input: Annotated[str, typer.Argument(help="Checkpoint, or - for standard input.", show_default=False)],
+    input: Annotated[str, typer.Argument(help="Checkpoint, model folder, or - for standard input.",
+                                         show_default=False)],
     only: OnlyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -236,25 +213,23 @@ def inspect(
     with _errors():
         import re
 
-        from .checkpoint import load_checkpoint
-        from .layout import find_layers
         from .report import inspect_document, inspect_table, provenance, selected_kinds
+        from .rewrite import inspect_checkpoint
 
         if only is not None:
             try:
                 re.compile(only)
             except re.error as error:
                 raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
-        checkpoint = load_checkpoint(input)
-        layers = find_layers(checkpoint.tensors)
+        found = inspect_checkpoint(input, only)
         if as_json:
-            _emit_json(inspect_document(layers, checkpoint.tensors, source=input, fmt=checkpoint.format,
-                                        only=only, metadata=checkpoint.metadata))
+            _emit_json(inspect_document(found.layers, found.tensors, source=input, fmt=found.format,
+                                        only=only, metadata=found.metadata))
             return
-        shown = [(layer, kinds) for layer in layers if (kinds := selected_kinds(layer, only))]
-        console.print(f"{input}: {checkpoint.format}, {len(checkpoint.tensors)} tensor(s), "
+        shown = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
+        console.print(f"{input}: {found.format}, {found.tensor_count} tensor(s), "
                       f"{len(shown)} recurrent layer(s)", markup=False, soft_wrap=True)
-        recorded = provenance(checkpoint.metadata)
+        recorded = provenance(found.metadata)
         if recorded:
             console.print(recorded, markup=False, soft_wrap=True)
         if not shown:
@@ -262,39 +237,7 @@ def inspect(
                           markup=False)
         for layer, kinds in shown:
             console.print()
-            console.print(inspect_table(layer, checkpoint.tensors, kinds))
-
-
-_CELL_CLASSES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM", "rnncell": "RNNCell",
-                 "grucell": "GRUCell", "lstmcell": "LSTMCell"}
-
-
-def build_module_state(
-    cell: str, *, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,
-    proj_size: int, bias: bool, seed: int,
-) -> dict[str, Any]:
-    """The state_dict of a fresh `torch.nn` recurrent module, built under a fixed RNG."""
-    import torch
-
-    cls = getattr(torch.nn, _CELL_CLASSES[cell])
-    kwargs: dict[str, Any] = {"bias": bias}
-    if cell.endswith("cell"):
-        if num_layers != 1 or bidirectional or proj_size:
-            raise UsageError(f"{cell} is a single cell: --num-layers, --bidirectional and --proj-size "
-                             "apply to rnn, gru and lstm")
-    else:
-        kwargs |= {"num_layers": num_layers, "bidirectional": bidirectional}
-        if proj_size:
-            if cell != "lstm":
-                raise UsageError("--proj-size exists only for lstm")
-            kwargs["proj_size"] = proj_size
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = cls(input_size, hidden_size, **kwargs)
-    except ValueError as error:
-        raise UsageError(f"cannot build {cell}: {error}") from None
-    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+            console.print(inspect_table(layer, found.tensors, kinds))
 
 
 @app.command()
@@ -320,29 +263,18 @@ def new(
     with _errors():
         if as_json and output == "-":
             raise UsageError("--json and -o - both want standard output; choose one")
-        from .checkpoint import Checkpoint, check_output, output_format, save_checkpoint
-        from .planning import apply_plan, draw_seed, plan
-        from .report import apply_document, capture_stats
+        from .report import apply_document
+        from .rewrite import create
 
-        check_output("-", output, force=force, in_place=False)
-        seed = draw_seed() if seed is None else seed
-        state = build_module_state(cell.value, input_size=input_size, hidden_size=hidden_size,
-                                   num_layers=num_layers, bidirectional=bidirectional,
-                                   proj_size=proj_size, bias=not no_bias, seed=seed)
-        if prefix and not prefix.endswith("."):
-            prefix += "."
-        tensors = {prefix + name: tensor for name, tensor in state.items()}
-        the_plan = plan(tensors, scheme, rules=rule or ())
-        before = capture_stats(the_plan, tensors)
-        the_plan = apply_plan(the_plan, tensors, seed=seed)
-        fmt_name = output_format(output, fmt.value if fmt else None, "pt")
-        save_checkpoint(Checkpoint(fmt_name, tensors, tensors), output, fmt_name,
-                        metadata=_metadata(the_plan))
+        result = create(cell.value, output, scheme, input_size=input_size, hidden_size=hidden_size,
+                        num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
+                        bias=not no_bias, prefix=prefix, rules=rule or (), seed=seed,
+                        fmt=fmt.value if fmt else None, force=force)
         if as_json:
-            _emit_json(apply_document(the_plan, tensors, before, source=f"new {cell.value}",
-                                      fmt=fmt_name, output=output))
+            _emit_json(apply_document(result.plan, result.tensors, result.before, source=f"new {cell.value}",
+                                      fmt=result.output_format, output=output))
         else:
-            _show_result(the_plan, tensors, before, _shown(output), quiet)
+            _show_result(result.plan, result.tensors, result.before, _shown(output), quiet)
 
 
 @app.command()

@@ -1,0 +1,448 @@
+"""Byte-level access to checkpoint files: where each tensor's bytes lie, and patched copies.
+
+For large checkpoints rnninit never loads the untouched tensors. A `.safetensors` header gives every
+tensor's byte range; a `.pt` written by `torch.save` is a zip archive whose tensor records are stored
+uncompressed, and its `data.pkl` says which record (and offset) backs each tensor. That pickle is read
+only through torch's weights-only unpickler, with storages materialized on the `meta` device, so no
+tensor data is read and no code from the file runs. An output is then the input's bytes copied by the
+kernel, with only the rewritten tensors' byte ranges overwritten (and, for zip archives, the CRC-32
+fields of the touched records updated).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import struct
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .checkpoint import (
+    METADATA_RECORD,
+    UnsafeCheckpointError,
+    detect_format,
+    first_line,
+    optimizer_state_paths,
+    unsafe_message,
+    walk,
+)
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+METADATA_RECORD_SIZE = 4096  # the rnninit record is padded so a re-run can overwrite it in place
+_CHUNK = 16 << 20
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "U16": "uint16",
+    "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+
+
+class CannotPatch(Exception):
+    """This file (or this change) cannot be done by patching bytes; load the checkpoint instead."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a tensor's elements lie in the file."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    storage: str  # zip record name (.pt) or "data" (.safetensors)
+    base: int  # absolute file offset of the storage's first byte
+    offset: int  # element offset of the tensor in its storage
+
+    @property
+    def element_size(self) -> int:
+        import torch
+
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def contiguous(self) -> bool:
+        expected = 1
+        for size, stride in reversed(list(zip(self.shape, self.stride, strict=True))):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """[first, last + 1) element indexes of the storage that the tensor reads."""
+        if 0 in self.shape:
+            return self.offset, self.offset
+        last = self.offset + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride, strict=True))
+        return self.offset, last + 1
+
+    @property
+    def byte_range(self) -> tuple[int, int]:
+        first, stop = self.span
+        return self.base + first * self.element_size, self.base + stop * self.element_size
+
+
+@dataclass
+class Record:
+    """A stored (uncompressed) zip record and where its CRC-32 is written."""
+
+    name: str
+    data_start: int
+    size: int
+    crc_positions: list[int]
+
+
+@dataclass
+class TensorFile:
+    """A checkpoint file indexed by byte ranges; tensors are read on demand."""
+
+    path: Path
+    format: str
+    locations: dict[str, Location]
+    metadata: dict[str, str] = field(default_factory=dict)
+    root: Any = None  # .pt: the object with meta tensors in place of data
+    records: dict[str, Record] = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)  # .safetensors: the parsed header
+    data_start: int = 0  # .safetensors: where the data section begins
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    @property
+    def non_tensor_paths(self) -> list[str]:
+        return [] if self.root is None else [p for p, v in walk(self.root, "") if not _is_tensor(v)]
+
+    @property
+    def optimizer_paths(self) -> list[str]:
+        return [] if self.root is None else optimizer_state_paths(self.root)
+
+    def shapes(self) -> dict[str, torch.Tensor]:
+        """Meta tensors (shape and dtype, no data) for layout discovery and planning."""
+        import torch
+
+        return {name: torch.empty_strided(loc.shape, loc.stride, dtype=loc.dtype, device="meta")
+                for name, loc in self.locations.items()}
+
+    def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Real copies of the named tensors, read from their byte ranges."""
+        import torch
+
+        result = {}
+        with open(self.path, "rb") as handle:
+            for name in names:
+                loc = self.locations[name]
+                start, stop = loc.byte_range
+                handle.seek(start)
+                raw = bytearray(handle.read(stop - start))
+                if len(raw) != stop - start:
+                    raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
+                if not raw:
+                    result[name] = torch.empty(loc.shape, dtype=loc.dtype)
+                    continue
+                # `raw` starts at the first element the tensor reads, so the view's offset is 0
+                flat = torch.frombuffer(raw, dtype=loc.dtype)
+                result[name] = torch.as_strided(flat, loc.shape, loc.stride, 0).clone()
+        return result
+
+    def storage_spans(self) -> dict[str, tuple[str, int, int]]:
+        return {name: (loc.storage, *loc.byte_range) for name, loc in self.locations.items()}
+
+    def write_patched(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """Write this file with `updates` in place of those tensors' bytes, to the file `sink`."""
+        for name in updates:
+            if not self.locations[name].contiguous:
+                raise CannotPatch(f"{name} is not contiguous")
+        if self.format == "safetensors":
+            self._write_safetensors(sink, updates, metadata)
+        else:
+            self._write_pt(sink, updates, metadata)
+
+    def _write_safetensors(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        header = dict(self.header)
+        merged = {**self.metadata, **metadata}
+        header.pop("__metadata__", None)
+        if merged:
+            header = {"__metadata__": merged, **header}
+        encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        new_start = 8 + len(encoded)
+        out = sink.fileno()
+        os.pwrite(out, struct.pack("<Q", len(encoded)) + encoded, 0)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as source:
+            copy_range(source.fileno(), out, self.data_start, new_start, size - self.data_start)
+        for name, tensor in updates.items():
+            start, _ = self.locations[name].byte_range
+            _pwrite_tensor(out, tensor, start - self.data_start + new_start)
+
+    def _write_pt(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        out = sink.fileno()
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as source:
+            copy_range(source.fileno(), out, 0, 0, size)
+        touched = set()
+        for name, tensor in updates.items():
+            loc = self.locations[name]
+            _pwrite_tensor(out, tensor, loc.byte_range[0])
+            touched.add(loc.storage)
+        existing = next((r for n, r in self.records.items() if n.endswith("/" + METADATA_RECORD)), None)
+        payload = metadata_payload(metadata) if metadata else None
+        if payload is not None and existing is not None:
+            if existing.size != len(payload):
+                raise CannotPatch("the existing rnninit record has another size")
+            os.pwrite(out, payload, existing.data_start)
+            touched.add(existing.name)
+        for name in sorted(touched):
+            record = self.records[name]
+            crc = _crc_of(out, record.data_start, record.size)
+            for position in record.crc_positions:
+                os.pwrite(out, struct.pack("<I", crc), position)
+        if payload is not None and existing is None:
+            sink.seek(0)
+            append_metadata_record(sink, payload)
+
+
+def metadata_payload(metadata: dict[str, str]) -> bytes:
+    """The rnninit zip record: sorted JSON padded with spaces to a multiple of 4096 bytes."""
+    encoded = json.dumps(metadata, sort_keys=True).encode()
+    return encoded + b" " * (-len(encoded) % METADATA_RECORD_SIZE)
+
+
+def append_metadata_record(sink: BinaryIO, payload: bytes) -> None:
+    """Add the rnninit record to the zip archive in `sink` (torch.load ignores unknown records)."""
+    with zipfile.ZipFile(sink, "a") as archive:  # type: ignore[arg-type]
+        folder = archive.namelist()[0].split("/")[0]
+        info = zipfile.ZipInfo(f"{folder}/{METADATA_RECORD}", date_time=(1980, 1, 1, 0, 0, 0))
+        archive.writestr(info, payload, zipfile.ZIP_STORED)
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def _pwrite_tensor(descriptor: int, tensor: torch.Tensor, position: int) -> None:
+    import torch
+
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel():
+        data = memoryview(flat.view(torch.uint8).numpy())
+        while data:
+            written = os.pwrite(descriptor, data, position)
+            data, position = data[written:], position + written
+
+
+def _crc_of(descriptor: int, start: int, size: int) -> int:
+    crc = 0
+    while size > 0:
+        chunk = os.pread(descriptor, min(size, _CHUNK), start)
+        if not chunk:
+            raise CheckpointError("unexpected end of file while checking a zip record")
+        crc = zlib.crc32(chunk, crc)
+        start += len(chunk)
+        size -= len(chunk)
+    return crc
+
+
+def copy_range(source: int, target: int, source_start: int, target_start: int, count: int) -> None:
+    """Copy `count` bytes between file descriptors in the kernel where possible (no Python buffers)."""
+    use_kernel = hasattr(os, "copy_file_range")
+    while count > 0:
+        step = min(count, 1 << 30)
+        copied = 0
+        if use_kernel:
+            try:
+                copied = os.copy_file_range(source, target, step, source_start, target_start)
+            except OSError:
+                use_kernel = False
+        if not use_kernel:
+            chunk = os.pread(source, min(step, _CHUNK), source_start)
+            copied = os.pwrite(target, chunk, target_start) if chunk else 0
+        if copied == 0:
+            raise CheckpointError("the input file ended early (was it truncated while being read?)")
+        count -= copied
+        source_start += copied
+        target_start += copied
+
+
+def index_file(path: Path) -> TensorFile:
+    """Index a `.pt` zip archive or a `.safetensors` file; CannotPatch for other `.pt` layouts."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    try:
+        fmt = detect_format(head, size)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    if fmt == "safetensors":
+        return _index_safetensors(path, size)
+    if not head.startswith(b"PK"):
+        raise CannotPatch("legacy (non-zip) torch.save format")
+    return _index_pt(path)
+
+
+def _index_safetensors(path: Path, size: int) -> TensorFile:
+    import torch
+
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        raw = handle.read(header_size)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: damaged safetensors header: {error}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: damaged safetensors header: not a JSON object")
+    data_start = 8 + header_size
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: damaged safetensors header: __metadata__ is not a str → str map")
+    locations = {}
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+            shape = tuple(int(s) for s in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CheckpointError(f"{path}: damaged safetensors header: bad entry for {name!r}") from None
+        element = torch.empty((), dtype=dtype).element_size()
+        count = 1
+        for dim in shape:
+            count *= dim
+        if min(shape, default=0) < 0 or end - begin != count * element or begin < 0 or data_start + end > size:
+            raise CheckpointError(f"{path}: damaged safetensors header: {name!r} has offsets "
+                                  f"[{begin}, {end}) that do not fit its shape or the file")
+        stride = tuple(_contiguous_strides(shape))
+        locations[name] = Location(dtype, shape, stride, "data", data_start + begin, 0)
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
+        if begin < end:
+            raise CheckpointError(f"{path}: damaged safetensors header: {first!r} and {second!r} overlap")
+    return TensorFile(path, "safetensors", locations, dict(metadata), header=header, data_start=data_start)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> Iterator[int]:
+    strides = []
+    step = 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return reversed(strides)
+
+
+def _zip_records(path: Path, archive: zipfile.ZipFile) -> dict[str, Record]:
+    records = {}
+    with open(path, "rb") as handle:
+        central = {}
+        handle.seek(archive.start_dir)  # type: ignore[attr-defined]
+        for _ in archive.infolist():
+            position = handle.tell()
+            fixed = handle.read(46)
+            if fixed[:4] != b"PK\x01\x02":
+                raise CannotPatch("unexpected zip central directory")
+            name_length, extra_length, comment_length = struct.unpack("<HHH", fixed[28:34])
+            name = handle.read(name_length).decode("utf-8")
+            handle.seek(extra_length + comment_length, os.SEEK_CUR)
+            central[name] = position + 16
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CannotPatch(f"record {info.filename} is compressed")
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise CannotPatch("unexpected zip local header")
+            flags = struct.unpack("<H", local[6:8])[0]
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            data_start = info.header_offset + 30 + name_length + extra_length
+            positions = [central[info.filename]]
+            if flags & 0x08:
+                handle.seek(data_start + info.compress_size)
+                descriptor = handle.read(4)
+                positions.append(data_start + info.compress_size + (4 if descriptor == b"PK\x07\x08" else 0))
+            else:
+                positions.append(info.header_offset + 14)
+            records[info.filename] = Record(info.filename, data_start, info.file_size, positions)
+    return records
+
+
+def _index_pt(path: Path) -> TensorFile:
+    import pickle
+
+    import torch
+    from torch import _weights_only_unpickler
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable torch.save file (truncated or damaged?): "
+                              f"{first_line(str(error))}") from None
+    with archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise CannotPatch("no single data.pkl record")
+        folder = pickles[0].split("/")[0]
+        if f"{folder}/byteorder" in names and archive.read(f"{folder}/byteorder").strip() != b"little":
+            raise CannotPatch("big-endian archive")
+        records = _zip_records(path, archive)
+        data_pkl = archive.read(pickles[0])
+        metadata = {}
+        if f"{folder}/{METADATA_RECORD}" in names:
+            try:
+                metadata = json.loads(archive.read(f"{folder}/{METADATA_RECORD}"))
+            except ValueError:
+                metadata = {}
+
+    storages: dict[int, str] = {}
+
+    def persistent_load(saved_id: tuple[Any, ...]) -> Any:
+        _, storage_type, key, _location, numel = saved_id
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        record = f"{folder}/data/{key}"
+        if record not in records:
+            raise CheckpointError(f"{path}: record {record} is missing from the archive")
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if nbytes > records[record].size:
+            raise CheckpointError(f"{path}: record {record} is shorter than its storage")
+        untyped = torch.UntypedStorage(nbytes, device="meta")
+        storages[untyped._cdata] = record
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+    unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(data_pkl), encoding="utf-8")
+    unpickler.persistent_load = persistent_load  # type: ignore[assignment]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root = unpickler.load()
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(unsafe_message(str(path), str(error))) from None
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CannotPatch(f"data.pkl: {first_line(str(error))}") from None
+
+    locations = {}
+    for name, value in walk(root, ""):
+        if not isinstance(value, torch.Tensor):
+            continue
+        record = storages.get(value.untyped_storage()._cdata)
+        if record is None or value.device.type != "meta":
+            raise CannotPatch(f"{name} is not backed by a storage record")
+        locations[name or "tensor"] = Location(value.dtype, tuple(value.shape), tuple(value.stride()), record,
+                                               records[record].data_start, value.storage_offset())
+    return TensorFile(path, "pt", locations, metadata, root=root, records=records)
