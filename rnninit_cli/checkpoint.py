@@ -130,10 +130,12 @@ def detect_format(head: bytes, size: int) -> str:
         raise CheckpointError("the file is empty")
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "pt"
-    if len(head) >= 9:
+    if len(head) >= 9 and head[8:9] == b"{":
         (header_size,) = struct.unpack("<Q", head[:8])
-        if header_size <= size - 8 and head[8:9] == b"{":
+        if header_size <= size - 8:
             return "safetensors"
+        raise CheckpointError(f"safetensors header claims {header_size} bytes but the file has only {size}: "
+                              "truncated or damaged")
     raise CheckpointError("not a checkpoint: neither a torch.save file nor a .safetensors file")
 
 
@@ -145,11 +147,19 @@ def read_input(source: str | Path) -> bytes:
     try:
         if path.is_dir():
             raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+        require_regular_file(path)
         return path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read: {error.strerror or error}") from None
+
+
+def require_regular_file(path: Path) -> None:
+    """Refuse FIFOs, sockets and devices: opening one can block forever."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise CheckpointError(f"{path} is not a regular file (a FIFO, socket or device); "
+                              "feed it through standard input with -")
 
 
 def load_checkpoint(source: str | Path, data: bytes | None = None) -> Checkpoint:
@@ -257,7 +267,8 @@ def check_output(source: str | Path, output: str | Path, *, force: bool, in_plac
     same = str(source) != STDIO and out.exists() and Path(source).exists() and out.samefile(source)
     if same and not in_place:
         raise OutputError(f"{out} is the input file; pass --in-place to rewrite it")
-    if out.is_dir():
+    folder_input = str(source) != STDIO and Path(source).is_dir()  # a model folder's output is a folder
+    if out.is_dir() and not folder_input:
         raise OutputError(f"{out} is a folder; give a file name for the output")
     if out.exists() and not same and not force:
         raise OutputError(f"{out} already exists; pass --force to replace it")
@@ -319,7 +330,7 @@ def serialize(
     """Write `checkpoint` in format `fmt` to the seekable binary file `sink`."""
     if fmt == "safetensors":
         tensors = _safetensors_tensors(checkpoint, tensors_only)
-        merged = {**(checkpoint.metadata if checkpoint.format == "safetensors" else {}), **metadata}
+        merged = merge_metadata(checkpoint.metadata if checkpoint.format == "safetensors" else {}, metadata)
         write_safetensors(tensors, merged, sink)
         return
     import torch
@@ -331,6 +342,14 @@ def serialize(
             folder = archive.namelist()[0].split("/")[0]
             info = zipfile.ZipInfo(f"{folder}/{METADATA_RECORD}", date_time=(1980, 1, 1, 0, 0, 0))
             archive.writestr(info, json.dumps(metadata, sort_keys=True), zipfile.ZIP_STORED)
+
+
+def merge_metadata(kept: dict[str, str], recorded: dict[str, str]) -> dict[str, str]:
+    """The input's metadata plus this run's record; a new record replaces every `rnninit.*` key of an
+    earlier run (an old `rnninit.only` would otherwise describe a run that did not happen)."""
+    if any(key.startswith("rnninit.") for key in recorded):
+        kept = {key: value for key, value in kept.items() if not key.startswith("rnninit.")}
+    return {**kept, **recorded}
 
 
 def _default_mode(existing: Path) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,7 +66,7 @@ def _errors() -> Iterator[None]:
     except RnnInitError as error:
         if _state["debug"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {error}", markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
     except BrokenPipeError:
         # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
@@ -80,7 +81,7 @@ def _errors() -> Iterator[None]:
     except Exception as error:
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] internal error: {type(error).__name__}: {error} "
+        console.print(f"[bold red]error:[/] internal error: {type(error).__name__}: {escape(str(error))} "
                       "(run with --debug for the traceback)", soft_wrap=True, markup=True)
         raise typer.Exit(1) from None
 
@@ -296,8 +297,14 @@ def schemes(as_json: JsonOption = False) -> None:
                       "Later rules win.", markup=False, soft_wrap=True)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C does, so temporary files are removed on the way out
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .checkpoint import STDIO, Checkpoint, atomic_write, check_output, load_checkpoint, output_format, save_checkpoint
+from .checkpoint import (
+    STDIO,
+    Checkpoint,
+    atomic_write,
+    check_output,
+    load_checkpoint,
+    output_format,
+    require_regular_file,
+    save_checkpoint,
+)
 from .errors import OutputError, UsageError
 from .folders import ModelFolder, open_folder
 from .layout import Layer, find_layers
@@ -38,6 +47,7 @@ def open_source(source: str, *, whole: bool = False) -> Source:
         return load_checkpoint(source)
     if not path.exists():
         return load_checkpoint(source)  # raises the "no such file" error
+    require_regular_file(path)
     try:
         return index_file(path)
     except CannotPatch:

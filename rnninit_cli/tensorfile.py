@@ -29,6 +29,7 @@ from .checkpoint import (
     UnsafeCheckpointError,
     detect_format,
     first_line,
+    merge_metadata,
     optimizer_state_paths,
     unsafe_message,
     walk,
@@ -169,7 +170,7 @@ class TensorFile:
 
     def _write_safetensors(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         header = dict(self.header)
-        merged = {**self.metadata, **metadata}
+        merged = merge_metadata(self.metadata, metadata)
         header.pop("__metadata__", None)
         if merged:
             header = {"__metadata__": merged, **header}
@@ -285,11 +286,16 @@ def index_file(path: Path) -> TensorFile:
         fmt = detect_format(head, size)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    if fmt == "safetensors":
-        return _index_safetensors(path, size)
-    if not head.startswith(b"PK"):
+    if fmt == "pt" and not head.startswith(b"PK"):
         raise CannotPatch("legacy (non-zip) torch.save format")
-    return _index_pt(path)
+    try:
+        return _index_safetensors(path, size) if fmt == "safetensors" else _index_pt(path)
+    except (CheckpointError, CannotPatch):
+        raise
+    except Exception as error:  # damage shows up as any of zipfile's, struct's, unicode's... errors
+        kind = "torch.save" if fmt == "pt" else "safetensors"
+        raise CheckpointError(f"{path}: not a readable {kind} file (truncated or damaged?): "
+                              f"{first_line(str(error)) or type(error).__name__}") from None
 
 
 def _index_safetensors(path: Path, size: int) -> TensorFile:
