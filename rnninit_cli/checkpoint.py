@@ -276,13 +276,12 @@ def check_output(source: str | Path, output: str | Path, *, force: bool, in_plac
         raise OutputError(f"{out.parent} does not exist; create the folder first")
 
 
-def _safetensors_tensors(checkpoint: Checkpoint, tensors_only: bool) -> dict[str, torch.Tensor]:
-    extra = checkpoint.non_tensor_paths
-    if extra and not tensors_only:
-        shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
+def refuse_non_tensors(non_tensor_paths: list[str], tensors_only: bool) -> None:
+    """Safetensors holds tensors only: refuse to silently drop other entries of a .pt."""
+    if non_tensor_paths and not tensors_only:
+        shown = ", ".join(non_tensor_paths[:5]) + (", ..." if len(non_tensor_paths) > 5 else "")
         raise OutputError(f"the checkpoint holds non-tensor entries ({shown}) that safetensors cannot "
                           "store; write .pt, or pass --tensors-only to keep only the tensors")
-    return checkpoint.tensors
 
 
 _SAFETENSORS_DTYPES = {
@@ -329,7 +328,8 @@ def serialize(
 ) -> None:
     """Write `checkpoint` in format `fmt` to the seekable binary file `sink`."""
     if fmt == "safetensors":
-        tensors = _safetensors_tensors(checkpoint, tensors_only)
+        refuse_non_tensors(checkpoint.non_tensor_paths, tensors_only)
+        tensors = checkpoint.tensors
         merged = merge_metadata(checkpoint.metadata if checkpoint.format == "safetensors" else {}, metadata)
         write_safetensors(tensors, merged, sink)
         return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from .checkpoint import (
     check_output,
     load_checkpoint,
     output_format,
+    refuse_non_tensors,
     require_regular_file,
     save_checkpoint,
 )
@@ -156,12 +157,8 @@ def rewrite(
         opened.drop(dropped)
         notes.append(f"removed optimizer state: {', '.join(dropped)}" if dropped else
                      "no optimizer state to remove")
-    if target_format == "safetensors" and opened.non_tensor_paths and not tensors_only and \
-            not isinstance(opened, ModelFolder):
-        extra = opened.non_tensor_paths
-        raise OutputError(f"the checkpoint holds non-tensor entries ({', '.join(extra[:5])}"
-                          f"{', ...' if len(extra) > 5 else ''}) that safetensors cannot store; "
-                          "write .pt, or pass --tensors-only to keep only the tensors")
+    if target_format == "safetensors" and not isinstance(opened, ModelFolder):
+        refuse_non_tensors(opened.non_tensor_paths, tensors_only)
 
     the_plan = plan(opened.shapes(), scheme, rules=rules, only=only)
     names = [name for layer in the_plan.layers for name in layer.params.values()]
@@ -175,17 +172,13 @@ def rewrite(
                         f"buffers for the {len(written)} rewritten parameter(s) are now stale. Pass "
                         "--drop-optimizer-state to remove it, or reset the optimizer when resuming")
     result = RewriteResult(the_plan, tensors, before, opened.format, target_format, None, warnings, notes)
-    if dry_run:
-        if seed is not None:
-            from dataclasses import replace
-
-            result.plan = replace(the_plan, seed=seed)
+    if dry_run or output is None:
+        result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
         return result
 
     result.plan = apply_plan(the_plan, tensors, seed=seed, on_entry=on_entry)
     metadata = recorded_metadata(result.plan)
     updates = {name: tensors[name] for name in written}
-    assert output is not None
     if isinstance(opened, ModelFolder):
         opened.write(Path(output), updates, metadata)
     elif isinstance(opened, TensorFile):
