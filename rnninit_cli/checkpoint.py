@@ -352,6 +352,18 @@ def merge_metadata(kept: dict[str, str], recorded: dict[str, str]) -> dict[str, 
     return {**kept, **recorded}
 
 
+def save_whole(
+    source: Path, updates: dict[str, torch.Tensor], metadata: dict[str, str], sink: BinaryIO,
+    fmt: str | None = None, *, tensors_only: bool = False,
+) -> None:
+    """Load `source` whole, copy `updates` into it, and write it to `sink` (for files that cannot
+    be patched byte by byte, e.g. a non-contiguous rewritten tensor)."""
+    whole = load_checkpoint(source)
+    for name, tensor in updates.items():
+        whole.tensors[name].copy_(tensor)
+    serialize(whole, fmt or whole.format, metadata, sink, tensors_only=tensors_only)
+
+
 def _default_mode(existing: Path) -> int:
     if existing.exists():
         return existing.stat().st_mode & 0o7777

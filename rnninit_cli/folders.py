@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checkpoint import save_whole
 from .errors import CheckpointError, OutputError
 from .tensorfile import CannotPatch, TensorFile, index_file
 
@@ -89,7 +90,12 @@ class ModelFolder:
                 shard_updates = by_shard.get(relative.as_posix())
                 if shard_updates:
                     with open(target, "w+b") as sink:
-                        self.shards[relative.as_posix()].write_patched(sink, shard_updates, metadata)
+                        try:
+                            self.shards[relative.as_posix()].write_patched(sink, shard_updates, metadata)
+                        except CannotPatch:  # e.g. a non-contiguous tensor: re-save this shard whole
+                            sink.seek(0)
+                            sink.truncate()
+                            save_whole(source, shard_updates, metadata, sink)
                         sink.flush()
                         os.fsync(sink.fileno())
                     os.chmod(target, 0o666 & ~_umask())

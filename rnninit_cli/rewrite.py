@@ -25,6 +25,7 @@ from .checkpoint import (
     refuse_non_tensors,
     require_regular_file,
     save_checkpoint,
+    save_whole,
 )
 from .errors import OutputError, UsageError
 from .folders import ModelFolder, open_folder
@@ -185,9 +186,8 @@ def rewrite(
         try:
             atomic_write(output, lambda sink: opened.write_patched(sink, updates, metadata))
         except CannotPatch:
-            whole = load_checkpoint(source)
-            apply_plan(result.plan, whole.tensors)
-            save_checkpoint(whole, output, target_format, metadata=metadata, tensors_only=tensors_only)
+            atomic_write(output, lambda sink: save_whole(Path(source), updates, metadata, sink, target_format,
+                                                         tensors_only=tensors_only))
     else:
         save_checkpoint(opened, output, target_format, metadata=metadata, tensors_only=tensors_only)
     result.output = output
