@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 FORMATS = ("pt", "safetensors")
 PT_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
 METADATA_RECORD = "rnninit.json"  # extra record in a .pt zip archive; torch.load ignores it
+METADATA_RECORD_SIZE = 4096  # the record is padded so that a re-run can overwrite it in place
 STDIO = "-"
 
 
@@ -330,7 +331,7 @@ def serialize(
     if fmt == "safetensors":
         refuse_non_tensors(checkpoint.non_tensor_paths, tensors_only)
         tensors = checkpoint.tensors
-        merged = merge_metadata(checkpoint.metadata if checkpoint.format == "safetensors" else {}, metadata)
+        merged = merge_metadata(checkpoint.metadata, metadata)
         write_safetensors(tensors, merged, sink)
         return
     import torch
@@ -338,10 +339,21 @@ def serialize(
     torch.save(checkpoint.root, sink)
     if metadata:
         sink.seek(0)
-        with zipfile.ZipFile(sink, "a") as archive:  # type: ignore[arg-type]
-            folder = archive.namelist()[0].split("/")[0]
-            info = zipfile.ZipInfo(f"{folder}/{METADATA_RECORD}", date_time=(1980, 1, 1, 0, 0, 0))
-            archive.writestr(info, json.dumps(metadata, sort_keys=True), zipfile.ZIP_STORED)
+        append_metadata_record(sink, metadata_payload(merge_metadata(checkpoint.metadata, metadata)))
+
+
+def metadata_payload(metadata: dict[str, str]) -> bytes:
+    """The rnninit zip record: sorted JSON padded with spaces to a multiple of 4096 bytes."""
+    encoded = json.dumps(metadata, sort_keys=True).encode()
+    return encoded + b" " * (-len(encoded) % METADATA_RECORD_SIZE)
+
+
+def append_metadata_record(sink: BinaryIO, payload: bytes) -> None:
+    """Add the rnninit record to the zip archive in `sink` (torch.load ignores unknown records)."""
+    with zipfile.ZipFile(sink, "a") as archive:  # type: ignore[arg-type]
+        folder = archive.namelist()[0].split("/")[0]
+        info = zipfile.ZipInfo(f"{folder}/{METADATA_RECORD}", date_time=(1980, 1, 1, 0, 0, 0))
+        archive.writestr(info, payload, zipfile.ZIP_STORED)
 
 
 def merge_metadata(kept: dict[str, str], recorded: dict[str, str]) -> dict[str, str]:

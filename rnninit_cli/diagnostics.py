@@ -481,13 +481,6 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
         return bad
     if init in ("zeros", "ones", "constant"):
         return check_constant(block, {"zeros": 0.0, "ones": 1.0}.get(init, float(args.get("value", 0.0))), u)
-    if init == "uniform":
-        return check_uniform(block, float(args["a"]), float(args["b"]), u)
-    if init == "normal":
-        return check_normal(block, float(args["mean"]), float(args["std"]), u)
-    if init == "pytorch":
-        bound = 1 / math.sqrt(int(args["hidden_size"]))
-        return check_uniform(block, -bound, bound, u)
     if init == "identity":
         return check_identity(block, float(args.get("scale", 1.0)), u)
     if init == "chrono":
@@ -497,6 +490,15 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
             return _check_orthogonal_matrix(entry, group, cache)
         tolerance = orthogonal_tolerance(cache.dtype(entry.name))
         return check_orthogonal(cache.gram(entry.name, entry.start, entry.stop), float(args["gain"]), tolerance)
+    if init in _IID and (structure := _structured(entry, cache)):
+        return Verdict(False, True, f"{structure}; {init} draws i.i.d. values, which never are")
+    if init == "uniform":
+        return check_uniform(block, float(args["a"]), float(args["b"]), u)
+    if init == "normal":
+        return check_normal(block, float(args["mean"]), float(args["std"]), u)
+    if init == "pytorch":
+        bound = 1 / math.sqrt(int(args["hidden_size"]))
+        return check_uniform(block, -bound, bound, u)
     if init in ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal"):
         fans = _scope(entry, cache)
         if init == "xavier_uniform":
@@ -513,6 +515,25 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
             return check_uniform(block, -bound, bound, u)
         return check_normal(block, 0.0, gain / math.sqrt(fan), u)
     return Verdict(True, False, f"no check is known for initializer {init!r}")
+
+
+_IID = ("uniform", "normal", "pytorch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+        "lecun_normal")
+
+
+def _structured(entry: PlanEntry, cache: _Cache) -> str:
+    """'block is orthogonal' / 'whole matrix is orthogonal' when G ≈ g²I for a Gram matrix of size ≥ 3, else ''.
+
+    An i.i.d. continuous draw meets the k(k+1)/2 − 1 ≥ 5 constraints of scaled orthogonality within 1e-3 with
+    negligible probability (≈ 1e-3 per constraint), so an orthogonal block rules out every i.i.d. initializer
+    (e.g. an orthogonal 16×16 block has the variance 1/16 of lecun_normal and could pass its moment tests).
+    """
+    tolerance = orthogonal_tolerance(cache.dtype(entry.name))
+    for the_gram, what in ((cache.gram(entry.name, entry.start, entry.stop), "block is orthogonal"),
+                           (cache.gram(entry.name), "whole matrix is orthogonal")):
+        if the_gram is not None and the_gram.shape[0] >= 3 and _scaled_orthogonal(the_gram, tolerance) is not None:
+            return what
+    return ""
 
 
 def _check_chrono_entry(entry: PlanEntry, block: torch.Tensor, u: float, cache: _Cache,

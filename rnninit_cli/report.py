@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -140,7 +141,7 @@ def layer_heading(layer: Layer) -> str:
 
 def titled(layer: Layer, table: Table) -> Group:
     """The layer's heading on its own line (a table title would wrap at the table's width), then the table."""
-    return Group(Text(layer_heading(layer), style="bold"), table)
+    return Group(Text(layer_heading(layer), style="bold"), table)  # Text: names are not markup
 
 
 def inspect_table(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> Group:
@@ -151,7 +152,7 @@ def inspect_table(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iter
         doc = param_document(layer, kind, tensors)
         for index, block in enumerate(doc["blocks"]):
             first = index == 0
-            table.add_row(_short(doc["name"], layer) if first else "", block["gate"] or "-",
+            table.add_row(escape(_short(doc["name"], layer)) if first else "", block["gate"] or "-",
                           "x".join(map(str, doc["shape"])) if first else "",
                           doc["dtype"] if first else "",
                           *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES))
@@ -181,7 +182,7 @@ def apply_table(
         table.add_column("std before → after", justify="right", no_wrap=True)
     last = None
     for entry in entries:
-        cells = [_short(entry.name, layer) if entry.name != last else "", entry.gate or "-", entry.rule]
+        cells = [escape(_short(entry.name, layer)) if entry.name != last else "", entry.gate or "-", escape(entry.rule)]
         last = entry.name
         if with_stats:
             old = before[(entry.name, entry.start)]
@@ -196,7 +197,8 @@ def schemes_table(schemes: Iterable[Any]) -> Table:
     for column in ("scheme", "description", "rules (in order; later rules win)", "reference"):
         table.add_column(column, overflow="fold")
     for scheme in schemes:
-        table.add_row(scheme.signature, scheme.description, "\n".join(scheme.rules), scheme.reference)
+        table.add_row(*(escape(text) for text in (scheme.signature, scheme.description, "\n".join(scheme.rules),
+                                                   scheme.reference)))
     return table
 
 

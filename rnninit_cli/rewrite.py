@@ -261,7 +261,7 @@ def create(
     seed = draw_seed() if seed is None else seed
     state = build_module_state(cell, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
                                bidirectional=bidirectional, proj_size=proj_size, bias=bias, seed=seed)
-    if prefix and not prefix.endswith("."):
+    if prefix and not prefix.endswith((".", "/")):
         prefix += "."
     tensors = {prefix + name: tensor for name, tensor in state.items()}
     the_plan = plan(tensors, scheme, rules=rules)

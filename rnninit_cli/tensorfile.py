@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from .checkpoint import (
     METADATA_RECORD,
     UnsafeCheckpointError,
+    append_metadata_record,
     detect_format,
     first_line,
     merge_metadata,
+    metadata_payload,
     optimizer_state_paths,
     unsafe_message,
     walk,
@@ -39,7 +41,6 @@ from .errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
-METADATA_RECORD_SIZE = 4096  # the rnninit record is padded so a re-run can overwrite it in place
 _CHUNK = 16 << 20
 _SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
@@ -197,7 +198,7 @@ class TensorFile:
             _pwrite_tensor(out, tensor, loc.byte_range[0])
             touched.add(loc.storage)
         existing = next((r for n, r in self.records.items() if n.endswith("/" + METADATA_RECORD)), None)
-        payload = metadata_payload(metadata) if metadata else None
+        payload = metadata_payload(merge_metadata(self.metadata, metadata)) if metadata else None
         if payload is not None and existing is not None:
             if existing.size != len(payload):
                 raise CannotPatch("the existing rnninit record has another size")
@@ -211,20 +212,6 @@ class TensorFile:
         if payload is not None and existing is None:
             sink.seek(0)
             append_metadata_record(sink, payload)
-
-
-def metadata_payload(metadata: dict[str, str]) -> bytes:
-    """The rnninit zip record: sorted JSON padded with spaces to a multiple of 4096 bytes."""
-    encoded = json.dumps(metadata, sort_keys=True).encode()
-    return encoded + b" " * (-len(encoded) % METADATA_RECORD_SIZE)
-
-
-def append_metadata_record(sink: BinaryIO, payload: bytes) -> None:
-    """Add the rnninit record to the zip archive in `sink` (torch.load ignores unknown records)."""
-    with zipfile.ZipFile(sink, "a") as archive:  # type: ignore[arg-type]
-        folder = archive.namelist()[0].split("/")[0]
-        info = zipfile.ZipInfo(f"{folder}/{METADATA_RECORD}", date_time=(1980, 1, 1, 0, 0, 0))
-        archive.writestr(info, payload, zipfile.ZIP_STORED)
 
 
 def _is_tensor(value: Any) -> bool:
