@@ -86,6 +86,11 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _one_stdout_user(as_json: bool, output: str | None) -> None:
+    if as_json and output == "-":
+        raise UsageError("--json and -o - both want standard output; choose one")
+
+
 def _emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
     sys.stdout.flush()
@@ -120,6 +125,7 @@ OnlyOption = Annotated[str | None, typer.Option(
 FormatOption = Annotated[Format | None, typer.Option(
     "--format", help="Output format; default: OUTPUT's extension, else the input's format.")]
 ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing OUTPUT.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on standard output.")]
 
 
@@ -158,12 +164,11 @@ def apply(
     drop_optimizer_state: Annotated[bool, typer.Option(
         "--drop-optimizer-state", help="Remove optimizer state (stale for rewritten parameters).")] = False,
     as_json: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Rewrite every recurrent parameter of a checkpoint by SCHEME; keep everything else as it was."""
     with _errors():
-        if as_json and output == "-":
-            raise UsageError("--json and -o - both want standard output; choose one")
+        _one_stdout_user(as_json, output)
         from .report import apply_document
         from .rewrite import rewrite
 
@@ -258,12 +263,11 @@ def new(
     fmt: FormatOption = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Build a recurrent layer from flags and write its initialized weights (a state_dict)."""
     with _errors():
-        if as_json and output == "-":
-            raise UsageError("--json and -o - both want standard output; choose one")
+        _one_stdout_user(as_json, output)
         from .report import apply_document
         from .rewrite import create
 
