@@ -43,9 +43,9 @@ from typing import Any
 
 import torch
 
-from .errors import NothingToDoError, SchemeError
+from .errors import NothingToDoError, SchemeError, UsageError
 from .initializers import TRUNCATED_NORMAL_STD, _gain
-from .layout import Block, Layer, find_layers
+from .layout import KINDS, Block, Layer, find_layers
 from .planning import KEEP, PlanEntry, plan
 from .schemes import SCHEMES, Rule, Scheme, format_value, parse_call
 
@@ -167,6 +167,10 @@ class Verdict:
 
 
 def _nonfinite(values: torch.Tensor) -> Verdict | None:
+    """A failing verdict counting NaN/Inf values, None when all are finite (a finite float64 sum says so in one
+    pass: a NaN or Inf makes the sum non-finite, and float64 cannot overflow on stored float weights)."""
+    if math.isfinite(values.double().sum().item()):
+        return None
     bad = int((~torch.isfinite(values)).sum())
     return Verdict(False, True, f"{bad} NaN/Inf value(s)") if bad else None
 
@@ -293,10 +297,10 @@ def gram(matrix: torch.Tensor) -> torch.Tensor:
     return m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
 
 
-def check_orthogonal(the_gram: torch.Tensor, gain: float, tolerance: float) -> Verdict:
-    """max|G/g² − I| ≤ tolerance for the Gram matrix G of the block (BᵀB tall, BBᵀ wide)."""
-    if not bool(torch.isfinite(the_gram).all()):
-        return Verdict(False, True, "NaN/Inf values")
+def check_orthogonal(the_gram: torch.Tensor | None, gain: float, tolerance: float) -> Verdict:
+    """max|G/g² − I| ≤ tolerance for the Gram matrix G of the block (BᵀB tall, BBᵀ wide); None: not finite."""
+    if the_gram is None or not bool(torch.isfinite(the_gram).all()):
+        return Verdict(False, True, "NaN/Inf values in the matrix")
     size = the_gram.shape[0]
     if gain == 0:
         error = the_gram.abs().max().item() if size else 0.0
@@ -355,7 +359,9 @@ class _Cache:
         return self.whole(name)[start:stop]
 
     def u(self, name: str) -> float:
-        return _unit_roundoff(torch.as_tensor(self.tensors[name]).dtype)
+        """Rounding allowance: the stored dtype's u, at least float32's (initializers draw in float32, and a
+        checkpoint cast up to float64 keeps float32 values)."""
+        return max(_unit_roundoff(torch.as_tensor(self.tensors[name]).dtype), _unit_roundoff(torch.float32))
 
     def dtype(self, name: str) -> torch.dtype:
         return torch.as_tensor(self.tensors[name]).dtype
@@ -429,6 +435,8 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
     block = cache.block(entry.name, entry.start, entry.stop)
     if (bad := _nonfinite(block)) is not None:
         return bad
+    if gain == 0:
+        return check_constant(block, 0.0)
     covered = sum(e.stop - e.start for e in group)
     if covered == rows:
         whole_verdict = check_orthogonal(cache.gram(entry.name), gain, tolerance)
@@ -662,12 +670,17 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
         tolerance = orthogonal_tolerance(cache.dtype(block.name))
         own = _scaled_orthogonal(cache.gram(block.name, block.start, block.stop), tolerance)
         entire = None if single else _scaled_orthogonal(cache.gram(block.name), tolerance)
-        if entire is not None:
-            exact.append("orthogonal per matrix" + ("" if math.isclose(entire, 1, abs_tol=tolerance)
-                                                    else f" (gain {_fmt(entire)})"))
+        gate_label = "orthogonal" if single else "orthogonal per gate"
         if own is not None:
-            exact.append(("orthogonal" if single else "orthogonal per gate")
-                         + ("" if math.isclose(own, 1, abs_tol=tolerance) else f" (gain {_fmt(own)})"))
+            exact.append(gate_label + ("" if math.isclose(own, 1, abs_tol=tolerance) else f" (gain {_fmt(own)})"))
+        if entire is not None:
+            # Stacking G square (or tall) orthogonal gate blocks gives WᵀW = G·I: orthogonal with gain √G, but
+            # per gate is what drew it. Only when the gains agree (a wide W: its row blocks inherit orthonormal
+            # rows) is per matrix the more specific description.
+            matrix = "orthogonal per matrix" + ("" if math.isclose(entire, 1, abs_tol=tolerance)
+                                                else f" (gain {_fmt(entire)})")
+            first = own is None or math.isclose(own, entire, rel_tol=tolerance)
+            exact.insert(0 if first else len(exact), matrix)
     if exact:
         return Family(exact[0], tuple(exact), True)
     if n < MIN_SAMPLES:
@@ -784,30 +797,34 @@ ESTIMATORS: dict[str, Callable[[Layer, _Cache], dict[str, float] | None]] = {
 
 
 def _scheme_specs(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None
-                  ) -> list[tuple[str, dict[str, float]]]:
-    """(scheme text, estimated arguments) for each candidate; registered names get arguments read from the values."""
-    specs: list[tuple[str, dict[str, float]]] = []
+                  ) -> list[tuple[str | Scheme, str, dict[str, float]]]:
+    """(what to plan, its label, estimated arguments) per candidate. A registered scheme given by name (or the
+    default: all of them) gets the arguments its estimator reads from the values; texts with arguments and
+    unregistered Scheme objects are planned as given."""
+    specs: list[tuple[str | Scheme, str, dict[str, float]]] = []
     for candidate in SCHEMES.values() if candidates is None else candidates:
         if isinstance(candidate, Scheme):
-            name, text = candidate.name, candidate.name
+            if SCHEMES.get(candidate.name) is not candidate:
+                specs.append((candidate, candidate.name, {}))
+                continue
+            name = candidate.name
         else:
-            name, text = parse_call(candidate, "scheme")[0], candidate.strip()
-        if (isinstance(candidate, str) and "(" in candidate) or name not in SCHEMES:
-            specs.append((text, {}))
-            continue
+            name = parse_call(candidate, "scheme")[0]
+            if "(" in candidate or name not in SCHEMES:
+                specs.append((candidate.strip(), candidate.strip(), {}))
+                continue
         scheme = SCHEMES[name]
         estimate = ESTIMATORS[name](layer, cache) if name in ESTIMATORS else None
         defaults = dict(scheme.params)
         if estimate is None:
             if any(value is None for value in defaults.values()):
                 continue  # a required argument that the values do not reveal
-            specs.append((name, {}))
-            continue
-        if all(defaults.get(key) == value for key, value in estimate.items()):
-            specs.append((name, {}))
+            specs.append((name, name, {}))
+        elif all(defaults.get(key) == value for key, value in estimate.items()):
+            specs.append((name, name, {}))
         else:
             arguments = ", ".join(f"{key}={format_value(float(value))}" for key, value in estimate.items())
-            specs.append((f"{name}({arguments})", estimate))
+            specs.append((f"{name}({arguments})", f"{name}({arguments})", estimate))
     return specs
 
 
@@ -823,9 +840,9 @@ def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] |
     undetermined: list[str] = []
     estimated: dict[str, dict[str, float]] = {}
     rejected: dict[str, str] = {}
-    for spec, estimate in _scheme_specs(layer, cache, candidates):
+    for target, spec, estimate in _scheme_specs(layer, cache, candidates):
         try:
-            the_plan = plan(sub, spec)
+            the_plan = plan(sub, target)
         except SchemeError as error:
             rejected[spec] = f"does not apply: {error}"
             continue
@@ -1033,13 +1050,10 @@ class Diagnosis:
 
 
 def _select_layers(layers: Iterable[Layer], only: str | None) -> list[tuple[Layer, list[str]]]:
-    from .layout import KINDS
-
+    """(layer, kinds whose parameter name matches `only`) for each layer with at least one such kind."""
     try:
         pattern = re.compile(only) if only is not None else None
     except re.error as error:
-        from .errors import UsageError
-
         raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
     selected = []
     for layer in layers:
@@ -1145,8 +1159,12 @@ def _param_scope(layer: Layer, kind: str, cache: _Cache) -> tuple[str | None, st
     if any(_nonfinite(v) is not None for v in values):
         return None, ""
     tolerance = orthogonal_tolerance(cache.dtype(name))
-    per_gate = all(_scaled_orthogonal(cache.gram(b.name, b.start, b.stop), tolerance) is not None for b in blocks)
-    whole = _scaled_orthogonal(cache.gram(name), tolerance) is not None
+    gains = [_scaled_orthogonal(cache.gram(b.name, b.start, b.stop), tolerance) for b in blocks]
+    entire = _scaled_orthogonal(cache.gram(name), tolerance)
+    per_gate = all(gain is not None for gain in gains)
+    # Stacked orthogonal gate blocks are orthogonal as a whole with gain √G: that is still per gate.
+    whole = entire is not None and not (per_gate and any(not math.isclose(g or 0, entire, rel_tol=tolerance)
+                                                         for g in gains))
     if whole and not per_gate:
         return "matrix", f"{kind} is orthogonal per matrix (its gate blocks are not orthogonal)"
     if per_gate and not whole:
