@@ -405,10 +405,21 @@ def atomic_write(output: str | Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(temp_name, out)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write {out}: {error.strerror or error}") from None
+        failed = write_failure(error)
+        if failed is not None:
+            raise OutputError(f"cannot write {out}: {failed.strerror or failed}") from None
         raise
     _fsync_folder(out.parent)
+
+
+def write_failure(error: BaseException) -> OSError | None:
+    """The OSError behind a failed write (a full disk, a file size limit...): the error itself, or the
+    one that torch.save's zip writer turned into a RuntimeError ("unexpected pos ...")."""
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
+        return error.__context__
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from typing import Annotated, Any
@@ -35,9 +35,9 @@ app = typer.Typer(
 
 def _make_console() -> Console:
     probe = Console(stderr=True)
-    # Logs and pipes get 120 columns so per-gate tables are not folded; terminals use their width.
+    # Logs and pipes get 160 columns so per-gate tables are not folded; terminals use their width.
     wide = not probe.is_terminal and "COLUMNS" not in os.environ
-    return Console(stderr=True, highlight=False, width=120 if wide else None)
+    return Console(stderr=True, highlight=False, width=160 if wide else None)
 
 
 console = _make_console()
@@ -59,15 +59,16 @@ class Cell(str, Enum):
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Map library errors to one `error: ...` line and an exit status; tracebacks only with --debug."""
+def _errors(trouble: int = 1) -> Iterator[None]:
+    """Map library errors to one `error: ...` line and an exit status; tracebacks only with --debug.
+    `trouble` is the status for errors other than usage errors (verify and diff use 1 for their answer)."""
     try:
         yield
     except RnnInitError as error:
         if _state["debug"]:
             console.print_exception()
         console.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, soft_wrap=True)
-        raise typer.Exit(error.exit_code) from None
+        raise typer.Exit(error.exit_code if error.exit_code != 1 else trouble) from None
     except BrokenPipeError:
         # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
         # at /dev/null so that the interpreter's final flush does not complain again
@@ -83,7 +84,7 @@ def _errors() -> Iterator[None]:
             raise
         console.print(f"[bold red]error:[/] internal error: {type(error).__name__}: {escape(str(error))} "
                       "(run with --debug for the traceback)", soft_wrap=True, markup=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(trouble) from None
 
 
 def _one_stdout_user(as_json: bool, output: str | None) -> None:
@@ -214,24 +215,28 @@ def inspect(
                                          show_default=False)],
     only: OnlyOption = None,
     as_json: JsonOption = False,
+    plot: Annotated[str | None, typer.Option(
+        "--plot", help="Also draw value histograms and singular-value spectra per gate block into this PNG "
+        "(needs matplotlib: pip install 'rnninit[plot]').")] = None,
 ) -> None:
-    """Show the recurrent layers of a checkpoint and per-gate statistics of every parameter."""
+    """Show the recurrent layers, per-gate statistics, the initializer each block looks drawn from, the scheme
+    each layer matches, and warnings for classic mistakes."""
     with _errors():
-        import re
-
+        from .diagnostics import diagnose
         from .report import inspect_document, inspect_table, provenance, selected_kinds
         from .rewrite import inspect_checkpoint
 
-        if only is not None:
-            try:
-                re.compile(only)
-            except re.error as error:
-                raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
         found = inspect_checkpoint(input, only)
+        diagnosis = diagnose(found.tensors, only=only) if found.layers else None
+        if plot is not None and diagnosis is not None:
+            from .plot import plot_diagnosis
+
+            plot_diagnosis(diagnosis, found.tensors, plot)
         if as_json:
             _emit_json(inspect_document(found.layers, found.tensors, source=input, fmt=found.format,
-                                        only=only, metadata=found.metadata))
+                                        only=only, metadata=found.metadata, diagnosis=diagnosis))
             return
+        by_layer = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
         shown = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
         console.print(f"{input}: {found.format}, {found.tensor_count} tensor(s), "
                       f"{len(shown)} recurrent layer(s)", markup=False, soft_wrap=True)
@@ -243,7 +248,82 @@ def inspect(
                           markup=False)
         for layer, kinds in shown:
             console.print()
-            console.print(inspect_table(layer, found.tensors, kinds))
+            console.print(inspect_table(layer, found.tensors, kinds, by_layer.get(layer)))
+        _print_warnings(diagnosis.warnings if diagnosis else ())
+        if plot is not None and diagnosis is not None:
+            console.print(f"plotted {len(diagnosis.layers)} layer(s) to {plot}", markup=False)
+
+
+def _print_warnings(warnings: Iterable[object]) -> None:
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(str(warning))}", soft_wrap=True)
+
+
+@app.command()
+def verify(
+    input: Annotated[str, typer.Argument(help="Checkpoint, model folder, or - for standard input.",
+                                         show_default=False)],
+    scheme: SchemeOption,
+    rule: RuleOption = None,
+    only: OnlyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check that every selected block is consistent with what SCHEME (and --rule) would draw.
+    Exit 0 when all are, 1 when any is not, 2 on usage errors or unreadable input: a CI step that proves a
+    training script initialized what it claims."""
+    with _errors(trouble=2):
+        from .diagnostics import verify as verify_tensors
+        from .report import verify_table
+        from .rewrite import inspect_checkpoint
+
+        found = inspect_checkpoint(input)
+        report = verify_tensors(found.tensors, scheme, rules=rule or (), only=only)
+        if as_json:
+            _emit_json({"input": input, **report.as_dict()})
+        else:
+            if report.failures:
+                console.print(verify_table(report))
+            weak = f", {len(report.weak)} too small to decide" if report.weak else ""
+            verdict = "consistent" if report.ok else f"{len(report.failures)} NOT consistent"
+            console.print(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: {verdict}{weak}",
+                          markup=False, soft_wrap=True)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="First checkpoint (before).", show_default=False)],
+    b: Annotated[str, typer.Argument(help="Second checkpoint (after).", show_default=False)],
+    only: OnlyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare the recurrent layers of two checkpoints gate block by gate block.
+    Exit 0 when identical, 1 when different, 2 on trouble (like diff)."""
+    with _errors(trouble=2):
+        from .diagnostics import diff as diff_tensors
+        from .report import diff_table
+        from .rewrite import inspect_checkpoint
+
+        if a == "-" and b == "-":
+            raise UsageError("only one of A and B can be standard input")
+        report = diff_tensors(inspect_checkpoint(a).tensors, inspect_checkpoint(b).tensors, only=only)
+        if as_json:
+            _emit_json({"a": a, "b": b, **report.as_dict()})
+        else:
+            if report.changed_blocks:
+                console.print(diff_table(report))
+            for layer in report.layers:
+                for line in (*layer.params_only_in_a, *layer.params_only_in_b, *layer.shape_changes):
+                    console.print(f"{layer.title}: {line}", markup=False, soft_wrap=True)
+            for title in report.only_in_a:
+                console.print(f"only in {a}: {title}", markup=False, soft_wrap=True)
+            for title in report.only_in_b:
+                console.print(f"only in {b}: {title}", markup=False, soft_wrap=True)
+            summary = "identical" if report.identical else f"{len(report.changed_blocks)} block(s) differ"
+            console.print(f"{a} vs {b}: {summary}", markup=False, soft_wrap=True)
+        if not report.identical:
+            raise typer.Exit(1)
 
 
 @app.command()

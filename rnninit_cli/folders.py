@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import save_whole
+from .checkpoint import save_whole, write_failure
 from .errors import CheckpointError, OutputError
 from .tensorfile import CannotPatch, TensorFile, index_file
 
@@ -105,8 +105,9 @@ class ModelFolder:
             _replace_folder(staging, output)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(error, OSError):
-                raise OutputError(f"cannot write {output}: {error.strerror or error}") from None
+            failed = write_failure(error)
+            if failed is not None:
+                raise OutputError(f"cannot write {output}: {failed.strerror or failed}") from None
             raise
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import NothingToDoError, RuleError, SchemeError, UsageError
+from .errors import LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
 from .layout import Layer, find_layers
 from .schemes import Rule, Scheme, Value, format_value, get_scheme, parse_rules
 
@@ -260,6 +260,30 @@ def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tens
     return values
 
 
+def _overlaps(tensor: torch.Tensor) -> bool:
+    """Whether elements of `tensor` share memory (an expand()ed or as_strided view): writing distinct
+    values into it is impossible. Dimensions sorted by stride must each step past the ones before."""
+    if tensor.numel() == 0:
+        return False
+    extent = 0
+    for size, stride in sorted(((size, stride) for size, stride in zip(tensor.shape, tensor.stride(), strict=True)
+                                if size > 1), key=lambda pair: pair[1]):
+        if stride <= extent:
+            return True
+        extent += (size - 1) * stride
+    return False
+
+
+def refuse_overlapping(tensors: Mapping[str, Any], names: Iterable[str]) -> None:
+    """LayoutError for a tensor to be written whose elements share memory (e.g. saved expand()ed)."""
+    for name in dict.fromkeys(names):
+        tensor = tensors[name]
+        if _overlaps(tensor):
+            raise LayoutError(f"{name} has elements that share memory (shape {list(tensor.shape)}, strides "
+                              f"{list(tensor.stride())}), so it cannot hold distinct values; save it as a "
+                              "plain tensor (.contiguous()) first")
+
+
 def apply_plan(
     the_plan: Plan,
     tensors: MutableMapping[str, Any],
@@ -274,6 +298,7 @@ def apply_plan(
     seed = draw_seed() if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    refuse_overlapping(tensors, [entry.name for entry in the_plan.writes])
     matrices: dict[tuple[str, str], torch.Tensor] = {}
     with torch.no_grad():
         for entry in the_plan.writes:

@@ -21,6 +21,8 @@ from .planning import Plan, PlanEntry
 if TYPE_CHECKING:
     import torch
 
+    from .diagnostics import Diagnosis, DiffReport, LayerDiagnosis, VerifyReport
+
 Stats = dict[str, float]
 STAT_NAMES = ("mean", "std", "min", "max")
 
@@ -86,14 +88,35 @@ def selected_kinds(layer: Layer, only: str | None) -> list[str]:
             and (pattern is None or pattern.search(layer.params[kind]))]
 
 
+_DIAGNOSTIC_FIELDS = ("max_abs", "nan", "inf", "orthogonality_error", "sv_min", "sv_max", "identity_error",
+                      "family", "families", "decided", "histogram", "spectrum")
+
+
 def inspect_document(
     layers: Iterable[Layer], tensors: Mapping[str, torch.Tensor], *, source: str, fmt: str,
-    only: str | None = None, metadata: Mapping[str, str] | None = None,
+    only: str | None = None, metadata: Mapping[str, str] | None = None, diagnosis: Diagnosis | None = None,
 ) -> dict[str, Any]:
-    """The `inspect --json` document (schema in README.md)."""
-    docs = [layer_document(layer, tensors, kinds) for layer in layers
-            if (kinds := selected_kinds(layer, only))]
-    return {"input": source, "format": fmt, "metadata": dict(metadata or {}), "layers": docs}
+    """The `inspect --json` document (schema in README.md), with the diagnosis merged in when given."""
+    diagnosed = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
+    docs = []
+    for layer in layers:
+        kinds = selected_kinds(layer, only)
+        if not kinds:
+            continue
+        doc = layer_document(layer, tensors, kinds)
+        found = diagnosed.get(layer)
+        if found is not None:
+            extra = {(b.name, b.start): b.as_dict() for b in found.blocks}
+            for param in doc["params"]:
+                for block, spec in zip(param["blocks"], layer.blocks(param["kind"]), strict=True):
+                    block.update({k: extra[(spec.name, spec.start)][k] for k in _DIAGNOSTIC_FIELDS})
+            doc["matrices"] = [m.as_dict() for m in found.matrices]
+            doc["scheme"] = found.scheme.as_dict()
+        docs.append(doc)
+    document = {"input": source, "format": fmt, "metadata": dict(metadata or {}), "layers": docs}
+    if diagnosis is not None:
+        document["warnings"] = [w.as_dict() for w in diagnosis.warnings]
+    return document
 
 
 def capture_stats(the_plan: Plan, tensors: Mapping[str, torch.Tensor]) -> dict[tuple[str, int], Stats]:
@@ -144,23 +167,88 @@ def titled(layer: Layer, table: Table) -> Group:
     return Group(Text(layer_heading(layer), style="bold"), table)  # Text: names are not markup
 
 
-def inspect_table(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> Group:
+def _small(value: float | None) -> str:
+    return "" if value is None else f"{value:.1e}" if value and abs(value) < 1e-2 else f"{value:.3f}"
+
+
+def inspect_table(
+    layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str],
+    diagnosis: LayerDiagnosis | None = None,
+) -> Group:
+    """Per gate block: shape, dtype, mean, std, min, max; with a diagnosis also max|BᵀB − I| (orth),
+    the singular values' range (σ), the initializer family and a histogram of the values."""
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("parameter", "gate", "shape", "dtype", *STAT_NAMES):
-        table.add_column(column, justify="right" if column in STAT_NAMES else "left")
+    extra = ("orth err", "σ min–max", "family", "values") if diagnosis else ()
+    for column in ("parameter", "gate", "shape", "dtype", *STAT_NAMES, *extra):
+        table.add_column(column, justify="right" if column in STAT_NAMES else "left",
+                         no_wrap=column in ("values", "parameter", "σ min–max", "orth err"))
+    found = {} if diagnosis is None else {(b.name, b.start): b for b in diagnosis.blocks}
     for kind in kinds:
         doc = param_document(layer, kind, tensors)
-        for index, block in enumerate(doc["blocks"]):
+        for index, (block, spec) in enumerate(zip(doc["blocks"], layer.blocks(kind), strict=True)):
             first = index == 0
-            table.add_row(escape(_short(doc["name"], layer)) if first else "", block["gate"] or "-",
-                          "x".join(map(str, doc["shape"])) if first else "",
-                          doc["dtype"] if first else "",
-                          *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES))
+            cells = [escape(_short(doc["name"], layer)) if first else "", block["gate"] or "-",
+                     "x".join(map(str, doc["shape"])) if first else "", doc["dtype"] if first else "",
+                     *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES)]
+            stats = found.get((spec.name, spec.start))
+            if stats is not None:
+                nonfinite = f" [bold red]{stats.nan} NaN {stats.inf} Inf[/]" if stats.nan or stats.inf else ""
+                span = "" if stats.sv_min is None else f"{stats.sv_min:.2f}–{stats.sv_max:.2f}"
+                cells += [_small(stats.orthogonality_error), span, escape(stats.family.label) + nonfinite,
+                          stats.histogram]
+            table.add_row(*cells)
     for index, (gate, stats) in enumerate(effective_bias(layer, tensors)):
         label = Text("effective bias", style="bold") if index == 0 else ""
         table.add_row(label, gate or "-", "ih + hh" if index == 0 else "", "",
                       *(_num(stats[s], s) for s in STAT_NAMES))
-    return titled(layer, table)
+    parts: list[Any] = [table]
+    if diagnosis is not None:
+        for matrix in diagnosis.matrices:
+            if matrix.orthogonality_error is not None:
+                parts.append(Text(f"whole {_short(matrix.name, layer)}: max|WᵀW − I| "
+                                  f"{_small(matrix.orthogonality_error)}, σ {matrix.sv_min:.3f}–{matrix.sv_max:.3f} "
+                                  f"{matrix.spectrum or ''}"))
+        parts.append(Text("scheme: " + scheme_line(diagnosis), style="bold"))
+    return Group(Text(layer_heading(layer), style="bold"), *parts)
+
+
+def scheme_line(diagnosis: LayerDiagnosis) -> str:
+    """`keras (also keras-gate)`, or `unknown / trained`, or why it is undetermined."""
+    match = diagnosis.scheme
+    if not match.claimed and match.undetermined:
+        return (f"{match.primary}: consistent with {', '.join(match.undetermined)}, "
+                "but some blocks are too small to decide")
+    line = match.primary
+    others = [name for name in match.matches if name != match.primary]
+    if others:
+        line += f" (also matches {', '.join(others)})"
+    if match.undetermined:
+        line += f"; too small to decide against {', '.join(match.undetermined)}"
+    return line
+
+
+def verify_table(report: VerifyReport) -> Table:
+    """The failing blocks: what the scheme would draw, what was found, and the numbers that decided."""
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("parameter", "gate", "rows", "expected", "found", "why"):
+        table.add_column(column, overflow="fold")
+    for block in report.failures:
+        table.add_row(escape(block.name), block.gate or "-", f"{block.start}:{block.stop}", escape(block.expected),
+                      escape(block.found), escape(block.detail))
+    return table
+
+
+def diff_table(report: DiffReport) -> Table:
+    """Changed gate blocks: max |Δ|, how many values changed, mean and std before → after."""
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("parameter", "gate", "changed", "max |Δ|", "mean a → b", "std a → b"):
+        table.add_column(column, justify="right" if column in ("changed", "max |Δ|") else "left")
+    for block in report.changed_blocks:
+        before, after = block.before, block.after
+        table.add_row(escape(block.name), block.gate or "-", f"{block.changed_count}/{before['count']}",
+                      f"{block.max_abs_delta:.3g}", f"{_num(before['mean'])} → {_num(after['mean'])}",
+                      f"{_num(before['std'], 'std')} → {_num(after['std'], 'std')}")
+    return table
 
 
 def _short(name: str, layer: Layer) -> str:

@@ -30,8 +30,8 @@ from .checkpoint import (
 from .errors import OutputError, UsageError
 from .folders import ModelFolder, open_folder
 from .layout import Layer, find_layers
-from .planning import Plan, PlanEntry, apply_plan, draw_seed, plan
-from .report import Stats, capture_stats, selected_kinds
+from .planning import Plan, PlanEntry, apply_plan, draw_seed, plan, refuse_overlapping
+from .report import Stats, capture_stats
 from .tensorfile import CannotPatch, TensorFile, index_file
 
 if TYPE_CHECKING:
@@ -80,13 +80,11 @@ class Inspection:
 
 
 def inspect_checkpoint(source: str, only: str | None = None) -> Inspection:
-    """Find the recurrent layers of a checkpoint and read (only) their parameters."""
+    """Find the recurrent layers of a checkpoint and read their parameters (and nothing else)."""
     opened = open_source(source)
     shapes = opened.shapes()
     layers = find_layers(shapes)
-    names = [layer.params[kind] for layer in layers for kind in selected_kinds(layer, only)]
-    names += [layer.params[k] for layer in layers if layer.bias for k in ("bias_ih", "bias_hh")]
-    tensors = opened.load(dict.fromkeys(names))
+    tensors = opened.load([name for layer in layers for name in layer.params.values()])
     return Inspection(source, opened.format, len(shapes), dict(opened.metadata), layers, tensors)
 
 
@@ -166,6 +164,7 @@ def rewrite(
     tensors = opened.load(names)
     before = capture_stats(the_plan, tensors)
     written = list(dict.fromkeys(entry.name for entry in the_plan.writes))
+    refuse_overlapping(opened.shapes(), written)  # with the file's own strides (`tensors` are copies)
     warnings = _shared_warnings(opened, written)
     optimizer = opened.optimizer_paths
     if optimizer and written:

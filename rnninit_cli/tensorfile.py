@@ -373,6 +373,20 @@ def _zip_records(path: Path, archive: zipfile.ZipFile) -> dict[str, Record]:
     return records
 
 
+def _check_torch_reads(path: Path, folder: str, records: dict[str, Record]) -> None:
+    """torch.load reads archives with its own zip reader, stricter than Python's zipfile: an archive it
+    cannot read (or whose records it finds elsewhere) is refused, or its patched copy would be as broken.
+    Only the zip directory and local headers are read, no tensor data."""
+    import torch
+
+    reader = torch._C.PyTorchFileReader(str(path))  # RuntimeError on damage
+    for name, record in records.items():
+        relative = name.removeprefix(f"{folder}/")
+        if (reader.get_record_offset(relative), reader.get_record_size(relative)) != (record.data_start, record.size):
+            raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): zip record {name} "
+                                  "is not where its headers say")
+
+
 def _index_pt(path: Path) -> TensorFile:
     import pickle
 
@@ -393,6 +407,7 @@ def _index_pt(path: Path) -> TensorFile:
         if f"{folder}/byteorder" in names and archive.read(f"{folder}/byteorder").strip() != b"little":
             raise CannotPatch("big-endian archive")
         records = _zip_records(path, archive)
+        _check_torch_reads(path, folder, records)
         data_pkl = archive.read(pickles[0])
         metadata = {}
         if f"{folder}/{METADATA_RECORD}" in names:
