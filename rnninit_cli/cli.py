@@ -177,7 +177,7 @@ def apply(
             result = rewrite(input, output, scheme, rules=rule or (), only=only, seed=seed,
                              fmt=fmt.value if fmt else None, dry_run=dry_run, in_place=in_place, force=force,
                              tensors_only=tensors_only, drop_optimizer_state=drop_optimizer_state,
-                             on_entry=on_entry)
+                             on_entry=on_entry, report_before=as_json or not quiet)
         if not quiet:
             for line in result.warnings:
                 console.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True)

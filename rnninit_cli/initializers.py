@@ -200,7 +200,7 @@ def lecun_normal(tensor: torch.Tensor, *, generator: torch.Generator) -> torch.T
 def orthogonal(tensor: torch.Tensor, gain: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
     """gain·Q, Q from the QR of a normal matrix with sign(diag R) fixed: QᵀQ = I or QQᵀ = I (Saxe 2014)."""
     rows, cols = tensor.shape
-    flat = torch.empty(max(rows, cols), min(rows, cols), dtype=torch.float64).normal_(generator=generator)
+    flat = torch.empty(max(rows, cols), min(rows, cols), dtype=_compute_dtype(tensor)).normal_(generator=generator)
     q, r = torch.linalg.qr(flat)
     q = q * torch.sign(torch.diagonal(r))
     return _write(tensor, gain * (q if rows >= cols else q.T))

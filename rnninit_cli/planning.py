@@ -306,6 +306,7 @@ def apply_plan(
             if entry.per == "matrix":
                 key = (entry.name, entry.rule)
                 if key not in matrices:
+                    matrices.clear()  # entries of a parameter are adjacent: earlier draws are done with
                     matrices[key] = _draw_scope(entry, tensor, seed)
                 values = matrices[key][entry.start:entry.stop]
             else:

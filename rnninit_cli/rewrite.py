@@ -130,8 +130,10 @@ def rewrite(
     tensors_only: bool = False,
     drop_optimizer_state: bool = False,
     on_entry: Callable[[PlanEntry], None] | None = None,
+    report_before: bool = True,
 ) -> RewriteResult:
-    """Apply `scheme` (then `rules`) to every recurrent parameter of `source`; write `output`."""
+    """Apply `scheme` (then `rules`) to every recurrent parameter of `source`; write `output`.
+    `report_before=False` skips the statistics of the old values (nobody will see them)."""
     if output is None and in_place:
         output = source
     if output is None and not dry_run:
@@ -162,7 +164,7 @@ def rewrite(
     the_plan = plan(opened.shapes(), scheme, rules=rules, only=only)
     names = [name for layer in the_plan.layers for name in layer.params.values()]
     tensors = opened.load(names)
-    before = capture_stats(the_plan, tensors)
+    before = capture_stats(the_plan, tensors) if report_before else {}
     written = list(dict.fromkeys(entry.name for entry in the_plan.writes))
     refuse_overlapping(opened.shapes(), written)  # with the file's own strides (`tensors` are copies)
     warnings = _shared_warnings(opened, written)

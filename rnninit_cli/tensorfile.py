@@ -153,7 +153,8 @@ class TensorFile:
                     continue
                 # `raw` starts at the first element the tensor reads, so the view's offset is 0
                 flat = torch.frombuffer(raw, dtype=loc.dtype)
-                result[name] = torch.as_strided(flat, loc.shape, loc.stride, 0).clone()
+                view = torch.as_strided(flat, loc.shape, loc.stride, 0)
+                result[name] = view if loc.contiguous else view.clone()  # `raw` is ours: no copy needed
         return result
 
     def storage_spans(self) -> dict[str, tuple[str, int, int]]:
