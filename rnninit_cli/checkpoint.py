@@ -129,14 +129,18 @@ def detect_format(head: bytes, size: int) -> str:
     """'pt' or 'safetensors' from the first bytes of a file; CheckpointError otherwise."""
     if size == 0:
         raise CheckpointError("the file is empty")
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if head.startswith(b"PK\x03\x04"):
         return "pt"
+    # safetensors before pickles: a header length whose low byte is 0x80 starts like a pickle does
     if len(head) >= 9 and head[8:9] == b"{":
         (header_size,) = struct.unpack("<Q", head[:8])
         if header_size <= size - 8:
             return "safetensors"
-        raise CheckpointError(f"safetensors header claims {header_size} bytes but the file has only {size}: "
-                              "truncated or damaged")
+        if head[:1] != b"\x80":
+            raise CheckpointError(f"safetensors header claims {header_size} bytes but the file has only {size}: "
+                                  "truncated or damaged")
+    if head[:1] == b"\x80":
+        return "pt"
     raise CheckpointError("not a checkpoint: neither a torch.save file nor a .safetensors file")
 
 
@@ -220,9 +224,16 @@ def _read_pt_metadata(data: bytes) -> dict[str, str]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             record = next((n for n in archive.namelist() if n.endswith("/" + METADATA_RECORD)), None)
-            return json.loads(archive.read(record)) if record else {}
-    except (zipfile.BadZipFile, ValueError, KeyError):
+            return string_map(json.loads(archive.read(record))) if record else {}
+    except Exception:  # zipfile cannot read an archive torch could (NotImplementedError...): no record then
         return {}
+
+
+def string_map(value: Any) -> dict[str, str]:
+    """Metadata read from a file as a str → str map; what a damaged record holds besides is dropped."""
+    if not isinstance(value, dict):
+        return {}
+    return {key: item for key, item in value.items() if isinstance(key, str) and isinstance(item, str)}
 
 
 def _load_safetensors(data: bytes, name: str) -> Checkpoint:

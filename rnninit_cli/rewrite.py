@@ -9,10 +9,11 @@ input or output, a change of format, dropping optimizer state, or a legacy `.pt`
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import __version__
 from .checkpoint import (
@@ -178,21 +179,52 @@ def rewrite(
         result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
         return result
 
-    result.plan = apply_plan(the_plan, tensors, seed=seed, on_entry=on_entry)
-    metadata = recorded_metadata(result.plan)
+    the_plan = replace(the_plan, seed=draw_seed() if seed is None else seed)
+    metadata = recorded_metadata(the_plan)
     updates = {name: tensors[name] for name in written}
-    if isinstance(opened, ModelFolder):
-        opened.write(Path(output), updates, metadata)
-    elif isinstance(opened, TensorFile):
+
+    def draw() -> None:
+        result.plan = apply_plan(the_plan, tensors, on_entry=on_entry)
+
+    if isinstance(opened, TensorFile):
         try:
-            atomic_write(output, lambda sink: opened.write_patched(sink, updates, metadata))
+            atomic_write(output, lambda sink: _copy_while(opened, sink, metadata, updates, draw))
         except CannotPatch:
             atomic_write(output, lambda sink: save_whole(Path(source), updates, metadata, sink, target_format,
                                                          tensors_only=tensors_only))
     else:
-        save_checkpoint(opened, output, target_format, metadata=metadata, tensors_only=tensors_only)
+        draw()
+        if isinstance(opened, ModelFolder):
+            opened.write(Path(output), updates, metadata)
+        else:
+            save_checkpoint(opened, output, target_format, metadata=metadata, tensors_only=tensors_only)
     result.output = output
     return result
+
+
+def _copy_while(
+    opened: TensorFile, sink: BinaryIO, metadata: dict[str, str], updates: dict[str, torch.Tensor],
+    draw: Callable[[], None],
+) -> None:
+    """Copy the input into `sink` in a second thread while `draw` computes the new values (the kernel
+    copy and the initializer math overlap), then patch the new values in."""
+    failure: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            opened.copy_into(sink, metadata, updates)
+        except BaseException as error:
+            failure.append(error)
+
+    copier = threading.Thread(target=copy, name="rnninit-copy", daemon=True)
+    copier.start()
+    try:
+        draw()
+    finally:
+        copier.join()  # the sink must not be closed under the copy, even on Ctrl-C
+    if failure:
+        raise failure[0]
+    opened.patch(sink, updates, metadata)
 
 
 def _check_folder_output(folder: ModelFolder, output: str | None, fmt: str | None) -> None:

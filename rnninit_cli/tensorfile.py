@@ -33,6 +33,7 @@ from .checkpoint import (
     merge_metadata,
     metadata_payload,
     optimizer_state_paths,
+    string_map,
     unsafe_message,
     walk,
 )
@@ -162,15 +163,35 @@ class TensorFile:
 
     def write_patched(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         """Write this file with `updates` in place of those tensors' bytes, to the file `sink`."""
-        for name in updates:
+        self.copy_into(sink, metadata, updates)
+        self.patch(sink, updates, metadata)
+
+    def copy_into(self, sink: BinaryIO, metadata: dict[str, str], names: Iterable[str]) -> None:
+        """First phase: the input's bytes into `sink` (a .safetensors gets its new header already).
+        Needs no tensor values, so it can run while they are being drawn."""
+        for name in names:
             if not self.locations[name].contiguous:
                 raise CannotPatch(f"{name} is not contiguous")
+        out = sink.fileno()
+        size = self.path.stat().st_size
+        start = 0
         if self.format == "safetensors":
-            self._write_safetensors(sink, updates, metadata)
-        else:
-            self._write_pt(sink, updates, metadata)
+            header = self._header_bytes(metadata)
+            os.pwrite(out, header, 0)
+            start, size = self.data_start, size - self.data_start
+        with open(self.path, "rb") as source:
+            copy_range(source.fileno(), out, start, self._shift(metadata) + start, size)
 
-    def _write_safetensors(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    def patch(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """Second phase: overwrite the rewritten tensors' bytes (and a .pt's CRCs and rnninit record)."""
+        out = sink.fileno()
+        shift = self._shift(metadata)
+        for name, tensor in updates.items():
+            _pwrite_tensor(out, tensor, self.locations[name].byte_range[0] + shift)
+        if self.format == "pt":
+            self._finish_pt(sink, {self.locations[name].storage for name in updates}, metadata)
+
+    def _header_bytes(self, metadata: dict[str, str]) -> bytes:
         header = dict(self.header)
         merged = merge_metadata(self.metadata, metadata)
         header.pop("__metadata__", None)
@@ -178,26 +199,14 @@ class TensorFile:
             header = {"__metadata__": merged, **header}
         encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
         encoded += b" " * (-len(encoded) % 8)
-        new_start = 8 + len(encoded)
-        out = sink.fileno()
-        os.pwrite(out, struct.pack("<Q", len(encoded)) + encoded, 0)
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as source:
-            copy_range(source.fileno(), out, self.data_start, new_start, size - self.data_start)
-        for name, tensor in updates.items():
-            start, _ = self.locations[name].byte_range
-            _pwrite_tensor(out, tensor, start - self.data_start + new_start)
+        return struct.pack("<Q", len(encoded)) + encoded
 
-    def _write_pt(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    def _shift(self, metadata: dict[str, str]) -> int:
+        """How far the data moves in the output: a .safetensors header may change length."""
+        return len(self._header_bytes(metadata)) - self.data_start if self.format == "safetensors" else 0
+
+    def _finish_pt(self, sink: BinaryIO, touched: set[str], metadata: dict[str, str]) -> None:
         out = sink.fileno()
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as source:
-            copy_range(source.fileno(), out, 0, 0, size)
-        touched = set()
-        for name, tensor in updates.items():
-            loc = self.locations[name]
-            _pwrite_tensor(out, tensor, loc.byte_range[0])
-            touched.add(loc.storage)
         existing = next((r for n, r in self.records.items() if n.endswith("/" + METADATA_RECORD)), None)
         payload = metadata_payload(merge_metadata(self.metadata, metadata)) if metadata else None
         if payload is not None and existing is not None:
@@ -327,6 +336,16 @@ def _index_safetensors(path: Path, size: int) -> TensorFile:
     for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
         if begin < end:
             raise CheckpointError(f"{path}: damaged safetensors header: {first!r} and {second!r} overlap")
+    # like the safetensors library: the tensors cover the data section exactly, without gaps
+    covered = 0
+    for begin, end, name in spans:
+        if begin != covered:
+            raise CheckpointError(f"{path}: damaged safetensors header: bytes [{covered}, {begin}) before {name!r} "
+                                  "belong to no tensor")
+        covered = end
+    if data_start + covered != size:
+        raise CheckpointError(f"{path}: damaged safetensors file: its data section has {size - data_start} bytes, "
+                              f"its tensors {covered} (truncated or damaged?)")
     return TensorFile(path, "safetensors", locations, dict(metadata), header=header, data_start=data_start)
 
 
@@ -381,6 +400,7 @@ def _check_torch_reads(path: Path, folder: str, records: dict[str, Record]) -> N
     import torch
 
     reader = torch._C.PyTorchFileReader(str(path))  # RuntimeError on damage
+    reader.serialization_id()  # torch.load decodes it (UnicodeDecodeError on damage)
     for name, record in records.items():
         relative = name.removeprefix(f"{folder}/")
         if (reader.get_record_offset(relative), reader.get_record_size(relative)) != (record.data_start, record.size):
@@ -413,7 +433,7 @@ def _index_pt(path: Path) -> TensorFile:
         metadata = {}
         if f"{folder}/{METADATA_RECORD}" in names:
             try:
-                metadata = json.loads(archive.read(f"{folder}/{METADATA_RECORD}"))
+                metadata = string_map(json.loads(archive.read(f"{folder}/{METADATA_RECORD}")))
             except ValueError:
                 metadata = {}
 
