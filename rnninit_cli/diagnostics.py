@@ -487,6 +487,8 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
     u = cache.u(entry.name)
     if (bad := _nonfinite(block)) is not None:
         return bad
+    if block.numel() == 0:  # e.g. a (rows, 0) weight: nothing to check, and min()/max() would fail
+        return Verdict(True, True, "empty")
     if init in ("zeros", "ones", "constant"):
         return check_constant(block, {"zeros": 0.0, "ones": 1.0}.get(init, float(args.get("value", 0.0))), u)
     if init == "identity":

@@ -429,6 +429,9 @@ def _index_pt(path: Path) -> TensorFile:
             raise CannotPatch("big-endian archive")
         records = _zip_records(path, archive)
         _check_torch_reads(path, folder, records)
+        for name in records:  # the small records torch.load reads: local headers and CRC-32s must agree
+            if not name.startswith(f"{folder}/data/"):
+                archive.read(name)
         data_pkl = archive.read(pickles[0])
         metadata = {}
         if f"{folder}/{METADATA_RECORD}" in names:
