@@ -221,10 +221,22 @@ def _copy_while(
     try:
         draw()
     finally:
-        copier.join()  # the sink must not be closed under the copy, even on Ctrl-C
+        _wait_for(copier)  # the sink must not be closed under the copy, even on Ctrl-C
     if failure:
         raise failure[0]
     opened.patch(sink, updates, metadata)
+
+
+def _wait_for(thread: threading.Thread) -> None:
+    """Join `thread` even through Ctrl-C (then re-raise it once the thread is done)."""
+    interrupted: KeyboardInterrupt | None = None
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
 
 
 def _check_folder_output(folder: ModelFolder, output: str | None, fmt: str | None) -> None:
