@@ -46,7 +46,7 @@ class Checkpoint:
     @property
     def non_tensor_paths(self) -> list[str]:
         """Paths of entries that are not tensors (epoch counters, optimizer hyper-parameters...)."""
-        return [path for path, value in walk(self.root, "") if not _is_tensor(value)]
+        return [path for path, value in walk(self.root, "") if not is_tensor(value)]
 
     @property
     def optimizer_paths(self) -> list[str]:
@@ -78,7 +78,7 @@ class Checkpoint:
                 node = node[int(key)] if isinstance(node, (list, tuple)) else node[key]
             if isinstance(node, dict):
                 del node[last]
-        self.tensors = {p: v for p, v in walk(self.root, "") if _is_tensor(v)}
+        self.tensors = {p: v for p, v in walk(self.root, "") if is_tensor(v)}
 
 
 def _is_optimizer_state(node: Any) -> bool:
@@ -102,7 +102,7 @@ def optimizer_state_paths(root: Any) -> list[str]:
             for key, value in children for sub in optimizer_state_paths(value)]
 
 
-def _is_tensor(value: Any) -> bool:
+def is_tensor(value: Any) -> bool:
     import torch
 
     return isinstance(value, torch.Tensor)
@@ -200,7 +200,7 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
     except Exception as error:  # torch raises RuntimeError, EOFError, ValueError... on damage
         raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
                               f"{first_line(str(error))}") from None
-    tensors = {path or "tensor": value for path, value in walk(root, "") if _is_tensor(value)}
+    tensors = {path or "tensor": value for path, value in walk(root, "") if is_tensor(value)}
     metadata = _read_pt_metadata(data)
     return Checkpoint("pt", root, tensors, metadata, name)
 
@@ -296,7 +296,7 @@ def refuse_non_tensors(non_tensor_paths: list[str], tensors_only: bool) -> None:
                           "store; write .pt, or pass --tensors-only to keep only the tensors")
 
 
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {  # torch dtype name → safetensors dtype code
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
     "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "uint16": "U16",
     "uint32": "U32", "uint64": "U64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
@@ -311,9 +311,9 @@ def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
     def dtype_name(tensor: torch.Tensor) -> str:
         name = str(tensor.dtype).removeprefix("torch.")
-        if name not in _SAFETENSORS_DTYPES:
+        if name not in SAFETENSORS_DTYPES:
             raise OutputError(f"safetensors cannot store dtype {name}; write .pt instead")
-        return _SAFETENSORS_DTYPES[name]
+        return SAFETENSORS_DTYPES[name]
 
     order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), key))
     header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
@@ -387,12 +387,17 @@ def save_whole(
     serialize(whole, fmt or whole.format, metadata, sink, tensors_only=tensors_only)
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _default_mode(existing: Path) -> int:
     if existing.exists():
         return existing.stat().st_mode & 0o7777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~current_umask()
 
 
 def atomic_write(output: str | Path, write: Callable[[BinaryIO], None]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import save_whole, write_failure
+from .checkpoint import current_umask, save_whole, write_failure
 from .errors import CheckpointError, OutputError
 from .tensorfile import CannotPatch, TensorFile, index_file
 
@@ -76,7 +76,7 @@ class ModelFolder:
         """Build the output folder beside OUTPUT, then rename it into place (replacing OUTPUT)."""
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".rnninit-tmp", dir=output.parent))
         try:
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~current_umask())
             by_shard: dict[str, dict[str, torch.Tensor]] = {}
             for name, tensor in updates.items():
                 by_shard.setdefault(self.owner[name], {})[name] = tensor
@@ -98,7 +98,7 @@ class ModelFolder:
                             save_whole(source, shard_updates, metadata, sink)
                         sink.flush()
                         os.fsync(sink.fileno())
-                    os.chmod(target, 0o666 & ~_umask())
+                    os.chmod(target, 0o666 & ~current_umask())
                 else:
                     shutil.copyfile(source, target)
                     shutil.copymode(source, target)
@@ -109,12 +109,6 @@ class ModelFolder:
             if failed is not None:
                 raise OutputError(f"cannot write {output}: {failed.strerror or failed}") from None
             raise
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def _replace_folder(staging: Path, output: Path) -> None:

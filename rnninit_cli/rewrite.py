@@ -162,12 +162,13 @@ def rewrite(
     if target_format == "safetensors" and not isinstance(opened, ModelFolder):
         refuse_non_tensors(opened.non_tensor_paths, tensors_only)
 
-    the_plan = plan(opened.shapes(), scheme, rules=rules, only=only)
+    shapes = opened.shapes()
+    the_plan = plan(shapes, scheme, rules=rules, only=only)
     names = [name for layer in the_plan.layers for name in layer.params.values()]
     tensors = opened.load(names)
     before = capture_stats(the_plan, tensors) if report_before else {}
     written = list(dict.fromkeys(entry.name for entry in the_plan.writes))
-    refuse_overlapping(opened.shapes(), written)  # with the file's own strides (`tensors` are copies)
+    refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
     warnings = _shared_warnings(opened, written)
     optimizer = opened.optimizer_paths
     if optimizer and written:

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .checkpoint import (
     METADATA_RECORD,
+    SAFETENSORS_DTYPES,
     UnsafeCheckpointError,
     append_metadata_record,
     detect_format,
     first_line,
+    is_tensor,
     merge_metadata,
     metadata_payload,
     optimizer_state_paths,
@@ -43,11 +45,8 @@ if TYPE_CHECKING:
     import torch
 
 _CHUNK = 16 << 20
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "U16": "uint16",
-    "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}
+# safetensors dtype code → torch dtype name (the writer's table, inverted)
+_TORCH_DTYPES = {code: name for name, code in SAFETENSORS_DTYPES.items()}
 
 
 class CannotPatch(Exception):
@@ -67,9 +66,7 @@ class Location:
 
     @property
     def element_size(self) -> int:
-        import torch
-
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     @property
     def contiguous(self) -> bool:
@@ -123,7 +120,7 @@ class TensorFile:
 
     @property
     def non_tensor_paths(self) -> list[str]:
-        return [] if self.root is None else [p for p, v in walk(self.root, "") if not _is_tensor(v)]
+        return [] if self.root is None else [p for p, v in walk(self.root, "") if not is_tensor(v)]
 
     @property
     def optimizer_paths(self) -> list[str]:
@@ -224,12 +221,6 @@ class TensorFile:
             append_metadata_record(sink, payload)
 
 
-def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)
-
-
 def _pwrite_tensor(descriptor: int, tensor: torch.Tensor, position: int) -> None:
     import torch
 
@@ -317,12 +308,12 @@ def _index_safetensors(path: Path, size: int) -> TensorFile:
         if name == "__metadata__":
             continue
         try:
-            dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+            dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
             shape = tuple(int(s) for s in entry["shape"])
             begin, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError, AttributeError):
             raise CheckpointError(f"{path}: damaged safetensors header: bad entry for {name!r}") from None
-        element = torch.empty((), dtype=dtype).element_size()
+        element = dtype.itemsize
         count = 1
         for dim in shape:
             count *= dim
@@ -448,7 +439,7 @@ def _index_pt(path: Path) -> TensorFile:
         record = f"{folder}/data/{key}"
         if record not in records:
             raise CheckpointError(f"{path}: record {record} is missing from the archive")
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         if nbytes > records[record].size:
             raise CheckpointError(f"{path}: record {record} is shorter than its storage")
         untyped = torch.UntypedStorage(nbytes, device="meta")
