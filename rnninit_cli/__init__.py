@@ -22,7 +22,8 @@ _EXPORTS = {
     "register_scheme": "schemes", "parse_rule": "schemes",
     "INITIALIZERS": "initializers", "get_initializer": "initializers",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "Checkpoint": "checkpoint",
-    "RnnInitError": "errors", "UsageError": "errors", "LayoutError": "errors", "RuleError": "errors",
+    "RnnInitError": "errors", "UsageError": "errors", "LayoutError": "errors", "DtypeError": "errors",
+    "RuleError": "errors",
     "SchemeError": "errors", "NothingToDoError": "errors", "CheckpointError": "errors",
     "UnsafeCheckpointError": "errors", "OutputError": "errors",
 }

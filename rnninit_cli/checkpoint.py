@@ -7,21 +7,37 @@ e.g. `state_dict/model.rnn.weight_ih_l0`; everything that is not rewritten is ke
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
+import secrets
+import signal
+import stat
 import struct
 import sys
-import tempfile
+import threading
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import CheckpointError, OutputError, UnsafeCheckpointError, UsageError
+from .safety import (
+    MAX_ENTRIES_VARIABLE,
+    MAX_NESTING,
+    check_zip_records,
+    max_entries,
+    read_record,
+    read_stdin,
+    safetensors_header_size,
+    validate_safetensors_header,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +74,10 @@ class Checkpoint:
 
     def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """The named tensors themselves: writing into them changes this checkpoint."""
-        return {name: self.tensors[name] for name in names}
+        loaded = {name: self.tensors[name] for name in names}
+        for name, tensor in loaded.items():
+            refuse_broadcast(name, tensor.numel(), tensor.untyped_storage().nbytes() // tensor.element_size())
+        return loaded
 
     def storage_spans(self) -> dict[str, tuple[int, int, int]]:
         """(storage id, first byte, last byte + 1) of every tensor, to find tensors that share memory."""
@@ -81,25 +100,40 @@ class Checkpoint:
         self.tensors = {p: v for p, v in walk(self.root, "") if is_tensor(v)}
 
 
+BROADCAST_LIMIT = 1 << 24  # elements a view may claim beyond its storage (128 MiB as float64 statistics)
+
+
+def refuse_broadcast(name: str, count: int, stored: int) -> None:
+    """Refuse a view made by `expand` that claims far more elements than its storage holds: a few stored bytes
+    can claim billions of elements, and statistics would allocate them all. Small ones are inspected as they
+    are (and refused for rewriting later: their elements share memory)."""
+    if count > stored and count > BROADCAST_LIMIT:
+        raise CheckpointError(f"{name} is a broadcast view (made by expand?): its {count} elements read only "
+                              f"{stored} stored ones; rnninit neither inspects nor rewrites such a tensor. "
+                              "Save it with .contiguous() first")
+
+
 def _is_optimizer_state(node: Any) -> bool:
     return isinstance(node, dict) and "state" in node and "param_groups" in node
 
 
 def optimizer_state_paths(root: Any) -> list[str]:
     """Paths of optimizer state dicts ({"state", "param_groups"}); a list of them (Lightning's
-    `optimizer_states`) is named as the list itself."""
-    if _is_optimizer_state(root):
-        return [""]
-    if isinstance(root, dict):
-        children: Any = root.items()
-    elif isinstance(root, (list, tuple)):
-        if any(_is_optimizer_state(item) for item in root):
-            return [""]
-        children = enumerate(root)
-    else:
-        return []
-    return [join(str(key), sub) if sub else str(key)
-            for key, value in children for sub in optimizer_state_paths(value)]
+    `optimizer_states`) is named as the list itself. Each container is looked at once (see walk)."""
+    found = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, node = stack.pop()
+        if not isinstance(node, (dict, list, tuple)) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if _is_optimizer_state(node) or (not isinstance(node, dict) and any(map(_is_optimizer_state, node))):
+            found.append(path)
+            continue
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend(reversed([(join(path, key), value) for key, value in children]))
+    return found
 
 
 def is_tensor(value: Any) -> bool:
@@ -112,17 +146,51 @@ def join(prefix: str, key: Any) -> str:
     return f"{prefix}/{key}" if prefix else str(key)
 
 
-def walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    """(path, leaf) for every leaf of nested dicts, lists and tuples."""
-    if isinstance(node, dict):
-        items: Any = node.items()
-    elif isinstance(node, (list, tuple)):
-        items = enumerate(node)
-    else:
-        yield prefix, node
-        return
-    for key, value in items:
-        yield from walk(value, join(prefix, key))
+def walk(node: Any, prefix: str, aliases: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, Any]]:
+    """(path, leaf) for every leaf of nested dicts, lists and tuples, depth first, in order.
+
+    A pickle's memo lets a few kB reference one container from many places (2**64 paths in 4 kB), so
+    each container is walked once: reached again by another path, it is not walked again and its leaves
+    keep the names of the first path (`aliases`, if given, collects (path, first path) of each such
+    container). A leaf reached from several containers (a tied tensor) gets each name. CheckpointError
+    when containers nest deeper than MAX_NESTING, when there are more than max_entries() leaves and
+    containers, or when two leaves get the same name (a key "model/x" beside {"model": {"x": ...}}): one
+    of them would be lost."""
+    limit = max_entries()
+    walked: dict[int, str] = {}  # id of a container → the path it was first reached by
+    named: dict[str, tuple[str, Any]] = {}  # leaf path → (its container's path, its key), to name collisions
+    count = 0
+    stack: list[tuple[str, Any, int, str, Any]] = [(prefix, node, 0, "", None)]
+    while stack:
+        path, value, depth, parent, key = stack.pop()
+        count += 1
+        if count > limit:
+            raise CheckpointError(f"the checkpoint holds more than {limit} entries (tensors, values and "
+                                  f"containers); refused. Set {MAX_ENTRIES_VARIABLE} to allow more")
+        if isinstance(value, dict):
+            items: Any = value.items()
+        elif isinstance(value, (list, tuple)):
+            items = enumerate(value)
+        else:
+            if path in named:
+                raise CheckpointError(f"two entries are both named {path!r}: {_describe(*named[path])} and "
+                                      f"{_describe(parent, key)}; rename one (one of them would be lost)")
+            named[path] = (parent, key)
+            yield path, value
+            continue
+        if id(value) in walked:
+            if aliases is not None:
+                aliases.append((path, walked[id(value)]))
+            continue
+        walked[id(value)] = path
+        if depth >= MAX_NESTING:
+            raise CheckpointError(f"the checkpoint's containers are nested deeper than {MAX_NESTING} levels "
+                                  f"(at {path[:200]!r}...); refused")
+        stack.extend(reversed([(join(path, child), item, depth + 1, path, child) for child, item in items]))
+
+
+def _describe(parent: str, key: Any) -> str:
+    return f"key {key!r} of {parent!r}" if parent else f"top-level key {key!r}"
 
 
 def detect_format(head: bytes, size: int) -> str:
@@ -132,11 +200,11 @@ def detect_format(head: bytes, size: int) -> str:
     if head.startswith(b"PK\x03\x04"):
         return "pt"
     # safetensors before pickles: a header length whose low byte is 0x80 starts like a pickle does
-    if len(head) >= 9 and head[8:9] == b"{":
+    if len(head) >= 9 and head[8:9] in b"{ \t\r\n":  # the library's JSON parser skips leading whitespace
         (header_size,) = struct.unpack("<Q", head[:8])
         if header_size <= size - 8:
             return "safetensors"
-        if head[:1] != b"\x80":
+        if head[:1] != b"\x80" and head[8:9] == b"{":
             raise CheckpointError(f"safetensors header claims {header_size} bytes but the file has only {size}: "
                                   "truncated or damaged")
     if head[:1] == b"\x80":
@@ -147,7 +215,7 @@ def detect_format(head: bytes, size: int) -> str:
 def read_input(source: str | Path) -> bytes:
     """The bytes of `source`, or of standard input for '-'."""
     if str(source) == STDIO:
-        return sys.stdin.buffer.read()
+        return read_stdin()
     path = Path(source)
     try:
         if path.is_dir():
@@ -188,6 +256,14 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
 
     import torch
 
+    if data.startswith(b"PK"):  # nothing is decompressed before every record of the archive is checked
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                check_zip_records(archive, len(data), name)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as error:
+            # an archive whose records cannot be checked is not read (torch might read more of it)
+            raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
+                                  f"{first_line(str(error))}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -201,7 +277,7 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
         raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
                               f"{first_line(str(error))}") from None
     tensors = {path or "tensor": value for path, value in walk(root, "") if is_tensor(value)}
-    metadata = _read_pt_metadata(data)
+    metadata = _read_pt_metadata(data, name)
     return Checkpoint("pt", root, tensors, metadata, name)
 
 
@@ -218,14 +294,26 @@ def first_line(text: str) -> str:
     return line.split(". ")[0][:200]
 
 
-def _read_pt_metadata(data: bytes) -> dict[str, str]:
+def _read_pt_metadata(data: bytes, name: str = STDIO) -> dict[str, str]:
     if not data.startswith(b"PK"):
         return {}
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            record = next((n for n in archive.namelist() if n.endswith("/" + METADATA_RECORD)), None)
-            return string_map(json.loads(archive.read(record))) if record else {}
+        archive = zipfile.ZipFile(io.BytesIO(data))
     except Exception:  # zipfile cannot read an archive torch could (NotImplementedError...): no record then
+        return {}
+    with archive:
+        record = next((n for n in archive.namelist() if n.endswith("/" + METADATA_RECORD)), None)
+        if record is None:
+            return {}
+        try:
+            raw = read_record(archive, record)  # no further than its declared size (check_zip_records)
+        except NotImplementedError:  # a zip feature zipfile lacks (torch ignores this record): no record then
+            return {}
+        except (zipfile.BadZipFile, CheckpointError, EOFError, OSError, zlib.error) as error:
+            raise CheckpointError(f"{name}: zip record {record} is damaged: {first_line(str(error))}") from None
+    try:
+        return string_map(json.loads(raw))
+    except ValueError:  # not JSON: an earlier run's record, damaged; nothing in it is kept
         return {}
 
 
@@ -239,22 +327,15 @@ def string_map(value: Any) -> dict[str, str]:
 def _load_safetensors(data: bytes, name: str) -> Checkpoint:
     from safetensors.torch import load
 
-    (header_size,) = struct.unpack("<Q", data[:8])
-    try:
-        header = json.loads(data[8:8 + header_size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{name}: damaged safetensors header: {error}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{name}: damaged safetensors header: not a JSON object")
-    metadata = header.get("__metadata__") or {}
+    header_size = safetensors_header_size(data[:8], len(data), name)
+    header = validate_safetensors_header(data[8:8 + header_size], len(data), name)
     try:
         loaded = load(data)
     except Exception as error:  # SafetensorError and friends
         raise CheckpointError(f"{name}: not a readable safetensors file (truncated or damaged?): "
                               f"{first_line(str(error))}") from None
-    order = [key for key in header if key != "__metadata__"]
-    tensors = {key: loaded[key] for key in order if key in loaded}
-    return Checkpoint("safetensors", tensors, tensors, dict(metadata), name)
+    tensors = {key: loaded[key] for key in header.entries}
+    return Checkpoint("safetensors", tensors, tensors, dict(header.metadata or {}), name)
 
 
 def output_format(output: str | Path, requested: str | None, input_format: str) -> str:
@@ -272,24 +353,119 @@ def output_format(output: str | Path, requested: str | None, input_format: str) 
 
 
 def check_output(source: str | Path, output: str | Path, *, force: bool, in_place: bool) -> None:
-    """Refuse an existing OUTPUT without `force`, and OUTPUT == INPUT without `in_place`."""
+    """Refuse, before any work, an OUTPUT that rnninit must not replace.
+
+    A file output may replace a regular file or a symbolic link to one (the link itself is replaced, like
+    `sed -i`) with `force`, or INPUT itself with `in_place`; never a folder, device, FIFO, socket, or a
+    link to one or to nothing. A model folder's output may replace, with `force`, a folder that holds
+    nothing but what the new folder will hold; never one that holds anything else, contains INPUT or lies
+    inside it. INPUT's own folder is rewritten shard by shard with `in_place`."""
     if str(output) == STDIO:
         return
     out = Path(output)
-    same = str(source) != STDIO and out.exists() and Path(source).exists() and out.samefile(source)
-    if same and not in_place:
-        raise OutputError(f"{out} is the input file; pass --in-place to rewrite it")
-    folder_input = str(source) != STDIO and Path(source).is_dir()  # a model folder's output is a folder
-    if out.is_dir() and not folder_input:
-        raise OutputError(f"{out} is a folder; give a file name for the output")
-    if out.exists() and not same and not force:
-        raise OutputError(f"{out} already exists; pass --force to replace it")
+    if str(source) != STDIO and Path(source).is_dir():
+        _check_folder_output(Path(source), out, force=force, in_place=in_place)
+    else:
+        kind = output_kind(out)
+        if kind == "a folder":
+            raise OutputError(f"{out} is a folder; give a file name for the output")
+        if kind not in ("absent", "a regular file"):
+            raise OutputError(f"{out} is {kind}; rnninit replaces only regular files and symbolic links to them, "
+                              "even with --force")
+        same = kind != "absent" and str(source) != STDIO and Path(source).exists() and out.samefile(source)
+        if same and not in_place:
+            raise OutputError(f"{out} is the input file; pass --in-place to rewrite it")
+        if kind != "absent" and not same and not force:
+            raise OutputError(f"{out} already exists; pass --force to replace it")
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent} does not exist; create the folder first")
 
 
-def refuse_non_tensors(non_tensor_paths: list[str], tensors_only: bool) -> None:
-    """Safetensors holds tensors only: refuse to silently drop other entries of a .pt."""
+def _check_folder_output(source: Path, out: Path, *, force: bool, in_place: bool) -> None:
+    kind = output_kind(out)
+    if kind == "absent":
+        return
+    if kind != "a folder" or out.is_symlink():
+        what = "a symbolic link" if out.is_symlink() else kind
+        raise OutputError(f"{out} is {what}; the output of a model folder is a folder (a new one, or one that "
+                          "--force may replace)")
+    here, there = source.resolve(), out.resolve()
+    if there == here:
+        if not in_place:
+            raise OutputError(f"{out} is the input folder; pass --in-place to rewrite its shards")
+        return
+    if here.is_relative_to(there):
+        raise OutputError(f"{out} contains the input folder {source}; rnninit never replaces a folder that holds "
+                          "its input: choose another OUTPUT")
+    if there.is_relative_to(here):
+        raise OutputError(f"{out} is inside the input folder; choose a folder outside it")
+    if not force:
+        raise OutputError(f"{out} already exists; pass --force to replace it")
+    expected = {relative: "a folder" if path.is_dir() else "a regular file"
+                for path in source.rglob("*") for relative in [path.relative_to(source).as_posix()]}
+    refuse_foreign_entries(out, expected)
+
+
+def output_kind(path: Path) -> str:
+    """'absent', 'a regular file' (or a symbolic link to one), 'a folder', or what else is at `path`."""
+    try:
+        status = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "absent"
+    except OSError as error:
+        raise OutputError(f"cannot check {path}: {error.strerror or error}") from None
+    if stat.S_ISLNK(status.st_mode):
+        try:
+            target = os.stat(path)
+        except OSError:
+            return "a symbolic link that leads nowhere"
+        return "a regular file" if stat.S_ISREG(target.st_mode) else f"a symbolic link to {_kind_name(target.st_mode)}"
+    return _kind_name(status.st_mode)
+
+
+def _kind_name(mode: int) -> str:
+    kinds = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def refuse_unreplaceable(out: Path) -> None:
+    """Right before a rename onto OUTPUT: what is there now must still be replaceable (it may have
+    changed since the checks before the work)."""
+    kind = output_kind(out)
+    if kind not in ("absent", "a regular file"):
+        raise OutputError(f"{out} is now {kind}; rnninit replaces only regular files and symbolic links to them; "
+                          "nothing was written")
+
+
+def refuse_foreign_entries(out: Path, expected: dict[str, str]) -> None:
+    """Refuse to replace the folder `out` if anything in it is not what the new model folder will hold:
+    `expected` maps each relative path of the new folder to its kind. Symbolic links are not followed,
+    and the walk stops at the first foreign entry."""
+    for root, folders, files in os.walk(out):
+        for name in sorted(folders) + sorted(files):
+            path = Path(root, name)
+            relative = path.relative_to(out).as_posix()
+            kind = _kind_name(os.lstat(path).st_mode)
+            if expected.get(relative) != kind:
+                raise OutputError(f"{out} holds {relative!r}, which the new model folder would not contain; "
+                                  "--force replaces a folder only when all it holds is what rnninit will write "
+                                  "there (an earlier output). Remove it or choose another OUTPUT")
+
+
+def refuse_non_tensors(root: Any, tensors_only: bool) -> None:
+    """Safetensors holds tensors only: refuse to silently drop other entries of a .pt, or the names of a
+    container that the .pt holds under several paths (only the first path's names would be written)."""
+    if root is None:
+        return
+    aliases: list[tuple[str, str]] = []
+    non_tensor_paths = [path for path, value in walk(root, "", aliases) if not is_tensor(value)]
+    if aliases:
+        path, first = aliases[0]
+        raise OutputError(f"the checkpoint holds one container under several paths ({path or '(top)'} is the same "
+                          f"object as {first or '(top)'}); safetensors would keep only the first path's names. "
+                          "Write .pt instead")
     if non_tensor_paths and not tensors_only:
         shown = ", ".join(non_tensor_paths[:5]) + (", ..." if len(non_tensor_paths) > 5 else "")
         raise OutputError(f"the checkpoint holds non-tensor entries ({shown}) that safetensors cannot "
@@ -340,7 +516,7 @@ def serialize(
 ) -> None:
     """Write `checkpoint` in format `fmt` to the seekable binary file `sink`."""
     if fmt == "safetensors":
-        refuse_non_tensors(checkpoint.non_tensor_paths, tensors_only)
+        refuse_non_tensors(checkpoint.root, tensors_only)
         tensors = checkpoint.tensors
         merged = merge_metadata(checkpoint.metadata, metadata)
         write_safetensors(tensors, merged, sink)
@@ -377,11 +553,11 @@ def merge_metadata(kept: dict[str, str], recorded: dict[str, str]) -> dict[str, 
 
 def save_whole(
     source: Path, updates: dict[str, torch.Tensor], metadata: dict[str, str], sink: BinaryIO,
-    fmt: str | None = None, *, tensors_only: bool = False,
+    fmt: str | None = None, *, tensors_only: bool = False, data: bytes | None = None,
 ) -> None:
-    """Load `source` whole, copy `updates` into it, and write it to `sink` (for files that cannot
-    be patched byte by byte, e.g. a non-contiguous rewritten tensor)."""
-    whole = load_checkpoint(source)
+    """Load `source` whole (from `data`, its bytes, when given), copy `updates` into it, and write it to
+    `sink` (for files that cannot be patched byte by byte, e.g. a non-contiguous rewritten tensor)."""
+    whole = load_checkpoint(source, data)
     for name, tensor in updates.items():
         whole.tensors[name].copy_(tensor)
     serialize(whole, fmt or whole.format, metadata, sink, tensors_only=tensors_only)
@@ -400,32 +576,166 @@ def _default_mode(existing: Path) -> int:
     return 0o666 & ~current_umask()
 
 
-def atomic_write(output: str | Path, write: Callable[[BinaryIO], None]) -> None:
+TEMP_SUFFIX = ".rnninit-tmp"  # a temporary file or folder being written
+OLD_SUFFIX = ".rnninit-old"  # a replaced model folder on its way out (where a folder swap is not atomic)
+
+
+def temporary_path(folder: Path, suffix: str = TEMP_SUFFIX) -> Path:
+    """A fresh name in `folder` of fixed length, whatever OUTPUT's name: a dot, 12 random hex digits and
+    `suffix` (25 bytes), so a 255-byte OUTPUT name still works and a leftover is recognisable."""
+    return folder / f".{secrets.token_hex(6)}{suffix}"
+
+
+def create_temporary_file(folder: Path) -> tuple[int, Path]:
+    """A new, empty, private temporary file in `folder`: (descriptor, path)."""
+    while True:
+        path = temporary_path(folder)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path
+        except FileExistsError:
+            continue
+
+
+def create_temporary_folder(folder: Path) -> Path:
+    while True:
+        path = temporary_path(folder)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What says a path still holds the file rnninit read: the same inode, size and modification time."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> FileIdentity:
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def refuse_changed(path: Path, expected: FileIdentity) -> None:
+    """--in-place: refuse to replace INPUT if another writer changed or replaced it since it was read."""
+    try:
+        now: FileIdentity | None = FileIdentity.of(os.stat(path))
+    except OSError:
+        now = None
+    if now != expected:
+        raise OutputError(f"{path} changed while rnninit was rewriting it (another writer?); nothing was written")
+
+
+@contextmanager
+def locked_input(path: Path) -> Iterator[int]:
+    """--in-place: an exclusive lock (flock) on INPUT, held until the rewrite is done, so concurrent
+    in-place runs on one file (or one model folder) take turns. Yields a read-only descriptor of the
+    file (or folder) that is at `path` while the lock is held: a run that waited for the lock reads the
+    file the previous run wrote."""
+    import fcntl
+
+    while True:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except OSError as error:
+                if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                break  # a file system without locks: the identity check before the rename still applies
+            opened = os.fstat(descriptor)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                raise CheckpointError(f"{path}: no such file (it was removed while rnninit waited for it)") from None
+            if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
+                break
+        except BaseException:
+            os.close(descriptor)
+            raise
+        os.close(descriptor)  # replaced while we waited (another run finished): lock the new file
+    try:
+        yield descriptor
+    finally:
+        os.close(descriptor)
+
+
+class CommitLog:
+    """How many outputs this process has renamed into place. The CLI reads it: a Ctrl-C that arrives
+    after its command's output is in place comes too late to stop anything, so the command succeeded."""
+
+    count = 0
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (their handlers run when the block ends) while outputs are renamed into
+    place, so an interruption lands before the renames (nothing written) or after them (all written),
+    never between. Only the main thread can change handlers; elsewhere this holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def hold(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    for signum in _HELD_SIGNALS:
+        if signal.getsignal(signum) is not None:  # None: installed outside Python, leave it alone
+            previous[signum] = signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+def atomic_write(output: str | Path, write: Callable[[BinaryIO], None], *,
+                 expect: FileIdentity | None = None) -> None:
     """Call `write` on a temporary file in OUTPUT's folder, fsync it, then rename it onto OUTPUT.
 
-    On any error the temporary file is removed and OUTPUT is left as it was.
+    On any error the temporary file is removed and OUTPUT is left as it was. Right before the rename,
+    OUTPUT is checked again (still replaceable; with `expect`, --in-place, still the file that was read).
     """
     out = Path(output)
     mode = _default_mode(out)
     try:
-        handle, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".rnninit-tmp",
-                                             dir=out.parent)
+        descriptor, temp = create_temporary_file(out.parent)
     except OSError as error:
         raise OutputError(f"cannot write in {out.parent}: {error.strerror or error}") from None
     try:
-        with os.fdopen(handle, "w+b") as sink:
+        with os.fdopen(descriptor, "w+b") as sink:
             write(sink)
             sink.flush()
             os.fsync(sink.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, out)
+        os.chmod(temp, mode)
+        with signals_held():
+            refuse_unreplaceable(out)
+            if expect is not None:
+                refuse_changed(out, expect)
+            os.replace(temp, out)
+            CommitLog.count += 1
     except BaseException as error:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         failed = write_failure(error)
         if failed is not None:
             raise OutputError(f"cannot write {out}: {failed.strerror or failed}") from None
         raise
-    _fsync_folder(out.parent)
+    fsync_folder(out.parent)
 
 
 def write_failure(error: BaseException) -> OSError | None:
@@ -438,7 +748,7 @@ def write_failure(error: BaseException) -> OSError | None:
     return None
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -458,13 +768,15 @@ def save_checkpoint(
     *,
     metadata: dict[str, str] | None = None,
     tensors_only: bool = False,
+    expect: FileIdentity | None = None,
 ) -> None:
-    """Write `checkpoint` to a path (atomically), to '-' (standard output) or to a binary file."""
+    """Write `checkpoint` to a path (atomically), to '-' (standard output) or to a binary file.
+    `expect`: see atomic_write."""
     fmt = fmt or checkpoint.format
     metadata = metadata or {}
     if isinstance(output, (str, Path)) and str(output) != STDIO:
         atomic_write(output, lambda sink: serialize(checkpoint, fmt, metadata, sink,
-                                                    tensors_only=tensors_only))
+                                                    tensors_only=tensors_only), expect=expect)
         return
     buffer = io.BytesIO()
     serialize(checkpoint, fmt, metadata, buffer, tensors_only=tensors_only)

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from . import __version__
 from .errors import RnnInitError, UsageError
+from .terminal import shown, visible
 
 app = typer.Typer(
     name="rnninit",
@@ -37,11 +37,19 @@ def _make_console() -> Console:
     probe = Console(stderr=True)
     # Logs and pipes get 160 columns so per-gate tables are not folded; terminals use their width.
     wide = not probe.is_terminal and "COLUMNS" not in os.environ
-    return Console(stderr=True, highlight=False, width=160 if wide else None)
+    # emoji=False: a name like `enc:fire:` prints as written, not as an emoji
+    return Console(stderr=True, highlight=False, emoji=False, width=160 if wide else None)
 
 
 console = _make_console()
-_state = {"debug": False}
+_state = {"debug": False, "commits": 0}
+
+
+def _committed() -> bool:
+    """Whether the running command has already renamed its output into place: then it has succeeded,
+    and a Ctrl-C or SIGTERM that arrives later changes nothing (exit status 0)."""
+    checkpoint = sys.modules.get("rnninit_cli.checkpoint")
+    return checkpoint is not None and checkpoint.CommitLog.count > _state["commits"]
 
 
 class Format(str, Enum):
@@ -61,13 +69,16 @@ class Cell(str, Enum):
 @contextmanager
 def _errors(trouble: int = 1) -> Iterator[None]:
     """Map library errors to one `error: ...` line and an exit status; tracebacks only with --debug.
-    `trouble` is the status for errors other than usage errors (verify and diff use 1 for their answer)."""
+    `trouble` is the status for errors other than usage errors (verify and diff use 1 for their answer).
+    A Ctrl-C before the output is renamed into place exits 130; after it, the command has succeeded (0)."""
+    checkpoint = sys.modules.get("rnninit_cli.checkpoint")
+    _state["commits"] = checkpoint.CommitLog.count if checkpoint is not None else 0
     try:
         yield
     except RnnInitError as error:
         if _state["debug"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {shown(error)}", markup=True, soft_wrap=True)
         raise typer.Exit(error.exit_code if error.exit_code != 1 else trouble) from None
     except BrokenPipeError:
         # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
@@ -75,6 +86,8 @@ def _errors(trouble: int = 1) -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
+        if _committed():
+            return
         console.print("[bold red]error:[/] interrupted", soft_wrap=True)
         raise typer.Exit(130) from None
     except typer.Exit:
@@ -82,7 +95,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
     except Exception as error:
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] internal error: {type(error).__name__}: {escape(str(error))} "
+        console.print(f"[bold red]error:[/] internal error: {type(error).__name__}: {shown(error)} "
                       "(run with --debug for the traceback)", soft_wrap=True, markup=True)
         raise typer.Exit(trouble) from None
 
@@ -142,7 +155,7 @@ def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, q
     if the_plan.seed is not None:
         summary += f", seed {the_plan.seed}"
     summary += f"; wrote {output}" if output else "; dry run, nothing written"
-    console.print(summary, soft_wrap=True, markup=False)
+    console.print(visible(summary), soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -180,9 +193,9 @@ def apply(
                              on_entry=on_entry, report_before=as_json or not quiet)
         if not quiet:
             for line in result.warnings:
-                console.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True)
+                console.print(f"[bold yellow]warning:[/] {shown(line)}", soft_wrap=True)
             for line in result.notes:
-                console.print(line, markup=False, soft_wrap=True)
+                console.print(visible(line), markup=False, soft_wrap=True)
         if as_json:
             document = apply_document(result.plan, result.tensors, result.before, source=input,
                                       fmt=result.output_format, output=result.output)
@@ -237,26 +250,26 @@ def inspect(
                                         only=only, metadata=found.metadata, diagnosis=diagnosis))
             return
         by_layer = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
-        shown = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
-        console.print(f"{input}: {found.format}, {found.tensor_count} tensor(s), "
-                      f"{len(shown)} recurrent layer(s)", markup=False, soft_wrap=True)
+        selected = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
+        console.print(f"{visible(input)}: {found.format}, {found.tensor_count} tensor(s), "
+                      f"{len(selected)} recurrent layer(s)", markup=False, soft_wrap=True)
         recorded = provenance(found.metadata)
         if recorded:
-            console.print(recorded, markup=False, soft_wrap=True)
-        if not shown:
-            console.print("no recurrent parameters found" + (f" matching --only {only!r}" if only else ""),
+            console.print(visible(recorded), markup=False, soft_wrap=True)
+        if not selected:
+            console.print("no recurrent parameters found" + (f" matching --only {visible(repr(only))}" if only else ""),
                           markup=False)
-        for layer, kinds in shown:
+        for layer, kinds in selected:
             console.print()
             console.print(inspect_table(layer, found.tensors, kinds, by_layer.get(layer)))
         _print_warnings(diagnosis.warnings if diagnosis else ())
         if plot is not None and diagnosis is not None:
-            console.print(f"plotted {len(diagnosis.layers)} layer(s) to {plot}", markup=False)
+            console.print(f"plotted {len(diagnosis.layers)} layer(s) to {visible(plot)}", markup=False)
 
 
 def _print_warnings(warnings: Iterable[object]) -> None:
     for warning in warnings:
-        console.print(f"[bold yellow]warning:[/] {escape(str(warning))}", soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {shown(warning)}", soft_wrap=True)
 
 
 @app.command()
@@ -285,7 +298,8 @@ def verify(
                 console.print(verify_table(report))
             weak = f", {len(report.weak)} too small to decide" if report.weak else ""
             verdict = "consistent" if report.ok else f"{len(report.failures)} NOT consistent"
-            console.print(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: {verdict}{weak}",
+            console.print(visible(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: ")
+                          + verdict + weak,
                           markup=False, soft_wrap=True)
         if not report.ok:
             raise typer.Exit(1)
@@ -315,13 +329,13 @@ def diff(
                 console.print(diff_table(report))
             for layer in report.layers:
                 for line in (*layer.params_only_in_a, *layer.params_only_in_b, *layer.shape_changes):
-                    console.print(f"{layer.title}: {line}", markup=False, soft_wrap=True)
+                    console.print(visible(f"{layer.title}: {line}"), markup=False, soft_wrap=True)
             for title in report.only_in_a:
-                console.print(f"only in {a}: {title}", markup=False, soft_wrap=True)
+                console.print(visible(f"only in {a}: {title}"), markup=False, soft_wrap=True)
             for title in report.only_in_b:
-                console.print(f"only in {b}: {title}", markup=False, soft_wrap=True)
+                console.print(visible(f"only in {b}: {title}"), markup=False, soft_wrap=True)
             summary = "identical" if report.identical else f"{len(report.changed_blocks)} block(s) differ"
-            console.print(f"{a} vs {b}: {summary}", markup=False, soft_wrap=True)
+            console.print(visible(f"{a} vs {b}: {summary}"), markup=False, soft_wrap=True)
         if not report.identical:
             raise typer.Exit(1)
 
@@ -381,15 +395,28 @@ def schemes(as_json: JsonOption = False) -> None:
                       "Later rules win.", markup=False, soft_wrap=True)
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    if not _committed():  # after the output's rename there is nothing left to stop
+        raise KeyboardInterrupt
+
+
 def _terminate(signum: int, _frame: object) -> None:
     # SIGTERM unwinds like Ctrl-C does, so temporary files are removed on the way out
-    raise SystemExit(128 + signum)
+    if not _committed():
+        raise SystemExit(128 + signum)
 
 
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        app()
+    finally:
+        # The command is over and its exit status decided: a signal during the interpreter's shutdown
+        # (torch's atexit handlers) must neither print a traceback nor change the status.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

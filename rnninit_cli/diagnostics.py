@@ -45,8 +45,9 @@ import torch
 
 from .errors import NothingToDoError, SchemeError, UsageError
 from .initializers import TRUNCATED_NORMAL_STD, _gain
-from .layout import KINDS, Block, Layer, find_layers
+from .layout import KINDS, Block, Layer, article, find_layers
 from .planning import KEEP, PlanEntry, plan
+from .report import as_float64, moments, power_of_two_scale
 from .schemes import SCHEMES, Rule, Scheme, format_value, parse_call
 
 ALPHA = 1e-6
@@ -56,6 +57,7 @@ UNKNOWN = "unknown / trained"
 UNDETERMINED = "undetermined"
 TRUNCATION = 2.0  # lecun_normal cuts T ~ N(0, 1) at ±2
 _BARS = "▁▂▃▄▅▆▇█"
+_LARGEST_LOG = 709.0  # math.exp overflows (OverflowError) just above 709.78
 _WEIGHTS = ("weight_ih", "weight_hh", "weight_hr")
 
 
@@ -224,7 +226,8 @@ def check_uniform(values: torch.Tensor, low: float, high: float, u: float = 0.0)
         return Verdict(False, decided, f"mean {_fmt(mean)}, expected {_fmt(centre)} ± {_fmt(tolerance)}")
     square = ((x - centre) ** 2).mean().item()
     expected = width * width / 12
-    tolerance = _bernstein(n, width**4 / 180, width * width / 6) + 3 * u * expected + 2 * slack * width
+    fourth = (width * width) * (width * width)  # not width**4, which raises OverflowError where this gives inf
+    tolerance = _bernstein(n, fourth / 180, width * width / 6) + 3 * u * expected + 2 * slack * width
     if abs(square - expected) > tolerance:
         return Verdict(False, decided, f"std {_fmt(math.sqrt(square))}, expected {_fmt(math.sqrt(expected))} "
                                        f"for {name}")
@@ -283,7 +286,8 @@ def check_truncated_normal(values: torch.Tensor, scale: float, u: float = 0.0, c
         return Verdict(False, decided, f"mean {_fmt(x.mean().item())}, expected 0 ± {_fmt(tolerance)} for {name}")
     expected = second * scale * scale
     square = (x * x).mean().item()
-    tolerance = (_bernstein(n, (fourth - second * second) * scale**4, max(expected, limit * limit - expected))
+    tolerance = (_bernstein(n, (fourth - second * second) * (scale * scale) * (scale * scale),
+                            max(expected, limit * limit - expected))
                  + 3 * u * expected + 2 * slack * limit)
     if abs(square - expected) > tolerance:
         return Verdict(False, decided, f"std {_fmt(math.sqrt(square))}, expected {_fmt(math.sqrt(expected))} "
@@ -293,19 +297,38 @@ def check_truncated_normal(values: torch.Tensor, scale: float, u: float = 0.0, c
 
 def gram(matrix: torch.Tensor) -> torch.Tensor:
     """BᵀB for a tall (or square) block, BBᵀ for a wide one, in float64."""
-    m = matrix.double()
-    return m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+    return _scaled_gram(as_float64(matrix))[0]
+
+
+_Gram = tuple[torch.Tensor, torch.Tensor, float]  # (G, G / s², s) for a power of two s near max|B|
+
+
+def _scaled_gram(m: torch.Tensor) -> _Gram:
+    """The Gram matrix of a float64 matrix computed from B/s (s a power of two near max|B|, so B/s is exact and
+    (B/s)ᵀ(B/s) cannot overflow or underflow), with G = that · s² (inf only where BᵀB really exceeds float64)."""
+    scale = power_of_two_scale(m.abs().max().item()) if m.numel() else 1.0
+    scaled = m / scale
+    small = scaled.T @ scaled if m.shape[0] >= m.shape[1] else scaled @ scaled.T
+    return small * scale * scale, small, scale
 
 
 def check_orthogonal(the_gram: torch.Tensor | None, gain: float, tolerance: float) -> Verdict:
     """max|G/g² − I| ≤ tolerance for the Gram matrix G of the block (BᵀB tall, BBᵀ wide); None: not finite."""
-    if the_gram is None or not bool(torch.isfinite(the_gram).all()):
+    return _orthogonal_verdict(None if the_gram is None else (the_gram, the_gram, 1.0), gain, tolerance)
+
+
+def _orthogonal_verdict(parts: _Gram | None, gain: float, tolerance: float) -> Verdict:
+    """check_orthogonal on a scaled Gram matrix: (G/s²)·(s/g)² − I, so that a gain of 1e200 (G = 1e400, beyond
+    float64) is checked as exactly as a gain of 1."""
+    if parts is None or bool(torch.isnan(parts[1]).any()):
         return Verdict(False, True, "NaN/Inf values in the matrix")
-    size = the_gram.shape[0]
+    the_gram, small, scale = parts
+    size = small.shape[0]
     if gain == 0:
         error = the_gram.abs().max().item() if size else 0.0
         return Verdict(error == 0, True, f"max |BᵀB| = {_fmt(error)} (gain 0)")
-    error = (the_gram / gain**2 - torch.eye(size, dtype=the_gram.dtype)).abs().max().item() if size else 0.0
+    ratio = scale / gain  # inf for hopeless cases (1e300 values, gain 1e-300): error inf, not orthogonal
+    error = (small * ratio * ratio - torch.eye(size, dtype=small.dtype)).abs().max().item() if size else 0.0
     decided = size >= 2
     what = "orthogonal" + (f" with gain {_fmt(gain)}" if gain != 1 else "")
     if error > tolerance:
@@ -348,11 +371,11 @@ class _Cache:
     def __init__(self, tensors: Mapping[str, Any]) -> None:
         self.tensors = tensors
         self._whole: dict[str, torch.Tensor] = {}
-        self._grams: dict[tuple[str, int | None, int | None], torch.Tensor | None] = {}
+        self._grams: dict[tuple[str, int | None, int | None], _Gram | None] = {}
 
     def whole(self, name: str) -> torch.Tensor:
         if name not in self._whole:
-            self._whole[name] = torch.as_tensor(self.tensors[name]).detach().to("cpu", torch.float64)
+            self._whole[name] = as_float64(self.tensors[name])
         return self._whole[name]
 
     def block(self, name: str, start: int, stop: int) -> torch.Tensor:
@@ -368,30 +391,41 @@ class _Cache:
 
     def gram(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor | None:
         """Gram matrix of rows [start, stop) (the whole parameter when None); None if not 2-D or not finite."""
+        parts = self.gram_parts(name, start, stop)
+        return None if parts is None else parts[0]
+
+    def gram_parts(self, name: str, start: int | None = None, stop: int | None = None) -> _Gram | None:
+        """(G, G/s², s) for rows [start, stop) (see `_scaled_gram`); None if not 2-D, empty or not finite."""
         key = (name, start, stop)
         if key not in self._grams:
             values = self.whole(name) if start is None else self.block(name, start, stop or 0)
             ok = values.dim() == 2 and values.numel() > 0 and bool(torch.isfinite(values).all())
-            self._grams[key] = gram(values) if ok else None
+            self._grams[key] = _scaled_gram(values) if ok else None
         return self._grams[key]
 
 
-def _spectrum(the_gram: torch.Tensor | None) -> torch.Tensor | None:
-    """Singular values, √eig(G) of the Gram matrix, ascending."""
-    if the_gram is None:
+def _spectrum(parts: _Gram | None) -> torch.Tensor | None:
+    """Singular values, s·√eig(G/s²) of the scaled Gram matrix, ascending; None if the solver gives up."""
+    if parts is None:
         return None
-    return torch.linalg.eigvalsh(the_gram).clamp_min(0).sqrt()
+    _, small, scale = parts
+    try:
+        return torch.linalg.eigvalsh(small).clamp_min(0).sqrt() * scale
+    except RuntimeError:  # torch.linalg.LinAlgError: no convergence (has not happened on a scaled Gram matrix)
+        return None
 
 
-def _scaled_orthogonal(the_gram: torch.Tensor | None, tolerance: float) -> float | None:
-    """The gain g if G ≈ g²I (max|G/g² − I| ≤ tolerance with g² = mean diag G), else None; needs G ≥ 2×2."""
-    if the_gram is None or the_gram.shape[0] < 2:
+def _scaled_orthogonal(parts: _Gram | None, tolerance: float) -> float | None:
+    """The gain g if G ≈ g²I (max|G/g² − I| ≤ tolerance with g² = mean diag G), else None; needs G ≥ 2×2.
+    Computed on the scaled Gram matrix (the test is scale-free), so gains of 1e-200 or 1e200 are found too."""
+    if parts is None or parts[1].shape[0] < 2:
         return None
-    scale2 = the_gram.diagonal().mean().item()
-    if scale2 <= 0:
+    _, small, scale = parts
+    scale2 = small.diagonal().mean().item()
+    if not scale2 > 0:
         return None
-    error = (the_gram / scale2 - torch.eye(the_gram.shape[0], dtype=the_gram.dtype)).abs().max().item()
-    return math.sqrt(scale2) if error <= tolerance else None
+    error = (small / scale2 - torch.eye(small.shape[0], dtype=small.dtype)).abs().max().item()
+    return math.sqrt(scale2) * scale if error <= tolerance else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,13 +450,13 @@ def _check_energy(block: torch.Tensor, gain: float, rows: int, u: float) -> Verd
     """Rows of a per-matrix orthogonal Q (R rows) carry energy E[q²] = g²/R: χ² bound on Σq²·R/g² (the sphere
     and orthogonality constraints make the true spread smaller than χ², so the bound is conservative)."""
     n = block.numel()
-    q = (block * block).sum().item() * rows / (gain * gain)
+    q = ((block / gain) ** 2).sum().item() * rows  # divided first: squares of 1e200 values would overflow
     low, high = _chi2_bounds(n)
     decided = n >= MIN_SAMPLES
     if q < low * (1 - 4 * u) or q > high * (1 + 4 * u):
         rms = math.sqrt(q / n) * gain / math.sqrt(rows)
         return Verdict(False, decided, f"rms {_fmt(rms)}, expected {_fmt(gain / math.sqrt(rows))} for a gate "
-                                       f"block of a {rows}-row orthogonal matrix")
+                                       f"block of {article(f'{rows}-row')} orthogonal matrix")
     return Verdict(True, decided, "block energy consistent")
 
 
@@ -439,13 +473,13 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
         return check_constant(block, 0.0)
     covered = sum(e.stop - e.start for e in group)
     if covered == rows:
-        whole_verdict = check_orthogonal(cache.gram(entry.name), gain, tolerance)
+        whole_verdict = _orthogonal_verdict(cache.gram_parts(entry.name), gain, tolerance)
         if whole_verdict.ok:
             return Verdict(True, whole_verdict.decided, f"whole {entry.kind} {whole_verdict.detail}")
     else:
         whole_verdict = Verdict(True, False, "only part of the matrix is planned")
     if rows <= cols:  # wide: rows orthonormal, so every row block is orthogonal on its own
-        own = check_orthogonal(cache.gram(entry.name, entry.start, entry.stop), gain, tolerance)
+        own = _orthogonal_verdict(cache.gram_parts(entry.name, entry.start, entry.stop), gain, tolerance)
         if not own.ok:
             return Verdict(False, True, f"rows of a wide orthogonal matrix: {own.detail}")
     else:
@@ -464,7 +498,7 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
 
 def _block_energy_ok(entry: PlanEntry, gain: float, rows: int, cols: int, tolerance: float, cache: _Cache) -> bool:
     if rows <= cols:
-        return check_orthogonal(cache.gram(entry.name, entry.start, entry.stop), gain, tolerance).ok
+        return _orthogonal_verdict(cache.gram_parts(entry.name, entry.start, entry.stop), gain, tolerance).ok
     block = cache.block(entry.name, entry.start, entry.stop)
     return _nonfinite(block) is None and _check_energy(block, gain, rows, cache.u(entry.name)).ok
 
@@ -499,7 +533,8 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
         if entry.per == "matrix":
             return _check_orthogonal_matrix(entry, group, cache)
         tolerance = orthogonal_tolerance(cache.dtype(entry.name))
-        return check_orthogonal(cache.gram(entry.name, entry.start, entry.stop), float(args["gain"]), tolerance)
+        parts = cache.gram_parts(entry.name, entry.start, entry.stop)
+        return _orthogonal_verdict(parts, float(args["gain"]), tolerance)
     if init in _IID and (structure := _structured(entry, cache)):
         return Verdict(False, True, f"{structure}; {init} draws i.i.d. values, which never are")
     if init == "uniform":
@@ -539,9 +574,9 @@ def _structured(entry: PlanEntry, cache: _Cache) -> str:
     (e.g. an orthogonal 16×16 block has the variance 1/16 of lecun_normal and could pass its moment tests).
     """
     tolerance = orthogonal_tolerance(cache.dtype(entry.name))
-    for the_gram, what in ((cache.gram(entry.name, entry.start, entry.stop), "block is orthogonal"),
-                           (cache.gram(entry.name), "whole matrix is orthogonal")):
-        if the_gram is not None and the_gram.shape[0] >= 3 and _scaled_orthogonal(the_gram, tolerance) is not None:
+    for parts, what in ((cache.gram_parts(entry.name, entry.start, entry.stop), "block is orthogonal"),
+                        (cache.gram_parts(entry.name), "whole matrix is orthogonal")):
+        if parts is not None and parts[1].shape[0] >= 3 and _scaled_orthogonal(parts, tolerance) is not None:
             return what
     return ""
 
@@ -670,8 +705,8 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
         if scale != 0 and check_identity(values, scale, u).ok:
             return Family(f"identity({_fmt(scale)})", (f"identity({_fmt(scale)})",), True)
         tolerance = orthogonal_tolerance(cache.dtype(block.name))
-        own = _scaled_orthogonal(cache.gram(block.name, block.start, block.stop), tolerance)
-        entire = None if single else _scaled_orthogonal(cache.gram(block.name), tolerance)
+        own = _scaled_orthogonal(cache.gram_parts(block.name, block.start, block.stop), tolerance)
+        entire = None if single else _scaled_orthogonal(cache.gram_parts(block.name), tolerance)
         gate_label = "orthogonal" if single else "orthogonal per gate"
         if own is not None:
             exact.append(gate_label + ("" if math.isclose(own, 1, abs_tol=tolerance) else f" (gain {_fmt(own)})"))
@@ -692,7 +727,7 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
     if values.dim() == 1:
         signed = values.min().item() >= 0 or values.max().item() <= 0
         top = values.abs().max().item()
-        if signed and top > 0:
+        if signed and 0 < top < _LARGEST_LOG:
             tmax = math.exp(top) + 1
             negate = values.max().item() <= 0
             if check_chrono(values, tmax, negate, u).ok:
@@ -707,16 +742,21 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
     for std, name in _named_normal(block.kind, shape, int(whole.shape[0])):
         if check_normal(values, 0.0, std, u).ok:
             candidates.append(f"normal({_fmt(std)}) [{name}]")
-    low, high = values.min().item(), values.max().item()
+    # The fits below are scale-free: run them on values divided by a power of two (exact), so that widths,
+    # squares and sums of values near float64's limits neither overflow nor underflow.
+    scale = power_of_two_scale(values.abs().max().item())
+    scaled = values / scale
+    low, high = scaled.min().item(), scaled.max().item()
     t = _edge_fraction(n) * (high - low)
     if abs(low + high) <= t:
         bound = max(-low, high)
-        if check_uniform(values, -bound, bound, u).ok:
-            candidates.append(f"uniform(±{_fmt(bound)})")
-    elif check_uniform(values, low, high, u).ok:
-        candidates.append(f"uniform({_fmt(low)}, {_fmt(high)})")
-    mean, std = values.mean().item(), values.std(unbiased=False).item()
-    if check_normal(values, mean, std, u).ok:
+        if check_uniform(scaled, -bound, bound, u).ok:
+            candidates.append(f"uniform(±{_fmt(bound * scale)})")
+    elif check_uniform(scaled, low, high, u).ok:
+        candidates.append(f"uniform({_fmt(low * scale)}, {_fmt(high * scale)})")
+    mean, std = moments(scaled)
+    if check_normal(scaled, mean, std, u).ok:
+        mean, std = mean * scale, std * scale
         centre = "" if abs(mean) <= 5 * std / math.sqrt(n) else f"{_fmt(mean)}, "
         candidates.append(f"normal({centre}{_fmt(std)})")
     return Family(candidates[0] if candidates else "unknown", tuple(candidates), True)
@@ -764,7 +804,7 @@ def _estimate_chrono(layer: Layer, cache: _Cache) -> dict[str, float] | None:
         return None
     block = next(b for b in layer.blocks("bias_ih") if b.gate == gate)
     values = cache.block(block.name, block.start, block.stop)
-    if _nonfinite(values) is not None or values.min().item() < 0 or values.max().item() <= 0:
+    if _nonfinite(values) is not None or values.min().item() < 0 or not 0 < values.max().item() < _LARGEST_LOG:
         return None
     return {"tmax": _round_up(math.exp(values.max().item()) + 1)}
 
@@ -844,7 +884,7 @@ def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] |
     rejected: dict[str, str] = {}
     for target, spec, estimate in _scheme_specs(layer, cache, candidates):
         try:
-            the_plan = plan(sub, target)
+            the_plan = plan(sub, target, for_writing=False)
         except SchemeError as error:
             rejected[spec] = f"does not apply: {error}"
             continue
@@ -880,14 +920,15 @@ def sparkline(values: Any, bins: int = 8) -> str:
     eighths of the fullest bin; empty bins are spaces); all-equal values give one full bar in the middle."""
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    data = torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
+    data = as_float64(values).reshape(-1)
     data = data[torch.isfinite(data)]
     if data.numel() == 0:
         return ""
     low, high = data.min().item(), data.max().item()
     if high == low:
         return " " * ((bins - 1) // 2) + _BARS[-1] + " " * (bins - 1 - (bins - 1) // 2)
-    index = ((data - low) / (high - low) * bins).floor().long().clamp(0, bins - 1)
+    # halves first: high − low overflows for values of both signs near float64's maximum
+    index = ((data / 2 - low / 2) / (high / 2 - low / 2) * bins).floor().long().clamp(0, bins - 1)
     counts = torch.bincount(index, minlength=bins).tolist()
     top = max(counts)
     return "".join(" " if c == 0 else _BARS[-(-c * len(_BARS) // top) - 1] for c in counts)
@@ -957,22 +998,25 @@ class MatrixStats:
 
 def value_stats(values: torch.Tensor) -> dict[str, float | int]:
     """count, mean, std (population), min, max, max_abs over the finite values; nan and inf counts."""
-    data = torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
+    data = as_float64(values).reshape(-1)
     finite = data[torch.isfinite(data)]
     nan = int(torch.isnan(data).sum())
     stats: dict[str, float | int] = {"count": data.numel(), "nan": nan, "inf": data.numel() - finite.numel() - nan}
     if finite.numel() == 0:
         return {**stats, **dict.fromkeys(("mean", "std", "min", "max", "max_abs"), math.nan)}
-    return {**stats, "mean": finite.mean().item(), "std": finite.std(unbiased=False).item(),
-            "min": finite.min().item(), "max": finite.max().item(), "max_abs": finite.abs().max().item()}
+    mean, std = moments(finite)
+    return {**stats, "mean": mean, "std": std, "min": finite.min().item(), "max": finite.max().item(),
+            "max_abs": finite.abs().max().item()}
 
 
-def _geometry(the_gram: torch.Tensor | None) -> tuple[float | None, float | None, float | None, str | None]:
-    if the_gram is None:
+def _geometry(parts: _Gram | None) -> tuple[float | None, float | None, float | None, str | None]:
+    if parts is None:
         return None, None, None, None
-    spectrum = _spectrum(the_gram)
-    assert spectrum is not None
+    the_gram = parts[0]
     error = (the_gram - torch.eye(the_gram.shape[0], dtype=the_gram.dtype)).abs().max().item()
+    spectrum = _spectrum(parts)
+    if spectrum is None:
+        return error, None, None, None
     return error, spectrum[0].item(), spectrum[-1].item(), sparkline(spectrum)
 
 
@@ -987,7 +1031,7 @@ def _block_stats(layer: Layer, block: Block, cache: _Cache) -> BlockStats:
     error = sv_min = sv_max = identity = None
     spectrum = None
     if values.dim() == 2:
-        error, sv_min, sv_max, spectrum = _geometry(cache.gram(block.name, block.start, block.stop))
+        error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(block.name, block.start, block.stop))
         if values.shape[0] == values.shape[1] and stats["nan"] == stats["inf"] == 0:
             identity = (values - torch.eye(values.shape[0], dtype=values.dtype)).abs().max().item()
     return BlockStats(
@@ -1091,7 +1135,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
         for kind in kinds:
             if kind in _WEIGHTS:
                 name = layer.params[kind]
-                error, sv_min, sv_max, spectrum = _geometry(cache.gram(name))
+                error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(name))
                 matrices.append(MatrixStats(name, kind, tuple(cache.whole(name).shape), error, sv_min, sv_max,
                                             spectrum))
         bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))
@@ -1161,8 +1205,8 @@ def _param_scope(layer: Layer, kind: str, cache: _Cache) -> tuple[str | None, st
     if any(_nonfinite(v) is not None for v in values):
         return None, ""
     tolerance = orthogonal_tolerance(cache.dtype(name))
-    gains = [_scaled_orthogonal(cache.gram(b.name, b.start, b.stop), tolerance) for b in blocks]
-    entire = _scaled_orthogonal(cache.gram(name), tolerance)
+    gains = [_scaled_orthogonal(cache.gram_parts(b.name, b.start, b.stop), tolerance) for b in blocks]
+    entire = _scaled_orthogonal(cache.gram_parts(name), tolerance)
     per_gate = all(gain is not None for gain in gains)
     # Stacked orthogonal gate blocks are orthogonal as a whole with gain √G: that is still per gate.
     whole = entire is not None and not (per_gate and any(not math.isclose(g or 0, entire, rel_tol=tolerance)
@@ -1282,7 +1326,7 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
 
     Raises what plan() raises (SchemeError, RuleError, NothingToDoError, LayoutError).
     """
-    the_plan = plan(tensors, scheme, rules=rules, only=only)
+    the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False)
     cache = _Cache(tensors)
     layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}
     blocks = []
@@ -1377,9 +1421,13 @@ def _layer_key(layer: Layer) -> tuple[str, bool, int, str]:
 
 def _block_diff(block: Block, a: _Cache, b: _Cache) -> BlockDiff:
     before, after = a.block(block.name, block.start, block.stop), b.block(block.name, block.start, block.stop)
-    same = (before == after) | (torch.isnan(before) & torch.isnan(after))
+    old, new = before, after
+    if a.dtype(block.name).is_complex or b.dtype(block.name).is_complex:  # the float64 views hold real parts only
+        old, new = (torch.as_tensor(side.tensors[block.name]).detach()[block.start:block.stop].to(torch.complex128)
+                    for side in (a, b))
+    same = (old == new) | (torch.isnan(old) & torch.isnan(new))
     changed = int((~same).sum())
-    delta = (after - before).abs()[~same]
+    delta = (new - old).abs()[~same]
     largest = 0.0 if changed == 0 else delta.nan_to_num(nan=math.inf).max().item()
     return BlockDiff(block.name, block.kind, block.gate, block.start, block.stop, changed > 0, changed, largest,
                      value_stats(before), value_stats(after), str(a.dtype(block.name)).removeprefix("torch."),

@@ -19,6 +19,10 @@ class LayoutError(RnnInitError):
     """Recurrent parameters whose names or shapes do not form a valid PyTorch layer."""
 
 
+class DtypeError(RnnInitError):
+    """Recurrent parameters to be rewritten whose dtype cannot hold initializer values (integer, bool, complex)."""
+
+
 class RuleError(UsageError):
     """A malformed rule, an unknown initializer or argument, or a rule that hits nothing."""
 

@@ -3,23 +3,42 @@
 
 The output is a folder with the same files: shards that hold rewritten tensors are patched copies,
 every other file (other shards, the index, config.json, tokenizer files) is copied byte for byte.
-The new folder is built next to OUTPUT and renamed into place, so a failed run leaves nothing.
+The new folder is built next to OUTPUT and renamed into place, so a failed run leaves nothing; an
+existing OUTPUT folder is swapped with it in one step (Linux renameat2 RENAME_EXCHANGE), so after any
+interruption the path holds the old folder or the new one. --in-place rewrites only the shards that
+change, each to a temporary file beside it, then renames them all into place.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
-from .checkpoint import current_umask, save_whole, write_failure
+from .checkpoint import (
+    OLD_SUFFIX,
+    CommitLog,
+    create_temporary_file,
+    create_temporary_folder,
+    current_umask,
+    fsync_folder,
+    output_kind,
+    refuse_changed,
+    refuse_foreign_entries,
+    refuse_unreplaceable,
+    save_whole,
+    signals_held,
+    temporary_path,
+    write_failure,
+)
 from .errors import CheckpointError, OutputError
-from .tensorfile import CannotPatch, TensorFile, index_file
+from .tensorfile import CannotPatch, TensorFile, copy_range, index_file
 
 if TYPE_CHECKING:
     import torch
@@ -72,37 +91,64 @@ class ModelFolder:
         return {name: (f"{shard_name}:{span[0]}", span[1], span[2])
                 for shard_name, shard in self.shards.items() for name, span in shard.storage_spans().items()}
 
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()
+
+    def _by_shard(self, updates: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        by_shard: dict[str, dict[str, torch.Tensor]] = {}
+        for name, tensor in updates.items():
+            by_shard.setdefault(self.owner[name], {})[name] = tensor
+        return by_shard
+
+    def _write_shard(self, name: str, updates: dict[str, torch.Tensor], metadata: dict[str, str],
+                     sink: BinaryIO) -> None:
+        shard = self.shards[name]
+        try:
+            shard.write_patched(sink, updates, metadata)
+        except CannotPatch:  # e.g. a non-contiguous tensor: re-save this shard whole
+            sink.seek(0)
+            sink.truncate()
+            save_whole(shard.path, updates, metadata, sink, data=shard.read_all())
+        sink.flush()
+        os.fsync(sink.fileno())
+
     def write(self, output: Path, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-        """Build the output folder beside OUTPUT, then rename it into place (replacing OUTPUT)."""
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".rnninit-tmp", dir=output.parent))
+        """Build the output folder beside OUTPUT, then swap it into place (replacing OUTPUT)."""
+        try:
+            staging = create_temporary_folder(output.parent)
+        except OSError as error:
+            raise OutputError(f"cannot write in {output.parent}: {error.strerror or error}") from None
         try:
             os.chmod(staging, 0o777 & ~current_umask())
-            by_shard: dict[str, dict[str, torch.Tensor]] = {}
-            for name, tensor in updates.items():
-                by_shard.setdefault(self.owner[name], {})[name] = tensor
+            by_shard = self._by_shard(updates)
             for source in sorted(self.path.rglob("*")):
                 relative = source.relative_to(self.path)
                 target = staging / relative
+                if source.is_symlink() and relative.as_posix() not in self.shards:
+                    # copied as the link it is: following it could read (and copy out) a file outside INPUT
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(os.readlink(source), target)
+                    continue
                 if source.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shard_updates = by_shard.get(relative.as_posix())
-                if shard_updates:
+                name = relative.as_posix()
+                if name in by_shard:
                     with open(target, "w+b") as sink:
-                        try:
-                            self.shards[relative.as_posix()].write_patched(sink, shard_updates, metadata)
-                        except CannotPatch:  # e.g. a non-contiguous tensor: re-save this shard whole
-                            sink.seek(0)
-                            sink.truncate()
-                            save_whole(source, shard_updates, metadata, sink)
-                        sink.flush()
-                        os.fsync(sink.fileno())
+                        self._write_shard(name, by_shard[name], metadata, sink)
                     os.chmod(target, 0o666 & ~current_umask())
+                    continue
+                if name in self.shards:  # the very bytes that were indexed, not whatever is at the path now
+                    shard = self.shards[name]
+                    with open(target, "wb") as sink:
+                        copy_range(shard.descriptor, sink.fileno(), 0, 0, shard.size)
                 else:
                     shutil.copyfile(source, target)
-                    shutil.copymode(source, target)
-            _replace_folder(staging, output)
+                shutil.copymode(source, target)
+                _fsync_file(target)
+            _replace_folder(staging, output, self.path)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
             failed = write_failure(error)
@@ -110,16 +156,127 @@ class ModelFolder:
                 raise OutputError(f"cannot write {output}: {failed.strerror or failed}") from None
             raise
 
+    def write_in_place(self, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """--in-place: write each shard that changes to a temporary file beside it, then rename them all
+        into place at once (signals held meanwhile); nothing else in the folder changes. A shard that
+        another writer changed since it was read is not replaced, and then none is."""
+        temporary: dict[str, Path] = {}
+        try:
+            for name, shard_updates in self._by_shard(updates).items():
+                shard = self.shards[name]
+                descriptor, temporary[name] = create_temporary_file(shard.path.parent)
+                with os.fdopen(descriptor, "w+b") as sink:
+                    self._write_shard(name, shard_updates, metadata, sink)
+                os.chmod(temporary[name], os.fstat(shard.descriptor).st_mode & 0o7777)
+            with signals_held():
+                for name in temporary:
+                    shard = self.shards[name]
+                    refuse_unreplaceable(shard.path)
+                    if shard.identity is not None:
+                        refuse_changed(shard.path, shard.identity)
+                for name, temp in temporary.items():
+                    os.replace(temp, self.shards[name].path)
+                CommitLog.count += 1
+        except BaseException as error:
+            for temp in temporary.values():
+                temp.unlink(missing_ok=True)
+            failed = write_failure(error)
+            if failed is not None:
+                raise OutputError(f"cannot write in {self.path}: {failed.strerror or failed}") from None
+            raise
+        for folder in {self.shards[name].path.parent for name in temporary}:
+            fsync_folder(folder)
 
-def _replace_folder(staging: Path, output: Path) -> None:
-    if not output.exists():
-        os.rename(staging, output)
-        return
-    # os.rename cannot replace a non-empty folder: move the old one aside first, then drop it
-    aside = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".rnninit-old", dir=output.parent))
-    os.rename(output, aside / output.name)
-    os.rename(staging, output)
-    shutil.rmtree(aside, ignore_errors=True)
+
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _entries(folder: Path) -> dict[str, str]:
+    """Relative path → kind of everything in `folder` (the finished new folder: regular files and folders)."""
+    return {path.relative_to(folder).as_posix(): "a folder" if path.is_dir() else "a regular file"
+            for path in folder.rglob("*")}
+
+
+def _replace_folder(staging: Path, output: Path, source: Path) -> None:
+    """Put the finished folder `staging` at `output`. An existing OUTPUT is checked again first (it must
+    hold only what the new folder holds, and not the input), then swapped with `staging` in one step
+    where the system can (renameat2 RENAME_EXCHANGE), and deleted. Elsewhere it is renamed aside first:
+    SIGINT and SIGTERM are held through both renames, only SIGKILL or a crash between them leaves the
+    old folder under a `.*.rnninit-old` name beside OUTPUT and nothing at OUTPUT."""
+    expected = _entries(staging)
+    with signals_held():
+        kind = output_kind(output)
+        if kind == "absent":
+            if not _renameat2(staging, output, _RENAME_NOREPLACE):
+                os.rename(staging, output)
+            CommitLog.count += 1
+            fsync_folder(output.parent)
+            return
+        if kind != "a folder" or output.is_symlink():
+            what = "a symbolic link" if output.is_symlink() else kind
+            raise OutputError(f"{output} is now {what}; the output of a model folder is a folder; nothing was written")
+        if source.resolve().is_relative_to(output.resolve()):
+            raise OutputError(f"{output} now contains the input folder {source}; nothing was written")
+        refuse_foreign_entries(output, expected)
+        if _renameat2(staging, output, _RENAME_EXCHANGE):
+            old = staging  # the exchange put the old folder where the new one was built
+        else:
+            old = temporary_path(output.parent, OLD_SUFFIX)
+            os.rename(output, old)
+            try:
+                os.rename(staging, output)
+            except BaseException:
+                os.rename(old, output)
+                raise
+        CommitLog.count += 1
+        fsync_folder(output.parent)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> bool:
+    """Linux renameat2(2): True when done, False where the C library, kernel or file system lacks it
+    (the caller then falls back); OSError for a real failure (e.g. EEXIST with RENAME_NOREPLACE)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(target))
+
+
+def _refuse_escaping_shard(folder: Path, name: object, index: Path | None) -> None:
+    """A shard must be a plain relative path inside the folder, also after `..` and symbolic links are
+    resolved: an index (or a link) must not make rnninit read, or claim to write, files elsewhere."""
+    where = f"{index}: shard" if index is not None else f"{folder}:"
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{where} {name!r} is not a file name")
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or "\\" in name or "\0" in name or ".." in parts or (
+            len(name) > 1 and name[1] == ":"):
+        raise CheckpointError(f"{where} {name!r} is not a plain relative path inside the folder; refused")
+    inside = folder.resolve()
+    try:
+        resolved = (folder / name).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        raise CheckpointError(f"{where} {name!r} cannot be resolved (a symbolic link loop?)") from None
+    if not resolved.is_relative_to(inside) or resolved == inside:
+        raise CheckpointError(f"{where} {name!r} leads outside the folder (to {resolved}); refused")
 
 
 def open_folder(path: Path) -> ModelFolder:
@@ -132,6 +289,9 @@ def open_folder(path: Path) -> ModelFolder:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"{index}: not a valid index (no weight_map object)") from None
+        for tensor, shard in weight_map.items():
+            if not isinstance(shard, str):
+                raise CheckpointError(f"{index}: the shard of {tensor!r} is {shard!r}, not a file name")
         shard_names = list(dict.fromkeys(weight_map.values()))
     else:
         single = next((name for name in SINGLE_NAMES if (path / name).is_file()), None)
@@ -139,6 +299,8 @@ def open_folder(path: Path) -> ModelFolder:
             raise CheckpointError(f"{path} is a folder without {', '.join(SINGLE_NAMES + INDEX_NAMES)}; "
                                   "give a checkpoint file or a model folder")
         shard_names, weight_map = [single], None
+    for name in shard_names:
+        _refuse_escaping_shard(path, name, index)
     shards = {}
     owner: dict[str, str] = {}
     for name in shard_names:

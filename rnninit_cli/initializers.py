@@ -2,7 +2,8 @@
 
 Each is a small pure function that fills `tensor` in place and returns it. It draws only from the
 explicit `generator`, computes in float32 (float64 for float64 tensors) and casts to the tensor's
-dtype. Fans are those of the tensor it is given: the planner passes one gate block (`per=gate`) or
+dtype. Each runs at one torch thread (`onethread.at_one_thread`), so its values do not depend on the
+thread count. Fans are those of the tensor it is given: the planner passes one gate block (`per=gate`) or
 the whole concatenated parameter (`per=matrix`). 2-D tensors are (out_features, in_features).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import RuleError
+from .onethread import at_one_thread
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,10 @@ def _register(
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         name = function.__name__
-        INITIALIZERS[name] = InitializerSpec(name, function, scoped, ndim, stream, context)
-        return function
+        # At one torch thread: QR and the elementwise kernels give the same bits at any thread count.
+        on_one_thread = at_one_thread(function)
+        INITIALIZERS[name] = InitializerSpec(name, on_one_thread, scoped, ndim, stream, context)
+        return on_one_thread
 
     return decorate
 

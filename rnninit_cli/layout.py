@@ -78,6 +78,19 @@ class Layer:
                 yield from self.blocks(kind)
 
 
+def article(word: str) -> str:
+    """`word` with "a" or "an" by how it is read: an RNN, an LSTM, a GRU, an 8-row, an 11-row, a 96-row."""
+    digits = re.match(r"\d+", word)
+    if digits:
+        number = digits.group()
+        vowel = number.startswith("8") or (number[:2] in ("11", "18") and len(number) % 3 == 2)
+    elif word.isupper():
+        vowel = word[0] in "AEFHILMNORSX"  # letters whose names start with a vowel sound
+    else:
+        vowel = word[:1].lower() in "aeiou"
+    return f"{'an' if vowel else 'a'} {word}"
+
+
 def _shape(value: Any) -> tuple[int, ...] | None:
     shape = getattr(value, "shape", None)
     return None if shape is None else tuple(int(s) for s in shape)
@@ -147,7 +160,7 @@ def _build_layer(
             "expected 1 (RNN), 3 (GRU) or 4 (LSTM)"
         )
     if proj_size and cell != "lstm":
-        raise LayoutError(f"{members['weight_hr'][0]} exists but {hh_name} is a {cell.upper()}; "
+        raise LayoutError(f"{members['weight_hr'][0]} exists but {hh_name} is {article(cell.upper())}; "
                           "only an LSTM has weight_hr (proj_size)")
     if ih_rows != hh_rows:
         raise LayoutError(f"{ih_name} has {ih_rows} rows; expected {hh_rows} like {hh_name}")

@@ -2,7 +2,8 @@
 
 A `Plan` is a plain value: it can be printed, compared, serialized and used as a dry run. Applying it
 draws each block from its own generator, seeded from (seed, parameter name, block), so the values of
-a parameter depend only on the seed, the rules and that parameter's name and shape.
+a parameter depend only on the seed, the rules and that parameter's name and shape: not on the other
+parameters, nor on the thread count (blocks are drawn at one torch thread each, several at once).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .errors import LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
-from .layout import Layer, find_layers
+from .errors import DtypeError, LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
+from .layout import Layer, article, find_layers
+from .onethread import one_thread_pool
 from .schemes import Rule, Scheme, Value, format_value, get_scheme, parse_rules
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import torch
 
 KEEP = "keep"
@@ -67,8 +72,18 @@ class Plan:
         return tuple(e for e in self.entries if e.initializer != KEEP)
 
     def entries_for(self, layer: Layer) -> list[PlanEntry]:
-        names = set(layer.params.values())
-        return [e for e in self.entries if e.name in names]
+        positions = self._positions_by_name
+        found = sorted(index for name in set(layer.params.values()) for index in positions.get(name, ()))
+        return [self.entries[index] for index in found]
+
+    @cached_property
+    def _positions_by_name(self) -> dict[str, list[int]]:
+        """Where each parameter's entries are in `entries`: `entries_for` runs once per layer, and scanning every
+        entry each time made printing a 10,000-layer plan quadratic."""
+        positions: dict[str, list[int]] = {}
+        for index, entry in enumerate(self.entries):
+            positions.setdefault(entry.name, []).append(index)
+        return positions
 
     def __str__(self) -> str:
         lines = [f"scheme {self.scheme}" + (f", rules {' '.join(self.rules)}" if self.rules else "")
@@ -135,7 +150,17 @@ def _try_arguments(rule: Rule) -> None:
     _, args = _bind_args(rule, None)
     context = dict.fromkeys(spec.context, 1)
     probe = torch.empty((2,) if spec.ndim == 1 else (2, 2))
-    spec.function(probe, **dict(args), **context, generator=torch.Generator())
+    _call_initializer(spec.function, f"rule {rule}", probe, **dict(args), **context, generator=torch.Generator())
+
+
+def _call_initializer(function: Any, what: str, values: torch.Tensor, **kwargs: Any) -> None:
+    """Run an initializer; arguments torch itself rejects (uniform(1, 0), normal(0, -1), bounds beyond float32)
+    become a RuleError naming the rule instead of an internal error."""
+    try:
+        function(values, **kwargs)
+    except (RuntimeError, ValueError, OverflowError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RuleError(f"{what}: torch rejects these arguments ({reason}); change the rule") from None
 
 
 def _check_type(rule: Rule, key: str, value: Value, annotation: str | None) -> Value:
@@ -171,8 +196,12 @@ def plan(
     *,
     rules: Iterable[str | Rule] = (),
     only: str | None = None,
+    for_writing: bool = True,
 ) -> Plan:
-    """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors`."""
+    """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors`.
+
+    Raises DtypeError when a block to be written belongs to a tensor that cannot hold the drawn values
+    (integer, bool or complex dtype). `for_writing=False` plans them anyway, for checking what they hold."""
     scheme_obj, scheme_rules = get_scheme(scheme)
     user_rules = parse_rules(rules)
     all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
@@ -216,6 +245,8 @@ def plan(
             present = sorted({f"{k}.{b.gate}" if b.gate else k for lay, kinds in selected
                               for k in kinds for b in lay.blocks(k)})
             raise RuleError(f"rule {rule} hits no block; the selected blocks are: {', '.join(present)}")
+    if for_writing:
+        refuse_non_floating(tensors, [entry.name for entry in entries if entry.initializer != KEEP])
     return Plan(_scheme_label(scheme), tuple(str(r) for r in user_rules), only,
                 tuple(layer for layer, _ in selected), tuple(entries))
 
@@ -223,7 +254,7 @@ def plan(
 def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
     if layer.cell not in scheme.cells:
         raise SchemeError(f"scheme {scheme.name} applies to {'/'.join(sorted(scheme.cells)).upper()} "
-                          f"layers, but {layer.title} is a {layer.cell.upper()}; select other layers "
+                          f"layers, but {layer.title} is {article(layer.cell.upper())}; select other layers "
                           "with --only or choose another scheme")
     if scheme.needs_bias and not layer.bias:
         raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} has no bias "
@@ -256,7 +287,8 @@ def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tens
     shape = tuple(tensor.shape) if whole else (entry.stop - entry.start, *tensor.shape[1:])
     compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     values = torch.empty(shape, dtype=compute)
-    spec.function(values, **dict(entry.args), generator=_generator(seed, entry.name, stream))
+    _call_initializer(spec.function, f"rule {entry.rule} on {entry.name}", values, **dict(entry.args),
+                      generator=_generator(seed, entry.name, stream))
     return values
 
 
@@ -272,6 +304,22 @@ def _overlaps(tensor: torch.Tensor) -> bool:
             return True
         extent += (size - 1) * stride
     return False
+
+
+def refuse_non_floating(tensors: Mapping[str, Any], names: Iterable[str]) -> None:
+    """DtypeError naming every tensor to be written whose dtype is not a real floating type: initializer values
+    cast into integers or bools would be truncated (int8 weights all 0, bools all True), into complex numbers
+    they would lose the imaginary part."""
+    wrong = []
+    for name in dict.fromkeys(names):
+        dtype = getattr(tensors[name], "dtype", None)
+        if getattr(dtype, "is_floating_point", None) is False:  # a torch.dtype: False for complex dtypes too
+            wrong.append(f"{name} ({str(dtype).removeprefix('torch.')})")
+    if wrong:
+        raise DtypeError(f"{len(wrong)} parameter(s) to rewrite are not floating point: {', '.join(wrong)}; "
+                         "their dtype cannot hold the drawn values (integers and bools would truncate them, "
+                         "complex numbers would lose a part), so nothing was written. Convert them to a float "
+                         "dtype first, or leave them out with --only REGEX or a rule such as weight_hh=keep")
 
 
 def refuse_overlapping(tensors: Mapping[str, Any], names: Iterable[str]) -> None:
@@ -298,20 +346,34 @@ def apply_plan(
     seed = draw_seed() if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    refuse_non_floating(tensors, [entry.name for entry in the_plan.writes])
     refuse_overlapping(tensors, [entry.name for entry in the_plan.writes])
-    matrices: dict[tuple[str, str], torch.Tensor] = {}
-    with torch.no_grad():
-        for entry in the_plan.writes:
-            tensor = tensors[entry.name]
-            if entry.per == "matrix":
-                key = (entry.name, entry.rule)
-                if key not in matrices:
-                    matrices.clear()  # entries of a parameter are adjacent: earlier draws are done with
-                    matrices[key] = _draw_scope(entry, tensor, seed)
-                values = matrices[key][entry.start:entry.stop]
-            else:
-                values = _draw_scope(entry, tensor, seed)
-            tensor[entry.start:entry.stop].copy_(values)
+    writes = the_plan.writes
+    # One draw per scope: a block alone, or a whole parameter whose per=matrix entries are adjacent.
+    scopes: list[PlanEntry] = []
+    scope_of: list[int] = []
+    previous = None
+    for entry in writes:
+        key = (entry.name, entry.rule) if entry.per == "matrix" else None
+        if key is None or key != previous:
+            scopes.append(entry)
+        scope_of.append(len(scopes) - 1)
+        previous = key
+    # Scopes are drawn at once on one-thread workers (the values do not depend on the thread count)
+    # and written in plan order; at most `ahead` drawn scopes wait in memory.
+    workers = max(1, min(torch.get_num_threads(), len(scopes)))
+    ahead = 2 * workers
+    pending: dict[int, Future[torch.Tensor]] = {}
+    with torch.no_grad(), one_thread_pool(workers) as pool:
+        drawn, current = None, -1
+        for entry, scope in zip(writes, scope_of, strict=True):
+            if scope != current:
+                for index in range(len(pending) + scope, min(scope + ahead, len(scopes))):
+                    first = scopes[index]
+                    pending[index] = pool.submit(_draw_scope, first, tensors[first.name], seed)
+                drawn, current = pending.pop(scope).result(), scope
+            values = drawn[entry.start:entry.stop] if entry.per == "matrix" else drawn
+            tensors[entry.name][entry.start:entry.stop].copy_(values)
             if on_entry is not None:
                 on_entry(entry)
     return replace(the_plan, seed=seed)

@@ -5,6 +5,7 @@ matplotlib is an optional extra (`pip install 'rnninit[plot]'`); without it the 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,22 +30,27 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, torch.Tensor], ou
         raise UsageError("--plot needs matplotlib: pip install 'rnninit[plot]' (or pip install matplotlib)") from None
     import torch
 
-    # columns: every 2-D gate block (values above, singular values below), then one for the biases
+    # columns: every 2-D gate block (values above, singular values below), then one for the biases;
+    # one sub-figure per layer, so that its title sits above its two rows instead of beside them
     rows = [(layer, [b for b in layer.blocks if b.kind.startswith("weight")],
              [b for b in layer.blocks if b.kind.startswith("bias")]) for layer in diagnosis.layers]
     columns = max(len(weights) + 1 for _, weights, _ in rows)
-    figure, axes = pyplot.subplots(2 * len(rows), columns, figsize=(2.2 * columns, 3.2 * len(rows)), squeeze=False)
-    for row, (layer, weights, biases) in enumerate(rows):
+    figure = pyplot.figure(figsize=(2.4 * columns, 4.0 * len(rows)), layout="constrained")
+    panels = figure.subfigures(len(rows), 1, squeeze=False)[:, 0]
+    for panel, (layer, weights, biases) in zip(panels, rows, strict=True):
+        panel.suptitle(layer.title, fontsize=9, fontweight="bold", x=0.005, ha="left")
+        axes = panel.subplots(2, columns, squeeze=False)
         for column in range(columns):
-            top, bottom = axes[2 * row][column], axes[2 * row + 1][column]
+            top, bottom = axes[0][column], axes[1][column]
             for axis in (top, bottom):
                 axis.tick_params(labelsize=6)
+                axis.locator_params(axis="x", nbins=4)
             if column < len(weights):
                 block = weights[column]
                 values = torch.nan_to_num(tensors[block.name][block.start:block.stop].detach().double())
                 top.hist(values.reshape(-1).tolist(), bins=40, color="tab:blue")
-                top.set_title(f"{block.name.removeprefix(layer.layer.prefix)} {block.gate or ''}\n"
-                              f"{block.family.label}", fontsize=7)
+                name = f"{block.name.removeprefix(layer.layer.prefix)} {block.gate or ''}"
+                top.set_title(f"{_wrap(name)}\n{_wrap(block.family.label)}", fontsize=7)
                 bottom.plot(torch.linalg.svdvals(values).tolist(), marker=".", color="tab:orange")
                 bottom.set_title("singular values", fontsize=7)
             elif column == len(weights) and biases:
@@ -57,10 +63,13 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, torch.Tensor], ou
             else:
                 top.axis("off")
                 bottom.axis("off")
-        axes[2 * row][0].set_ylabel(layer.title, fontsize=7)
-    figure.tight_layout()
     atomic_write(output, lambda sink: figure.savefig(sink, format="png", dpi=90))
     pyplot.close(figure)
+
+
+def _wrap(text: str, width: int = 30) -> str:
+    """Break a long block title into lines that fit above a plot column."""
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
 
 
 

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from .layout import KINDS, Layer
 from .planning import Plan, PlanEntry
+from .terminal import shown, visible
 
 if TYPE_CHECKING:
     import torch
@@ -27,13 +28,46 @@ Stats = dict[str, float]
 STAT_NAMES = ("mean", "std", "min", "max")
 
 
+def as_float64(values: Any) -> torch.Tensor:
+    """A float64 CPU copy of any tensor (integers and bools as numbers, complex values by their real part)."""
+    import torch
+
+    tensor = torch.as_tensor(values).detach().to("cpu")
+    if tensor.is_complex():
+        tensor = tensor.real  # casting complex to float64 directly would print a warning
+    return tensor.to(torch.float64)
+
+
+def power_of_two_scale(largest: float) -> float:
+    """A power of two s with largest/s in [1, 2): dividing by it is exact, and squares of the scaled values stay
+    far from float64's overflow and underflow. 1 for 0 and for non-finite values."""
+    if largest == 0 or not math.isfinite(largest):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(largest)[1] - 1)
+
+
+def moments(data: torch.Tensor) -> tuple[float, float]:
+    """(mean, population std) of a float64 tensor, computed on values scaled by a power of two, so that
+    neither sums nor squares overflow (1e300) or underflow (1e-300). NaN/Inf values propagate."""
+    if data.numel() == 0:
+        return math.nan, math.nan
+    largest = data.abs().max().item()
+    scale = power_of_two_scale(largest)
+    scaled = data / scale
+    mean, std = scaled.mean().item(), scaled.std(unbiased=False).item()
+    if not math.isfinite(largest):
+        return mean, std
+    # rounding may carry the product a hair past the largest |x| (and float64's maximum): clamp
+    return math.copysign(min(abs(mean) * scale, largest), mean), min(std * scale, largest)
+
+
 def block_stats(values: torch.Tensor) -> Stats:
-    """mean, std (population), min and max of a block, computed in float64."""
+    """mean, std (population), min and max of a block, computed in float64 without overflow."""
     if values.numel() == 0:
         return dict.fromkeys(STAT_NAMES, math.nan)
-    data = values.detach().to("cpu").double()
-    return {"mean": data.mean().item(), "std": data.std(unbiased=False).item(),
-            "min": data.min().item(), "max": data.max().item()}
+    data = as_float64(values)
+    mean, std = moments(data)
+    return {"mean": mean, "std": std, "min": data.min().item(), "max": data.max().item()}
 
 
 def _finite(value: float) -> float | None:
@@ -61,7 +95,7 @@ def effective_bias(layer: Layer, tensors: Mapping[str, torch.Tensor]) -> list[tu
     """Per gate, statistics of bias_ih + bias_hh (what the gate actually adds)."""
     if not layer.bias:
         return []
-    total = tensors[layer.params["bias_ih"]].double() + tensors[layer.params["bias_hh"]].double()
+    total = as_float64(tensors[layer.params["bias_ih"]]) + as_float64(tensors[layer.params["bias_hh"]])
     return [(block.gate, block_stats(total[block.start:block.stop])) for block in layer.blocks("bias_ih")]
 
 
@@ -131,10 +165,10 @@ def apply_document(
     """The `apply --json` / `new --json` document: the inspect schema plus scheme, rules, seed,
     output, and per block the rule and initializer applied and the statistics before."""
     entries = {(e.name, e.start): e for e in the_plan.entries}
+    planned = {name for name, _ in entries}
     layers = []
     for layer in the_plan.layers:
-        kinds = [kind for kind in KINDS if kind in layer.params
-                 and any(key[0] == layer.params[kind] for key in entries)]
+        kinds = [kind for kind in KINDS if kind in layer.params and layer.params[kind] in planned]
         doc = layer_document(layer, tensors, kinds)
         for param in doc["params"]:
             for block, spec in zip(param["blocks"], layer.blocks(param["kind"]), strict=False):
@@ -148,10 +182,18 @@ def apply_document(
             "seed": the_plan.seed, "only": the_plan.only, "output": output, "layers": layers}
 
 
+def _fixed(value: float, digits: int = 3, *, signed: bool = False) -> str:
+    """`digits` decimals, or an exponent for magnitudes of a million and more (1e100 in a column stays short)."""
+    sign = "+" if signed else ""
+    if math.isfinite(value) and abs(value) >= 1e6:
+        return f"{value:{sign}.{digits}e}"
+    return f"{value:{sign}.{digits}f}"
+
+
 def _num(value: float, stat: str = "mean") -> str:
     if math.isnan(value):
         return "nan"
-    return f"{value:.3f}" if stat == "std" else f"{value:+.3f}"
+    return _fixed(value) if stat == "std" else _fixed(value, signed=True)
 
 
 def layer_heading(layer: Layer) -> str:
@@ -159,7 +201,7 @@ def layer_heading(layer: Layer) -> str:
     if layer.proj_size:
         sizes += f", proj {layer.proj_size}"
     sizes += ", bias" if layer.bias else ", no bias"
-    return f"{layer.title}  ({sizes})"
+    return visible(f"{layer.title}  ({sizes})")
 
 
 def titled(layer: Layer, table: Table) -> Group:
@@ -168,7 +210,7 @@ def titled(layer: Layer, table: Table) -> Group:
 
 
 def _small(value: float | None) -> str:
-    return "" if value is None else f"{value:.1e}" if value and abs(value) < 1e-2 else f"{value:.3f}"
+    return "" if value is None else f"{value:.1e}" if value and abs(value) < 1e-2 else _fixed(value)
 
 
 def inspect_table(
@@ -187,14 +229,14 @@ def inspect_table(
         doc = param_document(layer, kind, tensors)
         for index, (block, spec) in enumerate(zip(doc["blocks"], layer.blocks(kind), strict=True)):
             first = index == 0
-            cells = [escape(_short(doc["name"], layer)) if first else "", block["gate"] or "-",
+            cells = [shown(_short(doc["name"], layer)) if first else "", block["gate"] or "-",
                      "x".join(map(str, doc["shape"])) if first else "", doc["dtype"] if first else "",
                      *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES)]
             stats = found.get((spec.name, spec.start))
             if stats is not None:
                 nonfinite = f" [bold red]{stats.nan} NaN {stats.inf} Inf[/]" if stats.nan or stats.inf else ""
-                span = "" if stats.sv_min is None else f"{stats.sv_min:.2f}–{stats.sv_max:.2f}"
-                cells += [_small(stats.orthogonality_error), span, escape(stats.family.label) + nonfinite,
+                span = "" if stats.sv_min is None else f"{_fixed(stats.sv_min, 2)}–{_fixed(stats.sv_max or 0, 2)}"
+                cells += [_small(stats.orthogonality_error), span, shown(stats.family.label) + nonfinite,
                           stats.histogram]
             table.add_row(*cells)
     for index, (gate, stats) in enumerate(effective_bias(layer, tensors)):
@@ -205,9 +247,10 @@ def inspect_table(
     if diagnosis is not None:
         for matrix in diagnosis.matrices:
             if matrix.orthogonality_error is not None:
-                parts.append(Text(f"whole {_short(matrix.name, layer)}: max|WᵀW − I| "
-                                  f"{_small(matrix.orthogonality_error)}, σ {matrix.sv_min:.3f}–{matrix.sv_max:.3f} "
-                                  f"{matrix.spectrum or ''}"))
+                sigma = "" if matrix.sv_min is None else \
+                    f", σ {_fixed(matrix.sv_min)}–{_fixed(matrix.sv_max or 0)} {matrix.spectrum or ''}"
+                parts.append(Text(f"whole {visible(_short(matrix.name, layer))}: max|WᵀW − I| "
+                                  f"{_small(matrix.orthogonality_error)}{sigma}"))
         parts.append(Text("scheme: " + scheme_line(diagnosis), style="bold"))
     return Group(Text(layer_heading(layer), style="bold"), *parts)
 
@@ -233,8 +276,8 @@ def verify_table(report: VerifyReport) -> Table:
     for column in ("parameter", "gate", "rows", "expected", "found", "why"):
         table.add_column(column, overflow="fold")
     for block in report.failures:
-        table.add_row(escape(block.name), block.gate or "-", f"{block.start}:{block.stop}", escape(block.expected),
-                      escape(block.found), escape(block.detail))
+        table.add_row(shown(block.name), block.gate or "-", f"{block.start}:{block.stop}", shown(block.expected),
+                      shown(block.found), shown(block.detail))
     return table
 
 
@@ -245,7 +288,7 @@ def diff_table(report: DiffReport) -> Table:
         table.add_column(column, justify="right" if column in ("changed", "max |Δ|") else "left")
     for block in report.changed_blocks:
         before, after = block.before, block.after
-        table.add_row(escape(block.name), block.gate or "-", f"{block.changed_count}/{before['count']}",
+        table.add_row(shown(block.name), block.gate or "-", f"{block.changed_count}/{before['count']}",
                       f"{block.max_abs_delta:.3g}", f"{_num(before['mean'])} → {_num(after['mean'])}",
                       f"{_num(before['std'], 'std')} → {_num(after['std'], 'std')}")
     return table
@@ -270,12 +313,13 @@ def apply_table(
         table.add_column("std before → after", justify="right", no_wrap=True)
     last = None
     for entry in entries:
-        cells = [escape(_short(entry.name, layer)) if entry.name != last else "", entry.gate or "-", escape(entry.rule)]
+        cells = [shown(_short(entry.name, layer)) if entry.name != last else "", entry.gate or "-", shown(entry.rule)]
         last = entry.name
         if with_stats:
             old = before[(entry.name, entry.start)]
             new = block_stats(tensors[entry.name][entry.start:entry.stop])
-            cells += [f"{old['mean']:+.3f} → {new['mean']:+.3f}", f"{old['std']:.3f} → {new['std']:.3f}"]
+            cells += [f"{_num(old['mean'])} → {_num(new['mean'])}",
+                      f"{_num(old['std'], 'std')} → {_num(new['std'], 'std')}"]
         table.add_row(*cells)
     return titled(layer, table)
 

@@ -8,9 +8,12 @@ input or output, a change of format, dropping optimizer state, or a legacy `.pt`
 
 from __future__ import annotations
 
+import bisect
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -19,9 +22,11 @@ from . import __version__
 from .checkpoint import (
     STDIO,
     Checkpoint,
+    FileIdentity,
     atomic_write,
     check_output,
     load_checkpoint,
+    locked_input,
     output_format,
     refuse_non_tensors,
     require_regular_file,
@@ -33,7 +38,7 @@ from .folders import ModelFolder, open_folder
 from .layout import Layer, find_layers
 from .planning import Plan, PlanEntry, apply_plan, draw_seed, plan, refuse_overlapping
 from .report import Stats, capture_stats
-from .tensorfile import CannotPatch, TensorFile, index_file
+from .tensorfile import CannotPatch, TensorFile, index_file, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -41,22 +46,45 @@ if TYPE_CHECKING:
 Source = Checkpoint | TensorFile | ModelFolder
 
 
-def open_source(source: str, *, whole: bool = False) -> Source:
-    """A model folder, an indexed file, or (for '-', legacy files, or `whole`) a loaded checkpoint."""
+def open_source(source: str, *, whole: bool = False, descriptor: int | None = None) -> Source:
+    """A model folder, an indexed file, or (for '-', legacy files, or `whole`) a loaded checkpoint.
+
+    A file is opened once: an indexed file keeps that descriptor (close() it: see `close_source`), a
+    loaded one is read whole from it. `descriptor`: read this open file (e.g. the locked INPUT of
+    --in-place) instead of opening `source` again; it is duplicated, not taken over."""
     path = Path(source)
     if source != STDIO and path.is_dir():
         return open_folder(path)
-    if source == STDIO or whole:
+    if source == STDIO:
         return load_checkpoint(source)
     if not path.exists():
         return load_checkpoint(source)  # raises the "no such file" error
     require_regular_file(path)
     try:
-        return index_file(path)
-    except CannotPatch:
-        return load_checkpoint(source)
+        handle = open_regular(path) if descriptor is None else os.fdopen(os.dup(descriptor), "rb")
     except OSError:
         return load_checkpoint(source)  # raises a clean "cannot read" error
+    try:
+        if not whole:
+            try:
+                return index_file(path, handle)  # it keeps `handle`
+            except CannotPatch:
+                pass
+        data = handle.read()
+    except OSError:
+        handle.close()
+        return load_checkpoint(source)  # raises a clean "cannot read" error
+    except BaseException:
+        handle.close()
+        raise
+    handle.close()
+    return load_checkpoint(source, data)
+
+
+def close_source(opened: object) -> None:
+    """Close what open_source opened (a loaded checkpoint holds nothing open)."""
+    if isinstance(opened, (TensorFile, ModelFolder)):
+        opened.close()
 
 
 def recorded_metadata(the_plan: Plan) -> dict[str, str]:
@@ -83,10 +111,13 @@ class Inspection:
 def inspect_checkpoint(source: str, only: str | None = None) -> Inspection:
     """Find the recurrent layers of a checkpoint and read their parameters (and nothing else)."""
     opened = open_source(source)
-    shapes = opened.shapes()
-    layers = find_layers(shapes)
-    tensors = opened.load([name for layer in layers for name in layer.params.values()])
-    return Inspection(source, opened.format, len(shapes), dict(opened.metadata), layers, tensors)
+    try:
+        shapes = opened.shapes()
+        layers = find_layers(shapes)
+        tensors = opened.load([name for layer in layers for name in layer.params.values()])
+        return Inspection(source, opened.format, len(shapes), dict(opened.metadata), layers, tensors)
+    finally:
+        close_source(opened)
 
 
 @dataclass
@@ -105,15 +136,52 @@ class RewriteResult:
 
 def _shared_warnings(opened: Source, written: Iterable[str]) -> list[str]:
     spans = opened.storage_spans()
+    overlapping = _SpanIndex(spans)
     messages = []
     for name in written:
         storage, start, stop = spans[name]
-        others = [other for other, (s, a, b) in spans.items()
-                  if other != name and s == storage and a < stop and start < b]
+        others = [other for other in overlapping.overlapping(storage, start, stop) if other != name]
         if others:
             messages.append(f"{name} shares its storage with {', '.join(others)} (tied weights): "
                             "rewriting it changed those too")
     return messages
+
+
+class _SpanIndex:
+    """The byte spans of a checkpoint by storage, sorted by first byte, with a max-tree over their ends: finding
+    the spans that overlap one costs O(log n) per span found, not a scan of all n (10,000-layer checkpoints)."""
+
+    def __init__(self, spans: dict[str, tuple[Any, int, int]]) -> None:
+        by_storage: dict[Any, list[tuple[int, int, int, str]]] = {}
+        for order, (name, (storage, start, stop)) in enumerate(spans.items()):
+            by_storage.setdefault(storage, []).append((start, order, stop, name))
+        self._storages: dict[Any, tuple[list[int], list[int], list[tuple[int, str]]]] = {}
+        for storage, members in by_storage.items():
+            members.sort()
+            size = 1 << max(len(members) - 1, 0).bit_length()
+            tree = [-1] * size + [stop for _, _, stop, _ in members] + [-1] * (size - len(members))
+            for node in range(size - 1, 0, -1):
+                tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            self._storages[storage] = ([start for start, _, _, _ in members], tree,
+                                       [(order, name) for _, order, _, name in members])
+
+    def overlapping(self, storage: Any, start: int, stop: int) -> list[str]:
+        """Names of the spans [a, b) of `storage` with a < stop and start < b, in the order of the spans dict."""
+        starts, tree, names = self._storages[storage]
+        count = bisect.bisect_left(starts, stop)  # spans [0, count) begin before `stop`
+        size = len(tree) // 2
+        found = []
+        pending = [(1, 0, size)]
+        while pending:
+            node, low, high = pending.pop()
+            if low >= count or tree[node] <= start:
+                continue
+            if node >= size:
+                found.append(names[low])
+                continue
+            middle = (low + high) // 2
+            pending += [(2 * node, low, middle), (2 * node + 1, middle, high)]
+        return [name for _, name in sorted(found)]
 
 
 def rewrite(
@@ -134,7 +202,51 @@ def rewrite(
     report_before: bool = True,
 ) -> RewriteResult:
     """Apply `scheme` (then `rules`) to every recurrent parameter of `source`; write `output`.
-    `report_before=False` skips the statistics of the old values (nobody will see them)."""
+    `report_before=False` skips the statistics of the old values (nobody will see them).
+
+    With --in-place, INPUT is locked (flock) for the whole run, so concurrent in-place runs take turns,
+    and it is checked right before the rename: if another writer changed it meanwhile, nothing is written."""
+    with ExitStack() as cleanup:
+        return _rewrite(cleanup, source, output, scheme, rules=rules, only=only, seed=seed, fmt=fmt,
+                        dry_run=dry_run, in_place=in_place, force=force, tensors_only=tensors_only,
+                        drop_optimizer_state=drop_optimizer_state, on_entry=on_entry, report_before=report_before)
+
+
+def _open_input(cleanup: ExitStack, source: str, output: str | None, *, in_place: bool,
+                dry_run: bool) -> tuple[Source, FileIdentity | None]:
+    """Open INPUT (closed by `cleanup`); for a real --in-place run, under its lock, with the identity
+    (inode, size, mtime) that the path must still have right before the rename."""
+    rewrites_input = in_place and not dry_run and output is not None and source != STDIO and output != STDIO \
+        and Path(output).exists() and Path(source).exists() and Path(output).samefile(source)
+    descriptor = None
+    if rewrites_input:
+        require_regular_file(Path(source))
+        descriptor = cleanup.enter_context(locked_input(Path(source)))
+    opened = open_source(source, descriptor=descriptor)
+    cleanup.callback(close_source, opened)
+    if descriptor is None or isinstance(opened, ModelFolder):
+        return opened, None  # a model folder in place: each shard is checked against its own identity
+    return opened, FileIdentity.of(os.fstat(descriptor))
+
+
+def _rewrite(
+    cleanup: ExitStack,
+    source: str,
+    output: str | None,
+    scheme: str,
+    *,
+    rules: Iterable[str],
+    only: str | None,
+    seed: int | None,
+    fmt: str | None,
+    dry_run: bool,
+    in_place: bool,
+    force: bool,
+    tensors_only: bool,
+    drop_optimizer_state: bool,
+    on_entry: Callable[[PlanEntry], None] | None,
+    report_before: bool,
+) -> RewriteResult:
     if output is None and in_place:
         output = source
     if output is None and not dry_run:
@@ -144,14 +256,14 @@ def rewrite(
     if output is not None and not dry_run:
         check_output(source, output, force=force, in_place=in_place)
 
-    opened = open_source(source)
+    opened, expect = _open_input(cleanup, source, output, in_place=in_place, dry_run=dry_run)
     target_format = output_format(output or "", fmt, opened.format) if output else opened.format
     if isinstance(opened, ModelFolder):
         _check_folder_output(opened, output, fmt)
         target_format = opened.format
     elif isinstance(opened, TensorFile) and (target_format != opened.format or output == STDIO
                                              or drop_optimizer_state):
-        opened = load_checkpoint(source)
+        opened = load_checkpoint(source, opened.read_all())
 
     notes = []
     if drop_optimizer_state and isinstance(opened, Checkpoint):
@@ -160,7 +272,7 @@ def rewrite(
         notes.append(f"removed optimizer state: {', '.join(dropped)}" if dropped else
                      "no optimizer state to remove")
     if target_format == "safetensors" and not isinstance(opened, ModelFolder):
-        refuse_non_tensors(opened.non_tensor_paths, tensors_only)
+        refuse_non_tensors(opened.root, tensors_only)
 
     shapes = opened.shapes()
     the_plan = plan(shapes, scheme, rules=rules, only=only)
@@ -188,17 +300,22 @@ def rewrite(
         result.plan = apply_plan(the_plan, tensors, on_entry=on_entry)
 
     if isinstance(opened, TensorFile):
+        indexed = opened
         try:
-            atomic_write(output, lambda sink: _copy_while(opened, sink, metadata, updates, draw))
+            atomic_write(output, lambda sink: _copy_while(indexed, sink, metadata, updates, draw), expect=expect)
         except CannotPatch:
             atomic_write(output, lambda sink: save_whole(Path(source), updates, metadata, sink, target_format,
-                                                         tensors_only=tensors_only))
+                                                         tensors_only=tensors_only, data=indexed.read_all()),
+                         expect=expect)
     else:
         draw()
-        if isinstance(opened, ModelFolder):
+        if isinstance(opened, ModelFolder) and Path(output).exists() and Path(output).samefile(opened.path):
+            opened.write_in_place(updates, metadata)
+        elif isinstance(opened, ModelFolder):
             opened.write(Path(output), updates, metadata)
         else:
-            save_checkpoint(opened, output, target_format, metadata=metadata, tensors_only=tensors_only)
+            save_checkpoint(opened, output, target_format, metadata=metadata, tensors_only=tensors_only,
+                            expect=expect)
     result.output = output
     return result
 

@@ -12,21 +12,23 @@ fields of the touched records updated).
 from __future__ import annotations
 
 import io
-import itertools
 import json
+import math
 import os
+import stat
 import struct
 import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .checkpoint import (
     METADATA_RECORD,
-    SAFETENSORS_DTYPES,
+    FileIdentity,
     UnsafeCheckpointError,
     append_metadata_record,
     detect_format,
@@ -35,18 +37,25 @@ from .checkpoint import (
     merge_metadata,
     metadata_payload,
     optimizer_state_paths,
+    refuse_broadcast,
     string_map,
     unsafe_message,
     walk,
 )
 from .errors import CheckpointError
+from .safety import (
+    SAFETENSORS_TORCH_DTYPES,
+    check_zip_records,
+    read_record,
+    safetensors_header_size,
+    validate_safetensors_header,
+)
 
 if TYPE_CHECKING:
     import torch
 
 _CHUNK = 16 << 20
-# safetensors dtype code → torch dtype name (the writer's table, inverted)
-_TORCH_DTYPES = {code: name for name, code in SAFETENSORS_DTYPES.items()}
+_TORCH_DTYPES = SAFETENSORS_TORCH_DTYPES  # safetensors dtype code → torch dtype name
 
 
 class CannotPatch(Exception):
@@ -103,7 +112,11 @@ class Record:
 
 @dataclass
 class TensorFile:
-    """A checkpoint file indexed by byte ranges; tensors are read on demand."""
+    """A checkpoint file indexed by byte ranges; tensors are read on demand.
+
+    It holds the file open: indexing, reading tensors and copying all use that one descriptor, so what
+    is read is what was indexed even if another file is renamed over the path meanwhile. close() it
+    (or use it as a context manager)."""
 
     path: Path
     format: str
@@ -113,10 +126,33 @@ class TensorFile:
     records: dict[str, Record] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)  # .safetensors: the parsed header
     data_start: int = 0  # .safetensors: where the data section begins
+    handle: BinaryIO | None = None  # the open file (set by index_file)
+    size: int = 0  # the file's size when it was indexed: a copy copies that many bytes
+    identity: FileIdentity | None = None  # inode, size and mtime when it was opened (--in-place checks it)
 
     @property
     def source(self) -> str:
         return str(self.path)
+
+    @property
+    def descriptor(self) -> int:
+        if self.handle is None or self.handle.closed:
+            raise ValueError(f"{self.path} is closed")
+        return self.handle.fileno()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def __enter__(self) -> TensorFile:
+        return self
+
+    def __exit__(self, *_exception: object) -> None:
+        self.close()
+
+    def read_all(self) -> bytes:
+        """The whole file as it was indexed (for a fallback that loads it whole)."""
+        return read_exactly(self.descriptor, 0, self.size, self.path)
 
     @property
     def non_tensor_paths(self) -> list[str]:
@@ -138,21 +174,20 @@ class TensorFile:
         import torch
 
         result = {}
-        with open(self.path, "rb") as handle:
-            for name in names:
-                loc = self.locations[name]
-                start, stop = loc.byte_range
-                handle.seek(start)
-                raw = bytearray(handle.read(stop - start))
-                if len(raw) != stop - start:
-                    raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
-                if not raw:
-                    result[name] = torch.empty(loc.shape, dtype=loc.dtype)
-                    continue
-                # `raw` starts at the first element the tensor reads, so the view's offset is 0
-                flat = torch.frombuffer(raw, dtype=loc.dtype)
-                view = torch.as_strided(flat, loc.shape, loc.stride, 0)
-                result[name] = view if loc.contiguous else view.clone()  # `raw` is ours: no copy needed
+        for name in names:
+            loc = self.locations[name]
+            start, stop = loc.byte_range
+            if stop > self.size:
+                raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
+            refuse_broadcast(name, math.prod(loc.shape), (stop - start) // loc.element_size)
+            raw = bytearray(read_exactly(self.descriptor, start, stop - start, self.path))
+            if not raw:
+                result[name] = torch.empty(loc.shape, dtype=loc.dtype)
+                continue
+            # `raw` starts at the first element the tensor reads, so the view's offset is 0
+            flat = torch.frombuffer(raw, dtype=loc.dtype)
+            view = torch.as_strided(flat, loc.shape, loc.stride, 0)
+            result[name] = view if loc.contiguous else view.clone()  # `raw` is ours: no copy needed
         return result
 
     def storage_spans(self) -> dict[str, tuple[str, int, int]]:
@@ -170,14 +205,13 @@ class TensorFile:
             if not self.locations[name].contiguous:
                 raise CannotPatch(f"{name} is not contiguous")
         out = sink.fileno()
-        size = self.path.stat().st_size
+        size = self.size
         start = 0
         if self.format == "safetensors":
             header = self._header_bytes(metadata)
             os.pwrite(out, header, 0)
             start, size = self.data_start, size - self.data_start
-        with open(self.path, "rb") as source:
-            copy_range(source.fileno(), out, start, self._shift(metadata) + start, size)
+        copy_range(self.descriptor, out, start, self._shift(metadata) + start, size)
 
     def patch(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         """Second phase: overwrite the rewritten tensors' bytes (and a .pt's CRCs and rnninit record)."""
@@ -244,6 +278,19 @@ def _crc_of(descriptor: int, start: int, size: int) -> int:
     return crc
 
 
+def read_exactly(descriptor: int, start: int, count: int, path: Path) -> bytes:
+    """`count` bytes at `start` of an open file; CheckpointError if it ends first."""
+    chunks = []
+    while count > 0:
+        chunk = os.pread(descriptor, min(count, 1 << 30), start)
+        if not chunk:
+            raise CheckpointError(f"{path}: the file ended early (was it truncated while being read?)")
+        chunks.append(chunk)
+        start += len(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
 def copy_range(source: int, target: int, source_start: int, target_start: int, count: int) -> None:
     """Copy `count` bytes between file descriptors in the kernel where possible (no Python buffers)."""
     use_kernel = hasattr(os, "copy_file_range")
@@ -265,19 +312,48 @@ def copy_range(source: int, target: int, source_start: int, target_start: int, c
         target_start += copied
 
 
-def index_file(path: Path) -> TensorFile:
-    """Index a `.pt` zip archive or a `.safetensors` file; CannotPatch for other `.pt` layouts."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(16)
+def open_regular(path: Path) -> BinaryIO:
+    """Open a checkpoint file for reading; refuse FIFOs, sockets and devices without blocking on them."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise CheckpointError(f"{path} is not a regular file (a FIFO, socket, device or folder)")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
+def index_file(path: Path, handle: BinaryIO | None = None) -> TensorFile:
+    """Index a `.pt` zip archive or a `.safetensors` file; CannotPatch for other `.pt` layouts.
+
+    The TensorFile keeps the file open (see TensorFile). `handle`: index this open file instead of
+    opening `path`; the TensorFile takes it over on success (the caller keeps it on failure)."""
+    own = handle is None
+    if handle is None:
+        handle = open_regular(path)
+    try:
+        indexed = _index_open(path, handle)
+    except BaseException:
+        if own:
+            handle.close()
+        raise
+    return indexed
+
+
+def _index_open(path: Path, handle: BinaryIO) -> TensorFile:
+    status = os.fstat(handle.fileno())
+    size = status.st_size
+    head = os.pread(handle.fileno(), 16, 0)
     try:
         fmt = detect_format(head, size)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     if fmt == "pt" and not head.startswith(b"PK"):
         raise CannotPatch("legacy (non-zip) torch.save format")
+    handle.seek(0)
     try:
-        return _index_safetensors(path, size) if fmt == "safetensors" else _index_pt(path)
+        indexed = _index_safetensors(path, size, handle) if fmt == "safetensors" else _index_pt(path, handle)
+        indexed.handle, indexed.size, indexed.identity = handle, size, FileIdentity.of(status)
+        return indexed
     except (CheckpointError, CannotPatch):
         raise
     except Exception as error:  # damage shows up as any of zipfile's, struct's, unicode's... errors
@@ -286,58 +362,20 @@ def index_file(path: Path) -> TensorFile:
                               f"{first_line(str(error)) or type(error).__name__}") from None
 
 
-def _index_safetensors(path: Path, size: int) -> TensorFile:
+def _index_safetensors(path: Path, size: int, handle: BinaryIO) -> TensorFile:
     import torch
 
-    with open(path, "rb") as handle:
-        (header_size,) = struct.unpack("<Q", handle.read(8))
+    with nullcontext(handle):
+        header_size = safetensors_header_size(handle.read(8), size, str(path))
         raw = handle.read(header_size)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: damaged safetensors header: {error}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: damaged safetensors header: not a JSON object")
-    data_start = 8 + header_size
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(f"{path}: damaged safetensors header: __metadata__ is not a str → str map")
+    header = validate_safetensors_header(raw, size, str(path))  # exactly as strict as the safetensors library
     locations = {}
-    spans = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise CheckpointError(f"{path}: damaged safetensors header: bad entry for {name!r}") from None
-        element = dtype.itemsize
-        count = 1
-        for dim in shape:
-            count *= dim
-        if min(shape, default=0) < 0 or end - begin != count * element or begin < 0 or data_start + end > size:
-            raise CheckpointError(f"{path}: damaged safetensors header: {name!r} has offsets "
-                                  f"[{begin}, {end}) that do not fit its shape or the file")
-        stride = tuple(_contiguous_strides(shape))
-        locations[name] = Location(dtype, shape, stride, "data", data_start + begin, 0)
-        spans.append((begin, end, name))
-    spans.sort()
-    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
-        if begin < end:
-            raise CheckpointError(f"{path}: damaged safetensors header: {first!r} and {second!r} overlap")
-    # like the safetensors library: the tensors cover the data section exactly, without gaps
-    covered = 0
-    for begin, end, name in spans:
-        if begin != covered:
-            raise CheckpointError(f"{path}: damaged safetensors header: bytes [{covered}, {begin}) before {name!r} "
-                                  "belong to no tensor")
-        covered = end
-    if data_start + covered != size:
-        raise CheckpointError(f"{path}: damaged safetensors file: its data section has {size - data_start} bytes, "
-                              f"its tensors {covered} (truncated or damaged?)")
-    return TensorFile(path, "safetensors", locations, dict(metadata), header=header, data_start=data_start)
+    for name, entry in header.entries.items():
+        dtype = getattr(torch, _TORCH_DTYPES[entry.dtype])
+        stride = tuple(_contiguous_strides(entry.shape))
+        locations[name] = Location(dtype, entry.shape, stride, "data", header.data_start + entry.begin, 0)
+    return TensorFile(path, "safetensors", locations, dict(header.metadata or {}), header=header.as_json(),
+                      data_start=header.data_start)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> Iterator[int]:
@@ -351,7 +389,7 @@ def _contiguous_strides(shape: tuple[int, ...]) -> Iterator[int]:
 
 def _zip_records(path: Path, archive: zipfile.ZipFile) -> dict[str, Record]:
     records = {}
-    with open(path, "rb") as handle:
+    with nullcontext(archive.fp) as handle:  # the indexed file itself, never reopened by name
         central = {}
         handle.seek(archive.start_dir)  # type: ignore[attr-defined]
         for _ in archive.infolist():
@@ -384,13 +422,14 @@ def _zip_records(path: Path, archive: zipfile.ZipFile) -> dict[str, Record]:
     return records
 
 
-def _check_torch_reads(path: Path, folder: str, records: dict[str, Record]) -> None:
+def _check_torch_reads(path: Path, folder: str, records: dict[str, Record], handle: BinaryIO) -> None:
     """torch.load reads archives with its own zip reader, stricter than Python's zipfile: an archive it
     cannot read (or whose records it finds elsewhere) is refused, or its patched copy would be as broken.
     Only the zip directory and local headers are read, no tensor data."""
     import torch
 
-    reader = torch._C.PyTorchFileReader(str(path))  # RuntimeError on damage
+    handle.seek(0)  # torch's reader counts offsets from the position it starts at
+    reader = torch._C.PyTorchFileReader(handle)  # RuntimeError on damage; reads the indexed file itself
     reader.serialization_id()  # torch.load decodes it (UnicodeDecodeError on damage)
     for name, record in records.items():
         relative = name.removeprefix(f"{folder}/")
@@ -399,35 +438,36 @@ def _check_torch_reads(path: Path, folder: str, records: dict[str, Record]) -> N
                                   "is not where its headers say")
 
 
-def _index_pt(path: Path) -> TensorFile:
+def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
     import pickle
 
     import torch
     from torch import _weights_only_unpickler
 
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, OSError) as error:
         raise CheckpointError(f"{path}: not a readable torch.save file (truncated or damaged?): "
                               f"{first_line(str(error))}") from None
     with archive:
+        check_zip_records(archive, os.fstat(handle.fileno()).st_size, str(path))  # before any record is read
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise CannotPatch("no single data.pkl record")
         folder = pickles[0].split("/")[0]
-        if f"{folder}/byteorder" in names and archive.read(f"{folder}/byteorder").strip() != b"little":
+        if f"{folder}/byteorder" in names and read_record(archive, f"{folder}/byteorder").strip() != b"little":
             raise CannotPatch("big-endian archive")
         records = _zip_records(path, archive)
-        _check_torch_reads(path, folder, records)
+        _check_torch_reads(path, folder, records, handle)
         for name in records:  # the small records torch.load reads: local headers and CRC-32s must agree
             if not name.startswith(f"{folder}/data/"):
-                archive.read(name)
-        data_pkl = archive.read(pickles[0])
+                read_record(archive, name)
+        data_pkl = read_record(archive, pickles[0])
         metadata = {}
         if f"{folder}/{METADATA_RECORD}" in names:
             try:
-                metadata = string_map(json.loads(archive.read(f"{folder}/{METADATA_RECORD}")))
+                metadata = string_map(json.loads(read_record(archive, f"{folder}/{METADATA_RECORD}")))
             except ValueError:
                 metadata = {}
 

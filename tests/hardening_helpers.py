@@ -18,7 +18,11 @@
                                   with HARDENING_PAUSE_AT=copy, the end of the first copy_range instead
                                   (the input's bytes copied, the new tensors not yet written);
         HARDENING_BARRIER=DIR     atomic_write touches DIR/ready-PID and waits for DIR/go before it
-                                  starts, so that two processes write at the same moment.
+                                  starts, so that two processes write at the same moment;
+        HARDENING_SAFETY=MOMENT   (tests/test_safety_writes.py) touch HARDENING_SAFETY_READY=FILE and sleep
+                                  HARDENING_SAFETY_SECONDS (default 3) at MOMENT: `committed` (a file's
+                                  output just renamed into place), `held` (a model folder's swap about to
+                                  happen, SIGINT/SIGTERM held), `atexit` (the interpreter shutting down).
 """
 
 from __future__ import annotations
@@ -138,8 +142,49 @@ def run_rnninit(argv: list[str]) -> None:
         checkpoint.atomic_write = atomic_write  # type: ignore[assignment]
         rewrite.atomic_write = atomic_write  # type: ignore[assignment]
 
+    _safety_hooks()
     sys.argv = ["rnninit", *argv]
     main()
+
+
+def _safety_hooks() -> None:
+    """HARDENING_SAFETY: pause at one moment of a write, so that a test can send a signal then."""
+    import atexit
+
+    import rnninit_cli.checkpoint as checkpoint
+    import rnninit_cli.folders as folders
+
+    moment = os.environ.get("HARDENING_SAFETY")
+    if not moment:
+        return
+    ready = Path(os.environ["HARDENING_SAFETY_READY"])
+    seconds = float(os.environ.get("HARDENING_SAFETY_SECONDS", "3"))
+
+    def pause() -> None:
+        ready.touch()
+        time.sleep(seconds)
+
+    if moment == "committed":
+        name = "fsync_folder" if hasattr(checkpoint, "fsync_folder") else "_fsync_folder"  # (before issue 9)
+        real_fsync_folder = getattr(checkpoint, name)
+
+        def fsync_folder(folder: Path) -> None:  # atomic_write calls it right after the rename
+            pause()
+            real_fsync_folder(folder)
+
+        setattr(checkpoint, name, fsync_folder)
+    elif moment == "held":
+        real_refuse = folders.refuse_foreign_entries
+
+        def refuse_foreign_entries(*args: Any) -> None:  # the last check before the swap
+            pause()
+            real_refuse(*args)
+
+        folders.refuse_foreign_entries = refuse_foreign_entries  # type: ignore[assignment]
+    elif moment == "atexit":
+        atexit.register(pause)
+    else:
+        raise SystemExit(f"unknown HARDENING_SAFETY moment {moment!r}")
 
 
 if __name__ == "__main__":

@@ -984,3 +984,13 @@ def test_new_refuses_existing_output(cli, tmp_path: Path) -> None:
     assert output.read_bytes() == b"keep me"
     assert cli(*args, "--force", "-q").exit_code == 0
     torch.nn.LSTM(2, 2).load_state_dict(torch.load(output, weights_only=True), strict=True)
+
+
+@pytest.mark.parametrize("rule", ["weight_ih=uniform(1, 0)", "weight_ih=normal(0, -1)",
+                                  "weight_ih=uniform(-1e100, 1e100)", "bias=constant(1e300)"])
+def test_arguments_torch_rejects_are_rule_errors(rule: str, cli, tmp_path: Path) -> None:
+    output = tmp_path / "out.pt"
+    result = cli("new", "lstm", "--input-size", "4", "--hidden-size", "4", "--scheme", "keras", "--seed", "0",
+                 "--rule", rule, "-o", str(output))
+    assert_error(result, 2, "torch rejects these arguments", rule.split("=")[0])
+    assert not output.exists()

@@ -370,3 +370,14 @@ def test_weight_of_wrong_rank() -> None:
 
 def test_layout_error_is_an_rnninit_error() -> None:
     assert issubclass(LayoutError, RnnInitError)
+
+
+@pytest.mark.parametrize(("word", "expected"), [
+    ("RNN", "an RNN"), ("LSTM", "an LSTM"), ("GRU", "a GRU"), ("8-row", "an 8-row"), ("11-row", "an 11-row"),
+    ("18-row", "an 18-row"), ("80-row", "an 80-row"), ("96-row", "a 96-row"), ("110-row", "a 110-row"),
+    ("11000-row", "an 11000-row"), ("orthogonal", "an orthogonal"), ("gate", "a gate"),
+])
+def test_article_follows_how_the_word_is_read(word: str, expected: str) -> None:
+    from rnninit_cli.layout import article
+
+    assert article(word) == expected

@@ -607,7 +607,14 @@ def test_model_folder_output_exists(tmp_path: Path, layout: str) -> None:
     assert result.exit_code == 1, result.stderr
     assert result.stderr.startswith("error: ") and "already exists" in result.stderr and "--force" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # --force replaces only a folder holding nothing but what the new folder will hold (issue 9)
+    result = run("apply", source, "-s", "keras", "--seed", 3, "-o", out, "--force")
+    assert result.exit_code == 1 and "keep.txt" in result.stderr, result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    ok("apply", source, "-s", "pytorch", "--seed", 1, "-o", out)  # an earlier output
     ok("apply", source, "-s", "keras", "--seed", 3, "-o", out, "--force")
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in source.iterdir())
     for name in rnn_shards(source):
@@ -624,7 +631,7 @@ def test_failing_folder_run_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "new").exists()
     assert leftovers(tmp_path) == []
 
-    existing = make_folder(tmp_path / "existing", "single-safetensors", seed=9)
+    existing = make_folder(tmp_path / "existing", "sharded-safetensors", seed=9)  # what --force may replace
     snapshot = {p.name: p.read_bytes() for p in existing.iterdir()}
     result = run("apply", source, "-s", "keras", "--seed", 3, "-o", existing, "--force")
     assert result.exit_code == 1 and result.stderr.startswith("error: cannot write"), result.stderr
