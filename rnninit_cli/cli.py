@@ -7,12 +7,14 @@ instant.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from typing import Annotated, Any
 
@@ -83,7 +85,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
     except BrokenPipeError:
         # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
         # at /dev/null so that the interpreter's final flush does not complain again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _point_stdout_at_devnull()
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         if _committed():
@@ -92,12 +94,45 @@ def _errors(trouble: int = 1) -> Iterator[None]:
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
+    except OSError as error:  # e.g. standard output on a full disk (`-o - > /dev/full`) or closed
+        if _state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {shown(_os_error_text(error))}", soft_wrap=True, markup=True)
+        _point_stdout_at_devnull()  # what is still buffered must not fail again at exit
+        raise typer.Exit(trouble) from None
     except Exception as error:
         if _state["debug"]:
             raise
         console.print(f"[bold red]error:[/] internal error: {type(error).__name__}: {shown(error)} "
                       "(run with --debug for the traceback)", soft_wrap=True, markup=True)
         raise typer.Exit(trouble) from None
+
+
+def _os_error_text(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
+
+
+def _point_stdout_at_devnull() -> None:
+    with suppress(OSError, ValueError):  # standard output was closed to begin with
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _ClosedOutput(io.RawIOBase):
+    """Standard output when the shell closed it (`>&-`): writing data there is an error, not a crash."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, _data: Any) -> int:
+        raise OSError(errno.EBADF, "standard output is closed; redirect it to a file or a pipe")
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    @property
+    def buffer(self) -> _ClosedOutput:
+        return self
 
 
 def _one_stdout_user(as_json: bool, output: str | None) -> None:
@@ -410,6 +445,8 @@ def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _terminate)
+    if sys.stdout is None:
+        sys.stdout = _ClosedOutput()  # type: ignore[assignment]
     try:
         app()
     finally:

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from .errors import NothingToDoError, SchemeError, UsageError
+from .errors import NothingToDoError, RuleError, SchemeError, UsageError
 from .initializers import TRUNCATED_NORMAL_STD, _gain
 from .layout import KINDS, Block, Layer, article, find_layers
 from .planning import KEEP, PlanEntry, plan
@@ -819,6 +819,8 @@ def _round_up(value: float, digits: int = 6) -> float:
 
 def _shortest(value: float, dtype: torch.dtype) -> float:
     """The shortest decimal that rounds to the same `dtype` value (0.5, not 0.5000000001), for readable arguments."""
+    if not dtype.is_floating_point:
+        return value
     for digits in range(1, 18):
         candidate = float(f"{value:.{digits}g}")
         if torch.tensor(candidate, dtype=dtype).item() == value:
@@ -885,7 +887,7 @@ def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] |
     for target, spec, estimate in _scheme_specs(layer, cache, candidates):
         try:
             the_plan = plan(sub, target, for_writing=False)
-        except SchemeError as error:
+        except (SchemeError, RuleError) as error:  # RuleError: arguments estimated from odd values (chrono's tmax)
             rejected[spec] = f"does not apply: {error}"
             continue
         verdicts = _check_all(the_plan.entries, cache)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+INDEX_SIZE_LIMIT = 64 << 20  # an index names each tensor once: even huge models' indexes are a few MB
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -283,12 +284,17 @@ def open_folder(path: Path) -> ModelFolder:
     """Index the shards of a model folder; CheckpointError when it holds no known layout."""
     index = next((path / name for name in INDEX_NAMES if (path / name).is_file()), None)
     if index is not None:
+        if index.stat().st_size > INDEX_SIZE_LIMIT:
+            raise CheckpointError(f"{index}: an index of {index.stat().st_size} bytes is not plausible (the limit "
+                                  f"is {INDEX_SIZE_LIMIT}); refused")
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(index.read_bytes())["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
             raise CheckpointError(f"{index}: not a valid index (no weight_map object)") from None
+        if not weight_map:
+            raise CheckpointError(f"{index}: its weight_map is empty: it names no shard")
         for tensor, shard in weight_map.items():
             if not isinstance(shard, str):
                 raise CheckpointError(f"{index}: the shard of {tensor!r} is {shard!r}, not a file name")
@@ -301,23 +307,31 @@ def open_folder(path: Path) -> ModelFolder:
         shard_names, weight_map = [single], None
     for name in shard_names:
         _refuse_escaping_shard(path, name, index)
-    shards = {}
+    shards: dict[str, TensorFile] = {}
     owner: dict[str, str] = {}
-    for name in shard_names:
-        shard_path = path / name
-        if not shard_path.is_file():
-            raise CheckpointError(f"{index}: shard {name} does not exist")
-        try:
-            shards[name] = index_file(shard_path)
-        except CannotPatch as why:
-            raise CheckpointError(f"{shard_path}: cannot be rewritten in a model folder ({why}); "
-                                  "re-save it with torch.save or as safetensors") from None
-        for tensor in shards[name].locations:
-            if tensor in owner:
-                raise CheckpointError(f"{path}: tensor {tensor} is in both {owner[tensor]} and {name}")
-            owner[tensor] = name
-    if weight_map is not None:
-        missing = [t for t, shard in weight_map.items() if owner.get(t) != shard]
-        if missing:
-            raise CheckpointError(f"{index}: {missing[0]} is not in {weight_map[missing[0]]} as the index says")
+    try:
+        for name in shard_names:
+            shard_path = path / name
+            if not shard_path.exists():
+                raise CheckpointError(f"{index}: shard {name} does not exist")
+            if not shard_path.is_file():
+                raise CheckpointError(f"{index}: shard {name} is not a regular file (a folder, FIFO, socket or "
+                                      "device)")
+            try:
+                shards[name] = index_file(shard_path)
+            except CannotPatch as why:
+                raise CheckpointError(f"{shard_path}: cannot be rewritten in a model folder ({why}); "
+                                      "re-save it with torch.save or as safetensors") from None
+            for tensor in shards[name].locations:
+                if tensor in owner:
+                    raise CheckpointError(f"{path}: tensor {tensor} is in both {owner[tensor]} and {name}")
+                owner[tensor] = name
+        if weight_map is not None:
+            missing = [t for t, shard in weight_map.items() if owner.get(t) != shard]
+            if missing:
+                raise CheckpointError(f"{index}: {missing[0]} is not in {weight_map[missing[0]]} as the index says")
+    except BaseException:
+        for shard in shards.values():
+            shard.close()
+        raise
     return ModelFolder(path, shards, owner)

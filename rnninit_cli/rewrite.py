@@ -33,7 +33,7 @@ from .checkpoint import (
     save_checkpoint,
     save_whole,
 )
-from .errors import OutputError, UsageError
+from .errors import CheckpointError, OutputError, UsageError
 from .folders import ModelFolder, open_folder
 from .layout import Layer, find_layers
 from .planning import Plan, PlanEntry, apply_plan, draw_seed, plan, refuse_overlapping
@@ -138,9 +138,16 @@ def _shared_warnings(opened: Source, written: Iterable[str]) -> list[str]:
     spans = opened.storage_spans()
     overlapping = _SpanIndex(spans)
     messages = []
+    written = list(written)
+    rewritten = set(written)
     for name in written:
         storage, start, stop = spans[name]
         others = [other for other in overlapping.overlapping(storage, start, stop) if other != name]
+        clash = next((other for other in others if other in rewritten and spans[other] != spans[name]), None)
+        if clash is not None:  # a tied pair is one tensor; a partial overlap would mix two draws' bytes
+            raise CheckpointError(f"{name} and {clash} overlap in memory without being the same tensor: rewriting "
+                                  "one would overwrite part of the other. Save the checkpoint with each "
+                                  "parameter .clone()d, or leave one out with --only")
         if others:
             messages.append(f"{name} shares its storage with {', '.join(others)} (tied weights): "
                             "rewriting it changed those too")

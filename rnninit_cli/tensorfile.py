@@ -438,6 +438,28 @@ def _check_torch_reads(path: Path, folder: str, records: dict[str, Record], hand
                                   "is not where its headers say")
 
 
+def _check_torch_loads(path: Path, handle: BinaryIO) -> None:
+    """torch.load itself, weights-only and memory-mapped (no tensor data is read), on the very file that is
+    indexed: tensors whose sizes, strides or offsets torch refuses (negative strides, views past their
+    storage) are refused here rather than patched into a copy that would not load either."""
+    import pickle
+
+    import torch
+
+    descriptor_path = f"/proc/self/fd/{handle.fileno()}"
+    if not os.path.exists(descriptor_path):
+        return  # no such view of open files here: the checks on the index below still apply
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(descriptor_path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(unsafe_message(str(path), str(error))) from None
+    except Exception as error:  # RuntimeError, ValueError... on layouts torch refuses
+        raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): "
+                              f"{first_line(str(error)) or type(error).__name__}") from None
+
+
 def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
     import pickle
 
@@ -460,6 +482,7 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
             raise CannotPatch("big-endian archive")
         records = _zip_records(path, archive)
         _check_torch_reads(path, folder, records, handle)
+        _check_torch_loads(path, handle)
         for name in records:  # the small records torch.load reads: local headers and CRC-32s must agree
             if not name.startswith(f"{folder}/data/"):
                 read_record(archive, name)
@@ -472,8 +495,13 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
                 metadata = {}
 
     storages: dict[int, str] = {}
+    declared: dict[int, int] = {}  # storage → the bytes its reference declares (meta storages grow on demand)
 
     def persistent_load(saved_id: tuple[Any, ...]) -> Any:
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 5 and isinstance(saved_id[2], str)
+                and type(saved_id[4]) is int and saved_id[4] >= 0):
+            raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): a storage reference "
+                                  "is malformed")
         _, storage_type, key, _location, numel = saved_id
         dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
         record = f"{folder}/data/{key}"
@@ -484,6 +512,7 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
             raise CheckpointError(f"{path}: record {record} is shorter than its storage")
         untyped = torch.UntypedStorage(nbytes, device="meta")
         storages[untyped._cdata] = record
+        declared[untyped._cdata] = nbytes
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
     unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(data_pkl), encoding="utf-8")
@@ -506,6 +535,14 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
         record = storages.get(value.untyped_storage()._cdata)
         if record is None or value.device.type != "meta":
             raise CannotPatch(f"{name} is not backed by a storage record")
-        locations[name or "tensor"] = Location(value.dtype, tuple(value.shape), tuple(value.stride()), record,
-                                               records[record].data_start, value.storage_offset())
+        location = Location(value.dtype, tuple(value.shape), tuple(value.stride()), record,
+                            records[record].data_start, value.storage_offset())
+        # torch.load checks this against real storages; on meta storages nothing does, and a view past its
+        # storage would be read from, and patched into, the next record of the archive
+        stored = declared[value.untyped_storage()._cdata] // value.element_size()
+        if min(location.stride, default=0) < 0 or location.offset < 0 or location.span[1] > stored:
+            raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): {name or 'tensor'} reads "
+                                  f"outside its storage (offset {location.offset}, shape {list(location.shape)}, "
+                                  f"stride {list(location.stride)}, {stored} stored elements)")
+        locations[name or "tensor"] = location
     return TensorFile(path, "pt", locations, metadata, root=root, records=records)

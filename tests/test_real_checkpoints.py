@@ -15,6 +15,7 @@ import filecmp
 import io
 import json
 import math
+import os
 import struct
 import zipfile
 import zlib
@@ -624,7 +625,7 @@ def test_model_folder_output_exists(tmp_path: Path, layout: str) -> None:
 
 def test_failing_folder_run_leaves_nothing_behind(tmp_path: Path) -> None:
     source = make_folder(tmp_path / "model", "sharded-safetensors")
-    (source / "vocab.txt").symlink_to(tmp_path / "gone.txt")  # a dangling link: copying it fails midway
+    os.mkfifo(source / "vocab.fifo")  # copying a FIFO is refused: the run fails midway
     result = run("apply", source, "-s", "keras", "--seed", 3, "-o", tmp_path / "new")
     assert result.exit_code == 1 and result.stderr.startswith("error: cannot write"), result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr

@@ -485,3 +485,27 @@ def test_every_command_on_a_pipe(hostile: dict[str, Path], tmp_path: Path) -> No
     pipe = piped.stdout.decode() + piped.stderr.decode()
     assert "\x1b" not in pipe  # no terminal: Rich writes no styling either
     check_every_run(pipe, runs, hostile)
+
+
+@pytest.mark.parametrize("kind", ["uint8", "uint64", "subnormal"])
+def test_inspect_takes_integer_and_subnormal_weights(kind: str, tmp_path: Path) -> None:
+    """Scheme recognition estimates chrono's tmax and irnn's scale from the values: from integer or
+    subnormal values those estimates are nonsense, and must count as 'no match', not as an error."""
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from rnninit_cli.cli import app
+
+    state = torch.nn.LSTM(4, 8).state_dict()
+    if kind == "subnormal":
+        converted = {name: torch.full_like(value, 5e-324, dtype=torch.float64) for name, value in state.items()}
+    else:
+        dtype = getattr(torch, kind)
+        converted = {name: (torch.arange(value.numel()).reshape(value.shape) % 250 + 1).to(dtype)
+                     for name, value in state.items()}
+    source = tmp_path / f"{kind}.safetensors"
+    save_file(converted, source)
+    for args in (["inspect", str(source)], ["inspect", str(source), "--json"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "internal error" not in result.output

@@ -672,3 +672,106 @@ def test_broadcast_views_are_refused_before_they_are_allocated(tmp_path: Path) -
         assert result["stderr"].startswith("error: ") and "broadcast view" in result["stderr"], result
     assert peak_kib < 900 * 1024
     assert not (tmp_path / "out.pt").exists()
+
+
+class _StorageRef:
+    def __init__(self, ref: tuple[Any, ...]) -> None:
+        self.ref = ref
+
+
+class _Rebuilt:
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class _RefPickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        return obj.ref if isinstance(obj, _StorageRef) else None
+
+
+def _view(key: str, offset: int, size: tuple[int, ...], stride: tuple[int, ...], numel: int = 256) -> _Rebuilt:
+    from collections import OrderedDict
+
+    storage = _StorageRef(("storage", torch.FloatStorage, key, "cpu", numel))
+    return _Rebuilt((storage, offset, size, stride, False, OrderedDict()))
+
+
+@pytest.mark.parametrize(("offset", "stride"), [(250, (4, 1)), (64, (-4, 1)), (0, (4, 1000))])
+def test_views_outside_their_storage_are_refused(offset: int, stride: tuple[int, int], tmp_path: Path) -> None:
+    """A data.pkl (written here opcode by opcode through pickle) whose weight_ih_l0 reads past its 256-element
+    storage or has a negative stride: torch.load refuses it; rnninit must too, not patch the bytes of the next
+    record and report success."""
+    from typer.testing import CliRunner
+
+    from rnninit_cli.cli import app
+
+    state = {"weight_ih_l0": _view("0", offset, (16, 4), stride), "weight_hh_l0": _view("1", 0, (16, 4), (4, 1)),
+             "bias_ih_l0": _view("2", 0, (16,), (1,)), "bias_hh_l0": _view("3", 0, (16,), (1,))}
+    data_pkl = io.BytesIO()
+    _RefPickler(data_pkl, protocol=2).dump(state)
+    template = io.BytesIO()
+    torch.save({f"s{k}": torch.arange(256.0) + k for k in range(4)}, template)
+    source = tmp_path / "view.pt"
+    with zipfile.ZipFile(template) as original, zipfile.ZipFile(source, "w") as hostile:
+        for name in original.namelist():
+            hostile.writestr(name, data_pkl.getvalue() if name.endswith("data.pkl") else original.read(name))
+    with pytest.raises(Exception):  # noqa: B017 (the control: torch itself refuses this file)
+        torch.load(source, weights_only=True)
+    runner = CliRunner()
+    for args in (["inspect", str(source)], ["apply", str(source), "--scheme", "keras", "--seed", "0",
+                                              "-o", str(tmp_path / "out.pt")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.startswith("error: ") and "internal error" not in result.output, result.output
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_recurrent_parameters_that_partly_overlap_are_refused(tmp_path: Path) -> None:
+    """weight_ih and weight_hh as views 8 elements apart in one storage: drawing both would mix their bytes.
+    A tied pair (the same span) is still rewritten once, with a warning."""
+    from typer.testing import CliRunner
+
+    from rnninit_cli.cli import app
+
+    storage = torch.randn(16 * 4 + 8)
+    source = tmp_path / "overlap.pt"
+    torch.save({"weight_ih_l0": storage[:64].view(16, 4), "weight_hh_l0": storage[8:72].view(16, 4),
+                "bias_ih_l0": torch.zeros(16), "bias_hh_l0": torch.zeros(16)}, source)
+    runner = CliRunner()
+    for argument, stdin in ((str(source), None), ("-", source.read_bytes())):
+        result = runner.invoke(app, ["apply", argument, "--scheme", "keras", "--seed", "0",
+                                     "-o", str(tmp_path / "o.pt")], input=stdin)
+        assert result.exit_code == 1, result.output
+        assert "overlap in memory" in result.output and "internal error" not in result.output
+    assert not (tmp_path / "o.pt").exists()
+    only = runner.invoke(app, ["apply", str(source), "--scheme", "keras", "--seed", "0", "--only", "weight_ih|bias",
+                               "-o", str(tmp_path / "o.pt")])
+    assert only.exit_code == 0, only.output
+
+
+@pytest.mark.parametrize("case", ["deep-metadata", "empty-weight-map", "fifo-shard"])
+def test_odd_model_folder_indexes_are_one_error_line(case: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rnninit_cli.cli import app
+
+    model = tmp_path / "model"
+    model.mkdir()
+    index = model / "model.safetensors.index.json"
+    if case == "deep-metadata":
+        index.write_text('{"metadata": ' + "[" * 100_000 + "]" * 100_000 + ', "weight_map": {"w": "a.safetensors"}}')
+        expected = "not a valid index"
+    elif case == "empty-weight-map":
+        index.write_text('{"weight_map": {}}')
+        expected = "weight_map is empty"
+    else:
+        os.mkfifo(model / "a.safetensors")
+        index.write_text('{"weight_map": {"weight_ih_l0": "a.safetensors"}}')
+        expected = "not a regular file"
+    for args in (["inspect", str(model)], ["apply", str(model), "--scheme", "keras", "-o", str(tmp_path / "out")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("error: ") and expected in result.output, result.output

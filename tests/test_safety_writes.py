@@ -546,3 +546,16 @@ def test_longest_output_names_work(tmp_path: Path) -> None:
     load_official(outputs["safetensors"])
     load_official(outputs["folder"] / "model.safetensors")
     assert leftovers(tmp_path) == []
+
+
+def test_full_or_closed_standard_output_is_one_error_line(tmp_path: Path) -> None:
+    """`-o -` or `--json` into /dev/full, or with standard output closed by the shell (`>&-`)."""
+    new = "rn new lstm --input-size 8 --hidden-size 16 --scheme keras --seed 0 -o - --quiet"
+    script = (f"cd {str(tmp_path)!r}; rn() {{ {sys.executable} -m rnninit_cli \"$@\"; }}; "
+              f"{new} > /dev/full; echo $? >&2; {new} >&-; echo $? >&2; "
+              "rn schemes --json >&-; echo $? >&2")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: No space left on device", "1",
+                     "error: standard output is closed; redirect it to a file or a pipe", "1",
+                     "error: standard output is closed; redirect it to a file or a pipe", "1"], result.stderr
