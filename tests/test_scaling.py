@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from rnninit_cli.planning import plan
 from rnninit_cli.report import apply_document, capture_stats
-from rnninit_cli.rewrite import _shared_warnings
+from rnninit_cli.rewrite import _shared_warnings, _SpanIndex
 
 MODULE = [sys.executable, "-m", "rnninit_cli"]
 
@@ -81,11 +81,26 @@ def random_spans(rng: random.Random) -> dict[str, tuple[Any, int, int]]:
 
 
 @pytest.mark.parametrize("seed", range(300))
-def test_shared_warnings_equal_brute_force_on_random_spans(seed: int) -> None:
+def test_span_index_equals_brute_force_on_random_spans(seed: int) -> None:
+    """Every span's overlapping spans, from the index, are the definition's, in the same (the file's) order."""
     rng = random.Random(seed)
     spans = random_spans(rng)
-    names = list(spans)
-    written = rng.sample(names, rng.randrange(0, len(names) + 1))
+    index = _SpanIndex(spans)
+    for name, (storage, start, stop) in spans.items():
+        expected = [other for other, (s, a, b) in spans.items() if s == storage and a < stop and start < b]
+        assert index.overlapping(storage, start, stop) == expected, name
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_shared_warnings_equal_brute_force_when_rewritten_tensors_do_not_overlap(seed: int) -> None:
+    rng = random.Random(seed)
+    spans = random_spans(rng)
+    written: list[str] = []
+    for name in rng.sample(list(spans), len(spans)):  # rewritten tensors overlapping each other are refused
+        storage, start, stop = spans[name]
+        if not any(spans[other][0] == storage and spans[other][1] < stop and start < spans[other][2]
+                   for other in written):
+            written.append(name)
     assert _shared_warnings(Spans(spans), written) == brute_force_shared(spans, written)
 
 
