@@ -176,6 +176,32 @@ FormatOption = Annotated[Format | None, typer.Option(
 ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing OUTPUT.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on standard output.")]
+LayoutOption = Annotated[list[str] | None, typer.Option(
+    "--layout", help="Declare cells that torch.nn names do not give, repeatable: a built-in layout "
+    "(torchaudio-rnnt, speechbrain-ligru) or 'cell=lstm weight_ih=REGEX weight_hh=REGEX ...' "
+    "(see README, Which checkpoints work).")]
+LayoutFileOption = Annotated[list[str] | None, typer.Option(
+    "--layout-file", help="A TOML file of layout declarations, repeatable.")]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Fail on any group of tensors that looks recurrent but cannot be understood, instead of "
+    "skipping it with a warning.")]
+
+
+def _layouts(layout: list[str] | None, layout_file: list[str] | None) -> list[Any]:
+    """The declarations given by --layout and --layout-file (none: no import)."""
+    if not layout and not layout_file:
+        return []
+    from .declared import layouts_from_options
+
+    return layouts_from_options(layout or (), layout_file or ())
+
+
+def _discovery_document(found: Any) -> dict[str, Any]:
+    """What a command left alone, for --json: skipped groups and unrecognised look-alikes."""
+    return {"skipped": [{"names": list(item.names), "reason": item.reason, "declare": item.declare}
+                        for item in getattr(found, "skipped", ())],
+            "suspects": [{"name": item.name, "shape": list(item.shape), "note": item.note, "declare": item.declare}
+                         for item in getattr(found, "suspects", ())]}
 
 
 def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, quiet: bool) -> None:
@@ -214,8 +240,13 @@ def apply(
         "--drop-optimizer-state", help="Remove optimizer state (stale for rewritten parameters).")] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
+    layout: LayoutOption = None,
+    layout_file: LayoutFileOption = None,
+    strict: StrictOption = False,
 ) -> None:
-    """Rewrite every recurrent parameter of a checkpoint by SCHEME; keep everything else as it was."""
+    """Rewrite every recurrent parameter of a checkpoint by SCHEME; keep everything else as it was.
+    Groups of tensors that look recurrent but cannot be understood are skipped with a warning (--strict: an
+    error); declare other layouts with --layout."""
     with _errors():
         _one_stdout_user(as_json, output)
         from .report import apply_document
@@ -225,7 +256,8 @@ def apply(
             result = rewrite(input, output, scheme, rules=rule or (), only=only, seed=seed,
                              fmt=fmt.value if fmt else None, dry_run=dry_run, in_place=in_place, force=force,
                              tensors_only=tensors_only, drop_optimizer_state=drop_optimizer_state,
-                             on_entry=on_entry, report_before=as_json or not quiet)
+                             on_entry=on_entry, report_before=as_json or not quiet,
+                             layouts=_layouts(layout, layout_file), strict=strict)
         if not quiet:
             for line in result.warnings:
                 console.print(f"[bold yellow]warning:[/] {shown(line)}", soft_wrap=True)
@@ -234,6 +266,7 @@ def apply(
         if as_json:
             document = apply_document(result.plan, result.tensors, result.before, source=input,
                                       fmt=result.output_format, output=result.output)
+            document |= {"skipped": _discovery_document(result.plan)["skipped"]}
             _emit_json(document | ({"dry_run": True} if dry_run else {}))
         elif not quiet:
             _show_result(result.plan, None if dry_run else result.tensors, result.before,
@@ -266,6 +299,9 @@ def inspect(
     plot: Annotated[str | None, typer.Option(
         "--plot", help="Also draw value histograms and singular-value spectra per gate block into this PNG "
         "(needs matplotlib: pip install 'rnninit[plot]').")] = None,
+    layout: LayoutOption = None,
+    layout_file: LayoutFileOption = None,
+    strict: StrictOption = False,
 ) -> None:
     """Show the recurrent layers, per-gate statistics, the initializer each block looks drawn from, the scheme
     each layer matches, and warnings for classic mistakes."""
@@ -274,15 +310,16 @@ def inspect(
         from .report import inspect_document, inspect_table, provenance, selected_kinds
         from .rewrite import inspect_checkpoint
 
-        found = inspect_checkpoint(input, only)
-        diagnosis = diagnose(found.tensors, only=only) if found.layers else None
+        found = inspect_checkpoint(input, only, layouts=_layouts(layout, layout_file), strict=strict)
+        diagnosis = diagnose(found.tensors, only=only, layers=found.layers) if found.layers else None
         if plot is not None and diagnosis is not None:
             from .plot import plot_diagnosis
 
             plot_diagnosis(diagnosis, found.tensors, plot)
         if as_json:
             _emit_json(inspect_document(found.layers, found.tensors, source=input, fmt=found.format,
-                                        only=only, metadata=found.metadata, diagnosis=diagnosis))
+                                        only=only, metadata=found.metadata, diagnosis=diagnosis)
+                       | _discovery_document(found) | {"views": found.views})
             return
         by_layer = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
         selected = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
@@ -297,7 +334,10 @@ def inspect(
         for layer, kinds in selected:
             console.print()
             console.print(inspect_table(layer, found.tensors, kinds, by_layer.get(layer)))
-        _print_warnings(diagnosis.warnings if diagnosis else ())
+        for line in found.views:
+            console.print(visible(f"read {line}"), markup=False, soft_wrap=True)
+        _print_warnings([*found.skipped, *(f"not recognised: {item}" for item in found.suspects),
+                         *(diagnosis.warnings if diagnosis else ())])
         if plot is not None and diagnosis is not None:
             console.print(f"plotted {len(diagnosis.layers)} layer(s) to {visible(plot)}", markup=False)
 
@@ -315,6 +355,9 @@ def verify(
     rule: RuleOption = None,
     only: OnlyOption = None,
     as_json: JsonOption = False,
+    layout: LayoutOption = None,
+    layout_file: LayoutFileOption = None,
+    strict: StrictOption = False,
 ) -> None:
     """Check that every selected block is consistent with what SCHEME (and --rule) would draw.
     Exit 0 when all are, 1 when any is not, 2 on usage errors or unreadable input: a CI step that proves a
@@ -324,14 +367,15 @@ def verify(
         from .report import verify_table
         from .rewrite import inspect_checkpoint
 
-        found = inspect_checkpoint(input)
-        report = verify_tensors(found.tensors, scheme, rules=rule or (), only=only)
+        found = inspect_checkpoint(input, only, layouts=_layouts(layout, layout_file), strict=strict)
+        report = verify_tensors(found.tensors, scheme, rules=rule or (), only=only, layers=found.layers)
         if as_json:
-            _emit_json({"input": input, **report.as_dict()})
+            _emit_json({"input": input, **report.as_dict(), "skipped": _discovery_document(found)["skipped"]})
         else:
             if report.failures:
                 console.print(verify_table(report))
             weak = f", {len(report.weak)} too small to decide" if report.weak else ""
+            _print_warnings(found.skipped)
             verdict = "consistent" if report.ok else f"{len(report.failures)} NOT consistent"
             console.print(visible(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: ")
                           + verdict + weak,
@@ -346,6 +390,9 @@ def diff(
     b: Annotated[str, typer.Argument(help="Second checkpoint (after).", show_default=False)],
     only: OnlyOption = None,
     as_json: JsonOption = False,
+    layout: LayoutOption = None,
+    layout_file: LayoutFileOption = None,
+    strict: StrictOption = False,
 ) -> None:
     """Compare the recurrent layers of two checkpoints gate block by gate block.
     Exit 0 when identical, 1 when different, 2 on trouble (like diff)."""
@@ -356,9 +403,14 @@ def diff(
 
         if a == "-" and b == "-":
             raise UsageError("only one of A and B can be standard input")
-        report = diff_tensors(inspect_checkpoint(a).tensors, inspect_checkpoint(b).tensors, only=only)
+        layouts = _layouts(layout, layout_file)
+        found_a = inspect_checkpoint(a, only, layouts=layouts, strict=strict)
+        found_b = inspect_checkpoint(b, only, layouts=layouts, strict=strict)
+        report = diff_tensors(found_a.tensors, found_b.tensors, only=only, layers_a=found_a.layers,
+                              layers_b=found_b.layers)
         if as_json:
-            _emit_json({"a": a, "b": b, **report.as_dict()})
+            _emit_json({"a": a, "b": b, **report.as_dict(), "skipped": [
+                *_discovery_document(found_a)["skipped"], *_discovery_document(found_b)["skipped"]]})
         else:
             if report.changed_blocks:
                 console.print(diff_table(report))
@@ -369,6 +421,7 @@ def diff(
                 console.print(visible(f"only in {a}: {title}"), markup=False, soft_wrap=True)
             for title in report.only_in_b:
                 console.print(visible(f"only in {b}: {title}"), markup=False, soft_wrap=True)
+            _print_warnings([*found_a.skipped, *found_b.skipped])
             summary = "identical" if report.identical else f"{len(report.changed_blocks)} block(s) differ"
             console.print(visible(f"{a} vs {b}: {summary}"), markup=False, soft_wrap=True)
         if not report.identical:

@@ -886,7 +886,7 @@ def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] |
     rejected: dict[str, str] = {}
     for target, spec, estimate in _scheme_specs(layer, cache, candidates):
         try:
-            the_plan = plan(sub, target, for_writing=False)
+            the_plan = plan(sub, target, for_writing=False, layers=[layer])
         except (SchemeError, RuleError) as error:  # RuleError: arguments estimated from odd values (chrono's tmax)
             rejected[spec] = f"does not apply: {error}"
             continue
@@ -1112,16 +1112,17 @@ def _select_layers(layers: Iterable[Layer], only: str | None) -> list[tuple[Laye
 
 
 def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
-             candidates: Iterable[str | Scheme] | None = None) -> Diagnosis:
+             candidates: Iterable[str | Scheme] | None = None, layers: Sequence[Layer] | None = None) -> Diagnosis:
     """Statistics, families, scheme matches and warnings for every recurrent layer of `tensors`.
 
     `only` (a regex on parameter names) selects layers and the parameters shown; scheme recognition always looks
     at whole layers. `candidates`: schemes to try (default every registered scheme, arguments estimated).
-    Raises NothingToDoError when no recurrent layer is found or selected.
+    Raises NothingToDoError when no recurrent layer is found or selected. `layers`: these layers (found before, by
+    `layout.discover`), whose parameters `tensors` holds by their effective names, instead of searching `tensors`.
     """
     from .report import effective_bias
 
-    layers = find_layers(tensors)
+    layers = find_layers(tensors) if layers is None else list(layers)
     if not layers:
         raise NothingToDoError("no recurrent parameters found (names like weight_ih_l0, weight_hh_l0, "
                                "bias_ih_l0 of nn.RNN/GRU/LSTM, or weight_ih/weight_hh of a cell)")
@@ -1178,7 +1179,7 @@ def _nonfinite_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
 
 def _double_bias_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
     gate = {"lstm": "f", "gru": "z"}.get(layer.cell)
-    if gate is None or not layer.bias:
+    if gate is None or not {"bias_ih", "bias_hh"} <= layer.params.keys():
         return []
     what = "forget" if gate == "f" else "update"
     blocks = {kind: next(b for b in layer.blocks(kind) if b.gate == gate) for kind in ("bias_ih", "bias_hh")}
@@ -1323,12 +1324,12 @@ class VerifyReport:
 
 
 def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[str | Rule] = (),
-           only: str | None = None) -> VerifyReport:
+           only: str | None = None, layers: Sequence[Layer] | None = None) -> VerifyReport:
     """Plan `scheme` (+ `rules`, `only`) with planning.plan and check each planned block against its initializer.
 
     Raises what plan() raises (SchemeError, RuleError, NothingToDoError, LayoutError).
     """
-    the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False)
+    the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False, layers=layers)
     cache = _Cache(tensors)
     layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}
     blocks = []
@@ -1436,14 +1437,17 @@ def _block_diff(block: Block, a: _Cache, b: _Cache) -> BlockDiff:
                      str(b.dtype(block.name)).removeprefix("torch."))
 
 
-def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: str | None = None) -> DiffReport:
+def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: str | None = None,
+         layers_a: Sequence[Layer] | None = None, layers_b: Sequence[Layer] | None = None) -> DiffReport:
     """Compare the recurrent layers of two checkpoints gate block by gate block (a = before, b = after).
 
     Layers are matched by (prefix, cell or layer index, direction); `only` (regex on parameter names) selects.
     Raises NothingToDoError when neither side has a selected recurrent layer.
     """
-    side_a = {_layer_key(layer): (layer, kinds) for layer, kinds in _select_layers(find_layers(tensors_a), only)}
-    side_b = {_layer_key(layer): (layer, kinds) for layer, kinds in _select_layers(find_layers(tensors_b), only)}
+    found_a = find_layers(tensors_a) if layers_a is None else layers_a
+    found_b = find_layers(tensors_b) if layers_b is None else layers_b
+    side_a = {_layer_key(layer): (layer, kinds) for layer, kinds in _select_layers(found_a, only)}
+    side_b = {_layer_key(layer): (layer, kinds) for layer, kinds in _select_layers(found_b, only)}
     if not side_a and not side_b:
         raise NothingToDoError("no recurrent parameters found (or selected) in either checkpoint")
     a, b = _Cache(tensors_a), _Cache(tensors_b)

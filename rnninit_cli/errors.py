@@ -27,6 +27,10 @@ class RuleError(UsageError):
     """A malformed rule, an unknown initializer or argument, or a rule that hits nothing."""
 
 
+class LayoutDeclarationError(UsageError):
+    """A malformed `--layout` / `--layout-file` declaration, or one that matches no tensor or matches ambiguously."""
+
+
 class SchemeError(UsageError):
     """An unknown scheme, bad scheme arguments, or a scheme that cannot apply to a layer."""
 

@@ -7,11 +7,17 @@ dim 0: an LSTM's `weight_ih_l0` is (W_ii|W_if|W_ig|W_io), a GRU's is (W_ir|W_iz|
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from .errors import LayoutError
+from .errors import LayoutDeclarationError, LayoutError, UsageError
+from .views import GateView, Piece, View, effective_shapes, find_views
+
+if TYPE_CHECKING:
+    import torch
+
+    from .declared import Declaration, DeclaredCell
 
 GATES: dict[str, tuple[str, ...]] = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
 CELL_BY_GATE_COUNT = {1: "rnn", 3: "gru", 4: "lstm"}
@@ -49,20 +55,35 @@ class Layer:
     hidden_size: int
     proj_size: int
     bias: bool
-    params: dict[str, str] = field(compare=False)
+    params: dict[str, str] = field(compare=False)  # kind → the effective parameter's name
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)  # kind → stored tensors
+    gate_names: tuple[str, ...] | None = None  # a declared cell's own gates (cell "custom")
+    label: str = ""  # a declared cell's name for people, e.g. LiGRU
+    declared: str = ""  # the declaration (layout) it was found by
 
     @property
     def gates(self) -> tuple[str | None, ...]:
         """Gate names in storage order; (None,) for a plain RNN."""
+        if self.gate_names is not None:
+            return self.gate_names
         return (None,) if self.cell == "rnn" else GATES[self.cell]
 
     @property
     def title(self) -> str:
         """A short human name: `encoder.rnn.: LSTM layer 1, reverse`."""
         where = self.prefix or "(top level)"
+        if self.declared:
+            return f"{where}: {self.label or self.cell.upper()} cell (layout {self.declared})"
         if self.is_cell:
             return f"{where}: {self.cell.upper()} cell"
         return f"{where}: {self.cell.upper()} layer {self.layer}, {self.direction}"
+
+    def stored(self, kind: str) -> tuple[str, ...]:
+        """The stored tensors behind parameter `kind` (its own name when it is stored as it is)."""
+        return self.sources.get(kind, (self.params[kind],))
+
+    def all_stored(self) -> list[str]:
+        return list(dict.fromkeys(name for kind in self.params for name in self.stored(kind)))
 
     def blocks(self, kind: str) -> list[Block]:
         """The gate blocks of parameter `kind` (views are taken by the caller with rows [start, stop))."""
@@ -96,17 +117,132 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return None if shape is None else tuple(int(s) for s in shape)
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A group of tensors that looks recurrent but could not be understood; nothing in it is touched."""
+
+    names: tuple[str, ...]
+    reason: str
+    declare: str = ""  # a --layout value that would declare the group, when one can be guessed
+
+    def __str__(self) -> str:
+        text = f"skipped {', '.join(self.names)}: {self.reason}"
+        if self.declare:
+            text += f"; if they form a cell of another layout, declare it: --layout '{self.declare}'"
+        return text
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A tensor not recognised as recurrent whose shape and neighbours look like a recurrent weight."""
+
+    name: str
+    shape: tuple[int, ...]
+    note: str
+    declare: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {list(self.shape)}: {self.note}; declare it with --layout '{self.declare}'"
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What `discover` found: the layers, the views behind their effective parameters, and what it left alone."""
+
+    layers: tuple[Layer, ...]
+    views: tuple[View, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    suspects: tuple[Suspect, ...] = ()
+
+    @property
+    def sources(self) -> list[str]:
+        """Every stored tensor behind the layers, in order."""
+        return list(dict.fromkeys(name for layer in self.layers for name in layer.all_stored()))
+
+    def effective(self, stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The layers' parameters as they compute with them, by effective name (stored tensors themselves where
+        no view applies), from `stored` (which holds at least `sources`)."""
+        by_name = {view.name: view for view in self.views}
+        result = {}
+        for layer in self.layers:
+            for name in layer.params.values():
+                if name not in result:
+                    view = by_name.get(name)
+                    result[name] = stored[name] if view is None else view.compose(stored)
+        return result
+
+
 def find_layers(tensors: Mapping[str, Any]) -> list[Layer]:
     """Every recurrent layer (one per direction) or cell in `tensors`, in order of first appearance.
 
-    Groups that only share a suffix with recurrent names but hold no 2-D `weight_ih`/`weight_hh`
-    are not recurrent and are skipped; real groups with inconsistent shapes raise `LayoutError`.
-    """
+    Strict: a group that looks recurrent but cannot be understood raises `LayoutError` (see `discover` for the
+    lenient search, with views and declared layouts)."""
+    found = discover(tensors)
+    if found.skipped:
+        raise LayoutError(found.skipped[0].reason)
+    return list(found.layers)
+
+
+def discover(
+    tensors: Mapping[str, Any],
+    *,
+    layouts: Sequence[Declaration] = (),
+    only: str | None = None,
+) -> Discovery:
+    """Every recurrent layer or cell of `tensors` (names → anything with a `.shape`), in order of first appearance.
+
+    Groups of torch.nn names are found by name; weight-normalized and weight-dropped parameters through views
+    (see `views`); `layouts` declare other cells. `only` (a regex) keeps the groups with a parameter whose name it
+    matches (the effective name: `weight_hh_l0` of a weight-normalized layer; a declared cell's stored names),
+    before anything is checked, so an odd group it leaves out never matters. A group
+    that cannot be understood is skipped (`Discovery.skipped` says why); a declared cell whose shapes do not fit
+    raises LayoutDeclarationError."""
+    try:
+        pattern = re.compile(only) if only is not None else None
+    except re.error as error:
+        raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
+
+    def wanted(names: Sequence[str]) -> bool:
+        return pattern is None or any(pattern.search(name) for name in names)
+
+    shapes = {name: shape for name, value in tensors.items() if (shape := _shape(value)) is not None}
+    position = {name: index for index, name in enumerate(shapes)}
+    layers: list[tuple[int, Layer]] = []
+    views: list[View] = []
+    skipped: list[Skipped] = []
+
+    claimed: set[str] = set()
+    if layouts:
+        from .declared import match_declarations
+
+        for cell in match_declarations(list(shapes), layouts):
+            names = [name for pieces in cell.pieces.values() for name, _ in pieces]
+            claimed.update(names)
+            if wanted(names):
+                layer, cell_views = _declared_layer(cell, shapes)
+                layers.append((min(position[name] for name in names), layer))
+                views.extend(cell_views)
+
+    free = {name: shape for name, shape in shapes.items() if name not in claimed}
+    auto_views, unwritable = find_views({name: _Shaped(shape) for name, shape in free.items()})
+    effective = effective_shapes({name: _Shaped(shape) for name, shape in free.items()}, auto_views)
+    for item in unwritable:
+        for source in item.sources:
+            effective.pop(source, None)
+    view_of = {view.name: view for view in auto_views}
+    blocked = {item.name: item for item in unwritable}
+
+    def stored_names(name: str) -> tuple[str, ...]:
+        if name in view_of:
+            return view_of[name].sources
+        if name in blocked:
+            return blocked[name].sources
+        return (name,)
+
     groups: dict[tuple[str, int | None, bool], dict[str, tuple[str, tuple[int, ...]]]] = {}
-    for name, value in tensors.items():
+    for name, shape in [*effective.items(), *((item.name, ()) for item in unwritable)]:
         match = _NAME.match(name)
-        shape = _shape(value)
-        if match is None or shape is None:
+        if match is None:
             continue
         layer = match["layer"]
         if layer is None and match["kind"] == "weight_hr":
@@ -114,12 +250,201 @@ def find_layers(tensors: Mapping[str, Any]) -> list[Layer]:
         key = (match["prefix"], None if layer is None else int(layer), bool(match["reverse"]))
         groups.setdefault(key, {})[match["kind"]] = (name, shape)
 
-    layers = []
+    used: set[str] = set(claimed)
     for (prefix, index, reverse), members in groups.items():
-        if not any(len(members.get(k, ("", ()))[1]) == 2 for k in ("weight_ih", "weight_hh")):
+        names = [stored for name, _ in members.values() for stored in stored_names(name)]
+        if not any(len(members.get(k, ("", ()))[1]) == 2 or members.get(k, ("",))[0] in blocked
+                   for k in ("weight_ih", "weight_hh")):
+            continue  # names that only end like recurrent ones
+        used.update(names)
+        if not wanted([name for name, _ in members.values()]):
             continue
-        layers.append(_build_layer(prefix, index, reverse, members))
-    return layers
+        stuck = [blocked[name] for name, _ in members.values() if name in blocked]
+        if stuck:
+            skipped.append(Skipped(tuple(names), stuck[0].reason))
+            continue
+        try:
+            layer = _build_layer(prefix, index, reverse, members)
+        except LayoutError as error:
+            skipped.append(Skipped(tuple(names), str(error), _declare_group(members)))
+            continue
+        sources = {kind: view_of[name].sources for kind, (name, _) in members.items() if name in view_of}
+        layer = replace(layer, sources=sources)
+        layers.append((min(position[name] for name in names), layer))
+        views.extend(view_of[name] for name, _ in members.values() if name in view_of)
+
+    layers.sort(key=lambda pair: pair[0])
+    return Discovery(tuple(layer for _, layer in layers), tuple(views), tuple(skipped),
+                     tuple(_suspects(shapes, used | {s for v in auto_views for s in v.sources})))
+
+
+@dataclass(frozen=True)
+class _Shaped:
+    shape: tuple[int, ...]
+
+
+def _pattern_for(name: str) -> str:
+    """A regex for `name` whose numbered path parts match any number, so one declaration covers every layer."""
+    parts = [r"(\d+)" if part.isdigit() else re.escape(part) for part in name.split(".")]
+    return r"\.".join(parts)
+
+
+def _declare_group(members: dict[str, tuple[str, tuple[int, ...]]]) -> str:
+    """A --layout value naming the group's tensors by kind, to be completed by the user (the cell kind)."""
+    weights = [members[k][1] for k in ("weight_ih", "weight_hh") if k in members and len(members[k][1]) == 2]
+    cell = "lstm"
+    if weights and weights[0][1]:
+        rows, columns = weights[0]
+        cell = CELL_BY_GATE_COUNT.get(rows // columns, "lstm") if "weight_hh" in members else cell
+    parts = [f"cell={cell}"] + [f"{kind}={_pattern_for(name)}" for kind, (name, _) in members.items()]
+    missing = [kind for kind in ("weight_ih", "weight_hh") if kind not in members]
+    parts += [f"{kind}=REGEX" for kind in missing]
+    return " ".join(parts)
+
+
+_RECURRENT_HINT = re.compile(r"hh|h2h|p2g|recurr|hidden|(?:^|[._])u(?:$|[._])", re.IGNORECASE)
+
+
+def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Suspect]:
+    """2-D tensors shaped like the recurrent weight of a GRU or LSTM, (G·h, h) or transposed (h, G·h), beside a
+    tensor of the same module or its parent with G·h rows (or columns) too, that no layer uses."""
+    found = []
+    free = {name: shape for name, shape in shapes.items() if name not in used}
+    for name, shape in free.items():
+        if len(shape) != 2 or 0 in shape:
+            continue
+        for transposed in (False, True):
+            rows, columns = (shape[1], shape[0]) if transposed else shape
+            gates = rows // columns if rows % columns == 0 else 0
+            if gates not in (3, 4):
+                continue
+            parent = name.rsplit(".", 2)[0] + "." if name.count(".") >= 2 else ""
+            partners = [other for other, other_shape in free.items()
+                        if other != name and len(other_shape) == 2 and other.startswith(parent)
+                        and (other_shape[1] if transposed else other_shape[0]) == rows]
+            if not partners:
+                continue
+            # the input weight: another input size if there is one, else (input size = hidden size) the first
+            partner = next((other for other in partners if free[other] != shape), partners[0])
+            if free[partner] == shape and (_RECURRENT_HINT.search(partner) is not None,
+                                           name) > (_RECURRENT_HINT.search(name) is not None, partner):
+                continue  # two same-shaped weights: the one named like a recurrent weight (or the later) is it
+            cell = CELL_BY_GATE_COUNT[gates]
+            declare = f"cell={cell} weight_ih={_pattern_for(partner)} weight_hh={_pattern_for(name)}"
+            bias = partner.rsplit(".", 1)[0] + ".bias" if "." in partner else ""
+            if bias in free and free[bias] == (rows,):
+                declare += f" bias_ih={_pattern_for(bias)}"
+            own_bias = name.rsplit(".", 1)[0] + ".bias" if "." in name else ""
+            if own_bias in free and free[own_bias] == (rows,) and own_bias != bias:
+                declare += f" bias_hh={_pattern_for(own_bias)}"
+            if transposed:
+                declare += " transposed=weight_ih,weight_hh"
+            note = (f"looks like the recurrent weight of {article(cell.upper())} with hidden size {columns}"
+                    f"{' stored transposed' if transposed else ''} (its input weight would be {partner}); it is not "
+                    "named like a torch.nn layer, so rnninit left it alone")
+            found.append(Suspect(name, shape, note, declare))
+            break
+    return found
+
+
+def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Layer, list[GateView]]:
+    """The layer a declared cell makes, with views for the parameters it does not store in torch's form."""
+    declaration = cell.declaration
+    custom = declaration.cell == "custom"
+    stored_order: tuple[str | None, ...] = tuple(None if gate == "" else gate for gate in declaration.gates)
+    effective_order = stored_order if custom else ((None,) if declaration.cell == "rnn" else GATES[declaration.cell])
+    where = f"layout {declaration.name}"
+
+    def fail(text: str) -> LayoutDeclarationError:
+        return LayoutDeclarationError(f"{where}: {text}; check the declaration against the tensors' shapes")
+
+    params: dict[str, str] = {}
+    sources: dict[str, tuple[str, ...]] = {}
+    views: list[GateView] = []
+    effective: dict[str, tuple[int, ...]] = {}
+    for kind, found in cell.pieces.items():
+        transposed = kind in declaration.transposed
+        pieces = tuple(Piece(name, stored_order if gate is None else (gate,), transposed) for name, gate in found)
+        for piece in pieces:
+            shape = shapes[piece.source]
+            if len(shape) != (1 if kind.startswith("bias") else 2):
+                raise fail(f"{piece.source} has shape {list(shape)}; a {kind} is "
+                           f"{'1-D' if kind.startswith('bias') else '2-D'}")
+            rows = shape[1] if transposed and len(shape) == 2 else shape[0]
+            if kind != "weight_hr" and rows % len(piece.gates):
+                raise fail(f"{piece.source} has shape {list(shape)}: {rows} rows do not split into "
+                           f"{len(piece.gates)} gates")
+        if kind == "weight_hr":
+            pieces = tuple(Piece(piece.source, (None,), piece.transposed) for piece in pieces)
+        plain = len(pieces) == 1 and not transposed and (kind == "weight_hr" or pieces[0].gates == effective_order)
+        if plain:
+            params[kind] = pieces[0].source
+            effective[kind] = shapes[pieces[0].source]
+            continue
+        view = GateView(_view_name(pieces, effective_order != stored_order), pieces,
+                        (None,) if kind == "weight_hr" else effective_order, "declared")
+        params[kind] = view.name
+        sources[kind] = view.sources
+        effective[kind] = view.shape(shapes)
+        views.append(view)
+
+    for kind in ("weight_ih", "weight_hh"):
+        if kind not in effective:
+            raise fail(f"it matches no {kind} tensor for {', '.join(cell.key) or 'its cell'}")
+    gate_count = len(effective_order)
+    ih_rows, input_size = effective["weight_ih"]
+    hh_rows, hh_columns = effective["weight_hh"]
+    hidden, proj = hh_columns, 0
+    if "weight_hr" in effective:
+        proj, hidden = effective["weight_hr"]
+        if proj != hh_columns:
+            raise fail(f"{params['weight_hr']} has shape {list(effective['weight_hr'])}; expected "
+                       f"[{hh_columns}, hidden size] since {params['weight_hh']} has {hh_columns} columns")
+    for kind, shape in effective.items():
+        if kind == "weight_hr":
+            continue
+        if shape[0] != gate_count * hidden:
+            raise fail(f"{params[kind]} has shape {list(shape)} ({' '.join(sources.get(kind, (params[kind],)))}): "
+                       f"expected {gate_count * hidden} rows ({gate_count} gate(s) × hidden size {hidden})")
+    del ih_rows, hh_rows
+    names = [name for kind in params for name in sources.get(kind, (params[kind],))]
+    prefix = _common_prefix(names)
+    layer = Layer(prefix=prefix, cell=declaration.cell, is_cell=True, layer=0, direction="forward",
+                  input_size=input_size, hidden_size=hidden, proj_size=proj,
+                  bias=any(kind.startswith("bias") for kind in params), params=params, sources=sources,
+                  gate_names=tuple(g or "" for g in effective_order) if custom else None,
+                  label=declaration.title, declared=declaration.name)
+    return layer, views
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The module path the names share, up to its last dot: `predictor.lstm_layers.0.`."""
+    shared = names[0]
+    for name in names[1:]:
+        while not name.startswith(shared):
+            shared = shared[:-1]
+    return shared[:shared.rfind(".") + 1]
+
+
+def _view_name(pieces: Sequence[Piece], reordered: bool) -> str:
+    """A readable name for an assembled parameter: `cell.x2g.weight.T`, `cell.W_{i,f,g,o}.weight`."""
+    names = [piece.source for piece in pieces]
+    if len(names) == 1:
+        name = names[0]
+    else:
+        head = _common_prefix(names) if _common_prefix(names) else ""
+        stems = [n[len(head):] for n in names]
+        tail = stems[0]
+        for stem in stems[1:]:
+            while not stem.endswith(tail):
+                tail = tail[1:]
+        middles = [stem[:len(stem) - len(tail)] for stem in stems]
+        name = f"{head}{{{','.join(middles)}}}{tail}"
+    if pieces[0].transposed:
+        name += ".T"
+    if reordered and len(pieces) == 1:
+        name += f"[{','.join(g or '' for g in pieces[0].gates)}]"
+    return name
 
 
 def _build_layer(

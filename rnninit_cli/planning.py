@@ -12,20 +12,24 @@ import hashlib
 import inspect
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .errors import DtypeError, LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
-from .layout import Layer, article, find_layers
+from .layout import Discovery, Layer, Skipped, article, discover
 from .onethread import one_thread_pool
 from .schemes import Rule, Scheme, Value, format_value, get_scheme, parse_rules
+from .views import View
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import torch
+
+    from .declared import Declaration
 
 KEEP = "keep"
 
@@ -66,10 +70,32 @@ class Plan:
     layers: tuple[Layer, ...]
     entries: tuple[PlanEntry, ...]
     seed: int | None = None
+    views: tuple[View, ...] = ()  # how parameters stored in another form are assembled (see `views`)
+    skipped: tuple[Skipped, ...] = ()  # groups that looked recurrent but were left alone, and why
 
     @property
     def writes(self) -> tuple[PlanEntry, ...]:
         return tuple(e for e in self.entries if e.initializer != KEEP)
+
+    @property
+    def discovery(self) -> Discovery:
+        return Discovery(self.layers, self.views, self.skipped)
+
+    def stored(self, names: Iterable[str]) -> list[str]:
+        """The stored tensors behind the named (effective) parameters."""
+        views = {view.name: view for view in self.views}
+        return list(dict.fromkeys(source for name in names
+                                  for source in (views[name].sources if name in views else (name,))))
+
+    @property
+    def sources(self) -> list[str]:
+        """Every stored tensor behind the planned layers (what must be read to apply or report the plan)."""
+        return self.discovery.sources
+
+    @property
+    def written_sources(self) -> list[str]:
+        """The stored tensors that applying the plan rewrites."""
+        return self.stored(entry.name for entry in self.writes)
 
     def entries_for(self, layer: Layer) -> list[PlanEntry]:
         positions = self._positions_by_name
@@ -88,6 +114,7 @@ class Plan:
     def __str__(self) -> str:
         lines = [f"scheme {self.scheme}" + (f", rules {' '.join(self.rules)}" if self.rules else "")
                  + (f", seed {self.seed}" if self.seed is not None else "")]
+        lines += [f"  where {view.describe}" for view in self.views]
         for entry in self.entries:
             gate = entry.gate or "-"
             lines.append(f"  {entry.name}[{entry.start}:{entry.stop}] {gate}: {entry.call}"
@@ -187,7 +214,15 @@ def _check_dims(rule: Rule) -> None:
 
 
 def _select(layer: Layer, pattern: re.Pattern[str] | None) -> list[str]:
-    return [kind for kind, name in layer.params.items() if pattern is None or pattern.search(name)]
+    return [kind for kind, name in layer.params.items()
+            if pattern is None or any(pattern.search(n) for n in (name, *layer.sources.get(kind, ())))]
+
+
+def refuse_skipped(skipped: Sequence[Skipped]) -> None:
+    """LayoutError listing every skipped group (for --strict)."""
+    if skipped:
+        raise LayoutError(f"{len(skipped)} group(s) of tensors could not be understood (--strict): "
+                          + "; ".join(str(item) for item in skipped))
 
 
 def plan(
@@ -197,29 +232,38 @@ def plan(
     rules: Iterable[str | Rule] = (),
     only: str | None = None,
     for_writing: bool = True,
+    layouts: Sequence[Declaration] = (),
+    strict: bool = False,
+    layers: Sequence[Layer] | None = None,
 ) -> Plan:
-    """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors`.
+    """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors` (stored tensors by
+    name: parameters stored in another form, such as weight_norm's g and v, are planned as the effective parameter,
+    see `views`). `layouts` declare cells of other layouts (see `declared`).
 
-    Raises DtypeError when a block to be written belongs to a tensor that cannot hold the drawn values
-    (integer, bool or complex dtype). `for_writing=False` plans them anyway, for checking what they hold."""
+    Groups that look recurrent but cannot be understood are skipped and listed in `Plan.skipped`; `strict` makes
+    that a LayoutError. Raises DtypeError when a block to be written belongs to a tensor that cannot hold the drawn
+    values (integer, bool or complex dtype). `for_writing=False` plans them anyway, for checking what they hold.
+    `layers`: plan these (found before, e.g. by `discover`) instead of searching; `tensors` then holds their
+    parameters by the names the layers give (effective parameters)."""
     scheme_obj, scheme_rules = get_scheme(scheme)
     user_rules = parse_rules(rules)
     all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
     for rule, _ in all_rules:
         _check_dims(rule)
         _try_arguments(rule)
-    try:
-        pattern = re.compile(only) if only is not None else None
-    except re.error as error:
-        raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
-
-    layers = find_layers(tensors)
-    if not layers:
-        raise NothingToDoError("no recurrent parameters found (names like weight_ih_l0, weight_hh_l0, "
-                               "bias_ih_l0 of nn.RNN/GRU/LSTM, or weight_ih/weight_hh of a cell)")
-    selected = [(layer, kinds) for layer in layers if (kinds := _select(layer, pattern))]
+    found = discover(tensors, layouts=layouts, only=only) if layers is None else Discovery(tuple(layers))
+    if strict:
+        refuse_skipped(found.skipped)
+    pattern = re.compile(only) if only is not None else None
+    if not found.layers:
+        every = discover(tensors, layouts=layouts).layers if only is not None and layers is None else ()
+        if every:
+            names = ", ".join(name for layer in every for name in layer.params.values())
+            raise NothingToDoError(f"--only {only!r} matches no recurrent parameter; they are: {names}")
+        raise NothingToDoError(no_layers_message(found))
+    selected = [(layer, kinds) for layer in found.layers if (kinds := _select(layer, pattern))]
     if not selected:
-        names = ", ".join(name for layer in layers for name in layer.params.values())
+        names = ", ".join(name for layer in found.layers for name in layer.params.values())
         raise NothingToDoError(f"--only {only!r} matches no recurrent parameter; they are: {names}")
 
     entries: list[PlanEntry] = []
@@ -245,18 +289,32 @@ def plan(
             present = sorted({f"{k}.{b.gate}" if b.gate else k for lay, kinds in selected
                               for k in kinds for b in lay.blocks(k)})
             raise RuleError(f"rule {rule} hits no block; the selected blocks are: {', '.join(present)}")
+    chosen = tuple(layer for layer, _ in selected)
+    used = {name for layer in chosen for name in layer.params.values()}
+    result = Plan(_scheme_label(scheme), tuple(str(r) for r in user_rules), only, chosen, tuple(entries),
+                  views=tuple(view for view in found.views if view.name in used), skipped=found.skipped)
     if for_writing:
-        refuse_non_floating(tensors, [entry.name for entry in entries if entry.initializer != KEEP])
-    return Plan(_scheme_label(scheme), tuple(str(r) for r in user_rules), only,
-                tuple(layer for layer, _ in selected), tuple(entries))
+        refuse_non_floating(tensors, result.written_sources)
+    return result
+
+
+def no_layers_message(found: Discovery) -> str:
+    """Why nothing was found: no recurrent names at all, or only groups that were skipped."""
+    if found.skipped:
+        return (f"no recurrent layer could be understood; skipped {len(found.skipped)} group(s): "
+                + "; ".join(str(item) for item in found.skipped))
+    return ("no recurrent parameters found (names like weight_ih_l0, weight_hh_l0, bias_ih_l0 of nn.RNN/GRU/LSTM, "
+            "or weight_ih/weight_hh of a cell; other layouts can be declared with --layout)")
 
 
 def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
+    if layer.cell == "custom":
+        return  # a declared cell with its own gates: the scheme's rules apply by kind, gate rules where gates match
     if layer.cell not in scheme.cells:
         raise SchemeError(f"scheme {scheme.name} applies to {'/'.join(sorted(scheme.cells)).upper()} "
                           f"layers, but {layer.title} is {article(layer.cell.upper())}; select other layers "
                           "with --only or choose another scheme")
-    if scheme.needs_bias and not layer.bias:
+    if scheme.needs_bias and not layer.bias and not layer.declared:
         raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} has no bias "
                           "(bias=False)")
 
@@ -346,9 +404,11 @@ def apply_plan(
     seed = draw_seed() if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
-    refuse_non_floating(tensors, [entry.name for entry in the_plan.writes])
-    refuse_overlapping(tensors, [entry.name for entry in the_plan.writes])
+    refuse_non_floating(tensors, the_plan.written_sources)
+    refuse_overlapping(tensors, the_plan.written_sources)
     writes = the_plan.writes
+    views = {view.name: view for view in the_plan.views if any(entry.name == view.name for entry in writes)}
+    targets: Mapping[str, Any] = {**tensors, **{name: view.compose(tensors) for name, view in views.items()}}
     # One draw per scope: a block alone, or a whole parameter whose per=matrix entries are adjacent.
     scopes: list[PlanEntry] = []
     scope_of: list[int] = []
@@ -370,12 +430,16 @@ def apply_plan(
             if scope != current:
                 for index in range(len(pending) + scope, min(scope + ahead, len(scopes))):
                     first = scopes[index]
-                    pending[index] = pool.submit(_draw_scope, first, tensors[first.name], seed)
+                    pending[index] = pool.submit(_draw_scope, first, targets[first.name], seed)
                 drawn, current = pending.pop(scope).result(), scope
             values = drawn[entry.start:entry.stop] if entry.per == "matrix" else drawn
-            tensors[entry.name][entry.start:entry.stop].copy_(values)
+            targets[entry.name][entry.start:entry.stop].copy_(values)
             if on_entry is not None:
                 on_entry(entry)
+        for name, view in views.items():
+            for source, value in view.decompose(targets[name], tensors).items():
+                if value is not tensors[source]:
+                    tensors[source].copy_(value)
     return replace(the_plan, seed=seed)
 
 
@@ -386,8 +450,14 @@ def init_(
     seed: int | None = None,
     rules: Iterable[str | Rule] = (),
     only: str | None = None,
+    layouts: Sequence[Declaration | str] = (),
+    strict: bool = False,
 ) -> Plan:
-    """Initialize every recurrent parameter of an `nn.Module` or a dict of tensors, in place."""
+    """Initialize every recurrent parameter of an `nn.Module` or a dict of tensors, in place.
+
+    Weight-normalized and weight-dropped parameters are written so that the effective weight follows the scheme.
+    `layouts`: declarations (or `--layout` texts, built-in names) for cells of other layouts. Groups that cannot be
+    understood are skipped with a warning (RnnInitWarning), or raise LayoutError with `strict`."""
     import torch
 
     if isinstance(target, torch.nn.Module):
@@ -396,5 +466,24 @@ def init_(
         tensors = target
     else:
         raise UsageError(f"init_ takes an nn.Module or a dict of tensors, not {type(target).__name__}")
-    return apply_plan(plan(tensors, scheme, rules=rules, only=only), tensors, seed=seed)
+    declarations = _declarations(layouts)
+    the_plan = plan(tensors, scheme, rules=rules, only=only, layouts=declarations, strict=strict)
+    for item in the_plan.skipped:
+        warnings.warn(str(item), RnnInitWarning, stacklevel=2)
+    return apply_plan(the_plan, tensors, seed=seed)
+
+
+class RnnInitWarning(UserWarning):
+    """A group of tensors that looked recurrent was left alone."""
+
+
+def _declarations(layouts: Sequence[Declaration | str]) -> list[Declaration]:
+    if not layouts:
+        return []
+    from .declared import parse_layout
+
+    result: list[Declaration] = []
+    for number, item in enumerate(layouts, 1):
+        result.extend(parse_layout(item, f"layout {number}") if isinstance(item, str) else [item])
+    return result
 

@@ -93,10 +93,11 @@ def param_document(layer: Layer, kind: str, tensors: Mapping[str, torch.Tensor])
 
 def effective_bias(layer: Layer, tensors: Mapping[str, torch.Tensor]) -> list[tuple[str | None, Stats]]:
     """Per gate, statistics of bias_ih + bias_hh (what the gate actually adds)."""
-    if not layer.bias:
+    present = [kind for kind in ("bias_ih", "bias_hh") if kind in layer.params]
+    if not present:
         return []
-    total = as_float64(tensors[layer.params["bias_ih"]]) + as_float64(tensors[layer.params["bias_hh"]])
-    return [(block.gate, block_stats(total[block.start:block.stop])) for block in layer.blocks("bias_ih")]
+    total = sum(as_float64(tensors[layer.params[kind]]) for kind in present)  # a declared cell may have one
+    return [(block.gate, block_stats(total[block.start:block.stop])) for block in layer.blocks(present[0])]
 
 
 def layer_document(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> dict[str, Any]:

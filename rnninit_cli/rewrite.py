@@ -35,13 +35,17 @@ from .checkpoint import (
 )
 from .errors import CheckpointError, OutputError, UsageError
 from .folders import ModelFolder, open_folder
-from .layout import Layer, find_layers
-from .planning import Plan, PlanEntry, apply_plan, draw_seed, plan, refuse_overlapping
+from .layout import Layer, Skipped, Suspect, discover
+from .planning import Plan, PlanEntry, apply_plan, draw_seed, plan, refuse_overlapping, refuse_skipped
 from .report import Stats, capture_stats
 from .tensorfile import CannotPatch, TensorFile, index_file, open_regular
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
+
+    from .declared import Declaration
 
 Source = Checkpoint | TensorFile | ModelFolder
 
@@ -105,17 +109,27 @@ class Inspection:
     tensor_count: int
     metadata: dict[str, str]
     layers: list[Layer]
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]  # the layers' effective parameters (as the layers compute with them)
+    skipped: list[Skipped] = field(default_factory=list)
+    suspects: list[Suspect] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)  # how parameters stored in another form were read
 
 
-def inspect_checkpoint(source: str, only: str | None = None) -> Inspection:
-    """Find the recurrent layers of a checkpoint and read their parameters (and nothing else)."""
+def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequence[Declaration] = (),
+                       strict: bool = False) -> Inspection:
+    """Find the recurrent layers of a checkpoint and read their parameters (and nothing else).
+
+    `only` selects groups before they are checked; groups that cannot be understood are skipped and listed
+    (`strict`: a LayoutError instead)."""
     opened = open_source(source)
     try:
         shapes = opened.shapes()
-        layers = find_layers(shapes)
-        tensors = opened.load([name for layer in layers for name in layer.params.values()])
-        return Inspection(source, opened.format, len(shapes), dict(opened.metadata), layers, tensors)
+        found = discover(shapes, layouts=layouts, only=only)
+        if strict:
+            refuse_skipped(found.skipped)
+        tensors = found.effective(opened.load(found.sources))
+        return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
+                          list(found.skipped), list(found.suspects), [view.describe for view in found.views])
     finally:
         close_source(opened)
 
@@ -207,6 +221,8 @@ def rewrite(
     drop_optimizer_state: bool = False,
     on_entry: Callable[[PlanEntry], None] | None = None,
     report_before: bool = True,
+    layouts: Sequence[Declaration] = (),
+    strict: bool = False,
 ) -> RewriteResult:
     """Apply `scheme` (then `rules`) to every recurrent parameter of `source`; write `output`.
     `report_before=False` skips the statistics of the old values (nobody will see them).
@@ -216,7 +232,8 @@ def rewrite(
     with ExitStack() as cleanup:
         return _rewrite(cleanup, source, output, scheme, rules=rules, only=only, seed=seed, fmt=fmt,
                         dry_run=dry_run, in_place=in_place, force=force, tensors_only=tensors_only,
-                        drop_optimizer_state=drop_optimizer_state, on_entry=on_entry, report_before=report_before)
+                        drop_optimizer_state=drop_optimizer_state, on_entry=on_entry, report_before=report_before,
+                        layouts=layouts, strict=strict)
 
 
 def _open_input(cleanup: ExitStack, source: str, output: str | None, *, in_place: bool,
@@ -253,6 +270,8 @@ def _rewrite(
     drop_optimizer_state: bool,
     on_entry: Callable[[PlanEntry], None] | None,
     report_before: bool,
+    layouts: Sequence[Declaration],
+    strict: bool,
 ) -> RewriteResult:
     if output is None and in_place:
         output = source
@@ -282,19 +301,20 @@ def _rewrite(
         refuse_non_tensors(opened.root, tensors_only)
 
     shapes = opened.shapes()
-    the_plan = plan(shapes, scheme, rules=rules, only=only)
-    names = [name for layer in the_plan.layers for name in layer.params.values()]
-    tensors = opened.load(names)
-    before = capture_stats(the_plan, tensors) if report_before else {}
-    written = list(dict.fromkeys(entry.name for entry in the_plan.writes))
+    the_plan = plan(shapes, scheme, rules=rules, only=only, layouts=layouts, strict=strict)
+    tensors = opened.load(the_plan.sources)
+    discovery = the_plan.discovery
+    before = capture_stats(the_plan, discovery.effective(tensors)) if report_before else {}
+    written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
-    warnings = _shared_warnings(opened, written)
+    warnings = [str(item) for item in the_plan.skipped] + _shared_warnings(opened, written)
     optimizer = opened.optimizer_paths
     if optimizer and written:
         warnings.append(f"the checkpoint holds optimizer state ({', '.join(optimizer)}); its moment "
                         f"buffers for the {len(written)} rewritten parameter(s) are now stale. Pass "
                         "--drop-optimizer-state to remove it, or reset the optimizer when resuming")
-    result = RewriteResult(the_plan, tensors, before, opened.format, target_format, None, warnings, notes)
+    result = RewriteResult(the_plan, discovery.effective(tensors), before, opened.format, target_format, None,
+                           warnings, notes)
     if dry_run or output is None:
         result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
         return result
@@ -305,6 +325,7 @@ def _rewrite(
 
     def draw() -> None:
         result.plan = apply_plan(the_plan, tensors, on_entry=on_entry)
+        result.tensors = discovery.effective(tensors)  # what the layers now compute with
 
     if isinstance(opened, TensorFile):
         indexed = opened

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import RuleError, SchemeError
-from .layout import ALL_GATES, KINDS
+from .layout import KINDS
 
 Value = bool | int | float | str
 TARGET_KINDS: dict[str, tuple[str, ...]] = {
@@ -106,8 +106,9 @@ def parse_rule(text: str | Rule) -> Rule:
                         f"{', '.join(TARGET_KINDS)}, optionally with .GATE")
     if gate and kind == "weight_hr":
         raise RuleError(f"rule {text!r}: weight_hr has no gates; write weight_hr=INIT")
-    if gate and gate not in ALL_GATES:
-        raise RuleError(f"rule {text!r}: unknown gate {gate!r}; gates are i f g o (LSTM), r z n (GRU)")
+    if gate and not _IDENT.match(gate):
+        raise RuleError(f"rule {text!r}: unknown gate {gate!r}; gates are i f g o (LSTM), r z n (GRU), or the gate "
+                        "names a declared layout gives its cell")
     try:
         name, args, kwargs = parse_call(init_text, "initializer")
     except ValueError as error:

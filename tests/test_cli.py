@@ -666,7 +666,7 @@ def test_unknown_scheme_lists_the_known_ones(cli, model_pt: Path, tmp_path: Path
         ("bias_ih", "TARGET=INIT"),
         ("bias_ih=", "TARGET=INIT"),
         ("bias_ix.f=ones", "'bias_ix'"),
-        ("bias_ih.q=ones", "'q'"),
+        ("bias_ih.q=ones", "bias_ih.q"),  # no such gate: the rule hits no block
         ("bias_ih.f=ones(", "ones("),
         ("bias_ih.f=constant(x=1)", "'x'"),
         ("weight_hh=orthogonal(per=diagonal)", "per"),
@@ -682,12 +682,21 @@ def test_malformed_rules(cli, model_pt: Path, tmp_path: Path, rule: str, fragmen
     assert not output.exists()
 
 
-@pytest.mark.parametrize("command", ["apply", "inspect"])
+@pytest.mark.parametrize("command", ["apply", "inspect --strict", "verify --strict"])
 def test_inconsistent_layout_names_the_parameter(cli, bad_layout_pt: Path, tmp_path: Path, command: str) -> None:
     output = tmp_path / "out.pt"
-    args = ["apply", bad_layout_pt, "-s", "keras", "-o", output] if command == "apply" else ["inspect", bad_layout_pt]
-    assert_error(cli(*args), 1, "bias_ih_l0", "15")
+    args = {"apply": ["apply", bad_layout_pt, "-s", "keras", "-o", output],
+            "inspect --strict": ["inspect", bad_layout_pt, "--strict"],
+            "verify --strict": ["verify", bad_layout_pt, "-s", "keras", "--strict"]}[command]
+    assert_error(cli(*args), 2 if command.startswith("verify") else 1, "bias_ih_l0", "15")
     assert not output.exists()
+
+
+def test_inspect_skips_an_inconsistent_group_with_a_warning(cli, bad_layout_pt: Path) -> None:
+    result = cli("inspect", bad_layout_pt)
+    assert result.exit_code == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
+    assert len(warning) == 1 and "bias_ih_l0" in warning[0] and "15" in warning[0], result.stderr
 
 
 def test_chrono_on_a_plain_rnn_names_the_layer(cli, rnn_pt: Path, tmp_path: Path) -> None:

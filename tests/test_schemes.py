@@ -456,7 +456,7 @@ def test_rule_string_round_trips() -> None:
         ("weight_ih", "weight_ih", "TARGET=INIT"),
         ("weight_ih=", "weight_ih", "TARGET=INIT"),
         ("weights=zeros", "weights", "weight_ih"),
-        ("bias_ih.x=zeros", "'x'", "i f g o"),
+        ("bias_ih.1x=zeros", "'1x'", "i f g o"),
         ("weight_hr.i=zeros", "weight_hr", "weight_hr=INIT"),
         ("weight_ih=xavier_uniform(", "xavier_uniform(", "name(arg=value"),
         ("weight_ih=xavier_uniform(gain=1, gain=2)", "gain", "twice"),
@@ -483,6 +483,7 @@ def test_malformed_rules(text: str, named: str, listed: str) -> None:
         ("bias=zeros(per=matrix)", "per", "no arguments"),
         ("weight_hh=keep(1)", "keep", "no arguments"),
         ("weight_ih=normal(std=wide)", "std", "number"),
+        ("bias_ih.x=zeros", "hits no block", "bias_ih.f"),  # gate names are checked against the layer's gates
     ],
 )
 def test_rule_errors_name_the_bad_part_and_valid_options(
