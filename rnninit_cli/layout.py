@@ -362,11 +362,21 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
     sources: dict[str, tuple[str, ...]] = {}
     views: list[GateView] = []
     effective: dict[str, tuple[int, ...]] = {}
+    both_biases = ({name for name, _ in cell.pieces.get("bias_ih", ())}
+                   & {name for name, _ in cell.pieces.get("bias_hh", ())})
     for kind, found in cell.pieces.items():
         transposed = kind in declaration.transposed
-        pieces = tuple(Piece(name, stored_order if gate is None else (gate,), transposed) for name, gate in found)
+        # one (2, G·h) tensor named as both biases holds bias_ih in row 0 and bias_hh in row 1 (Keras's GRU)
+        row = {"bias_ih": 0, "bias_hh": 1}.get(kind)
+        pieces = tuple(Piece(name, stored_order if gate is None else (gate,), transposed,
+                             row if name in both_biases else None) for name, gate in found)
         for piece in pieces:
             shape = shapes[piece.source]
+            if piece.row is not None:
+                if len(shape) != 2 or shape[0] != 2:
+                    raise fail(f"{piece.source} has shape {list(shape)} and is named as both biases; a tensor "
+                               "holding both is [2, gates × hidden size] (bias_ih in row 0, bias_hh in row 1)")
+                shape = shape[1:]
             if len(shape) != (1 if kind.startswith("bias") else 2):
                 raise fail(f"{piece.source} has shape {list(shape)}; a {kind} is "
                            f"{'1-D' if kind.startswith('bias') else '2-D'}")
@@ -376,7 +386,8 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
                            f"{len(piece.gates)} gates")
         if kind == "weight_hr":
             pieces = tuple(Piece(piece.source, (None,), piece.transposed) for piece in pieces)
-        plain = len(pieces) == 1 and not transposed and (kind == "weight_hr" or pieces[0].gates == effective_order)
+        plain = len(pieces) == 1 and not transposed and pieces[0].row is None and (
+            kind == "weight_hr" or pieces[0].gates == effective_order)
         if plain:
             params[kind] = pieces[0].source
             effective[kind] = shapes[pieces[0].source]
@@ -430,7 +441,7 @@ def _view_name(pieces: Sequence[Piece], reordered: bool) -> str:
     """A readable name for an assembled parameter: `cell.x2g.weight.T`, `cell.W_{i,f,g,o}.weight`."""
     names = [piece.source for piece in pieces]
     if len(names) == 1:
-        name = names[0]
+        name = names[0] + (f"[{pieces[0].row}]" if pieces[0].row is not None else "")
     else:
         head = _common_prefix(names) if _common_prefix(names) else ""
         stems = [n[len(head):] for n in names]

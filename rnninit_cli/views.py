@@ -36,6 +36,8 @@ class Piece:
     source: str
     gates: tuple[str | None, ...]
     transposed: bool = False
+    row: int | None = None  # the piece is this row of the stored tensor (Keras's GRU bias: (2, 3h), input then
+    # recurrent)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class GateView:
         tail: tuple[int, ...] = ()
         for piece in self.pieces:
             shape = shapes[piece.source]
+            if piece.row is not None:
+                shape = shape[1:]
             if piece.transposed and len(shape) == 2:
                 shape = (shape[1], shape[0])
             rows += shape[0] if shape else 0
@@ -70,6 +74,8 @@ class GateView:
         return (rows, *tail)
 
     def _rows(self, piece: Piece, tensor: torch.Tensor) -> dict[str | None, torch.Tensor]:
+        if piece.row is not None:
+            tensor = tensor[piece.row]
         oriented = tensor.T if piece.transposed and tensor.dim() == 2 else tensor
         size = oriented.shape[0] // len(piece.gates)
         return {gate: oriented[index * size:(index + 1) * size] for index, gate in enumerate(piece.gates)}
@@ -86,7 +92,9 @@ class GateView:
         return torch.cat([blocks[gate] for gate in self.gates], dim=0)
 
     def decompose(self, value: torch.Tensor, stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """New stored tensors (same dtypes and shapes as `stored`) that compose to `value`."""
+        """New stored tensors (same dtypes and shapes as `stored`) that compose to `value`. A piece that is one row
+        of a stored tensor keeps the tensor's other rows as `stored` holds them now (so views sharing a tensor are
+        decomposed one after the other, each into the tensor the previous one wrote)."""
         import torch
 
         if self.form == "renamed":
@@ -98,7 +106,12 @@ class GateView:
             joined = torch.cat([rows[gate] for gate in piece.gates], dim=0)
             if piece.transposed and joined.dim() == 2:
                 joined = joined.T
-            result[piece.source] = joined.to(stored[piece.source].dtype).contiguous()
+            joined = joined.to(stored[piece.source].dtype)
+            if piece.row is not None:
+                whole = result.get(piece.source, stored[piece.source]).clone()
+                whole[piece.row] = joined
+                joined = whole
+            result[piece.source] = joined.contiguous()
         return result
 
 

@@ -286,3 +286,42 @@ def test_transformer_weights_are_not_look_alikes(tmp_path: Path) -> None:
     layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=64)
     found = discover(layer.state_dict())
     assert found.layers == () and found.suspects == ()
+
+
+def test_keras_gru_bias_rows_are_two_parameters_of_one_tensor(tmp_path: Path) -> None:
+    """Keras's GRU (reset_after=True) stores kernel (in, 3h), recurrent_kernel (h, 3h) in gate order z, r, h and
+    one bias (2, 3h): row 0 the input bias, row 1 the recurrent bias."""
+    generator = torch.Generator().manual_seed(0)
+    state = {"gru.kernel": torch.randn(8, 48, generator=generator),
+             "gru.recurrent_kernel": torch.randn(16, 48, generator=generator),
+             "gru.bias": torch.randn(2, 48, generator=generator)}
+    source, output = tmp_path / "keras-gru.pt", tmp_path / "out.pt"
+    torch.save(state, source)
+    layout = (r"cell=gru gates=z,r,h weight_ih=(.*)\.kernel weight_hh=(.*)\.recurrent_kernel bias_ih=(.*)\.bias "
+              r"bias_hh=(.*)\.bias transposed=weight_ih,weight_hh")
+    result = cli("apply", source, "-s", "keras", "--seed", "1", "-o", output, "--layout", layout,
+                 "--rule", "bias_hh.z=ones", "--rule", "bias_ih.n=constant(0.5)", "-q")
+    assert result.exit_code == 0, result.stderr
+    after = torch.load(output, weights_only=True)
+    expected_bias = torch.zeros(2, 48)
+    expected_bias[1, 0:16] = 1  # z is stored first, in row 1 (recurrent)
+    expected_bias[0, 32:48] = 0.5  # h (torch's n) is stored last, in row 0 (input)
+    assert torch.equal(after["gru.bias"], expected_bias)
+    recurrent = after["gru.recurrent_kernel"].double()  # Keras: the (h, 3h) kernel has orthonormal rows
+    assert (recurrent @ recurrent.T - torch.eye(16, dtype=torch.float64)).abs().max() < 1e-5
+    bound = (6 / (8 + 48)) ** 0.5  # Glorot over the whole kernel: fans 8 and 48
+    assert after["gru.kernel"].abs().max() <= bound and after["gru.kernel"].abs().max() > 0.9 * bound
+    verified = cli("verify", output, "-s", "keras", "--layout", layout, "--rule", "bias_hh.z=ones",
+                   "--rule", "bias_ih.n=constant(0.5)")
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+
+
+def test_a_row_piece_keeps_the_other_row() -> None:
+    stored = {"b": torch.arange(12.0).reshape(2, 6)}
+    first = GateView("b[0]", (Piece("b", ("r", "z", "n"), False, 0),), ("r", "z", "n"), "declared")
+    second = GateView("b[1]", (Piece("b", ("r", "z", "n"), False, 1),), ("r", "z", "n"), "declared")
+    assert torch.equal(first.compose(stored), torch.arange(6.0)) and torch.equal(second.compose(stored),
+                                                                                    torch.arange(6.0, 12.0))
+    stored.update(first.decompose(-torch.ones(6), stored))
+    stored.update(second.decompose(torch.ones(6), stored))
+    assert torch.equal(stored["b"], torch.stack([-torch.ones(6), torch.ones(6)]))
