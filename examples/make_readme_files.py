@@ -7,6 +7,12 @@
 - double.pt: a 2-layer LSTM initialized with the Keras scheme, where the forget bias was also written into
   bias_hh (`--rule bias_hh.f=ones`): the effective forget bias is 2, the mistake `inspect` warns about.
 - per-gate.pt: an LSTM and a GRU initialized per gate (`keras-gate`), which `verify --scheme keras` rejects.
+- rnnt-predictor.pt: the recurrent part of an RNN-T predictor written like torchaudio's `_CustomLSTM`
+  (torchaudio/models/rnnt.py): per layer `x2g = Linear(in, 4h)` and `p2g = Linear(h, 4h, bias=False)`, gates
+  i, f, g, o; no torch.nn recurrent names, so rnninit needs `--layout torchaudio-rnnt`.
+- keras-gru.pt: a GRU ported from Keras as it stores it: `kernel` (in, 3h), `recurrent_kernel` (h, 3h), gate
+  order z, r, h, and one bias (2, 3h), declared by examples/layouts.toml.
+- weight-norm.pt: a 2-layer LSTM with `torch.nn.utils.parametrizations.weight_norm` on both recurrent weights.
 
 examples/out/ is emptied first, so that the README's commands can be followed again from the start
 (they write their outputs there too, and refuse to replace an existing file without --force).
@@ -27,6 +33,24 @@ import rnninit_cli
 OUT = Path(__file__).resolve().parent / "out"
 
 
+class CustomLSTM(torch.nn.Module):
+    """One LSTM layer written by hand as torchaudio's RNN-T predictor writes it (`_CustomLSTM`)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.x2g = torch.nn.Linear(input_size, 4 * hidden_size)
+        self.p2g = torch.nn.Linear(hidden_size, 4 * hidden_size, bias=False)
+
+
+class Predictor(torch.nn.Module):
+    """An embedding and two hand-written LSTM layers, named like torchaudio's `_Predictor`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(50, 16)
+        self.lstm_layers = torch.nn.ModuleList([CustomLSTM(16, 32), CustomLSTM(32, 32)])
+
+
 def main(out: Path = OUT) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -42,6 +66,21 @@ def main(out: Path = OUT) -> None:
     per_gate = torch.nn.ModuleDict({"lstm": torch.nn.LSTM(32, 32), "gru": torch.nn.GRU(32, 32)})
     rnninit_cli.init_(per_gate, "keras-gate", seed=0)
     torch.save(per_gate.state_dict(), out / "per-gate.pt")
+
+    torch.manual_seed(0)
+    torch.save(Predictor().state_dict(), out / "rnnt-predictor.pt")
+
+    generator = torch.Generator().manual_seed(0)
+    keras_gru = {"encoder.gru.kernel": torch.empty(16, 96).uniform_(-0.2, 0.2, generator=generator),
+                 "encoder.gru.recurrent_kernel": torch.empty(32, 96).uniform_(-0.2, 0.2, generator=generator),
+                 "encoder.gru.bias": torch.zeros(2, 96)}
+    torch.save(keras_gru, out / "keras-gru.pt")
+
+    torch.manual_seed(0)
+    weight_norm = torch.nn.LSTM(16, 32, num_layers=2)
+    for name in ("weight_hh_l0", "weight_hh_l1"):
+        torch.nn.utils.parametrizations.weight_norm(weight_norm, name)
+    torch.save(weight_norm.state_dict(), out / "weight-norm.pt")
 
     print(f"wrote {', '.join(sorted(path.name for path in out.iterdir()))} to {os.path.relpath(out)}", file=sys.stderr)
 

@@ -57,7 +57,7 @@ def _folder() -> Path:
         (_workdir / ".venv").symlink_to(REPO / ".venv")
         examples = _workdir / "examples"
         examples.mkdir()
-        for script in (REPO / "examples").glob("*.sh"):
+        for script in [*(REPO / "examples").glob("*.sh"), *(REPO / "examples").glob("*.toml")]:
             (examples / script.name).write_bytes(script.read_bytes())
         with contextlib.redirect_stderr(io.StringIO()):
             make_readme_files.main(examples / "out")
@@ -167,7 +167,7 @@ def run(command: str, *, status: int = 0, rows: int | None = None, keep: str | N
 
 METAVARS = {"--scheme": "SCHEME", "--output": "OUTPUT", "--seed": "N", "--rule": "TARGET=INIT",
             "--only": "REGEX", "--plot": "PNG", "--input-size": "N", "--hidden-size": "N", "--num-layers": "N",
-            "--proj-size": "N", "--prefix": "P"}
+            "--proj-size": "N", "--prefix": "P", "--layout-file": "TOML"}
 
 
 def _choices(parameter: object) -> list[str] | None:

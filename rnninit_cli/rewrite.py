@@ -302,6 +302,7 @@ def _rewrite(
 
     shapes = opened.shapes()
     the_plan = plan(shapes, scheme, rules=rules, only=only, layouts=layouts, strict=strict)
+    notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
     tensors = opened.load(the_plan.sources)
     discovery = the_plan.discovery
     before = capture_stats(the_plan, discovery.effective(tensors)) if report_before else {}

@@ -58,7 +58,15 @@ class GateView:
     def describe(self) -> str:
         if self.form == "renamed":
             return f"{self.name} is stored as {self.pieces[0].source} (weight-dropped)"
-        return f"{self.name} is assembled from {', '.join(self.sources)}"
+        first = self.pieces[0]
+        row = f"row {first.row} of " if first.row is not None else ""
+        how = [row + ", ".join(self.sources) + (" (one tensor per gate)" if len(self.pieces) > 1 else "")]
+        if first.transposed:
+            how.append("transposed")
+        stored = tuple(gate for piece in self.pieces for gate in piece.gates)
+        if stored != self.gates:
+            how.append(f"gates stored in the order {', '.join(g or '' for g in stored)}")
+        return f"{self.name} is " + ", ".join(how)
 
     def shape(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
         rows = 0
