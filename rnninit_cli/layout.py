@@ -310,6 +310,12 @@ def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Sus
     tensor of the same module or its parent with G·h rows (or columns) too, that no layer uses."""
     found = []
     free = {name: shape for name, shape in shapes.items() if name not in used}
+    by_parent: dict[str, list[str]] = {}  # 2-D tensors by every module path above them (a few per name)
+    for name, shape in free.items():
+        if len(shape) == 2:
+            for depth in range(name.count(".") + 1):
+                by_parent.setdefault(name.rsplit(".", depth + 1)[0] + "." if depth < name.count(".") else "",
+                                     []).append(name)
     for name, shape in free.items():
         if len(shape) != 2 or 0 in shape:
             continue
@@ -319,9 +325,8 @@ def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Sus
             if gates not in (3, 4):
                 continue
             parent = name.rsplit(".", 2)[0] + "." if name.count(".") >= 2 else ""
-            partners = [other for other, other_shape in free.items()
-                        if other != name and len(other_shape) == 2 and other.startswith(parent)
-                        and (other_shape[1] if transposed else other_shape[0]) == rows]
+            partners = [other for other in by_parent.get(parent, ())
+                        if other != name and (free[other][1] if transposed else free[other][0]) == rows]
             if not partners:
                 continue
             # the input weight: another input size if there is one, else (input size = hidden size) the first

@@ -264,7 +264,6 @@ def effective_shapes(tensors: Mapping[str, Any], views: Iterable[View]) -> dict[
     for view in views:
         consumed.update(view.sources)
         result[view.name] = view.shape(shapes)
-    for name in consumed:
-        if name in result and all(name != view.name for view in views):
-            del result[name]
+    for name in consumed - {view.name for view in views}:
+        result.pop(name, None)
     return result
