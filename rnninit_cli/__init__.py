@@ -15,7 +15,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "find_layers": "layout", "Layer": "layout", "Block": "layout", "GATES": "layout",
+    "find_layers": "layout", "Layer": "layout", "Block": "layout", "GATES": "layout", "discover": "layout",
+    "Discovery": "layout", "RnnInitWarning": "planning", "LayoutDeclarationError": "errors",
+    "parse_layout": "declared", "load_layout_file": "declared", "BUILTIN_LAYOUTS": "declared",
     "plan": "planning", "init_": "planning", "apply_plan": "planning", "Plan": "planning",
     "PlanEntry": "planning",
     "SCHEMES": "schemes", "Scheme": "schemes", "Rule": "schemes", "get_scheme": "schemes",
