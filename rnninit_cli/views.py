@@ -49,15 +49,17 @@ class GateView:
     pieces: tuple[Piece, ...]
     gates: tuple[str | None, ...]  # the effective gate order
     form: str  # "renamed" (weight-dropped `_raw`) or "declared"
+    mirrors: tuple[str, ...] = ()  # stored copies that get the same values (a weight-dropped layer's last weight)
 
     @property
     def sources(self) -> tuple[str, ...]:
-        return tuple(piece.source for piece in self.pieces)
+        return (*(piece.source for piece in self.pieces), *self.mirrors)
 
     @property
     def describe(self) -> str:
         if self.form == "renamed":
-            return f"{self.name} is stored as {self.pieces[0].source} (weight-dropped)"
+            copies = f"; its copy {', '.join(self.mirrors)} gets the same values" if self.mirrors else ""
+            return f"{self.name} is stored as {self.pieces[0].source} (weight-dropped){copies}"
         first = self.pieces[0]
         row = f"row {first.row} of " if first.row is not None else ""
         how = [row + ", ".join(self.sources) + (" (one tensor per gate)" if len(self.pieces) > 1 else "")]
@@ -106,7 +108,7 @@ class GateView:
         import torch
 
         if self.form == "renamed":
-            return {self.pieces[0].source: value}
+            return {self.pieces[0].source: value, **{mirror: value for mirror in self.mirrors}}
         size = value.shape[0] // len(self.gates)
         rows = {gate: value[index * size:(index + 1) * size] for index, gate in enumerate(self.gates)}
         result = {}
@@ -230,6 +232,9 @@ def find_views(tensors: Mapping[str, Any]) -> tuple[list[View], list[Unwritable]
                                         "torch.nn.utils.parametrizations.weight_norm"))
     for (prefix, kind), parts in old.items():
         effective = prefix + kind
+        if "raw" in parts:  # the weight-dropped layer's own weight, even beside the copy a forward left behind
+            views.append(_raw_view(prefix, kind, parts["raw"], shapes))
+            continue
         if effective in shapes:
             continue
         if "orig" in parts:
@@ -240,20 +245,21 @@ def find_views(tensors: Mapping[str, Any]) -> tuple[list[View], list[Unwritable]
             dim = weight_norm_dim(shapes[parts["g"]], shapes[parts["v"]])
             if dim is not None:
                 views.append(WeightNormView(effective, parts["g"], parts["v"], dim, "torch.nn.utils.weight_norm"))
-        elif "raw" in parts:
-            views.append(_raw_view(prefix, kind, parts["raw"], shapes))
     return views, unwritable
 
 
 def _raw_view(prefix: str, kind: str, raw: str, shapes: Mapping[str, tuple[int, ...]]) -> GateView:
     """`P.K_raw` is K of the module at P (salesforce WeightDrop), or of the wrapped module at P.module. when that
-    one holds the layer's other parameters (fastai WeightDropout)."""
+    one holds the layer's other parameters (fastai WeightDropout). A `K` stored there too is the dropped-out
+    copy a forward left behind; the wrapper rebuilds it from `_raw`, so `_raw` is what counts and the copy is
+    written with the same values."""
     target = prefix + kind
     wrapped = f"{prefix}module.{kind}"
     suffix = kind[kind.index("_l"):] if "_l" in kind else ""
     if any(name.startswith(f"{prefix}module.") and name.endswith(suffix) for name in shapes):
         target = wrapped
-    return GateView(target, (Piece(raw, (None,)),), (None,), "renamed")
+    mirrors = (target,) if target in shapes and shapes[target] == shapes[raw] else ()
+    return GateView(target, (Piece(raw, (None,)),), (None,), "renamed", mirrors)
 
 
 def effective_shapes(tensors: Mapping[str, Any], views: Iterable[View]) -> dict[str, tuple[int, ...]]:

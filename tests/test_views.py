@@ -206,7 +206,8 @@ def test_an_odd_group_is_skipped_and_the_rest_rewritten(tmp_path: Path) -> None:
 def test_only_selects_before_anything_is_checked(tmp_path: Path, command: str) -> None:
     source = tmp_path / "odd.pt"
     torch.save(odd_state(), source)
-    args = {"inspect": ["inspect", source], "apply": ["apply", source, "-s", "keras", "-o", tmp_path / "o.pt", "--force"],
+    args = {"inspect": ["inspect", source],
+            "apply": ["apply", source, "-s", "keras", "-o", tmp_path / "o.pt", "--force"],
             "verify": ["verify", source, "-s", "pytorch"], "diff": ["diff", source, source]}[command]
     result = cli(*args, "--only", "l1$", "--strict")
     assert result.exit_code == 0, result.stderr
