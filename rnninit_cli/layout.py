@@ -358,7 +358,7 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
     custom = declaration.cell == "custom"
     stored_order: tuple[str | None, ...] = tuple(None if gate == "" else gate for gate in declaration.gates)
     effective_order = stored_order if custom else ((None,) if declaration.cell == "rnn" else GATES[declaration.cell])
-    where = f"layout {declaration.name}"
+    where = declaration.name if "layout" in declaration.name else f"layout {declaration.name}"
 
     def fail(text: str) -> LayoutDeclarationError:
         return LayoutDeclarationError(f"{where}: {text}; check the declaration against the tensors' shapes")
@@ -416,12 +416,13 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
         if proj != hh_columns:
             raise fail(f"{params['weight_hr']} has shape {list(effective['weight_hr'])}; expected "
                        f"[{hh_columns}, hidden size] since {params['weight_hh']} has {hh_columns} columns")
-    for kind, shape in effective.items():
-        if kind == "weight_hr":
-            continue
-        if shape[0] != gate_count * hidden:
-            raise fail(f"{params[kind]} has shape {list(shape)} ({' '.join(sources.get(kind, (params[kind],)))}): "
-                       f"expected {gate_count * hidden} rows ({gate_count} gate(s) × hidden size {hidden})")
+    told = (f"the rows of weight_hr, {_stored_shapes(params, sources, shapes, 'weight_hr')}" if "weight_hr" in effective
+            else f"the columns of weight_hh, {_stored_shapes(params, sources, shapes, 'weight_hh')}")
+    for kind in sorted(effective, key=lambda k: k != "weight_hh"):  # weight_hh first: it gives the hidden size
+        if kind != "weight_hr" and effective[kind][0] != gate_count * hidden:
+            raise fail(f"{kind} is {_stored_shapes(params, sources, shapes, kind)}: {effective[kind][0]} rows where "
+                       f"{gate_count} gate(s) × hidden size {hidden} = {gate_count * hidden} were expected (the "
+                       f"hidden size is {told})")
     del ih_rows, hh_rows
     names = [name for kind in params for name in sources.get(kind, (params[kind],))]
     prefix = _common_prefix(names)
@@ -431,6 +432,12 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
                   gate_names=tuple(g or "" for g in effective_order) if custom else None,
                   label=declaration.title, declared=declaration.name)
     return layer, views
+
+
+def _stored_shapes(params: Mapping[str, str], sources: Mapping[str, tuple[str, ...]],
+                   shapes: Mapping[str, tuple[int, ...]], kind: str) -> str:
+    """`a.h2h.weight shape [64, 15]`: the stored tensors behind parameter `kind`, with their shapes."""
+    return ", ".join(f"{name} shape {list(shapes[name])}" for name in sources.get(kind, (params[kind],)))
 
 
 def _common_prefix(names: Sequence[str]) -> str:
