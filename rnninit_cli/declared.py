@@ -51,7 +51,9 @@ Only names are matched here; shapes are checked where the declared cells become 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -322,11 +324,28 @@ def parse_layout(text: str, where: str) -> list[Declaration]:
     return [_declaration(_split_inline(stripped, where), where, where)]
 
 
+LAYOUT_FILE_LIMIT = 1 << 22  # bytes; a layout file is a few declarations
+
+
+def _read_small_file(path: Path, where: str) -> bytes:
+    """A regular file's bytes, refusing FIFOs and devices without blocking on them, and files too large for
+    a layout file (a device like /dev/zero never ends)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _fail(where, "not a regular file (a folder, FIFO, socket or device); give a TOML file")
+        os.set_blocking(descriptor, True)
+        data = handle.read(LAYOUT_FILE_LIMIT + 1)
+    if len(data) > LAYOUT_FILE_LIMIT:
+        raise _fail(where, f"larger than {LAYOUT_FILE_LIMIT >> 20} MiB; a layout file holds a few declarations")
+    return data
+
+
 def load_layout_file(path: str | Path) -> list[Declaration]:
     """Every declaration of a TOML layout file: one `[layout.NAME]` table each."""
     where = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = _read_small_file(Path(path), where)
     except OSError as error:
         raise _fail(where, f"cannot read the layout file ({error.strerror or error})") from None
     try:

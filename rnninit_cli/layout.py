@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import LayoutDeclarationError, LayoutError, UsageError
-from .views import GateView, Piece, View, effective_shapes, find_views
+from .views import GateView, Piece, View, effective_shapes, find_views, is_parametrization_part
 
 if TYPE_CHECKING:
     import torch
@@ -192,9 +192,9 @@ def discover(
     """Every recurrent layer or cell of `tensors` (names → anything with a `.shape`), in order of first appearance.
 
     Groups of torch.nn names are found by name; weight-normalized and weight-dropped parameters through views
-    (see `views`); `layouts` declare other cells. `only` (a regex) keeps the groups with a parameter whose name it
-    matches (the effective name: `weight_hh_l0` of a weight-normalized layer; a declared cell's stored names),
-    before anything is checked, so an odd group it leaves out never matters. A group
+    (see `views`); `layouts` declare other cells. `only` (a regex) keeps the groups with a tensor whose name it
+    matches (the effective name, `weight_hh_l0` of a weight-normalized layer, or a stored one), before anything is
+    checked, so an odd group it leaves out never matters. A group
     that cannot be understood is skipped (`Discovery.skipped` says why); a declared cell whose shapes do not fit
     raises LayoutDeclarationError."""
     try:
@@ -255,9 +255,16 @@ def discover(
         names = [stored for name, _ in members.values() for stored in stored_names(name)]
         if not any(len(members.get(k, ("", ()))[1]) == 2 or members.get(k, ("",))[0] in blocked
                    for k in ("weight_ih", "weight_hh")):
+            suffix = "" if index is None else f"_l{index}" + ("_reverse" if reverse else "")
+            declared_weights = [prefix + k + suffix for k in ("weight_ih", "weight_hh")
+                                if prefix + k + suffix in claimed]
+            if declared_weights and wanted(names):  # a layout took this layer's weights but not these
+                skipped.append(Skipped(tuple(names), f"the layout that declares {', '.join(declared_weights)} does "
+                                       "not declare these, so they are left alone; add them to it (bias_ih=..., "
+                                       "bias_hh=...)"))
             continue  # names that only end like recurrent ones
         used.update(names)
-        if not wanted([name for name, _ in members.values()]):
+        if not wanted([*names, *(name for name, _ in members.values())]):
             continue
         stuck = [blocked[name] for name, _ in members.values() if name in blocked]
         if stuck:
@@ -307,48 +314,59 @@ _RECURRENT_HINT = re.compile(r"hh|h2h|p2g|recurr|hidden|(?:^|[._])u(?:$|[._])", 
 
 def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Suspect]:
     """2-D tensors shaped like the recurrent weight of a GRU or LSTM, (G·h, h) or transposed (h, G·h), beside a
-    tensor of the same module or its parent with G·h rows (or columns) too, that no layer uses."""
-    found = []
-    free = {name: shape for name, shape in shapes.items() if name not in used}
-    by_parent: dict[str, list[str]] = {}  # 2-D tensors by every module path above them (a few per name)
+    tensor of the same module or its parent with G·h rows (or columns) too, that no layer uses. Parts of a
+    parametrization (weight_norm's g and v...) are not weights of their own and are left out."""
+    free = {name: shape for name, shape in shapes.items()
+            if name not in used and len(shape) == 2 and 0 not in shape and not is_parametrization_part(name, shapes)}
+    # the first two names of each shape, by (module path above them, G·h, orientation): partners in O(1)
+    index: dict[tuple[str, int, bool], dict[tuple[int, ...], list[str]]] = {}
     for name, shape in free.items():
-        if len(shape) == 2:
-            for depth in range(name.count(".") + 1):
-                by_parent.setdefault(name.rsplit(".", depth + 1)[0] + "." if depth < name.count(".") else "",
-                                     []).append(name)
+        for depth in range(name.count(".") + 1):
+            parent = name.rsplit(".", depth + 1)[0] + "." if depth < name.count(".") else ""
+            for transposed in (False, True):
+                names = index.setdefault((parent, shape[1] if transposed else shape[0], transposed), {})
+                kept = names.setdefault(shape, [])
+                if len(kept) < 2:
+                    kept.append(name)
+    candidates: dict[str, tuple[str, int, int, bool]] = {}  # name → (partner, gates, hidden size, transposed)
     for name, shape in free.items():
-        if len(shape) != 2 or 0 in shape:
-            continue
         for transposed in (False, True):
             rows, columns = (shape[1], shape[0]) if transposed else shape
             gates = rows // columns if rows % columns == 0 else 0
             if gates not in (3, 4):
                 continue
             parent = name.rsplit(".", 2)[0] + "." if name.count(".") >= 2 else ""
-            partners = [other for other in by_parent.get(parent, ())
-                        if other != name and (free[other][1] if transposed else free[other][0]) == rows]
-            if not partners:
-                continue
-            # the input weight: another input size if there is one, else (input size = hidden size) the first
-            partner = next((other for other in partners if free[other] != shape), partners[0])
-            if free[partner] == shape and (_RECURRENT_HINT.search(partner) is not None,
-                                           name) > (_RECURRENT_HINT.search(name) is not None, partner):
-                continue  # two same-shaped weights: the one named like a recurrent weight (or the later) is it
-            cell = CELL_BY_GATE_COUNT[gates]
-            declare = f"cell={cell} weight_ih={_pattern_for(partner)} weight_hh={_pattern_for(name)}"
-            bias = partner.rsplit(".", 1)[0] + ".bias" if "." in partner else ""
-            if bias in free and free[bias] == (rows,):
-                declare += f" bias_ih={_pattern_for(bias)}"
-            own_bias = name.rsplit(".", 1)[0] + ".bias" if "." in name else ""
-            if own_bias in free and free[own_bias] == (rows,) and own_bias != bias:
-                declare += f" bias_hh={_pattern_for(own_bias)}"
-            if transposed:
-                declare += " transposed=weight_ih,weight_hh"
-            note = (f"looks like the recurrent weight of {article(cell.upper())} with hidden size {columns}"
-                    f"{' stored transposed' if transposed else ''} (its input weight would be {partner}); it is not "
-                    "named like a torch.nn layer, so rnninit left it alone")
-            found.append(Suspect(name, shape, note, declare))
+            by_shape = index.get((parent, rows, transposed), {})
+            # the input weight: another input size if there is one, else (input size = hidden size) a same-shaped one
+            partner = next((names[0] for other, names in by_shape.items() if other != shape), None)
+            if partner is None:
+                partner = next((other for other in by_shape.get(shape, ()) if other != name), None)
+                if partner is None or (_RECURRENT_HINT.search(partner) is not None,
+                                       name) > (_RECURRENT_HINT.search(name) is not None, partner):
+                    continue  # two same-shaped weights: the one named like a recurrent weight (or the later) is it
+            candidates[name] = (partner, gates, columns, transposed)
             break
+    found = []
+    for name, (partner, gates, hidden, transposed) in candidates.items():
+        if partner in candidates and candidates[partner][0] == name and (
+                _RECURRENT_HINT.search(name) is not None, partner) < (_RECURRENT_HINT.search(partner) is not None,
+                                                                      name):
+            continue  # each could be the other's recurrent weight: the one named like one (or the later) is it
+        rows = gates * hidden
+        cell = CELL_BY_GATE_COUNT[gates]
+        declare = f"cell={cell} weight_ih={_pattern_for(partner)} weight_hh={_pattern_for(name)}"
+        bias = partner.rsplit(".", 1)[0] + ".bias" if "." in partner else ""
+        if shapes.get(bias) == (rows,) and bias not in used:
+            declare += f" bias_ih={_pattern_for(bias)}"
+        own_bias = name.rsplit(".", 1)[0] + ".bias" if "." in name else ""
+        if shapes.get(own_bias) == (rows,) and own_bias != bias and own_bias not in used:
+            declare += f" bias_hh={_pattern_for(own_bias)}"
+        if transposed:
+            declare += " transposed=weight_ih,weight_hh"
+        note = (f"looks like the recurrent weight of {article(cell.upper())} with hidden size {hidden}"
+                f"{' stored transposed' if transposed else ''} (its input weight would be {partner}); it is not "
+                "named like a torch.nn layer, so rnninit left it alone")
+        found.append(Suspect(name, shapes[name], note, declare))
     return found
 
 
@@ -376,6 +394,11 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
         pieces = tuple(Piece(name, stored_order if gate is None else (gate,), transposed,
                              row if name in both_biases else None) for name, gate in found)
         for piece in pieces:
+            if is_parametrization_part(piece.source, shapes):
+                raise fail(f"{piece.source} is one part of a parametrized weight (weight_norm's g or v, spectral_norm"
+                           "...), not the weight the cell computes with; rnninit cannot write a declared cell through "
+                           "a parametrization: remove it before saving (torch.nn.utils.parametrize."
+                           "remove_parametrizations), or leave this cell out")
             shape = shapes[piece.source]
             if piece.row is not None:
                 if len(shape) != 2 or shape[0] != 2:
@@ -418,6 +441,15 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
                        f"[{hh_columns}, hidden size] since {params['weight_hh']} has {hh_columns} columns")
     told = (f"the rows of weight_hr, {_stored_shapes(params, sources, shapes, 'weight_hr')}" if "weight_hr" in effective
             else f"the columns of weight_hh, {_stored_shapes(params, sources, shapes, 'weight_hh')}")
+    for view in views:  # one tensor per gate: each holds hidden-size rows
+        for piece in view.pieces:
+            shape = shapes[piece.source][1:] if piece.row is not None else shapes[piece.source]
+            rows = shape[1] if piece.transposed and len(shape) == 2 else shape[0]
+            wanted_rows = len(piece.gates) * (proj if view.name == params.get("weight_hr") else hidden)
+            if len(view.pieces) > 1 and rows != wanted_rows:
+                raise fail(f"{piece.source} has shape {list(shapes[piece.source])}: it holds gate(s) "
+                           f"{', '.join(g or '' for g in piece.gates)}, {wanted_rows} rows at hidden size {hidden} "
+                           f"(the hidden size is {told})")
     for kind in sorted(effective, key=lambda k: k != "weight_hh"):  # weight_hh first: it gives the hidden size
         if kind != "weight_hr" and effective[kind][0] != gate_count * hidden:
             raise fail(f"{kind} is {_stored_shapes(params, sources, shapes, kind)}: {effective[kind][0]} rows where "
@@ -462,7 +494,7 @@ def _view_name(pieces: Sequence[Piece], reordered: bool) -> str:
             while not stem.endswith(tail):
                 tail = tail[1:]
         middles = [stem[:len(stem) - len(tail)] for stem in stems]
-        name = f"{head}{{{','.join(middles)}}}{tail}"
+        name = f"{head}{{{','.join(middles)}}}{tail}" + (f"[{pieces[0].row}]" if pieces[0].row is not None else "")
     if pieces[0].transposed:
         name += ".T"
     if reordered and len(pieces) == 1:

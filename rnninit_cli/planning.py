@@ -314,9 +314,9 @@ def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
         raise SchemeError(f"scheme {scheme.name} applies to {'/'.join(sorted(scheme.cells)).upper()} "
                           f"layers, but {layer.title} is {article(layer.cell.upper())}; select other layers "
                           "with --only or choose another scheme")
-    if scheme.needs_bias and not layer.bias and not layer.declared:
-        raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} has no bias "
-                          "(bias=False)")
+    if scheme.needs_bias and "bias_ih" not in layer.params:  # the scheme's gate biases go into bias_ih
+        why = "has no bias_ih (its layout declares none)" if layer.declared else "has no bias (bias=False)"
+        raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} {why}")
 
 
 def draw_seed() -> int:
@@ -450,7 +450,7 @@ def init_(
     seed: int | None = None,
     rules: Iterable[str | Rule] = (),
     only: str | None = None,
-    layouts: Sequence[Declaration | str] = (),
+    layouts: Sequence[Declaration | str] | str = (),
     strict: bool = False,
 ) -> Plan:
     """Initialize every recurrent parameter of an `nn.Module` or a dict of tensors, in place.
@@ -477,13 +477,18 @@ class RnnInitWarning(UserWarning):
     """A group of tensors that looked recurrent was left alone."""
 
 
-def _declarations(layouts: Sequence[Declaration | str]) -> list[Declaration]:
+def _declarations(layouts: Sequence[Declaration | str] | str) -> list[Declaration]:
+    """Declarations from `init_`'s `layouts`: texts as `--layout` takes them (one text alone too), or
+    Declaration values; each distinct layout once, like the CLI."""
     if not layouts:
         return []
-    from .declared import parse_layout
+    from .declared import layouts_from_options
 
+    items = [layouts] if isinstance(layouts, str) else list(layouts)
     result: list[Declaration] = []
-    for number, item in enumerate(layouts, 1):
-        result.extend(parse_layout(item, f"layout {number}") if isinstance(item, str) else [item])
+    for item in [*layouts_from_options([i for i in items if isinstance(i, str)], ()),
+                 *(i for i in items if not isinstance(i, str))]:
+        if not any(item.same_layout(kept) for kept in result):
+            result.append(item)
     return result
 

@@ -155,13 +155,16 @@ class WeightNormView:
         return effective.to(direction.dtype)
 
     def decompose(self, value: torch.Tensor, stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """v := W and g := ‖W‖ along `dim`, so that g·v/‖v‖ = W up to one rounding."""
+        """v := W and g := ‖W‖ along `dim`, so that g·v/‖v‖ = W up to one rounding. Where W is 0 (a row of zeros),
+        g := 0 and v := 1 there: v/‖v‖ would be 0/0, and g = 0 gives the 0 exactly."""
         import torch
 
         direction, magnitude = stored[self.direction], stored[self.magnitude]
         compute = torch.float64 if direction.dtype == torch.float64 else torch.float32
-        norms = torch.norm_except_dim(value.to(compute), 2, self.dim).reshape(magnitude.shape)
-        return {self.direction: value.to(direction.dtype).contiguous(), self.magnitude: norms.to(magnitude.dtype)}
+        norms = torch.norm_except_dim(value.to(compute), 2, self.dim)
+        new_direction = torch.where(norms == 0, torch.ones((), dtype=value.dtype), value)
+        return {self.direction: new_direction.to(direction.dtype).contiguous(),
+                self.magnitude: norms.reshape(magnitude.shape).to(magnitude.dtype)}
 
 
 View = GateView | WeightNormView
@@ -210,6 +213,11 @@ def find_views(tensors: Mapping[str, Any]) -> tuple[list[View], list[Unwritable]
 
     views: list[View] = []
     unwritable: list[Unwritable] = []
+    for key in parametrized.keys() & old.keys():  # two stored forms of one parameter: which one counts is unknown
+        names = (*parametrized.pop(key).values(), *old.pop(key).values())
+        unwritable.append(Unwritable(key[0] + key[1], names, (
+            f"{key[0] + key[1]} is stored in two forms ({', '.join(names)}); which one the layer computes with "
+            "cannot be told from the file, so it is left alone (save only one)")))
     for (prefix, kind), parts in parametrized.items():
         effective = prefix + kind
         if effective in shapes:
@@ -260,6 +268,17 @@ def _raw_view(prefix: str, kind: str, raw: str, shapes: Mapping[str, tuple[int, 
         target = wrapped
     mirrors = (target,) if target in shapes and shapes[target] == shapes[raw] else ()
     return GateView(target, (Piece(raw, (None,)),), (None,), "renamed", mirrors)
+
+
+def is_parametrization_part(name: str, shapes: Mapping[str, Any]) -> bool:
+    """Whether `name` is one part of a parametrized weight (weight_norm's g or v, spectral_norm's original...),
+    whatever the weight is called: `P.parametrizations.W.original0`, or `P.W_g` beside `P.W_v`."""
+    if re.search(r"(?:^|\.)parametrizations\.[^.]+\.original\d*$", name):
+        return True
+    for own, others in (("_g", ("_v",)), ("_v", ("_g", "_orig")), ("_orig", ("_u", "_v")), ("_u", ("_orig",))):
+        if name.endswith(own) and any(name[:-len(own)] + other in shapes for other in others):
+            return True
+    return False
 
 
 def effective_shapes(tensors: Mapping[str, Any], views: Iterable[View]) -> dict[str, tuple[int, ...]]:
