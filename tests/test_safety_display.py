@@ -308,7 +308,8 @@ def commands(files: dict[str, Path]) -> dict[str, list[str]]:
         "verify": ["verify", str(files["model"]), "--scheme", "keras"],
         "diff": ["diff", str(files["model"]), str(files["changed"])],
         "error-missing": ["inspect", str(files["missing"])],
-        "error-layout": ["inspect", str(files["broken"])],
+        "error-layout": ["inspect", str(files["broken"]), "--strict"],
+        "warning-layout": ["inspect", str(files["broken"])],  # skipped, with a warning that names it
     }
 
 
@@ -322,7 +323,8 @@ def expected_visible(files: dict[str, Path]) -> dict[str, list[str]]:
         "verify": [model, visible(f"enc{OSC52}")],  # table cells fold long names: the start of one
         "diff": [f"{model} vs {visible(str(files['changed']))}"],
         "error-missing": [f"error: {visible(str(files['missing']))}"],
-        "error-layout": [f"error: {prefix}"],
+        "error-layout": ["error: ", f"skipped {prefix}"],
+        "warning-layout": [f"warning: skipped {prefix}"],
     }
 
 
@@ -357,7 +359,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", ["inspect", "inspect-record", "apply", "verify", "diff", "error-missing",
-                                  "error-layout"])
+                                  "error-layout", "warning-layout"])
 def test_human_output_makes_file_strings_visible(cli, hostile: dict[str, Path], name: str) -> None:
     hostile["output"].unlink(missing_ok=True)
     result = cli(*commands(hostile)[name])
@@ -460,7 +462,8 @@ def test_python_m_rnninit_inspect_on_a_terminal(hostile: dict[str, Path], tmp_pa
 
 
 def check_every_run(output: str, runs: dict[str, list[str]], hostile: dict[str, Path]) -> None:
-    statuses = ["<<exit 0>>", "<<exit 0>>", "<<exit 0>>", "<<exit 1>>", "<<exit 1>>", "<<exit 1>>", "<<exit 1>>"]
+    statuses = ["<<exit 0>>", "<<exit 0>>", "<<exit 0>>", "<<exit 1>>", "<<exit 1>>", "<<exit 1>>", "<<exit 1>>",
+                "<<exit 0>>"]
     assert re.findall(r"<<exit \d+>>", output) == statuses, output[-3000:]
     pieces = re.split(r"<<exit \d+>>", output)
     for name, piece in zip(runs, pieces, strict=False):

@@ -1,0 +1,291 @@
+"""Verdicts: is a block consistent with one distribution? The statistical tests and their bounds.
+
+Statistical decisions
+---------------------
+Every statistical test below has size ALPHA = 1e-6: a block really drawn by the claimed initializer fails
+one test with probability at most ALPHA. A block check runs at most five such tests, so a correctly drawn
+block is misjudged with probability ≤ 5e-6, and a layer of ≤ 20 blocks with probability ≤ 1e-4.
+
+- Uniform U(lo, hi), n values, width w = hi − lo:
+  * range: every value in [lo, hi] (deterministic; slack for float rounding, see `_slack`);
+  * edges: P(max < hi − t·w) = (1 − t)^n, so with t = 1 − ALPHA^(1/n) a correct draw reaches within t·w of
+    each end; for a symmetric bound a, max|x| ≥ a(1 − t) likewise. This is what rules out a *larger*
+    bound: data whose max |x| stays below a(1 − t) were not drawn from U(−a, a);
+  * mean and mean square about the centre: Bernstein's inequality for bounded i.i.d. variables,
+    P(|ȳ − μ| ≥ ε) ≤ 2·exp(−nε² / (2σ² + 2bε/3)), solved for ε at ALPHA, with σ² = w²/12, b = w/2
+    for x and σ² = Var((x − c)²) = w⁴/180, b = w²/6 for the square.
+- Normal N(μ, σ²): q = Σ((x − μ)/σ)² ~ χ²_n with Laurent & Massart (2000) bounds
+  n − 2√(nL) ≤ q ≤ n + 2√(nL) + 2L, L = ln(2/ALPHA); the mean |z̄|·√n ≤ z_ALPHA (exact normal quantile);
+  the largest |z| ≤ c_hi with n·P(|Z| > c_hi) = ALPHA (union bound) and ≥ c_lo with P(|Z| < c_lo)^n = ALPHA
+  (the latter separates a normal from a uniform of the same variance, whose max |z| is √3).
+- Truncated normal (lecun_normal: σ'·T, T ~ N(0, 1) cut to [−2, 2]): range |x| ≤ 2σ'; edge
+  max|x| ≥ m·σ' with (P(|T| < m))^n = ALPHA; mean and mean square by Bernstein with the exact moments of T.
+- Orthogonality and exact values are numerical, not statistical: max|BᵀB/g² − I| ≤ max(1e-3, 8u) where u is
+  the unit roundoff of the stored dtype (a stored orthonormal column set has |Gram − I| ≤ 2u + u² entrywise by
+  Cauchy–Schwarz; 1e-3 also admits matrices orthogonalized in float32 by other frameworks); constants and
+  identities must equal the expected value up to one rounding of the stored dtype (2u·|value|).
+
+Blocks with fewer than MIN_SAMPLES values are too small for the statistical tests to separate the known
+initializers: their family is `undetermined`, and a layer holding such a block is not claimed for a scheme.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .formatting import _fmt
+
+ALPHA = 1e-6
+MIN_SAMPLES = 16
+ORTHOGONAL_TOLERANCE = 1e-3
+TRUNCATION = 2.0  # lecun_normal cuts T ~ N(0, 1) at ±2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small math helpers
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    """u = eps/2 of `dtype` (0 for non-float dtypes)."""
+    return torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 0.0
+
+
+def orthogonal_tolerance(dtype: torch.dtype) -> float:
+    """max(1e-3, 8u): bound on max|BᵀB − I| for a stored orthogonal block (|Gram − I| ≤ 2u + u²)."""
+    return max(ORTHOGONAL_TOLERANCE, 8 * _unit_roundoff(dtype))
+
+
+def _bisect(function: Callable[[float], float], low: float, high: float, target: float) -> float:
+    """x in [low, high] with function(x) = target, for an increasing function (60 halvings)."""
+    for _ in range(200):
+        middle = (low + high) / 2
+        if function(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def _edge_fraction(n: int, alpha: float = ALPHA) -> float:
+    """t = 1 − α^(1/n): a U(0, 1) sample of n stays below 1 − t with probability α."""
+    return -math.expm1(math.log(alpha) / n)
+
+
+def _bernstein(n: int, variance: float, bound: float, alpha: float = ALPHA) -> float:
+    """ε with 2·exp(−nε²/(2σ² + 2bε/3)) = α: ε = (2bL/3 + √((2bL/3)² + 8nσ²L)) / 2n, L = ln(2/α)."""
+    log_term = math.log(2 / alpha)
+    linear = 2 * bound * log_term / 3
+    return (linear + math.sqrt(linear * linear + 8 * n * variance * log_term)) / (2 * n)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_quantile(alpha: float = ALPHA) -> float:
+    """z with P(|Z| > z) = erfc(z/√2) = α."""
+    return _bisect(lambda z: -math.erfc(z / math.sqrt(2)), 0.0, 40.0, -alpha)
+
+
+@functools.lru_cache(maxsize=4096)
+def _chi2_bounds(n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """Laurent–Massart: P(q ≤ n − 2√(nL)) and P(q ≥ n + 2√(nL) + 2L) are each ≤ α/2 for L = ln(2/α)."""
+    log_term = math.log(2 / alpha)
+    root = 2 * math.sqrt(n * log_term)
+    return n - root, n + root + 2 * log_term
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_max_bounds(n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """(c_lo, c_hi): P(max|Z| < c_lo) = erf(c_lo/√2)^n = α and n·erfc(c_hi/√2) = α."""
+    target = math.exp(math.log(alpha) / n)
+    low = _bisect(lambda c: math.erf(c / math.sqrt(2)), 0.0, 40.0, target)
+    high = _bisect(lambda c: -math.erfc(c / math.sqrt(2)), 0.0, 40.0, -alpha / n)
+    return low, high
+
+
+@functools.lru_cache(maxsize=4096)
+def _truncated_edge(n: int, cut: float = TRUNCATION, alpha: float = ALPHA) -> float:
+    """m with P(max|T| < m) = (erf(m/√2) / erf(c/√2))^n = α for n draws of T ~ N(0, 1) cut to [−c, c]."""
+    mass = math.erf(cut / math.sqrt(2))
+    return _bisect(lambda m: math.erf(m / math.sqrt(2)) / mass, 0.0, cut, math.exp(math.log(alpha) / n))
+
+
+@functools.lru_cache(maxsize=4096)
+def _truncated_moments(cut: float = TRUNCATION) -> tuple[float, float]:
+    """E[T²] = 1 − 2cφ(c)/Z and E[T⁴] = 3E[T²] − 2c³φ(c)/Z for T ~ N(0, 1) cut to [−c, c], Z = erf(c/√2)."""
+    mass = math.erf(cut / math.sqrt(2))
+    density = math.exp(-cut * cut / 2) / math.sqrt(2 * math.pi)
+    second = 1 - 2 * cut * density / mass
+    return second, 3 * second - 2 * cut**3 * density / mass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verdicts: is a block consistent with one distribution?
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one check: `ok` (consistent), `decided` (the sample was big enough), and why."""
+
+    ok: bool
+    decided: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "decided": self.decided, "detail": self.detail}
+
+
+def _nonfinite(values: torch.Tensor) -> Verdict | None:
+    """A failing verdict counting NaN/Inf values, None when all are finite (a finite float64 sum says so in one
+    pass: a NaN or Inf makes the sum non-finite, and float64 cannot overflow on stored float weights)."""
+    if math.isfinite(values.double().sum().item()):
+        return None
+    bad = int((~torch.isfinite(values)).sum())
+    return Verdict(False, True, f"{bad} NaN/Inf value(s)") if bad else None
+
+
+def _slack(u: float, magnitude: float) -> float:
+    """Float rounding allowance: bounds and values may each be one rounding (u) off, 4u·|magnitude| in all."""
+    return 4 * u * abs(magnitude) + 1e-300
+
+
+def check_constant(values: torch.Tensor, value: float, u: float = 0.0) -> Verdict:
+    """Every value equals `value` up to one rounding of the stored dtype: |x − c| ≤ 2u·|c|."""
+    if (bad := _nonfinite(values)) is not None:
+        return bad
+    if values.numel() == 0:
+        return Verdict(True, True, "empty")
+    error = (values - value).abs().max().item()
+    if error > 2 * u * abs(value):
+        return Verdict(False, True, f"max |x − {_fmt(value)}| = {_fmt(error)}")
+    return Verdict(True, True, f"all {_fmt(value)}")
+
+
+def check_uniform(values: torch.Tensor, low: float, high: float, u: float = 0.0) -> Verdict:
+    """Range [lo, hi], both edges reached within t·w (t = 1 − α^(1/n)), mean and mean square (Bernstein)."""
+    if (bad := _nonfinite(values)) is not None:
+        return bad
+    x = values.reshape(-1)
+    n = x.numel()
+    width = high - low
+    if width <= 0:
+        return check_constant(x, low, u)
+    slack = _slack(u, max(abs(low), abs(high)))
+    smallest, largest = x.min().item(), x.max().item()
+    decided = n >= MIN_SAMPLES
+    name = f"U({_fmt(low)}, {_fmt(high)})"
+    if smallest < low - slack or largest > high + slack:
+        return Verdict(False, True, f"values in [{_fmt(smallest)}, {_fmt(largest)}] leave the range of {name}")
+    t = _edge_fraction(n)
+    if smallest > low + t * width + slack or largest < high - t * width - slack:
+        return Verdict(False, decided, f"values in [{_fmt(smallest)}, {_fmt(largest)}]: {n} draws of {name} "
+                                       f"come within {_fmt(t * width)} of both ends")
+    centre = (low + high) / 2
+    if abs(low + high) <= slack:  # symmetric: max |x| ≥ a(1 − t), which rules out any larger bound
+        bound = high
+        largest_abs = x.abs().max().item()
+        if largest_abs < bound * (1 - t) - slack:
+            return Verdict(False, decided, f"max |x| = {_fmt(largest_abs)} < {_fmt(bound * (1 - t))}: "
+                                           f"{n} draws of {name} come closer to ±{_fmt(bound)}")
+    mean = x.mean().item()
+    tolerance = _bernstein(n, width * width / 12, width / 2) + slack
+    if abs(mean - centre) > tolerance:
+        return Verdict(False, decided, f"mean {_fmt(mean)}, expected {_fmt(centre)} ± {_fmt(tolerance)}")
+    square = ((x - centre) ** 2).mean().item()
+    expected = width * width / 12
+    fourth = (width * width) * (width * width)  # not width**4, which raises OverflowError where this gives inf
+    tolerance = _bernstein(n, fourth / 180, width * width / 6) + 3 * u * expected + 2 * slack * width
+    if abs(square - expected) > tolerance:
+        return Verdict(False, decided, f"std {_fmt(math.sqrt(square))}, expected {_fmt(math.sqrt(expected))} "
+                                       f"for {name}")
+    return Verdict(True, decided, f"consistent with {name}")
+
+
+def check_normal(values: torch.Tensor, mean: float, std: float, u: float = 0.0) -> Verdict:
+    """χ² bound on Σz², z = (x − μ)/σ; |z̄|√n ≤ z_α; c_lo ≤ max|z| ≤ c_hi (see the module docstring)."""
+    if (bad := _nonfinite(values)) is not None:
+        return bad
+    if std <= 0:
+        return check_constant(values, mean, u)
+    x = values.reshape(-1)
+    n = x.numel()
+    decided = n >= MIN_SAMPLES
+    name = f"N({_fmt(mean)}, {_fmt(std)}²)"
+    z = (x - mean) / std
+    low, high = _chi2_bounds(n)
+    q = (z * z).sum().item()
+    if q < low * (1 - 4 * u) or q > high * (1 + 4 * u) + 1e-12:
+        return Verdict(False, decided, f"std {_fmt(std * math.sqrt(q / n))}, expected {_fmt(std)} for {name} "
+                                       f"(χ²_{n} = {_fmt(q)} outside [{_fmt(low)}, {_fmt(high)}])")
+    z_mean = z.mean().item() * math.sqrt(n)
+    if abs(z_mean) > _normal_quantile() + 4 * u * math.sqrt(n) * (1 + abs(mean) / std):
+        return Verdict(False, decided, f"mean {_fmt(x.mean().item())}, expected {_fmt(mean)} for {name}")
+    c_low, c_high = _normal_max_bounds(n)
+    largest = z.abs().max().item()
+    if largest > c_high * (1 + 4 * u):
+        return Verdict(False, True, f"max |x − μ| = {_fmt(largest)}σ, beyond {_fmt(c_high)}σ for {name}")
+    if largest < c_low * (1 - 4 * u):
+        return Verdict(False, decided, f"max |x − μ| = {_fmt(largest)}σ: {n} normal draws reach {_fmt(c_low)}σ "
+                                       "(lighter tails than a normal)")
+    return Verdict(True, decided, f"consistent with {name}")
+
+
+def check_truncated_normal(values: torch.Tensor, scale: float, u: float = 0.0, cut: float = TRUNCATION) -> Verdict:
+    """scale·T, T ~ N(0, 1) cut to [−c, c]: |x| ≤ c·scale, max|x| ≥ m·scale, mean and mean square (Bernstein)."""
+    if (bad := _nonfinite(values)) is not None:
+        return bad
+    x = values.reshape(-1)
+    n = x.numel()
+    decided = n >= MIN_SAMPLES
+    limit = cut * scale
+    slack = _slack(u, limit)
+    name = f"truncated normal (σ' = {_fmt(scale)}, cut at ±{_fmt(limit)})"
+    largest = x.abs().max().item()
+    if largest > limit + slack:
+        return Verdict(False, True, f"max |x| = {_fmt(largest)} beyond the truncation ±{_fmt(limit)} of {name}")
+    edge = _truncated_edge(n, cut)
+    if largest < edge * scale - slack:
+        return Verdict(False, decided, f"max |x| = {_fmt(largest)} < {_fmt(edge * scale)}: {n} draws of {name} "
+                                       "come closer to the truncation")
+    second, fourth = _truncated_moments(cut)
+    tolerance = _bernstein(n, second * scale * scale, limit) + slack
+    if abs(x.mean().item()) > tolerance:
+        return Verdict(False, decided, f"mean {_fmt(x.mean().item())}, expected 0 ± {_fmt(tolerance)} for {name}")
+    expected = second * scale * scale
+    square = (x * x).mean().item()
+    tolerance = (_bernstein(n, (fourth - second * second) * (scale * scale) * (scale * scale),
+                            max(expected, limit * limit - expected))
+                 + 3 * u * expected + 2 * slack * limit)
+    if abs(square - expected) > tolerance:
+        return Verdict(False, decided, f"std {_fmt(math.sqrt(square))}, expected {_fmt(math.sqrt(expected))} "
+                                       f"for {name}")
+    return Verdict(True, decided, f"consistent with {name}")
+
+
+def check_identity(matrix: torch.Tensor, scale: float, u: float = 0.0) -> Verdict:
+    """B = scale·I (ones on the main diagonal for non-square blocks, as torch.nn.init.eye_) up to 2u·|scale|."""
+    if (bad := _nonfinite(matrix)) is not None:
+        return bad
+    eye = torch.eye(*matrix.shape, dtype=torch.float64) * scale
+    error = (matrix.double() - eye).abs().max().item() if matrix.numel() else 0.0
+    if error > 2 * u * abs(scale):
+        return Verdict(False, True, f"max |B − {_fmt(scale)}·I| = {_fmt(error)}")
+    return Verdict(True, True, f"{_fmt(scale)}·I")
+
+
+def check_chrono(values: torch.Tensor, tmax: float, negate: bool = False, u: float = 0.0) -> Verdict:
+    """±log(U[1, tmax − 1]): v = ±x in [0, log(tmax − 1)] and exp(v) passes check_uniform on [1, tmax − 1]."""
+    if (bad := _nonfinite(values)) is not None:
+        return bad
+    v = -values.reshape(-1).double() if negate else values.reshape(-1).double()
+    top = math.log(tmax - 1)
+    sign = "−" if negate else ""
+    slack = _slack(u, top)
+    if v.numel() and (v.min().item() < -slack or v.max().item() > top + slack):
+        return Verdict(False, True, f"values outside {sign}[0, log(tmax − 1) = {_fmt(top)}]")
+    verdict = check_uniform(torch.exp(v), 1.0, tmax - 1, u * max(1.0, top))
+    return Verdict(verdict.ok, verdict.decided, f"exp({sign}b): {verdict.detail}")

@@ -1,0 +1,140 @@
+"""diff: the recurrent layers of two checkpoints compared gate block by gate block."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import NothingToDoError
+from ..layout import Block, Layer, find_layers
+from .blocks import value_stats
+from .cache import _Cache
+from .diagnosis import _select_layers
+from .formatting import _json
+
+
+@dataclass(frozen=True)
+class BlockDiff:
+    """One gate block in both checkpoints: changed (any value differs; NaN = NaN), max |b − a|, the number of
+    changed values, and statistics of a (before) and b (after)."""
+
+    name: str
+    kind: str
+    gate: str | None
+    start: int
+    stop: int
+    changed: bool
+    changed_count: int
+    max_abs_delta: float
+    before: dict[str, float | int]
+    after: dict[str, float | int]
+    dtype_a: str
+    dtype_b: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return _json({"name": self.name, "kind": self.kind, "gate": self.gate, "rows": [self.start, self.stop],
+                      "changed": self.changed, "changed_count": self.changed_count,
+                      "max_abs_delta": self.max_abs_delta, "before": self.before, "after": self.after,
+                      "dtype_a": self.dtype_a, "dtype_b": self.dtype_b})
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    """A layer present in both: its blocks, and parameters present in one side only or with different shapes."""
+
+    title: str
+    blocks: tuple[BlockDiff, ...]
+    params_only_in_a: tuple[str, ...]
+    params_only_in_b: tuple[str, ...]
+    shape_changes: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.params_only_in_a or self.params_only_in_b or self.shape_changes
+                    or any(b.changed for b in self.blocks))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "changed": self.changed, "blocks": [b.as_dict() for b in self.blocks],
+                "params_only_in_a": list(self.params_only_in_a), "params_only_in_b": list(self.params_only_in_b),
+                "shape_changes": list(self.shape_changes)}
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """`diff()`'s result: layers in both (block by block) and layers present on one side only."""
+
+    layers: tuple[LayerDiff, ...]
+    only_in_a: tuple[str, ...]
+    only_in_b: tuple[str, ...]
+
+    @property
+    def identical(self) -> bool:
+        return not (self.only_in_a or self.only_in_b or any(layer.changed for layer in self.layers))
+
+    @property
+    def changed_blocks(self) -> tuple[BlockDiff, ...]:
+        return tuple(b for layer in self.layers for b in layer.blocks if b.changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"identical": self.identical, "layers": [layer.as_dict() for layer in self.layers],
+                "only_in_a": list(self.only_in_a), "only_in_b": list(self.only_in_b),
+                "changed_blocks": len(self.changed_blocks)}
+
+
+def _layer_key(layer: Layer) -> tuple[str, bool, int, str]:
+    return layer.prefix, layer.is_cell, layer.layer, layer.direction
+
+
+def _block_diff(block: Block, a: _Cache, b: _Cache) -> BlockDiff:
+    before, after = a.block(block.name, block.start, block.stop), b.block(block.name, block.start, block.stop)
+    old, new = before, after
+    if a.dtype(block.name).is_complex or b.dtype(block.name).is_complex:  # the float64 views hold real parts only
+        old, new = (torch.as_tensor(side.tensors[block.name]).detach()[block.start:block.stop].to(torch.complex128)
+                    for side in (a, b))
+    same = (old == new) | (torch.isnan(old) & torch.isnan(new))
+    changed = int((~same).sum())
+    delta = (new - old).abs()[~same]
+    largest = 0.0 if changed == 0 else delta.nan_to_num(nan=math.inf).max().item()
+    return BlockDiff(block.name, block.kind, block.gate, block.start, block.stop, changed > 0, changed, largest,
+                     value_stats(before), value_stats(after), str(a.dtype(block.name)).removeprefix("torch."),
+                     str(b.dtype(block.name)).removeprefix("torch."))
+
+
+def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: str | None = None,
+         layers_a: Sequence[Layer] | None = None, layers_b: Sequence[Layer] | None = None) -> DiffReport:
+    """Compare the recurrent layers of two checkpoints gate block by gate block (a = before, b = after).
+
+    Layers are matched by (prefix, cell or layer index, direction); `only` (regex on parameter names) selects.
+    Raises NothingToDoError when neither side has a selected recurrent layer.
+    """
+    found_a = find_layers(tensors_a) if layers_a is None else layers_a
+    found_b = find_layers(tensors_b) if layers_b is None else layers_b
+    side_a = {_layer_key(layer): (layer, kinds) for layer, kinds in _select_layers(found_a, only)}
+    side_b = {_layer_key(layer): (layer, kinds) for layer, kinds in _select_layers(found_b, only)}
+    if not side_a and not side_b:
+        raise NothingToDoError("no recurrent parameters found (or selected) in either checkpoint")
+    a, b = _Cache(tensors_a), _Cache(tensors_b)
+    layers = []
+    for key, (layer_a, kinds_a) in side_a.items():
+        if key not in side_b:
+            continue
+        layer_b, kinds_b = side_b[key]
+        blocks: list[BlockDiff] = []
+        shape_changes = []
+        for kind in (k for k in kinds_a if k in kinds_b):
+            name_a, name_b = layer_a.params[kind], layer_b.params[kind]
+            shape_a, shape_b = tuple(a.whole(name_a).shape), tuple(b.whole(name_b).shape)
+            if shape_a != shape_b or name_a != name_b:
+                shape_changes.append(f"{name_a}: {list(shape_a)} → {list(shape_b)}")
+                continue
+            blocks += [_block_diff(block, a, b) for block in layer_a.blocks(kind)]
+        layers.append(LayerDiff(layer_a.title, tuple(blocks),
+                                tuple(layer_a.params[k] for k in kinds_a if k not in kinds_b),
+                                tuple(layer_b.params[k] for k in kinds_b if k not in kinds_a), tuple(shape_changes)))
+    only_a = tuple(layer.title for key, (layer, _) in side_a.items() if key not in side_b)
+    only_b = tuple(layer.title for key, (layer, _) in side_b.items() if key not in side_a)
+    return DiffReport(tuple(layers), only_a, only_b)

@@ -1,0 +1,105 @@
+"""`diagnose()`: statistics, families, scheme matches and warnings for every selected recurrent layer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NothingToDoError, UsageError
+from ..layout import KINDS, Layer, find_layers
+from ..schemes import Scheme
+from ..stats import effective_bias
+from .blocks import BlockStats, MatrixStats, _block_stats, _geometry
+from .cache import _Cache
+from .formatting import _json
+from .mistakes import DiagnosticWarning, find_warnings
+from .recognition import SchemeMatch, _recognize
+
+_WEIGHTS = ("weight_ih", "weight_hh", "weight_hr")
+
+
+@dataclass(frozen=True)
+class LayerDiagnosis:
+    """One layer (direction) or cell: its blocks, whole matrices, effective bias and the schemes it matches."""
+
+    layer: Layer
+    blocks: tuple[BlockStats, ...]
+    matrices: tuple[MatrixStats, ...]
+    effective_bias: tuple[dict[str, Any], ...]
+    scheme: SchemeMatch
+
+    @property
+    def title(self) -> str:
+        return self.layer.title
+
+    def as_dict(self) -> dict[str, Any]:
+        layer = self.layer
+        return _json({
+            "title": layer.title, "prefix": layer.prefix, "cell": layer.cell, "is_cell": layer.is_cell,
+            "layer": layer.layer, "direction": layer.direction, "input_size": layer.input_size,
+            "hidden_size": layer.hidden_size, "proj_size": layer.proj_size, "bias": layer.bias,
+            "blocks": [b.as_dict() for b in self.blocks], "matrices": [m.as_dict() for m in self.matrices],
+            "effective_bias": list(self.effective_bias), "scheme": self.scheme.as_dict(),
+        })
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """`diagnose()`'s result: every selected layer and the warnings."""
+
+    layers: tuple[LayerDiagnosis, ...]
+    warnings: tuple[DiagnosticWarning, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"layers": [layer.as_dict() for layer in self.layers],
+                "warnings": [warning.as_dict() for warning in self.warnings]}
+
+
+def _select_layers(layers: Iterable[Layer], only: str | None) -> list[tuple[Layer, list[str]]]:
+    """(layer, kinds whose parameter name matches `only`) for each layer with at least one such kind."""
+    try:
+        pattern = re.compile(only) if only is not None else None
+    except re.error as error:
+        raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
+    selected = []
+    for layer in layers:
+        kinds = [k for k in KINDS if k in layer.params and (pattern is None or pattern.search(layer.params[k]))]
+        if kinds:
+            selected.append((layer, kinds))
+    return selected
+
+
+def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
+             candidates: Iterable[str | Scheme] | None = None, layers: Sequence[Layer] | None = None) -> Diagnosis:
+    """Statistics, families, scheme matches and warnings for every recurrent layer of `tensors`.
+
+    `only` (a regex on parameter names) selects layers and the parameters shown; scheme recognition always looks
+    at whole layers. `candidates`: schemes to try (default every registered scheme, arguments estimated).
+    Raises NothingToDoError when no recurrent layer is found or selected. `layers`: these layers (found before, by
+    `layout.discover`), whose parameters `tensors` holds by their effective names, instead of searching `tensors`.
+    """
+    layers = find_layers(tensors) if layers is None else list(layers)
+    if not layers:
+        raise NothingToDoError("no recurrent parameters found (names like weight_ih_l0, weight_hh_l0, "
+                               "bias_ih_l0 of nn.RNN/GRU/LSTM, or weight_ih/weight_hh of a cell)")
+    selected = _select_layers(layers, only)
+    if not selected:
+        raise NothingToDoError(f"--only {only!r} matches no recurrent parameter")
+    cache = _Cache(tensors)
+    candidate_list = None if candidates is None else list(candidates)
+    results: list[LayerDiagnosis] = []
+    for layer, kinds in selected:
+        blocks = tuple(_block_stats(layer, block, cache) for kind in kinds for block in layer.blocks(kind))
+        matrices = []
+        for kind in kinds:
+            if kind in _WEIGHTS:
+                name = layer.params[kind]
+                error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(name))
+                matrices.append(MatrixStats(name, kind, tuple(cache.whole(name).shape), error, sv_min, sv_max,
+                                            spectrum))
+        bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))
+        results.append(LayerDiagnosis(layer, blocks, tuple(matrices), bias,
+                                      _recognize(layer, cache, candidate_list)))
+    return Diagnosis(tuple(results), tuple(find_warnings(results, cache.tensors, _cache=cache)))

@@ -1,0 +1,223 @@
+"""Checking planned entries (shared by verify and scheme recognition): whether each planned block is consistent
+with its initializer, arguments and scope."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..initializers import TRUNCATED_NORMAL_STD, _gain
+from ..layout import article
+from ..planning import KEEP, PlanEntry
+from .cache import _Cache
+from .checks import (
+    MIN_SAMPLES,
+    Verdict,
+    _chi2_bounds,
+    _nonfinite,
+    check_chrono,
+    check_constant,
+    check_identity,
+    check_normal,
+    check_truncated_normal,
+    check_uniform,
+    orthogonal_tolerance,
+)
+from .formatting import _fmt
+from .orthogonality import _orthogonal_verdict, _scaled_orthogonal
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The fans of the tensor an initializer saw: the block (per gate) or the whole parameter (per matrix)."""
+
+    fan_in: int
+    fan_out: int
+
+
+def _scope(entry: PlanEntry, cache: _Cache) -> _Scope:
+    whole = cache.whole(entry.name)
+    rows = whole.shape[0] if entry.per == "matrix" else entry.stop - entry.start
+    return _Scope(int(whole.shape[1]), int(rows))
+
+
+def _check_energy(block: torch.Tensor, gain: float, rows: int, u: float) -> Verdict:
+    """Rows of a per-matrix orthogonal Q (R rows) carry energy E[q²] = g²/R: χ² bound on Σq²·R/g² (the sphere
+    and orthogonality constraints make the true spread smaller than χ², so the bound is conservative)."""
+    n = block.numel()
+    q = ((block / gain) ** 2).sum().item() * rows  # divided first: squares of 1e200 values would overflow
+    low, high = _chi2_bounds(n)
+    decided = n >= MIN_SAMPLES
+    if q < low * (1 - 4 * u) or q > high * (1 + 4 * u):
+        rms = math.sqrt(q / n) * gain / math.sqrt(rows)
+        return Verdict(False, decided, f"rms {_fmt(rms)}, expected {_fmt(gain / math.sqrt(rows))} for a gate "
+                                       f"block of {article(f'{rows}-row')} orthogonal matrix")
+    return Verdict(True, decided, "block energy consistent")
+
+
+def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache: _Cache) -> Verdict:
+    """Per-matrix orthogonal: the rows drawn together must be (a slice of) g·Q with orthonormal columns or rows."""
+    gain = float(dict(entry.args).get("gain", 1.0))
+    whole = cache.whole(entry.name)
+    rows, cols = whole.shape
+    tolerance = orthogonal_tolerance(cache.dtype(entry.name))
+    block = cache.block(entry.name, entry.start, entry.stop)
+    if (bad := _nonfinite(block)) is not None:
+        return bad
+    if gain == 0:
+        return check_constant(block, 0.0)
+    covered = sum(e.stop - e.start for e in group)
+    if covered == rows:
+        whole_verdict = _orthogonal_verdict(cache.gram_parts(entry.name), gain, tolerance)
+        if whole_verdict.ok:
+            return Verdict(True, whole_verdict.decided, f"whole {entry.kind} {whole_verdict.detail}")
+    else:
+        whole_verdict = Verdict(True, False, "only part of the matrix is planned")
+    if rows <= cols:  # wide: rows orthonormal, so every row block is orthogonal on its own
+        own = _orthogonal_verdict(cache.gram_parts(entry.name, entry.start, entry.stop), gain, tolerance)
+        if not own.ok:
+            return Verdict(False, True, f"rows of a wide orthogonal matrix: {own.detail}")
+    else:
+        own = _check_energy(block, gain, rows, cache.u(entry.name))
+        if not own.ok:
+            return own
+    if not whole_verdict.ok:
+        others = [e for e in group if e is not entry]
+        peers_ok = all(_block_energy_ok(e, gain, rows, cols, tolerance, cache) for e in others)
+        if peers_ok:  # nothing singles out another block: this one shares the blame
+            return Verdict(False, True, f"whole {entry.kind} {whole_verdict.detail}")
+        return Verdict(True, own.decided, f"block consistent; whole {entry.kind} {whole_verdict.detail} "
+                                          "because of another block")
+    return own
+
+
+def _block_energy_ok(entry: PlanEntry, gain: float, rows: int, cols: int, tolerance: float, cache: _Cache) -> bool:
+    if rows <= cols:
+        return _orthogonal_verdict(cache.gram_parts(entry.name, entry.start, entry.stop), gain, tolerance).ok
+    block = cache.block(entry.name, entry.start, entry.stop)
+    return _nonfinite(block) is None and _check_energy(block, gain, rows, cache.u(entry.name)).ok
+
+
+def check_entry(entry: PlanEntry, tensors: Mapping[str, Any], group: Sequence[PlanEntry] = ()) -> Verdict:
+    """Whether the block of `entry` is consistent with its planned initializer, arguments and scope.
+
+    `group`: the entries of the same parameter drawn together with it (same rule, per matrix); default the entry.
+    """
+    return _check_entry(entry, _Cache(tensors), group or (entry,), ())
+
+
+def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
+                 chrono_peers: Sequence[PlanEntry]) -> Verdict:
+    init = entry.initializer
+    args = dict(entry.args)
+    if init == KEEP:
+        return Verdict(True, True, "kept as it was")
+    block = cache.block(entry.name, entry.start, entry.stop)
+    u = cache.u(entry.name)
+    if (bad := _nonfinite(block)) is not None:
+        return bad
+    if block.numel() == 0:  # e.g. a (rows, 0) weight: nothing to check, and min()/max() would fail
+        return Verdict(True, True, "empty")
+    if init in ("zeros", "ones", "constant"):
+        return check_constant(block, {"zeros": 0.0, "ones": 1.0}.get(init, float(args.get("value", 0.0))), u)
+    if init == "identity":
+        return check_identity(block, float(args.get("scale", 1.0)), u)
+    if init == "chrono":
+        return _check_chrono_entry(entry, block, u, cache, chrono_peers)
+    if init == "orthogonal":
+        if entry.per == "matrix":
+            return _check_orthogonal_matrix(entry, group, cache)
+        tolerance = orthogonal_tolerance(cache.dtype(entry.name))
+        parts = cache.gram_parts(entry.name, entry.start, entry.stop)
+        return _orthogonal_verdict(parts, float(args["gain"]), tolerance)
+    if init in _IID and (structure := _structured(entry, cache)):
+        return Verdict(False, True, f"{structure}; {init} draws i.i.d. values, which never are")
+    if init == "uniform":
+        return check_uniform(block, float(args["a"]), float(args["b"]), u)
+    if init == "normal":
+        return check_normal(block, float(args["mean"]), float(args["std"]), u)
+    if init == "pytorch":
+        bound = 1 / math.sqrt(int(args["hidden_size"]))
+        return check_uniform(block, -bound, bound, u)
+    if init in ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal"):
+        fans = _scope(entry, cache)
+        if init == "xavier_uniform":
+            bound = float(args["gain"]) * math.sqrt(6 / (fans.fan_in + fans.fan_out))
+            return check_uniform(block, -bound, bound, u)
+        if init == "xavier_normal":
+            return check_normal(block, 0.0, float(args["gain"]) * math.sqrt(2 / (fans.fan_in + fans.fan_out)), u)
+        if init == "lecun_normal":
+            return check_truncated_normal(block, math.sqrt(1 / fans.fan_in) / TRUNCATED_NORMAL_STD, u)
+        fan = fans.fan_in if args["mode"] == "fan_in" else fans.fan_out
+        gain = _gain(str(args["nonlinearity"]), float(args["a"]))
+        if init == "kaiming_uniform":
+            bound = gain * math.sqrt(3 / fan)
+            return check_uniform(block, -bound, bound, u)
+        return check_normal(block, 0.0, gain / math.sqrt(fan), u)
+    return Verdict(True, False, f"no check is known for initializer {init!r}")
+
+
+_IID = ("uniform", "normal", "pytorch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+        "lecun_normal")
+
+
+def _structured(entry: PlanEntry, cache: _Cache) -> str:
+    """'block is orthogonal' / 'whole matrix is orthogonal' when G ≈ g²I for a Gram matrix of size ≥ 3, else ''.
+
+    An i.i.d. continuous draw meets the k(k+1)/2 − 1 ≥ 5 constraints of scaled orthogonality within 1e-3 with
+    negligible probability (≈ 1e-3 per constraint), so an orthogonal block rules out every i.i.d. initializer
+    (e.g. an orthogonal 16×16 block has the variance 1/16 of lecun_normal and could pass its moment tests).
+    """
+    tolerance = orthogonal_tolerance(cache.dtype(entry.name))
+    for parts, what in ((cache.gram_parts(entry.name, entry.start, entry.stop), "block is orthogonal"),
+                        (cache.gram_parts(entry.name), "whole matrix is orthogonal")):
+        if parts is not None and parts[1].shape[0] >= 3 and _scaled_orthogonal(parts, tolerance) is not None:
+            return what
+    return ""
+
+
+def _check_chrono_entry(entry: PlanEntry, block: torch.Tensor, u: float, cache: _Cache,
+                        peers: Sequence[PlanEntry]) -> Verdict:
+    """Range/uniformity of exp(±b), then b_i = −b_f: chrono blocks of one parameter share their draws."""
+    args = dict(entry.args)
+    tmax, negate = float(args["tmax"]), bool(args.get("negate", False))
+    verdict = check_chrono(block, tmax, negate, u)
+    if not verdict.ok:
+        return verdict
+    sign = -1.0 if negate else 1.0
+    for peer in peers:
+        if peer is entry or peer.stop - peer.start != entry.stop - entry.start:
+            continue
+        peer_sign = -1.0 if dict(peer.args).get("negate", False) else 1.0
+        other = cache.block(peer.name, peer.start, peer.stop)
+        error = (sign * block - peer_sign * other).abs().max().item()
+        if not error <= 2 * u * max(1.0, math.log(tmax)):
+            relation = "−" if sign != peer_sign else ""
+            return Verdict(False, True, f"gate {entry.gate} ≠ {relation}gate {peer.gate} (max diff {_fmt(error)}): "
+                                        "chrono draws once per unit, b_i = −b_f")
+        break
+    return verdict
+
+
+def _groups(entries: Sequence[PlanEntry]) -> tuple[dict[int, list[PlanEntry]], dict[int, list[PlanEntry]]]:
+    """Per entry: the entries drawn as one matrix with it (same parameter and rule, per matrix), and its chrono
+    peers (chrono entries of the same parameter and tmax)."""
+    by_matrix: dict[tuple[str, str], list[PlanEntry]] = {}
+    by_chrono: dict[tuple[str, float], list[PlanEntry]] = {}
+    for entry in entries:
+        if entry.per == "matrix":
+            by_matrix.setdefault((entry.name, entry.rule), []).append(entry)
+        if entry.initializer == "chrono":
+            by_chrono.setdefault((entry.name, float(dict(entry.args)["tmax"])), []).append(entry)
+    matrix = {id(e): group for group in by_matrix.values() for e in group}
+    chrono = {id(e): group for group in by_chrono.values() for e in group}
+    return matrix, chrono
+
+
+def _check_all(entries: Sequence[PlanEntry], cache: _Cache) -> list[Verdict]:
+    matrix, chrono = _groups(entries)
+    return [_check_entry(e, cache, matrix.get(id(e), [e]), chrono.get(id(e), [])) for e in entries]

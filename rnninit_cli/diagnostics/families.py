@@ -1,0 +1,163 @@
+"""Families: which known initializer a block looks like, without a plan."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..initializers import TRUNCATED_NORMAL_STD
+from ..layout import Block, Layer
+from ..stats import moments, power_of_two_scale
+from .cache import _Cache
+from .checks import (
+    MIN_SAMPLES,
+    _edge_fraction,
+    _nonfinite,
+    check_chrono,
+    check_identity,
+    check_normal,
+    check_truncated_normal,
+    check_uniform,
+    orthogonal_tolerance,
+)
+from .formatting import _fmt
+from .orthogonality import _scaled_orthogonal
+
+UNDETERMINED = "undetermined"
+_LARGEST_LOG = 709.0  # math.exp overflows (OverflowError) just above 709.78
+
+
+@dataclass(frozen=True)
+class Family:
+    """The initializer families a block is consistent with: `label` is the most specific, `candidates` all."""
+
+    label: str
+    candidates: tuple[str, ...]
+    decided: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "candidates": list(self.candidates), "decided": self.decided}
+
+
+def _merge(named: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Join known parameters that coincide (e.g. PyTorch 1/√h = Glorot per matrix when d = 2h for an LSTM)."""
+    merged: list[tuple[float, str]] = []
+    for value, name in named:
+        for index, (seen, names) in enumerate(merged):
+            if math.isclose(seen, value, rel_tol=1e-9):
+                merged[index] = (seen, f"{names} = {name}")
+                break
+        else:
+            merged.append((value, name))
+    return merged
+
+
+def _named_uniform(layer: Layer, kind: str, shape: tuple[int, ...], whole_rows: int) -> list[tuple[float, str]]:
+    """Known uniform bounds: PyTorch 1/√h; Glorot √(6/(fan_in + h)) per gate and √(6/(fan_in + G·h)) per matrix."""
+    named = [(1 / math.sqrt(layer.hidden_size), "PyTorch 1/√h")]
+    if len(shape) == 2:
+        fan_in, rows = shape[1], shape[0]
+        if kind == "weight_hr" or rows == whole_rows:
+            named.append((math.sqrt(6 / (fan_in + whole_rows)), "Glorot"))
+        else:
+            named.append((math.sqrt(6 / (fan_in + rows)), "Glorot per gate"))
+            named.append((math.sqrt(6 / (fan_in + whole_rows)), "Glorot per matrix"))
+    return _merge(named)
+
+
+def _named_normal(kind: str, shape: tuple[int, ...], whole_rows: int) -> list[tuple[float, str]]:
+    """Known normal σ: Glorot √(2/(fan_in + h)) per gate, √(2/(fan_in + G·h)) per matrix; IRNN 0.001."""
+    if len(shape) != 2:
+        return []
+    fan_in, rows = shape[1], shape[0]
+    if kind == "weight_hr" or rows == whole_rows:
+        named = [(math.sqrt(2 / (fan_in + whole_rows)), "Glorot normal")]
+    else:
+        named = [(math.sqrt(2 / (fan_in + rows)), "Glorot normal per gate"),
+                 (math.sqrt(2 / (fan_in + whole_rows)), "Glorot normal per matrix")]
+    return _merge([*named, (0.001, "IRNN 0.001")])
+
+
+def classify_block(layer: Layer, block: Block, tensors: Mapping[str, Any]) -> Family:
+    """The families the block's values are consistent with, most specific first (see the docstring of checks.py)."""
+    return _classify(layer, block, _Cache(tensors))
+
+
+def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
+    values = cache.block(block.name, block.start, block.stop)
+    u = cache.u(block.name)
+    n = values.numel()
+    if n == 0:
+        return Family(UNDETERMINED, (), False)
+    if _nonfinite(values) is not None:
+        return Family("unknown (NaN/Inf)", (), True)
+    first = values.reshape(-1)[0].item()
+    if bool((values == 0).all()):
+        return Family("zeros", ("zeros",), True)
+    if bool((values == first).all()):
+        return Family(f"constant({_fmt(first)})", (f"constant({_fmt(first)})",), True)
+    exact: list[str] = []
+    whole = cache.whole(block.name)
+    single = whole.shape[0] == block.stop - block.start
+    if values.dim() == 2:
+        scale = values[0, 0].item()
+        if scale != 0 and check_identity(values, scale, u).ok:
+            return Family(f"identity({_fmt(scale)})", (f"identity({_fmt(scale)})",), True)
+        tolerance = orthogonal_tolerance(cache.dtype(block.name))
+        own = _scaled_orthogonal(cache.gram_parts(block.name, block.start, block.stop), tolerance)
+        entire = None if single else _scaled_orthogonal(cache.gram_parts(block.name), tolerance)
+        gate_label = "orthogonal" if single else "orthogonal per gate"
+        if own is not None:
+            exact.append(gate_label + ("" if math.isclose(own, 1, abs_tol=tolerance) else f" (gain {_fmt(own)})"))
+        if entire is not None:
+            # Stacking G square (or tall) orthogonal gate blocks gives WᵀW = G·I: orthogonal with gain √G, but
+            # per gate is what drew it. Only when the gains agree (a wide W: its row blocks inherit orthonormal
+            # rows) is per matrix the more specific description.
+            matrix = "orthogonal per matrix" + ("" if math.isclose(entire, 1, abs_tol=tolerance)
+                                                else f" (gain {_fmt(entire)})")
+            first = own is None or math.isclose(own, entire, rel_tol=tolerance)
+            exact.insert(0 if first else len(exact), matrix)
+    if exact:
+        return Family(exact[0], tuple(exact), True)
+    if n < MIN_SAMPLES:
+        return Family(UNDETERMINED, (), False)
+    shape = tuple(values.shape)
+    candidates: list[str] = []
+    if values.dim() == 1:
+        signed = values.min().item() >= 0 or values.max().item() <= 0
+        top = values.abs().max().item()
+        if signed and 0 < top < _LARGEST_LOG:
+            tmax = math.exp(top) + 1
+            negate = values.max().item() <= 0
+            if check_chrono(values, tmax, negate, u).ok:
+                candidates.append(("−" if negate else "") + f"chrono(tmax≈{_fmt(tmax)})")
+    for bound, name in _named_uniform(layer, block.kind, shape, int(whole.shape[0])):
+        if check_uniform(values, -bound, bound, u).ok:
+            candidates.append(f"uniform(±{_fmt(bound)}) [{name}]")
+    if values.dim() == 2:
+        lecun = math.sqrt(1 / shape[1])
+        if check_truncated_normal(values, lecun / TRUNCATED_NORMAL_STD, u).ok:
+            candidates.append(f"normal({_fmt(lecun)}) [LeCun truncated, Flax]")
+    for std, name in _named_normal(block.kind, shape, int(whole.shape[0])):
+        if check_normal(values, 0.0, std, u).ok:
+            candidates.append(f"normal({_fmt(std)}) [{name}]")
+    # The fits below are scale-free: run them on values divided by a power of two (exact), so that widths,
+    # squares and sums of values near float64's limits neither overflow nor underflow.
+    scale = power_of_two_scale(values.abs().max().item())
+    scaled = values / scale
+    low, high = scaled.min().item(), scaled.max().item()
+    t = _edge_fraction(n) * (high - low)
+    if abs(low + high) <= t:
+        bound = max(-low, high)
+        if check_uniform(scaled, -bound, bound, u).ok:
+            candidates.append(f"uniform(±{_fmt(bound * scale)})")
+    elif check_uniform(scaled, low, high, u).ok:
+        candidates.append(f"uniform({_fmt(low * scale)}, {_fmt(high * scale)})")
+    mean, std = moments(scaled)
+    if check_normal(scaled, mean, std, u).ok:
+        mean, std = mean * scale, std * scale
+        centre = "" if abs(mean) <= 5 * std / math.sqrt(n) else f"{_fmt(mean)}, "
+        candidates.append(f"normal({centre}{_fmt(std)})")
+    return Family(candidates[0] if candidates else "unknown", tuple(candidates), True)

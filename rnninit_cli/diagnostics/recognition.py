@@ -1,0 +1,170 @@
+"""Scheme recognition: which registered schemes a layer's values are consistent with, arguments estimated from
+the values."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import RuleError, SchemeError
+from ..layout import Block, Layer
+from ..planning import PlanEntry, plan
+from ..schemes import SCHEMES, Scheme, format_value, parse_call
+from .cache import _Cache
+from .checks import _nonfinite
+from .entry_checks import _check_all
+from .families import _LARGEST_LOG, UNDETERMINED
+from .formatting import _json
+
+UNKNOWN = "unknown / trained"
+
+
+@dataclass(frozen=True)
+class SchemeMatch:
+    """Which schemes a layer's values are consistent with.
+
+    primary: the first match in registry order; UNDETERMINED when some block is too small to decide between
+    schemes that fit; UNKNOWN ('unknown / trained') when no scheme fits. matches: every decided match (several
+    when schemes coincide, e.g. keras and keras-gate on a plain RNN). undetermined: schemes that fit but could not
+    be decided. estimated: arguments read from the values (chrono's tmax, irnn's scale). rejected: per scheme, the
+    first block that rules it out.
+    """
+
+    primary: str
+    matches: tuple[str, ...]
+    undetermined: tuple[str, ...]
+    estimated: dict[str, dict[str, float]]
+    rejected: dict[str, str]
+
+    @property
+    def claimed(self) -> bool:
+        return self.primary not in (UNKNOWN, UNDETERMINED)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The matching schemes' names without arguments."""
+        return tuple(parse_call(spec, "scheme")[0] for spec in self.matches)
+
+    def as_dict(self) -> dict[str, Any]:
+        return _json({"primary": self.primary, "matches": list(self.matches), "undetermined": list(self.undetermined),
+                      "estimated": self.estimated, "rejected": self.rejected})
+
+
+def _estimate_chrono(layer: Layer, cache: _Cache) -> dict[str, float] | None:
+    """tmax = exp(max b) + 1 from bias_ih.f (LSTM) or bias_ih.z (GRU); None unless those biases are ≥ 0, not all 0."""
+    gate = {"lstm": "f", "gru": "z"}.get(layer.cell)
+    if gate is None or "bias_ih" not in layer.params:
+        return None
+    block = next(b for b in layer.blocks("bias_ih") if b.gate == gate)
+    values = cache.block(block.name, block.start, block.stop)
+    if _nonfinite(values) is not None or values.min().item() < 0 or not 0 < values.max().item() < _LARGEST_LOG:
+        return None
+    return {"tmax": _round_up(math.exp(values.max().item()) + 1)}
+
+
+def _round_up(value: float, digits: int = 6) -> float:
+    """value rounded up to `digits` significant digits (a relative change below 1e-5, far inside the edge test)."""
+    if not value > 0:
+        return value
+    exponent = math.floor(math.log10(value)) - digits + 1
+    return max(value, float(f"{math.ceil(value / 10.0**exponent)}e{exponent}"))
+
+
+def _shortest(value: float, dtype: torch.dtype) -> float:
+    """The shortest decimal that rounds to the same `dtype` value (0.5, not 0.5000000001), for readable arguments."""
+    if not dtype.is_floating_point:
+        return value
+    for digits in range(1, 18):
+        candidate = float(f"{value:.{digits}g}")
+        if torch.tensor(candidate, dtype=dtype).item() == value:
+            return candidate
+    return value
+
+
+def _estimate_irnn(layer: Layer, cache: _Cache) -> dict[str, float] | None:
+    """scale = the first diagonal value of weight_hh."""
+    name = layer.params["weight_hh"]
+    value = cache.whole(name)[0, 0].item()
+    return {"scale": _shortest(value, cache.dtype(name))} if math.isfinite(value) and value != 0 else None
+
+
+ESTIMATORS: dict[str, Callable[[Layer, _Cache], dict[str, float] | None]] = {
+    "chrono": _estimate_chrono, "irnn": _estimate_irnn,
+}
+
+
+def _scheme_specs(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None
+                  ) -> list[tuple[str | Scheme, str, dict[str, float]]]:
+    """(what to plan, its label, estimated arguments) per candidate. A registered scheme given by name (or the
+    default: all of them) gets the arguments its estimator reads from the values; texts with arguments and
+    unregistered Scheme objects are planned as given."""
+    specs: list[tuple[str | Scheme, str, dict[str, float]]] = []
+    for candidate in SCHEMES.values() if candidates is None else candidates:
+        if isinstance(candidate, Scheme):
+            if SCHEMES.get(candidate.name) is not candidate:
+                specs.append((candidate, candidate.name, {}))
+                continue
+            name = candidate.name
+        else:
+            name = parse_call(candidate, "scheme")[0]
+            if "(" in candidate or name not in SCHEMES:
+                specs.append((candidate.strip(), candidate.strip(), {}))
+                continue
+        scheme = SCHEMES[name]
+        estimate = ESTIMATORS[name](layer, cache) if name in ESTIMATORS else None
+        defaults = dict(scheme.params)
+        if estimate is None:
+            if any(value is None for value in defaults.values()):
+                continue  # a required argument that the values do not reveal
+            specs.append((name, name, {}))
+        elif all(defaults.get(key) == value for key, value in estimate.items()):
+            specs.append((name, name, {}))
+        else:
+            arguments = ", ".join(f"{key}={format_value(float(value))}" for key, value in estimate.items())
+            specs.append((f"{name}({arguments})", f"{name}({arguments})", estimate))
+    return specs
+
+
+def recognize_layer(layer: Layer, tensors: Mapping[str, Any], *,
+                    candidates: Iterable[str | Scheme] | None = None) -> SchemeMatch:
+    """Plan each candidate scheme (default: every registered one) on the layer alone and check every block."""
+    return _recognize(layer, _Cache(tensors), candidates)
+
+
+def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None) -> SchemeMatch:
+    sub = {name: cache.tensors[name] for name in layer.params.values()}
+    matches: list[str] = []
+    undetermined: list[str] = []
+    estimated: dict[str, dict[str, float]] = {}
+    rejected: dict[str, str] = {}
+    for target, spec, estimate in _scheme_specs(layer, cache, candidates):
+        try:
+            the_plan = plan(sub, target, for_writing=False, layers=[layer])
+        except (SchemeError, RuleError) as error:  # RuleError: arguments estimated from odd values (chrono's tmax)
+            rejected[spec] = f"does not apply: {error}"
+            continue
+        verdicts = _check_all(the_plan.entries, cache)
+        failed = next(((e, v) for e, v in zip(the_plan.entries, verdicts, strict=True) if not v.ok), None)
+        if failed is not None:
+            entry, verdict = failed
+            rejected[spec] = f"{_where(entry)}: expected {entry.call}, {verdict.detail}"
+            continue
+        if estimate:
+            estimated[spec] = estimate
+        (matches if all(v.decided for v in verdicts) else undetermined).append(spec)
+    if matches and not undetermined:
+        primary = matches[0]
+    elif matches or undetermined:
+        primary = UNDETERMINED
+    else:
+        primary = UNKNOWN
+    return SchemeMatch(primary, tuple(matches), tuple(undetermined), estimated, rejected)
+
+
+def _where(entry: PlanEntry | Block) -> str:
+    gate = f" gate {entry.gate}" if entry.gate else ""
+    return f"{entry.name}[{entry.start}:{entry.stop}]{gate}"

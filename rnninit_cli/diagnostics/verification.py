@@ -1,0 +1,87 @@
+"""verify: each block a scheme plans, checked against the initializer the scheme draws it with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..layout import Layer
+from ..planning import plan
+from ..schemes import Rule, Scheme
+from .cache import _Cache
+from .entry_checks import _check_all
+from .families import _classify
+
+
+@dataclass(frozen=True)
+class VerifyBlock:
+    """One planned block: what was expected (rule, initializer call, scope), what was found, and the status
+    ('ok', 'fail', or 'weak': consistent but too small for the statistical tests to mean much)."""
+
+    name: str
+    kind: str
+    gate: str | None
+    start: int
+    stop: int
+    rule: str
+    expected: str
+    per: str
+    status: str
+    found: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "gate": self.gate, "rows": [self.start, self.stop],
+                "rule": self.rule, "expected": self.expected, "per": self.per, "status": self.status,
+                "found": self.found, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """`verify()`'s result. ok: no block fails. failures: the failing blocks; weak: consistent but undecided."""
+
+    scheme: str
+    rules: tuple[str, ...]
+    only: str | None
+    blocks: tuple[VerifyBlock, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def failures(self) -> tuple[VerifyBlock, ...]:
+        return tuple(b for b in self.blocks if b.status == "fail")
+
+    @property
+    def weak(self) -> tuple[VerifyBlock, ...]:
+        return tuple(b for b in self.blocks if b.status == "weak")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "rules": list(self.rules), "only": self.only, "ok": self.ok,
+                "checked": len(self.blocks), "failures": [b.as_dict() for b in self.failures],
+                "weak": [b.as_dict() for b in self.weak], "blocks": [b.as_dict() for b in self.blocks]}
+
+
+def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[str | Rule] = (),
+           only: str | None = None, layers: Sequence[Layer] | None = None) -> VerifyReport:
+    """Plan `scheme` (+ `rules`, `only`) with planning.plan and check each planned block against its initializer.
+
+    Raises what plan() raises (SchemeError, RuleError, NothingToDoError, LayoutError).
+    """
+    the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False, layers=layers)
+    cache = _Cache(tensors)
+    layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}
+    blocks = []
+    for entry, verdict in zip(the_plan.entries, _check_all(the_plan.entries, cache), strict=True):
+        status = "fail" if not verdict.ok else ("ok" if verdict.decided else "weak")
+        found = ""
+        if status == "fail":
+            layer = layer_of[entry.name]
+            block = next(b for b in layer.blocks(entry.kind) if b.start == entry.start)
+            found = _classify(layer, block, cache).label
+        expected = entry.call + (" per matrix" if entry.per == "matrix" else "")
+        blocks.append(VerifyBlock(entry.name, entry.kind, entry.gate, entry.start, entry.stop, entry.rule, expected,
+                                  entry.per, status, found, verdict.detail))
+    return VerifyReport(the_plan.scheme, the_plan.rules, only, tuple(blocks))
