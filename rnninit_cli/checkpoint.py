@@ -1,7 +1,9 @@
 """Checkpoint IO: read `torch.save` and `.safetensors` files safely, write them atomically.
 
-`.pt` files are only ever loaded with `weights_only=True`: a file that would need code to load is
-refused. Tensors nested in containers (training checkpoints) are found and named by their path,
+`.pt` files are read by rnninit's restricted unpickler (`unpickle.py`), which accepts what
+`torch.load(weights_only=True)` accepts and more (pickle protocols 4 and 5, TorchScript archives, objects
+of other classes as inert records) while calling nothing a file names; a file that names a known-dangerous
+callable is refused. Tensors nested in containers (training checkpoints) are found and named by their path,
 e.g. `state_dict/model.rnn.weight_ih_l0`; everything that is not rewritten is kept as it was.
 """
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .errors import CheckpointError, OutputError, UnsafeCheckpointError, UsageError
+from .errors import CheckpointError, OutputError, UsageError
 from .safety import (
     MAX_ENTRIES_VARIABLE,
     MAX_NESTING,
@@ -38,6 +40,7 @@ from .safety import (
     safetensors_header_size,
     validate_safetensors_header,
 )
+from .unpickle import Builders, Foreign, TensorRef, foreign_classes, named_tensors, read_file
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +61,12 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = STDIO
+    torchscript: bool = False  # a TorchScript archive: tensors named by state_dict paths
+
+    @property
+    def foreign_classes(self) -> list[str]:
+        """Sorted "module.Name" of the objects of other classes the file holds (read as inert records)."""
+        return foreign_classes(self.root)
 
     @property
     def non_tensor_paths(self) -> list[str]:
@@ -137,9 +146,11 @@ def optimizer_state_paths(root: Any) -> list[str]:
 
 
 def is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)
+    """A torch tensor, or a tensor record of the restricted reader (checking never imports torch)."""
+    if isinstance(value, TensorRef):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def join(prefix: str, key: Any) -> str:
@@ -171,6 +182,8 @@ def walk(node: Any, prefix: str, aliases: list[tuple[str, str]] | None = None) -
             items: Any = value.items()
         elif isinstance(value, (list, tuple)):
             items = enumerate(value)
+        elif isinstance(value, Foreign):  # an object of another class: its attributes, arguments, items
+            items = value.children()
         else:
             if path in named:
                 raise CheckpointError(f"two entries are both named {path!r}: {_describe(*named[path])} and "
@@ -251,11 +264,65 @@ def load_checkpoint(source: str | Path, data: bytes | None = None) -> Checkpoint
 _UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|global) ([\w.]+)", re.IGNORECASE)
 
 
+class _TorchBuilders(Builders):
+    """Build torch objects as the restricted reader reads the pickle: one untyped storage per storage key
+    (tensors that share it share it, as with torch.load), each allocated at its declared size (checked
+    against the file before) and filled once the file's storages are known."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.storages: dict[str, torch.UntypedStorage] = {}
+
+    def tensor(self, ref: TensorRef) -> Any:
+        torch = self.torch
+        storage = self.storages.get(ref.storage.key)
+        if storage is None:
+            storage = torch.UntypedStorage(ref.storage.nbytes)
+            self.storages[ref.storage.key] = storage
+        tensor = torch.empty((0,), dtype=getattr(torch, ref.dtype))
+        try:
+            tensor.set_(storage, ref.offset, ref.shape, ref.stride)
+        except RuntimeError as error:  # a view outside its storage, sizes that overflow
+            raise CheckpointError(f"a tensor torch cannot make: {first_line(str(error))}") from None
+        tensor.requires_grad = ref.requires_grad
+        return tensor
+
+    def parameter(self, data: Any, requires_grad: bool, _state: Any) -> Any:
+        if not isinstance(data, self.torch.Tensor):
+            raise CheckpointError("a parameter does not hold a tensor")
+        return self.torch.nn.Parameter(data, requires_grad)
+
+    def dtype(self, name: str) -> Any:
+        if not hasattr(self.torch, name):
+            raise CheckpointError(f"torch.{name} is not a dtype of this torch")
+        return getattr(self.torch, name)
+
+    def device(self, spec: tuple[Any, ...]) -> Any:
+        return self.torch.device(*spec)
+
+    def size(self, dims: tuple[int, ...]) -> Any:
+        return self.torch.Size(dims)
+
+    def layout(self, name: str) -> Any:
+        layout = getattr(self.torch, name.removeprefix("torch."), None)
+        if not isinstance(layout, self.torch.layout):
+            raise CheckpointError(f"{name} is not a torch layout")
+        return layout
+
+    def fill(self, storage_bytes: dict[str, memoryview]) -> None:
+        torch = self.torch
+        for key, storage in self.storages.items():
+            nbytes = storage.nbytes()
+            if nbytes:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a read-only buffer: it is only copied from
+                    source = torch.frombuffer(storage_bytes[key][:nbytes], dtype=torch.uint8)
+                torch.empty((0,), dtype=torch.uint8).set_(storage).copy_(source)
+
+
 def _load_pt(data: bytes, name: str) -> Checkpoint:
-    import pickle
-
-    import torch
-
     if data.startswith(b"PK"):  # nothing is decompressed before every record of the archive is checked
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -264,21 +331,21 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
             # an archive whose records cannot be checked is not read (torch might read more of it)
             raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
                                   f"{first_line(str(error))}") from None
+    builders = _TorchBuilders()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            root = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+        pickled = read_file(data, name, builders)
+    except CheckpointError as error:
         text = str(error)
-        if "Weights only load failed" in text or "Unsupported" in text:
-            raise UnsafeCheckpointError(unsafe_message(name, text)) from None
-        raise CheckpointError(f"{name}: not a readable torch.save file: {first_line(text)}") from None
-    except Exception as error:  # torch raises RuntimeError, EOFError, ValueError... on damage
+        raise type(error)(text if text.startswith(f"{name}: ") else f"{name}: {text}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError, OSError,
+            zlib.error, KeyError) as error:
         raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
-                              f"{first_line(str(error))}") from None
-    tensors = {path or "tensor": value for path, value in walk(root, "") if is_tensor(value)}
+                              f"{first_line(str(error)) or type(error).__name__}") from None
+    builders.fill(pickled.storage_bytes)
+    root = pickled.root
+    tensors = named_tensors(pickled)
     metadata = _read_pt_metadata(data, name)
-    return Checkpoint("pt", root, tensors, metadata, name)
+    return Checkpoint("pt", root, tensors, metadata, name, torchscript=pickled.kind == "torchscript")
 
 
 def unsafe_message(name: str, text: str) -> str:
@@ -454,6 +521,18 @@ def refuse_foreign_entries(out: Path, expected: dict[str, str]) -> None:
                                   "there (an earlier output). Remove it or choose another OUTPUT")
 
 
+def refuse_foreign_objects(checkpoint: Any) -> None:
+    """Objects of other classes are read as inert records: rnninit can keep their bytes in a patched copy,
+    but cannot write them again (standard output, another format, a re-saved file)."""
+    classes = getattr(checkpoint, "foreign_classes", [])
+    if classes:
+        shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+        what = "the TorchScript archive holds" if getattr(checkpoint, "torchscript", False) else "the checkpoint holds"
+        raise OutputError(f"{what} objects of classes rnninit reads as inert records but never rebuilds ({shown}); "
+                          "it cannot be written again to standard output, in another format, or re-saved "
+                          "(--drop-optimizer-state). Write a .pt file with -o: a patched copy keeps their bytes")
+
+
 def refuse_non_tensors(root: Any, tensors_only: bool) -> None:
     """Safetensors holds tensors only: refuse to silently drop other entries of a .pt, or the names of a
     container that the .pt holds under several paths (only the first path's names would be written)."""
@@ -515,6 +594,7 @@ def serialize(
     tensors_only: bool = False,
 ) -> None:
     """Write `checkpoint` in format `fmt` to the seekable binary file `sink`."""
+    refuse_foreign_objects(checkpoint)
     if fmt == "safetensors":
         refuse_non_tensors(checkpoint.root, tensors_only)
         tensors = checkpoint.tensors

@@ -28,6 +28,7 @@ from .checkpoint import (
     load_checkpoint,
     locked_input,
     output_format,
+    refuse_foreign_objects,
     refuse_non_tensors,
     require_regular_file,
     save_checkpoint,
@@ -113,6 +114,7 @@ class Inspection:
     skipped: list[Skipped] = field(default_factory=list)
     suspects: list[Suspect] = field(default_factory=list)
     views: list[str] = field(default_factory=list)  # how parameters stored in another form were read
+    foreign_classes: list[str] = field(default_factory=list)  # objects of other classes the file holds
 
 
 def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequence[Declaration] = (),
@@ -129,7 +131,8 @@ def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequenc
             refuse_skipped(found.skipped)
         tensors = found.effective(opened.load(found.sources))
         return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
-                          list(found.skipped), list(found.suspects), [view.describe for view in found.views])
+                          list(found.skipped), list(found.suspects), [view.describe for view in found.views],
+                          foreign_classes=list(getattr(opened, "foreign_classes", [])))
     finally:
         close_source(opened)
 
@@ -290,6 +293,8 @@ def _rewrite(
     elif isinstance(opened, TensorFile) and (target_format != opened.format or output == STDIO
                                              or drop_optimizer_state):
         opened = load_checkpoint(source, opened.read_all())
+    if isinstance(opened, Checkpoint) and output is not None and not dry_run:
+        refuse_foreign_objects(opened)  # it is written whole: objects read as records cannot be pickled again
 
     notes = []
     if drop_optimizer_state and isinstance(opened, Checkpoint):

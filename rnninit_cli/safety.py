@@ -33,6 +33,7 @@ STDIN_LIMIT_VARIABLE = "RNNINIT_STDIN_LIMIT"
 DEFAULT_STDIN_LIMIT = 4 << 30
 SMALL_RECORD_LIMIT = 64 << 10  # byteorder, version, serialization_id, rnninit.json... (rnninit's is 4 KiB)
 PICKLE_RECORD_LIMIT = 64 << 20  # data.pkl: ~200 bytes a tensor, so about 300,000 tensors
+CODE_RECORD_LIMIT = 16 << 20  # a TorchScript archive's code/ record (source or debug pickle), each
 PICKLE_RATIO_LIMIT = 64  # a compressed data.pkl: declared size / compressed size (pickles of names compress ~10x)
 SMALL_RECORDS = frozenset({"byteorder", "version", ".data/version", ".data/serialization_id", ".format_version",
                            ".storage_alignment", "rnninit.json"})  # a torch.save archive's records besides data
@@ -353,6 +354,8 @@ def check_zip_records(archive: zipfile.ZipFile, size: int, name: str) -> None:
                                   "uncompressed, so this archive was rewritten: refused (a zip bomb is possible)")
         if info.compress_type != zipfile.ZIP_DEFLATED:
             raise CheckpointError(f"{name}: zip record {record} uses a compression torch.load cannot read")
+        if len(parts) >= 3 and parts[1] == "code" and info.file_size <= CODE_RECORD_LIMIT:
+            continue  # a TorchScript archive's source and debug records (torch.jit.save compresses them)
         if not is_pickle and info.file_size > SMALL_RECORD_LIMIT:
             raise CheckpointError(f"{name}: compressed zip record {record} declares {info.file_size} bytes, more "
                                   f"than the {SMALL_RECORD_LIMIT} such a record may hold; refused (zip bomb?)")

@@ -3,15 +3,16 @@
 For large checkpoints rnninit never loads the untouched tensors. A `.safetensors` header gives every
 tensor's byte range; a `.pt` written by `torch.save` is a zip archive whose tensor records are stored
 uncompressed, and its `data.pkl` says which record (and offset) backs each tensor. That pickle is read
-only through torch's weights-only unpickler, with storages materialized on the `meta` device, so no
-tensor data is read and no code from the file runs. An output is then the input's bytes copied by the
-kernel, with only the rewritten tensors' byte ranges overwritten (and, for zip archives, the CRC-32
-fields of the touched records updated).
+only by rnninit's restricted unpickler (`unpickle.py`: no torch, nothing the file names is imported or
+called, tensors are records of where their bytes lie), so indexing reads no tensor data. TorchScript
+archives are read the same way, their tensors named as `module.state_dict()` names them. An output is
+then the input's bytes copied by the kernel, with only the rewritten tensors' byte ranges overwritten
+(and, for zip archives, the CRC-32 fields of the touched records updated): objects of other classes
+keep their bytes exactly.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -29,7 +30,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from .checkpoint import (
     METADATA_RECORD,
     FileIdentity,
-    UnsafeCheckpointError,
     append_metadata_record,
     detect_format,
     first_line,
@@ -42,7 +42,7 @@ from .checkpoint import (
     unsafe_message,
     walk,
 )
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError
 from .safety import (
     SAFETENSORS_TORCH_DTYPES,
     check_zip_records,
@@ -50,6 +50,17 @@ from .safety import (
     safetensors_header_size,
     validate_safetensors_header,
 )
+from .unpickle import (
+    DTYPES,
+    TensorRef,
+    array_from_bytes,
+    check_small_record,
+    read_code,
+    script_tensors,
+    storage_from_id,
+    unpickle,
+)
+from .unpickle import foreign_classes as find_foreign_classes
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +77,7 @@ class CannotPatch(Exception):
 class Location:
     """Where a tensor's elements lie in the file."""
 
-    dtype: torch.dtype
+    dtype_name: str  # torch's name: "float32", "bfloat16"...
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     storage: str  # zip record name (.pt) or "data" (.safetensors)
@@ -74,8 +85,14 @@ class Location:
     offset: int  # element offset of the tensor in its storage
 
     @property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    @property
     def element_size(self) -> int:
-        return self.dtype.itemsize
+        return DTYPES[self.dtype_name][0]
 
     @property
     def contiguous(self) -> bool:
@@ -129,6 +146,8 @@ class TensorFile:
     handle: BinaryIO | None = None  # the open file (set by index_file)
     size: int = 0  # the file's size when it was indexed: a copy copies that many bytes
     identity: FileIdentity | None = None  # inode, size and mtime when it was opened (--in-place checks it)
+    torchscript: bool = False  # a TorchScript archive (torch.jit.save): tensors named by state_dict paths
+    torch_checked: bool = False  # the torch-side checks of a patched copy ran (check_loadable)
 
     @property
     def source(self) -> str:
@@ -160,7 +179,25 @@ class TensorFile:
 
     @property
     def optimizer_paths(self) -> list[str]:
-        return [] if self.root is None else optimizer_state_paths(self.root)
+        return [] if self.root is None or self.torchscript else optimizer_state_paths(self.root)
+
+    @property
+    def foreign_classes(self) -> list[str]:
+        """Sorted "module.Name" of the objects of other classes the file holds (read as inert records)."""
+        return [] if self.root is None else find_foreign_classes(self.root)
+
+    def arrays(self, names: Iterable[str]) -> dict[str, Any]:
+        """numpy copies of the named tensors, read from their byte ranges (no torch needed)."""
+        result = {}
+        for name in names:
+            loc = self.locations[name]
+            start, stop = loc.byte_range
+            if stop > self.size:
+                raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
+            refuse_broadcast(name, math.prod(loc.shape), (stop - start) // loc.element_size)
+            raw = read_exactly(self.descriptor, start, stop - start, self.path)
+            result[name] = array_from_bytes(raw, loc.dtype_name, loc.shape, loc.stride)  # `raw` starts at offset
+        return result
 
     def shapes(self) -> dict[str, torch.Tensor]:
         """Meta tensors (shape and dtype, no data) for layout discovery and planning."""
@@ -201,6 +238,8 @@ class TensorFile:
     def copy_into(self, sink: BinaryIO, metadata: dict[str, str], names: Iterable[str]) -> None:
         """First phase: the input's bytes into `sink` (a .safetensors gets its new header already).
         Needs no tensor values, so it can run while they are being drawn."""
+        if self.format == "pt":
+            self.check_loadable()
         for name in names:
             if not self.locations[name].contiguous:
                 raise CannotPatch(f"{name} is not contiguous")
@@ -212,6 +251,28 @@ class TensorFile:
             os.pwrite(out, header, 0)
             start, size = self.data_start, size - self.data_start
         copy_range(self.descriptor, out, start, self._shift(metadata) + start, size)
+
+    def check_loadable(self) -> None:
+        """Before a patched copy is written (torch is imported there anyway): torch's own zip reader must find
+        every record where Python's does, and where torch.load(weights_only=True) can read this kind of file
+        (a plain protocol 2 or 3 torch.save archive, no objects of other classes), it must accept it: a copy
+        it could not load is not written. Reading (inspect, verify, diff) needs neither."""
+        if self.torch_checked or self.handle is None:
+            return
+        folder = next(iter(self.records)).split("/")[0] if self.records else ""
+        try:
+            _check_torch_reads(self.path, folder, self.records, self.handle)
+        except CheckpointError:
+            raise
+        except Exception as error:  # RuntimeError, UnicodeDecodeError... from torch's reader on damage
+            raise CheckpointError(f"{self.path}: not a readable torch.save file (damaged?): "
+                                  f"{first_line(str(error)) or type(error).__name__}") from None
+        pickle_record = self.records.get(f"{folder}/data.pkl")
+        protocol = os.pread(self.descriptor, 2, pickle_record.data_start) if pickle_record else b""
+        plain = not self.torchscript and not self.foreign_classes
+        if plain and protocol[:1] == b"\x80" and protocol[1:2] in b"\x02\x03":
+            _check_torch_loads(self.path, self.handle)
+        self.torch_checked = True
 
     def patch(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         """Second phase: overwrite the rewritten tensors' bytes (and a .pt's CRCs and rnninit record)."""
@@ -363,15 +424,13 @@ def _index_open(path: Path, handle: BinaryIO) -> TensorFile:
 
 
 def _index_safetensors(path: Path, size: int, handle: BinaryIO) -> TensorFile:
-    import torch
-
     with nullcontext(handle):
         header_size = safetensors_header_size(handle.read(8), size, str(path))
         raw = handle.read(header_size)
     header = validate_safetensors_header(raw, size, str(path))  # exactly as strict as the safetensors library
     locations = {}
     for name, entry in header.entries.items():
-        dtype = getattr(torch, _TORCH_DTYPES[entry.dtype])
+        dtype = _TORCH_DTYPES[entry.dtype]
         stride = tuple(_contiguous_strides(entry.shape))
         locations[name] = Location(dtype, entry.shape, stride, "data", header.data_start + entry.begin, 0)
     return TensorFile(path, "safetensors", locations, dict(header.metadata or {}), header=header.as_json(),
@@ -402,8 +461,10 @@ def _zip_records(path: Path, archive: zipfile.ZipFile) -> dict[str, Record]:
             handle.seek(extra_length + comment_length, os.SEEK_CUR)
             central[name] = position + 16
         for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise CannotPatch(f"record {info.filename} is compressed")
+            parts = info.filename.split("/")
+            if info.compress_type != zipfile.ZIP_STORED and (parts[1:] == [METADATA_RECORD]
+                                                            or (len(parts) >= 3 and parts[1] == "data")):
+                raise CannotPatch(f"record {info.filename} is compressed")  # a record a patch would write
             handle.seek(info.header_offset)
             local = handle.read(30)
             if local[:4] != b"PK\x03\x04":
@@ -461,11 +522,6 @@ def _check_torch_loads(path: Path, handle: BinaryIO) -> None:
 
 
 def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
-    import pickle
-
-    import torch
-    from torch import _weights_only_unpickler
-
     try:
         archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, OSError) as error:
@@ -481,12 +537,11 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
         if f"{folder}/byteorder" in names and read_record(archive, f"{folder}/byteorder").strip() != b"little":
             raise CannotPatch("big-endian archive")
         records = _zip_records(path, archive)
-        _check_torch_reads(path, folder, records, handle)
-        _check_torch_loads(path, handle)
         for name in records:  # the small records torch.load reads: local headers and CRC-32s must agree
             if not name.startswith(f"{folder}/data/"):
-                read_record(archive, name)
+                check_small_record(name, read_record(archive, name), str(path))
         data_pkl = read_record(archive, pickles[0])
+        code = read_code(archive, folder)  # TorchScript: the classes' source, as text (never run)
         metadata = {}
         if f"{folder}/{METADATA_RECORD}" in names:
             try:
@@ -494,55 +549,32 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
             except ValueError:
                 metadata = {}
 
-    storages: dict[int, str] = {}
-    declared: dict[int, int] = {}  # storage → the bytes its reference declares (meta storages grow on demand)
+    storages: dict[str, Any] = {}
 
-    def persistent_load(saved_id: tuple[Any, ...]) -> Any:
-        if not (isinstance(saved_id, tuple) and len(saved_id) == 5 and isinstance(saved_id[2], str)
-                and type(saved_id[4]) is int and saved_id[4] >= 0):
-            raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): a storage reference "
-                                  "is malformed")
-        _, storage_type, key, _location, numel = saved_id
-        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-        record = f"{folder}/data/{key}"
+    def persistent_load(saved_id: Any) -> Any:
+        ref = storage_from_id(saved_id, storages)
+        record = f"{folder}/data/{ref.key}"
         if record not in records:
             raise CheckpointError(f"{path}: record {record} is missing from the archive")
-        nbytes = numel * dtype.itemsize
-        if nbytes > records[record].size:
+        if ref.nbytes > records[record].size:
             raise CheckpointError(f"{path}: record {record} is shorter than its storage")
-        untyped = torch.UntypedStorage(nbytes, device="meta")
-        storages[untyped._cdata] = record
-        declared[untyped._cdata] = nbytes
-        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        return ref
 
-    unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(data_pkl), encoding="utf-8")
-    unpickler.persistent_load = persistent_load  # type: ignore[assignment]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            root = unpickler.load()
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(unsafe_message(str(path), str(error))) from None
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CannotPatch(f"data.pkl: {first_line(str(error))}") from None
-
+    root = unpickle(data_pkl, persistent_load, str(path))
+    leaves = [(name or "tensor", value) for name, value in walk(root, "")]  # also enforces the graph's limits
+    named = list(script_tensors(root, code)) if code else [(n, v) for n, v in leaves if isinstance(v, TensorRef)]
     locations = {}
-    for name, value in walk(root, ""):
-        if not isinstance(value, torch.Tensor):
-            continue
-        record = storages.get(value.untyped_storage()._cdata)
-        if record is None or value.device.type != "meta":
+    for name, value in named:
+        if not isinstance(value, TensorRef):
             raise CannotPatch(f"{name} is not backed by a storage record")
-        location = Location(value.dtype, tuple(value.shape), tuple(value.stride()), record,
-                            records[record].data_start, value.storage_offset())
-        # torch.load checks this against real storages; on meta storages nothing does, and a view past its
-        # storage would be read from, and patched into, the next record of the archive
-        stored = declared[value.untyped_storage()._cdata] // value.element_size()
+        record = f"{folder}/data/{value.storage.key}"
+        location = Location(value.dtype, value.shape, value.stride, record, records[record].data_start, value.offset)
+        # torch.load checks this against real storages; here nothing else does, and a view past its storage
+        # would be read from, and patched into, the next record of the archive
+        stored = value.storage.nbytes // value.itemsize  # an untyped storage counts bytes
         if min(location.stride, default=0) < 0 or location.offset < 0 or location.span[1] > stored:
-            raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): {name or 'tensor'} reads "
+            raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): {name} reads "
                                   f"outside its storage (offset {location.offset}, shape {list(location.shape)}, "
                                   f"stride {list(location.stride)}, {stored} stored elements)")
-        locations[name or "tensor"] = location
-    return TensorFile(path, "pt", locations, metadata, root=root, records=records)
+        locations[name] = location
+    return TensorFile(path, "pt", locations, metadata, root=root, records=records, torchscript=bool(code))
