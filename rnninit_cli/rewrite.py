@@ -208,35 +208,39 @@ class _SpanIndex:
         return [name for _, name in sorted(found)]
 
 
+@dataclass(frozen=True)
+class RewriteOptions:
+    """How `rewrite` runs: everything `rnninit apply` takes besides INPUT, OUTPUT and SCHEME."""
+
+    rules: tuple[str, ...] = ()
+    only: str | None = None
+    seed: int | None = None
+    fmt: str | None = None  # the output format; default: OUTPUT's extension, else the input's format
+    dry_run: bool = False
+    in_place: bool = False
+    force: bool = False
+    tensors_only: bool = False
+    drop_optimizer_state: bool = False
+    report_before: bool = True  # False skips the statistics of the old values (nobody will see them)
+    layouts: tuple[Declaration, ...] = ()
+    strict: bool = False
+
+
 def rewrite(
     source: str,
     output: str | None,
     scheme: str,
+    options: RewriteOptions = RewriteOptions(),
     *,
-    rules: Iterable[str] = (),
-    only: str | None = None,
-    seed: int | None = None,
-    fmt: str | None = None,
-    dry_run: bool = False,
-    in_place: bool = False,
-    force: bool = False,
-    tensors_only: bool = False,
-    drop_optimizer_state: bool = False,
     on_entry: Callable[[PlanEntry], None] | None = None,
-    report_before: bool = True,
-    layouts: Sequence[Declaration] = (),
-    strict: bool = False,
 ) -> RewriteResult:
-    """Apply `scheme` (then `rules`) to every recurrent parameter of `source`; write `output`.
-    `report_before=False` skips the statistics of the old values (nobody will see them).
+    """Apply `scheme` (then `options.rules`) to every recurrent parameter of `source`; write `output`.
+    `on_entry` is called after each block is written (a progress bar).
 
     With --in-place, INPUT is locked (flock) for the whole run, so concurrent in-place runs take turns,
     and it is checked right before the rename: if another writer changed it meanwhile, nothing is written."""
     with ExitStack() as cleanup:
-        return _rewrite(cleanup, source, output, scheme, rules=rules, only=only, seed=seed, fmt=fmt,
-                        dry_run=dry_run, in_place=in_place, force=force, tensors_only=tensors_only,
-                        drop_optimizer_state=drop_optimizer_state, on_entry=on_entry, report_before=report_before,
-                        layouts=layouts, strict=strict)
+        return _rewrite(cleanup, source, output, scheme, options, on_entry)
 
 
 def _open_input(cleanup: ExitStack, source: str, output: str | None, *, in_place: bool,
@@ -261,21 +265,13 @@ def _rewrite(
     source: str,
     output: str | None,
     scheme: str,
-    *,
-    rules: Iterable[str],
-    only: str | None,
-    seed: int | None,
-    fmt: str | None,
-    dry_run: bool,
-    in_place: bool,
-    force: bool,
-    tensors_only: bool,
-    drop_optimizer_state: bool,
+    options: RewriteOptions,
     on_entry: Callable[[PlanEntry], None] | None,
-    report_before: bool,
-    layouts: Sequence[Declaration],
-    strict: bool,
 ) -> RewriteResult:
+    rules, only, seed, fmt, dry_run = options.rules, options.only, options.seed, options.fmt, options.dry_run
+    in_place, force, tensors_only = options.in_place, options.force, options.tensors_only
+    drop_optimizer_state, report_before = options.drop_optimizer_state, options.report_before
+    layouts, strict = options.layouts, options.strict
     if output is None and in_place:
         output = source
     if output is None and not dry_run:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner, Result
 
 from rnninit_cli.cli import app
-from rnninit_cli.rewrite import rewrite
+from rnninit_cli.rewrite import RewriteOptions, rewrite
 
 D, H = 3, 4  # input and hidden size of every recurrent layer here
 VOCAB, EMBED = 7, 3
@@ -477,7 +477,7 @@ def test_tied_weights_stay_tied(tied_pt: Path, tmp_path: Path, output: str) -> N
 
 
 def test_tied_weights_warnings_from_the_library(tied_pt: Path, tmp_path: Path) -> None:
-    result = rewrite(str(tied_pt), str(tmp_path / "out.pt"), "keras", seed=8)
+    result = rewrite(str(tied_pt), str(tmp_path / "out.pt"), "keras", RewriteOptions(seed=8))
     shared = [line for line in result.warnings if "shares its storage" in line]
     assert len(shared) == 1
     assert shared[0].startswith("rnn.weight_hh_l0 ") and "extra.hh_copy" in shared[0]

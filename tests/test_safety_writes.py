@@ -44,7 +44,7 @@ from typer.testing import CliRunner, Result
 import rnninit_cli.folders as folders
 from rnninit_cli.cli import app
 from rnninit_cli.errors import RnnInitError
-from rnninit_cli.rewrite import rewrite
+from rnninit_cli.rewrite import RewriteOptions, rewrite
 from rnninit_cli.tensorfile import TensorFile
 
 HERE = Path(__file__).resolve().parent
@@ -253,7 +253,7 @@ def test_concurrent_in_place_writers(fmt: str, tmp_path: Path) -> None:
         def run(seed: int, start: threading.Barrier = start) -> str:
             start.wait()
             try:
-                rewrite(str(source), None, "keras", seed=seed, in_place=True, report_before=False)
+                rewrite(str(source), None, "keras", RewriteOptions(seed=seed, in_place=True, report_before=False))
             except RnnInitError as error:
                 return str(error)
             return "ok"
