@@ -20,7 +20,9 @@ from .entry_checks import _check_all
 from .families import _LARGEST_LOG, UNDETERMINED
 from .formatting import _json
 
-UNKNOWN = "unknown / trained"
+# Not "trained": a fresh layer drawn by an initializer outside the registry (speechbrain's uniform input weights
+# beside an orthogonal recurrent matrix) matches no built-in scheme either.
+UNKNOWN = "no built-in scheme"
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class SchemeMatch:
     """Which schemes a layer's values are consistent with.
 
     primary: the first match in registry order; UNDETERMINED when some block is too small to decide between
-    schemes that fit; UNKNOWN ('unknown / trained') when no scheme fits. matches: every decided match (several
+    schemes that fit; UNKNOWN ('no built-in scheme') when no scheme fits. matches: every decided match (several
     when schemes coincide, e.g. keras and keras-gate on a plain RNN). undetermined: schemes that fit but could not
     be decided. estimated: arguments read from the values (chrono's tmax, irnn's scale). rejected: per scheme, the
     first block that rules it out.
