@@ -31,16 +31,16 @@ import cog
 
 REPO = Path(__file__).resolve().parent.parent
 RNNINIT = ".venv/bin/rnninit "
-WIDTH = 160  # what rnninit prints to a pipe or a log; a terminal gets its own width
 
 # Human output must look as it does in a log: no colours, no terminal width, whatever cog runs in.
 for _name in ("COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
     os.environ.pop(_name, None)
 with contextlib.redirect_stderr(io.StringIO()):
     from rnninit_cli import cli
-if cli.console.width != WIDTH or cli.console.color_system is not None:
-    raise RuntimeError(f"rnninit's console is {cli.console.width} columns wide with colours "
-                       f"{cli.console.color_system}; run cog in a fresh process")
+for _console in (cli.answer, cli.console):  # a pipe or a log: never folded, no colours
+    if _console.width != cli.UNFOLDED or _console.color_system is not None:
+        raise RuntimeError(f"rnninit's console is {_console.width} columns wide with colours "
+                           f"{_console.color_system}; run cog in a fresh process")
 
 sys.path.insert(0, str(REPO / "examples"))
 import make_readme_files  # noqa: E402

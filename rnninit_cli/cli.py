@@ -1,6 +1,9 @@
 """The `rnninit` command line: a thin Typer layer over the library.
 
-Human output goes to standard error, data (JSON, a checkpoint written to '-') to standard output.
+The answer goes to standard output: the tables of inspect, verify, diff and schemes, the report of apply
+and new (to standard error when standard output carries the checkpoint, `-o -`), or the JSON of --json.
+Progress, warnings, notes and errors go to standard error. Off a terminal nothing is coloured or folded:
+a table row stays one line, so grep finds it.
 torch is imported inside the commands that need it, so `rnninit --help` and `rnninit schemes` are
 instant.
 """
@@ -32,18 +35,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help wraps at the terminal's width; Rich's help panels cut option names and values at 80 columns
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-def _make_console() -> Console:
-    probe = Console(stderr=True)
-    # Logs and pipes get 160 columns so per-gate tables are not folded; terminals use their width.
-    wide = not probe.is_terminal and "COLUMNS" not in os.environ
+UNFOLDED = 100_000  # the width of a pipe or a file: wide enough that no table row is ever folded
+
+
+def _make_console(*, stderr: bool) -> Console:
+    probe = Console(stderr=stderr)
+    # A terminal gets its own width (tables fit it); pipes, files and logs are never folded, whatever
+    # COLUMNS says: a table takes its natural width and each row stays one line for grep.
     # emoji=False: a name like `enc:fire:` prints as written, not as an emoji
-    return Console(stderr=True, highlight=False, emoji=False, width=160 if wide else None)
+    return Console(stderr=stderr, highlight=False, emoji=False, width=None if probe.is_terminal else UNFOLDED)
 
 
-console = _make_console()
+console = _make_console(stderr=True)  # messages: progress, warnings, notes, errors
+answer = _make_console(stderr=False)  # the answer: tables and reports
 _state = {"debug": False, "commits": 0}
 
 
@@ -205,18 +214,20 @@ def _discovery_document(found: Any) -> dict[str, Any]:
 
 
 def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, quiet: bool) -> None:
+    """The report of apply and new: on standard output, or on standard error when that carries the checkpoint."""
     from .report import apply_table
 
     if quiet:
         return
+    report = console if output == "-" else answer
     for layer in the_plan.layers:
-        console.print(apply_table(layer, the_plan.entries_for(layer), tensors, before))
-        console.print()
+        report.print(apply_table(layer, the_plan.entries_for(layer), tensors, before))
+        report.print()
     summary = f"{len(the_plan.layers)} layer(s), {len(the_plan.writes)} block(s), scheme {the_plan.scheme}"
     if the_plan.seed is not None:
         summary += f", seed {the_plan.seed}"
-    summary += f"; wrote {output}" if output else "; dry run, nothing written"
-    console.print(visible(summary), soft_wrap=True, markup=False)
+    summary += f"; wrote {_shown(output)}" if output else "; dry run, nothing written"
+    report.print(visible(summary), soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -250,14 +261,14 @@ def apply(
     with _errors():
         _one_stdout_user(as_json, output)
         from .report import apply_document
-        from .rewrite import rewrite
+        from .rewrite import RewriteOptions, rewrite
 
+        options = RewriteOptions(rules=tuple(rule or ()), only=only, seed=seed, fmt=fmt.value if fmt else None,
+                                 dry_run=dry_run, in_place=in_place, force=force, tensors_only=tensors_only,
+                                 drop_optimizer_state=drop_optimizer_state, report_before=as_json or not quiet,
+                                 layouts=tuple(_layouts(layout, layout_file)), strict=strict)
         with _progress(quiet or as_json) as on_entry:
-            result = rewrite(input, output, scheme, rules=rule or (), only=only, seed=seed,
-                             fmt=fmt.value if fmt else None, dry_run=dry_run, in_place=in_place, force=force,
-                             tensors_only=tensors_only, drop_optimizer_state=drop_optimizer_state,
-                             on_entry=on_entry, report_before=as_json or not quiet,
-                             layouts=_layouts(layout, layout_file), strict=strict)
+            result = rewrite(input, output, scheme, options, on_entry=on_entry)
         if not quiet:
             for line in result.warnings:
                 console.print(f"[bold yellow]warning:[/] {shown(line)}", soft_wrap=True)
@@ -269,8 +280,7 @@ def apply(
             document |= {"skipped": _discovery_document(result.plan)["skipped"]}
             _emit_json(document | ({"dry_run": True} if dry_run else {}))
         elif not quiet:
-            _show_result(result.plan, None if dry_run else result.tensors, result.before,
-                         _shown(result.output), quiet)
+            _show_result(result.plan, None if dry_run else result.tensors, result.before, result.output, quiet)
 
 
 @contextmanager
@@ -299,6 +309,9 @@ def inspect(
     plot: Annotated[str | None, typer.Option(
         "--plot", help="Also draw value histograms and singular-value spectra per gate block into this PNG "
         "(needs matplotlib: pip install 'rnninit[plot]').")] = None,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Every column: also shape, dtype, the orthogonality error and the singular values' "
+        "range. Without it a table fits 80 columns: gate, mean, std, min, max, family, histogram.")] = False,
     layout: LayoutOption = None,
     layout_file: LayoutFileOption = None,
     strict: StrictOption = False,
@@ -319,23 +332,26 @@ def inspect(
         if as_json:
             _emit_json(inspect_document(found.layers, found.tensors, source=input, fmt=found.format,
                                         only=only, metadata=found.metadata, diagnosis=diagnosis)
-                       | _discovery_document(found) | {"views": found.views})
+                       | _discovery_document(found) | {"views": found.views, "foreign_classes": found.foreign_classes})
             return
         by_layer = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
         selected = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
-        console.print(f"{visible(input)}: {found.format}, {found.tensor_count} tensor(s), "
-                      f"{len(selected)} recurrent layer(s)", markup=False, soft_wrap=True)
+        answer.print(f"{visible(input)}: {found.format}, {found.tensor_count} tensor(s), "
+                     f"{len(selected)} recurrent layer(s)", markup=False, soft_wrap=True)
         recorded = provenance(found.metadata)
         if recorded:
-            console.print(visible(recorded), markup=False, soft_wrap=True)
+            answer.print(visible(recorded), markup=False, soft_wrap=True)
+        if found.foreign_classes:  # read as inert records, never rebuilt: a patched copy keeps their bytes
+            answer.print(visible(f"holds objects of classes: {', '.join(found.foreign_classes)}"), markup=False,
+                         soft_wrap=True)
         if not selected:
-            console.print("no recurrent parameters found" + (f" matching --only {visible(repr(only))}" if only else ""),
-                          markup=False)
+            answer.print("no recurrent parameters found" + (f" matching --only {visible(repr(only))}" if only else ""),
+                         markup=False)
         for layer, kinds in selected:
-            console.print()
-            console.print(inspect_table(layer, found.tensors, kinds, by_layer.get(layer)))
+            answer.print()
+            answer.print(inspect_table(layer, found.tensors, kinds, by_layer.get(layer), wide=wide))
         for line in found.views:
-            console.print(visible(f"read {line}"), markup=False, soft_wrap=True)
+            answer.print(visible(f"read {line}"), markup=False, soft_wrap=True)
         _print_warnings([*found.skipped, *(f"not recognised: {item}" for item in found.suspects),
                          *(diagnosis.warnings if diagnosis else ())])
         if plot is not None and diagnosis is not None:
@@ -373,13 +389,13 @@ def verify(
             _emit_json({"input": input, **report.as_dict(), "skipped": _discovery_document(found)["skipped"]})
         else:
             if report.failures:
-                console.print(verify_table(report))
+                answer.print(verify_table(report))
             weak = f", {len(report.weak)} too small to decide" if report.weak else ""
             _print_warnings(found.skipped)
             verdict = "consistent" if report.ok else f"{len(report.failures)} NOT consistent"
-            console.print(visible(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: ")
-                          + verdict + weak,
-                          markup=False, soft_wrap=True)
+            answer.print(visible(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: ")
+                         + verdict + weak,
+                         markup=False, soft_wrap=True)
         if not report.ok:
             raise typer.Exit(1)
 
@@ -410,20 +426,22 @@ def diff(
                               layers_b=found_b.layers)
         if as_json:
             _emit_json({"a": a, "b": b, **report.as_dict(), "skipped": [
-                *_discovery_document(found_a)["skipped"], *_discovery_document(found_b)["skipped"]]})
+                {"file": which, **item} for which, found in ((a, found_a), (b, found_b))
+                for item in _discovery_document(found)["skipped"]]})
         else:
             if report.changed_blocks:
-                console.print(diff_table(report))
+                answer.print(diff_table(report))
             for layer in report.layers:
                 for line in (*layer.params_only_in_a, *layer.params_only_in_b, *layer.shape_changes):
-                    console.print(visible(f"{layer.title}: {line}"), markup=False, soft_wrap=True)
+                    answer.print(visible(f"{layer.title}: {line}"), markup=False, soft_wrap=True)
             for title in report.only_in_a:
-                console.print(visible(f"only in {a}: {title}"), markup=False, soft_wrap=True)
+                answer.print(visible(f"only in {a}: {title}"), markup=False, soft_wrap=True)
             for title in report.only_in_b:
-                console.print(visible(f"only in {b}: {title}"), markup=False, soft_wrap=True)
-            _print_warnings([*found_a.skipped, *found_b.skipped])
+                answer.print(visible(f"only in {b}: {title}"), markup=False, soft_wrap=True)
+            _print_warnings([f"{which}: {item}" for which, found in ((a, found_a), (b, found_b))
+                             for item in found.skipped])
             summary = "identical" if report.identical else f"{len(report.changed_blocks)} block(s) differ"
-            console.print(visible(f"{a} vs {b}: {summary}"), markup=False, soft_wrap=True)
+            answer.print(visible(f"{a} vs {b}: {summary}"), markup=False, soft_wrap=True)
         if not report.identical:
             raise typer.Exit(1)
 
@@ -461,7 +479,7 @@ def new(
             _emit_json(apply_document(result.plan, result.tensors, result.before, source=f"new {cell.value}",
                                       fmt=result.output_format, output=output))
         else:
-            _show_result(result.plan, result.tensors, result.before, _shown(output), quiet)
+            _show_result(result.plan, result.tensors, result.before, output, quiet)
 
 
 @app.command()
@@ -477,10 +495,10 @@ def schemes(as_json: JsonOption = False) -> None:
             return
         from .report import schemes_table
 
-        console.print(schemes_table(SCHEMES.values()))
-        console.print("Rules: TARGET=INIT, TARGET = weight_ih | weight_hh | weight_hr | bias_ih | "
+        answer.print(schemes_table(SCHEMES.values()))
+        answer.print("Rules: TARGET=INIT, TARGET = weight_ih | weight_hh | weight_hr | bias_ih | "
                       "bias_hh | weight | bias, optionally .GATE (LSTM i f g o, GRU r z n). "
-                      "Later rules win.", markup=False, soft_wrap=True)
+                      "Later rules win.", markup=False)  # wrapped at words on a terminal; one line elsewhere
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

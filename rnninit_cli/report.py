@@ -10,8 +10,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -157,43 +158,63 @@ def titled(layer: Layer, table: Table) -> Group:
     return Group(Text(layer_heading(layer), style="bold"), table)  # Text: names are not markup
 
 
+class _Dense:
+    """A table that drops its cells' padding when its natural width exceeds the width at hand (a narrow
+    terminal), so that only its wrappable columns wrap; where it fits (pipes, logs, wide terminals) it is as built."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        natural = Measurement.get(console, options.update_width(1 << 20), self.table).maximum
+        if natural > options.max_width:
+            self.table.padding = (0, 0)
+        yield self.table
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.table)
+
+
 def _small(value: float | None) -> str:
     return "" if value is None else f"{value:.1e}" if value and abs(value) < 1e-2 else _fixed(value)
 
 
 def inspect_table(
     layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str],
-    diagnosis: LayerDiagnosis | None = None,
+    diagnosis: LayerDiagnosis | None = None, *, wide: bool = False,
 ) -> Group:
-    """Per gate block: shape, dtype, mean, std, min, max; with a diagnosis also max|BᵀB − I| (orth),
-    the singular values' range (σ), the initializer family and a histogram of the values."""
+    """Per gate block: mean, std, min, max; with a diagnosis also the initializer family and a histogram of the
+    values. `wide` adds shape and dtype, max|BᵀB − I| (orth), the singular values' range (σ) and the whole
+    matrices' lines. Only the family may wrap (on a narrow terminal): every other cell stays on its row's line."""
     table = Table(show_edge=False, pad_edge=False)
-    extra = ("orth err", "σ min–max", "family", "values") if diagnosis else ()
-    for column in ("parameter", "gate", "shape", "dtype", *STAT_NAMES, *extra):
-        table.add_column(column, justify="right" if column in STAT_NAMES else "left",
-                         no_wrap=column in ("values", "parameter", "σ min–max", "orth err"))
+    shape_columns = ("shape", "dtype") if wide else ()
+    extra = ((("orth err", "σ min–max") if wide else ()) + ("family", "values")) if diagnosis else ()
+    for column in ("parameter", "gate", *shape_columns, *STAT_NAMES, *extra):
+        table.add_column(column, justify="right" if column in STAT_NAMES else "left", no_wrap=column != "family")
     found = {} if diagnosis is None else {(b.name, b.start): b for b in diagnosis.blocks}
     for kind in kinds:
         doc = param_document(layer, kind, tensors)
         for index, (block, spec) in enumerate(zip(doc["blocks"], layer.blocks(kind), strict=True)):
             first = index == 0
-            cells = [shown(_short(doc["name"], layer)) if first else "", block["gate"] or "-",
-                     "x".join(map(str, doc["shape"])) if first else "", doc["dtype"] if first else "",
-                     *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES)]
+            cells = [shown(_short(doc["name"], layer)) if first else "", block["gate"] or "-"]
+            if wide:
+                cells += ["x".join(map(str, doc["shape"])) if first else "", doc["dtype"] if first else ""]
+            cells += [_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES]
             stats = found.get((spec.name, spec.start))
             if stats is not None:
                 nonfinite = f" [bold red]{stats.nan} NaN {stats.inf} Inf[/]" if stats.nan or stats.inf else ""
-                span = "" if stats.sv_min is None else f"{_fixed(stats.sv_min, 2)}–{_fixed(stats.sv_max or 0, 2)}"
-                cells += [_small(stats.orthogonality_error), span, shown(stats.family.label) + nonfinite,
-                          stats.histogram]
+                if wide:
+                    span = "" if stats.sv_min is None else f"{_fixed(stats.sv_min, 2)}–{_fixed(stats.sv_max or 0, 2)}"
+                    cells += [_small(stats.orthogonality_error), span]
+                cells += [shown(stats.family.label) + nonfinite, stats.histogram]
             table.add_row(*cells)
     for index, (gate, stats) in enumerate(effective_bias(layer, tensors)):
         label = Text("effective bias", style="bold") if index == 0 else ""
-        table.add_row(label, gate or "-", "ih + hh" if index == 0 else "", "",
-                      *(_num(stats[s], s) for s in STAT_NAMES))
-    parts: list[Any] = [table]
+        shape_cells = ["ih + hh" if index == 0 else "", ""] if wide else []
+        table.add_row(label, gate or "-", *shape_cells, *(_num(stats[s], s) for s in STAT_NAMES))
+    parts: list[Any] = [_Dense(table)]
     if diagnosis is not None:
-        for matrix in diagnosis.matrices:
+        for matrix in diagnosis.matrices if wide else ():
             if matrix.orthogonality_error is not None:
                 sigma = "" if matrix.sv_min is None else \
                     f", σ {_fixed(matrix.sv_min)}–{_fixed(matrix.sv_max or 0)} {matrix.spectrum or ''}"
@@ -273,12 +294,18 @@ def apply_table(
 
 
 def schemes_table(schemes: Iterable[Any]) -> Table:
+    """One row per scheme, its name on the row's first line (grep finds it). Descriptions and references are
+    prose, wrapped at words in columns of their own width, the same on a terminal, in a pipe and in a log."""
     table = Table(show_lines=True)
-    for column in ("scheme", "description", "rules (in order; later rules win)", "reference"):
-        table.add_column(column, overflow="fold")
+    table.add_column("scheme", no_wrap=True)
+    # a word longer than its column (a rule, a dotted name) folds, on a narrow terminal only, and is never cut
+    table.add_column("description", max_width=48, min_width=16, overflow="fold")
+    table.add_column("rules (in order; later rules win)", overflow="fold")
+    table.add_column("reference", max_width=48, min_width=12, overflow="fold")
     for scheme in schemes:
-        table.add_row(*(escape(text) for text in (scheme.signature, scheme.description, "\n".join(scheme.rules),
-                                                   scheme.reference)))
+        # a template's placeholder shows as the argument's name: identity(scale), not identity({scale})
+        rules = "\n".join(re.sub(r"\{(\w+)\}", r"\1", rule) for rule in scheme.rules)
+        table.add_row(*(escape(text) for text in (scheme.signature, scheme.description, rules, scheme.reference)))
     return table
 
 

@@ -99,9 +99,9 @@ def assert_untouched(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
         assert torch.equal(after[name], before[name]), name
 
 
-def summary_seed(stderr: str) -> int:
-    found = re.findall(r"\bseed (\d+)", stderr)
-    assert len(found) == 1, stderr
+def summary_seed(report: str) -> int:
+    found = re.findall(r"\bseed (\d+)", report)
+    assert len(found) == 1, report
     return int(found[0])
 
 
@@ -126,9 +126,9 @@ def test_schemes_table_lists_every_scheme(cli) -> None:
     result = cli("schemes")
     assert result.exit_code == 0
     for name in ("pytorch", "keras", "keras-gate", "flax", "orthogonal", "irnn", "chrono"):
-        assert name in result.stderr
-    assert "tmax" in result.stderr
-    assert result.stdout == ""
+        assert name in result.stdout
+    assert "tmax" in result.stdout
+    assert result.stderr == ""
 
 
 def test_schemes_json_is_one_document(cli) -> None:
@@ -343,7 +343,7 @@ def test_drawn_seed_is_printed_recorded_and_reproduces(cli, model_pt: Path, mode
         first = tmp_path / ("first" + source.suffix)
         result = cli("apply", source, "-s", "keras", "-o", first)
         assert result.exit_code == 0, result.stderr
-        seed = summary_seed(result.stderr)
+        seed = summary_seed(result.stdout)
         assert read_metadata(first)["rnninit.seed"] == str(seed)
         again = tmp_path / ("again" + source.suffix)
         assert cli("apply", source, "-s", "keras", "--seed", seed, "-o", again, "-q").exit_code == 0
@@ -418,7 +418,7 @@ def test_only_selects_by_regex(cli, model_pt: Path, tmp_path: Path) -> None:
     assert gram_error(after["gru.weight_hh_l0"]) < 1e-5
     assert not torch.equal(after["gru.weight_ih_l0"], before["gru.weight_ih_l0"])
     assert read_metadata(output)["rnninit.only"] == r"^gru\."
-    assert "1 layer(s)" in result.stderr
+    assert "1 layer(s)" in result.stdout
 
 
 def test_only_matching_nothing_is_an_error(cli, model_pt: Path, tmp_path: Path) -> None:
@@ -434,9 +434,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, model_pt: Path, tmp_pat
     assert result.exit_code == 0, result.stderr
     assert not output.exists()
     assert model_pt.read_bytes() == snapshot
-    assert "bias_ih.f=ones" in result.stderr and "weight_hh=orthogonal(per=matrix)" in result.stderr
-    assert "LSTM layer 1, reverse" in result.stderr
-    assert result.stdout == ""
+    assert "bias_ih.f=ones" in result.stdout and "weight_hh=orthogonal(per=matrix)" in result.stdout
+    assert "LSTM layer 1, reverse" in result.stdout
+    assert result.stderr == ""
 
     result = cli("apply", model_pt, "-s", "keras", "--dry-run", "--json")
     assert result.exit_code == 0
@@ -455,12 +455,12 @@ def test_quiet_prints_nothing(cli, model_pt: Path, tmp_path: Path) -> None:
     assert_error(cli("apply", model_pt, "-s", "keras", "-q", "-o", output), 1, "exists")
 
 
-def test_apply_report_goes_to_stderr(cli, model_pt: Path, tmp_path: Path) -> None:
+def test_apply_report_goes_to_stdout(cli, model_pt: Path, tmp_path: Path) -> None:
     output = tmp_path / "out.pt"
     result = cli("apply", model_pt, "-s", "keras", "--seed", "17", "-o", output)
     assert result.exit_code == 0
-    assert result.stdout == ""
-    err = result.stderr
+    assert result.stderr == ""
+    err = result.stdout
     for column in ("parameter", "gate", "rule", "mean before → after", "std before → after"):
         assert column in err
     assert err.count("LSTM layer") == 4 and err.count("GRU layer") == 1
@@ -564,10 +564,10 @@ def test_inspect_json_matches_the_file(cli, request, fixture: str) -> None:
 def test_inspect_human_tables(cli, model_pt: Path, tmp_path: Path) -> None:
     output = tmp_path / "out.pt"
     assert cli("apply", model_pt, "-s", "keras", "--seed", "31", "-o", output).exit_code == 0
-    result = cli("inspect", output)
+    result = cli("inspect", output, "--wide")
     assert result.exit_code == 0
-    assert result.stdout == ""
-    err = result.stderr
+    assert result.stderr == ""
+    err = result.stdout
     for column in ("parameter", "gate", "shape", "dtype", "mean", "std", "min", "max"):
         assert column in err
     assert err.count("effective bias") == len(LAYERS)
@@ -585,14 +585,14 @@ def test_inspect_only(cli, model_pt: Path) -> None:
     assert [(d["prefix"], d["layer"], d["direction"]) for d in layers] == [("lstm.", 1, "reverse")]
     assert [p["name"] for p in layers[0]["params"]] == ["lstm.weight_hh_l1_reverse"]
     human = cli("inspect", model_pt, "--only", "^gru")
-    assert human.exit_code == 0 and "GRU layer" in human.stderr and "LSTM layer" not in human.stderr
+    assert human.exit_code == 0 and "GRU layer" in human.stdout and "LSTM layer" not in human.stdout
     assert_error(cli("inspect", model_pt, "--only", "(unclosed"), 2, "--only")
 
 
 def test_no_recurrent_parameters(cli, no_recurrent_pt: Path, tmp_path: Path) -> None:
     result = cli("inspect", no_recurrent_pt)
     assert result.exit_code == 0
-    assert "no recurrent parameters" in result.stderr
+    assert "no recurrent parameters" in result.stdout
     document = json.loads(cli("inspect", no_recurrent_pt, "--json").stdout)
     assert document["layers"] == [] and document["format"] == "pt"
 

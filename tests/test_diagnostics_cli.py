@@ -41,8 +41,8 @@ def test_verify_exit_codes(tmp_path: Path) -> None:
     assert _run("verify", keras, "--scheme", "keras").exit_code == 0
     failed = _run("verify", per_gate, "--scheme", "keras")
     assert failed.exit_code == 1
-    assert "NOT consistent" in failed.stderr
-    assert "weight_hh_l0" in failed.stderr
+    assert "NOT consistent" in failed.stdout
+    assert "weight_hh_l0" in failed.stdout
     assert _run("verify", keras, "--scheme", "keras-gate").exit_code == 1
     assert _run("verify", keras, "--scheme", "no-such-scheme").exit_code == 2
     assert _run("verify", tmp_path / "missing.pt", "--scheme", "keras").exit_code == 2
@@ -96,7 +96,7 @@ def test_diff_reports_layers_in_one_side_only(tmp_path: Path) -> None:
     torch.save({k: v for k, v in state.items() if k.startswith("lstm.")}, b)
     result = _run("diff", a, b)
     assert result.exit_code == 1
-    assert "only in" in result.stderr and "GRU" in result.stderr
+    assert "only in" in result.stdout and "GRU" in result.stdout
 
 
 def test_inspect_json_keeps_the_schema_and_adds_diagnostics(tmp_path: Path) -> None:
@@ -129,8 +129,8 @@ def test_inspect_warns_about_a_doubled_forget_bias(tmp_path: Path) -> None:
 def test_inspect_shows_family_and_scheme_in_the_table(tmp_path: Path) -> None:
     result = _run("inspect", _saved(tmp_path, "orth.pt", "orthogonal"))
     assert result.exit_code == 0
-    assert "orthogonal per gate" in result.stderr
-    assert "scheme: orthogonal" in result.stderr
+    assert "orthogonal per gate" in result.stdout
+    assert "scheme: orthogonal" in result.stdout
 
 
 def test_inspect_plot_writes_a_png(tmp_path: Path) -> None:

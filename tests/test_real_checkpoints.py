@@ -311,7 +311,7 @@ def test_lightning_checkpoint_only_selects_by_path(lightning_ckpt: Path, tmp_pat
 def test_lightning_checkpoint_without_only_rewrites_every_copy(lightning_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.ckpt"
     result = ok("apply", lightning_ckpt, "-s", "keras", "--seed", 5, "-o", out)
-    assert "state_dict/model.rnn." in result.stderr and "callbacks/EMA/ema_state_dict/model.rnn." in result.stderr
+    assert "state_dict/model.rnn." in result.stdout and "callbacks/EMA/ema_state_dict/model.rnn." in result.stdout
     ema = "callbacks/EMA/ema_state_dict/model.rnn."
     before, after = load_pt(lightning_ckpt), load_pt(out)
     assert_same_tree(before, after, changed=recurrent_names("state_dict/model.rnn.") + recurrent_names(ema))
@@ -322,7 +322,7 @@ def test_lightning_checkpoint_without_only_rewrites_every_copy(lightning_ckpt: P
 def test_script_checkpoint_keeps_everything_else(script_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.pt"
     result = ok("apply", script_ckpt, "-s", "keras", "--seed", 1, "-o", out)
-    assert "model/rnn." in result.stderr
+    assert "model/rnn." in result.stdout
     before, after = load_pt(script_ckpt), load_pt(out)
     assert_same_tree(before, after, changed=recurrent_names("model/rnn."))
     check_keras_lstm(after["model"], "rnn.")

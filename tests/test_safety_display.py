@@ -231,10 +231,10 @@ def test_float64_weights_of_1e100_the_reported_case(cli, tmp_path: Path) -> None
     assert first["std"] == pytest.approx(weight[:HIDDEN].std(unbiased=False).item(), rel=1e-12)
     whole = next(m for m in layer["matrices"] if m["name"] == "rnn.weight_hh_l0")
     assert whole["sv_max"] == pytest.approx(torch.linalg.svdvals(weight).max().item(), rel=1e-9)
-    assert "e+" in cli("inspect", source).stderr  # numbers in exponent form, not 100-digit columns
+    assert "e+" in cli("inspect", source).stdout  # numbers in exponent form, not 100-digit columns
     verdict = cli("verify", source, "--scheme", "keras")
     no_crash(verdict, {1})
-    assert "NOT consistent" in verdict.stderr
+    assert "NOT consistent" in verdict.stdout
 
 
 @pytest.mark.parametrize("rule", ["weight_hh=orthogonal(per=gate, gain=1e200)",
@@ -365,8 +365,8 @@ def test_human_output_makes_file_strings_visible(cli, hostile: dict[str, Path], 
     result = cli(*commands(hostile)[name])
     expected_status = {"verify": 1, "diff": 1, "error-missing": 1, "error-layout": 1}.get(name, 0)
     assert result.exit_code == expected_status, result.stderr
-    assert_safe(result.stderr, expected_visible(hostile)[name])
-    assert_safe(result.stdout, [])
+    # the answer on stdout, warnings and errors on stderr: both safe, together showing every string
+    assert_safe(result.stdout + result.stderr, expected_visible(hostile)[name])
 
 
 def test_json_keeps_the_exact_strings(cli, hostile: dict[str, Path]) -> None:
@@ -482,10 +482,13 @@ def test_every_command_on_a_terminal(hostile: dict[str, Path], tmp_path: Path) -
 def test_every_command_on_a_pipe(hostile: dict[str, Path], tmp_path: Path) -> None:
     runs = commands(hostile)
     hostile["output"].unlink(missing_ok=True)
-    piped = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(list(runs.values()))], capture_output=True,
-                           cwd=tmp_path, env=_environment(), timeout=240, check=False, preexec_fn=_limits)
-    assert piped.returncode == 0, piped.stderr[-2000:]
-    pipe = piped.stdout.decode() + piped.stderr.decode()
+    # one pipe for both streams, so that each command's answer (stdout) and messages (stderr) stay between
+    # its exit markers
+    piped = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(list(runs.values()))], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, cwd=tmp_path, env=_environment(), timeout=240, check=False,
+                           preexec_fn=_limits)
+    assert piped.returncode == 0, piped.stdout[-2000:]
+    pipe = piped.stdout.decode()
     assert "\x1b" not in pipe  # no terminal: Rich writes no styling either
     check_every_run(pipe, runs, hostile)
 

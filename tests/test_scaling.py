@@ -194,10 +194,10 @@ def test_2000_layers_every_command_with_human_output(many_layers: Path) -> None:
     source, output = many_layers / "many.pt", many_layers / "slow-out.safetensors"
     applied = run(["apply", str(source), "--scheme", "keras", "--seed", "4", "--force", "-o", str(output)])
     assert applied.returncode == 0, applied.stderr
-    assert applied.stderr.count("LSTM layer") == 2000
+    assert applied.stdout.count("LSTM layer") == 2000
     inspected = run(["inspect", str(output)], timeout=1800)  # about 0.15 s per layer on 2 cores
     assert inspected.returncode == 0, inspected.stderr
-    assert "2000 recurrent layer(s)" in inspected.stderr
+    assert "2000 recurrent layer(s)" in inspected.stdout
     verified = run(["verify", str(output), "--scheme", "keras"])
     assert verified.returncode == 0, verified.stderr
     differ = run(["diff", str(source), str(output)])
