@@ -40,7 +40,7 @@ from .safety import (
     safetensors_header_size,
     validate_safetensors_header,
 )
-from .unpickle import Builders, Foreign, TensorRef, foreign_classes, named_tensors, read_file
+from .unpickle import Builders, Foreign, TensorRef, foreign_classes, key_text, named_tensors, read_file
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +62,7 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = STDIO
     torchscript: bool = False  # a TorchScript archive: tensors named by state_dict paths
+    legacy: bool = False  # a legacy (non-zip) torch.save file: never patched, only re-saved whole
 
     @property
     def foreign_classes(self) -> list[str]:
@@ -154,7 +155,8 @@ def is_tensor(value: Any) -> bool:
 
 
 def join(prefix: str, key: Any) -> str:
-    return f"{prefix}/{key}" if prefix else str(key)
+    text = key_text(key)  # CheckpointError for an int key of more than 4300 digits (str would raise ValueError)
+    return f"{prefix}/{text}" if prefix else text
 
 
 def walk(node: Any, prefix: str, aliases: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, Any]]:
@@ -345,7 +347,8 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
     root = pickled.root
     tensors = named_tensors(pickled)
     metadata = _read_pt_metadata(data, name)
-    return Checkpoint("pt", root, tensors, metadata, name, torchscript=pickled.kind == "torchscript")
+    return Checkpoint("pt", root, tensors, metadata, name, torchscript=pickled.kind == "torchscript",
+                      legacy=pickled.kind == "legacy")
 
 
 def unsafe_message(name: str, text: str) -> str:
@@ -522,15 +525,20 @@ def refuse_foreign_entries(out: Path, expected: dict[str, str]) -> None:
 
 
 def refuse_foreign_objects(checkpoint: Any) -> None:
-    """Objects of other classes are read as inert records: rnninit can keep their bytes in a patched copy,
-    but cannot write them again (standard output, another format, a re-saved file)."""
+    """Objects of other classes are read as inert records: rnninit can keep their bytes in a patched copy of
+    a zip archive, but cannot write them again (standard output, another format, a re-saved or legacy file)."""
     classes = getattr(checkpoint, "foreign_classes", [])
     if classes:
         shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
         what = "the TorchScript archive holds" if getattr(checkpoint, "torchscript", False) else "the checkpoint holds"
+        if getattr(checkpoint, "legacy", False):  # never patched: there is no copy that keeps their bytes
+            advice = ("It is in torch.save's legacy (non-zip) format, which rnninit only re-saves whole: re-save "
+                      "it with torch.save's default (zip) format, whose patched copy (-o FILE.pt) keeps their bytes")
+        else:
+            advice = "Write a .pt file with -o: a patched copy keeps their bytes"
         raise OutputError(f"{what} objects of classes rnninit reads as inert records but never rebuilds ({shown}); "
                           "it cannot be written again to standard output, in another format, or re-saved "
-                          "(--drop-optimizer-state). Write a .pt file with -o: a patched copy keeps their bytes")
+                          f"(--drop-optimizer-state). {advice}")
 
 
 def refuse_non_tensors(root: Any, tensors_only: bool) -> None:

@@ -6,7 +6,8 @@
 - `check_zip_records`: no zip record is decompressed beyond a small bound (zip bombs), tensor records
   are stored as `torch.save` writes them.
 - `read_stdin`: standard input is recognised from its first bytes and read with a bound.
-- `MAX_NESTING`, `max_entries`: the bounds of the checkpoint's object graph (see `checkpoint.walk`).
+- `MAX_NESTING`, `max_entries`: the bounds of the checkpoint's object graph (see `checkpoint.walk`);
+  `pickle_budget`: the bound on the objects unpickling builds (see `unpickle.RestrictedUnpickler`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def _limit_from_environment(variable: str, default: int) -> int:
 def max_entries() -> int:
     """How many leaves and containers a checkpoint may hold (RNNINIT_MAX_ENTRIES overrides it)."""
     return _limit_from_environment(MAX_ENTRIES_VARIABLE, DEFAULT_MAX_ENTRIES)
+
+
+PICKLE_BUDGET_PER_ENTRY = 4  # units of about 16 bytes of built objects per entry RNNINIT_MAX_ENTRIES allows
+PICKLE_BUDGET_FLOOR = 1 << 20  # units any file may spend (16 MiB of objects: ~20,000 tensors at ~50 units each)
+
+
+def pickle_budget() -> int:
+    """How many units (about 16 bytes of built objects each) unpickling a checkpoint may spend: a bound on
+    memory, not a count of entries (`max_entries` counts those): 4 per entry RNNINIT_MAX_ENTRIES allows
+    (20,000,000 by default) plus a floor, so that a small limit still reads a file of that many tensors."""
+    return PICKLE_BUDGET_PER_ENTRY * max_entries() + PICKLE_BUDGET_FLOOR
 
 
 def stdin_limit() -> int:

@@ -10,9 +10,12 @@ records of what the file says about them: their class's name, arguments and stat
 tensors inside them are found. A file that names a known-dangerous callable (os.system, builtins.eval...)
 is refused as hostile with that name, though safety does not rest on that list: nothing is called anyway.
 
-Every pickle opcode that allocates counts against a budget (four units of about 16 bytes per entry that
-RNNINIT_MAX_ENTRIES allows; a tensor costs about 50), so a few MiB of pickle cannot build gigabytes of
-objects; containers nested too deeply are refused where the object graph is walked (`checkpoint.walk`).
+Every pickle opcode that allocates counts against a budget (`safety.pickle_budget`: units of about 16 bytes,
+four per entry that RNNINIT_MAX_ENTRIES allows plus a floor; a tensor costs about 50, a string or bytes one
+unit per 16 bytes), so a few MiB of pickle cannot build gigabytes of objects, and no declared length is
+allocated beyond the bytes the pickle holds. Tuples (hashed as dict keys and set items, recursively) nested
+deeper than MAX_NESTING are refused as they are built; other containers nested too deeply are refused where
+the object graph is walked (`checkpoint.walk`).
 
 Callers that have torch (the whole-load path) pass `Builders` that turn the records into torch objects
 as the pickle is read, so that sharing between tensors is exactly the pickle's.
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import CheckpointError, UnsafeCheckpointError
-from .safety import CODE_RECORD_LIMIT, MAX_ENTRIES_VARIABLE, max_entries
+from .safety import CODE_RECORD_LIMIT, MAX_ENTRIES_VARIABLE, MAX_NESTING, max_entries, pickle_budget
 
 # torch dtype name → (bytes per element, numpy type code or ml_dtypes name)
 DTYPES: dict[str, tuple[int, str]] = {
@@ -78,8 +81,6 @@ _DANGEROUS_BUILTINS = frozenset({
 
 _DANGEROUS_NAMES = frozenset({("torch", "load"), ("torch.jit", "load"), ("torch", "_load_global_deps"),
                               ("numpy", "load"), ("numpy.lib.npyio", "load"), ("torch._C", "_jit_pass_inline")})
-
-BUDGET_PER_ENTRY = 4  # units of the pickle budget per entry RNNINIT_MAX_ENTRIES allows
 
 
 class HostilePickle(Exception):
@@ -208,7 +209,7 @@ class Foreign:
                 and isinstance(state[1], dict):
             state = {**(state[0] or {}), **state[1]}  # (__dict__, slots)
         if isinstance(state, dict):
-            found.extend((str(key), value) for key, value in state.items())
+            found.extend((key_text(key), value) for key, value in state.items())
         elif state is not None:
             found.append(("__state__", state))
         if self.args:
@@ -220,6 +221,15 @@ class Foreign:
         if self.entries:
             found.append(("__entries__", list(self.entries)))
         return found
+
+
+def key_text(key: Any) -> str:
+    """A key's name in a path; CheckpointError for an int too long to write in decimal (over 4300 digits)."""
+    try:
+        return str(key)
+    except ValueError:
+        raise CheckpointError("the checkpoint has a key that is an integer of more than 4300 digits; "
+                              "refused") from None
 
 
 class _ForeignGlobal:
@@ -296,11 +306,14 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
 
     def __init__(self, data: bytes | io.BytesIO, persistent_load: Callable[[Any], StorageRef],
                  builders: Builders | None = None, budget: int | None = None) -> None:
-        super().__init__(io.BytesIO(data) if isinstance(data, bytes) else data, encoding="utf-8")
+        stream = io.BytesIO(data) if isinstance(data, bytes) else data
+        super().__init__(stream, encoding="utf-8")
+        self._stream = stream
         self._storage_for = persistent_load
         self.builders = builders or Builders()
-        self.budget = BUDGET_PER_ENTRY * max_entries() if budget is None else budget
+        self.budget = pickle_budget() if budget is None else budget
         self.count = 0
+        self._tuple_depths: dict[int, tuple[Any, int]] = {}  # id → (tuple or frozenset, nesting) when over 1
 
     # -- the restricting-globals pattern
     def find_class(self, module: str, name: str) -> Any:
@@ -451,12 +464,59 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     def load_next_buffer(self) -> None:
         raise DamagedPickle("the pickle refers to out-of-band buffers")
 
+    # -- 8-byte lengths: pickle's own BYTEARRAY8 allocates the declared length before reading a byte
+    def _bytes_left(self) -> int:
+        left = 0
+        for stream in (self._stream, self._unframer.current_frame):
+            if stream is not None:
+                position = stream.tell()
+                left += stream.seek(0, io.SEEK_END) - position
+                stream.seek(position)
+        return left
+
+    def _declared_length(self) -> int:
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > self._bytes_left():
+            raise DamagedPickle(f"a string of the pickle declares {length} bytes, more than the pickle holds")
+        self._spend(length // 16)
+        return length
+
+    def _read_declared(self) -> bytes:
+        length = self._declared_length()
+        data = self.read(length)
+        if len(data) != length:
+            raise DamagedPickle("the pickle ends inside a string")
+        return data
+
+    def load_binbytes8(self) -> None:
+        self.append(self._read_declared())
+
+    def load_binunicode8(self) -> None:
+        self.append(str(self._read_declared(), "utf-8", "surrogatepass"))
+
+    def load_bytearray8(self) -> None:
+        self.append(bytearray(self._read_declared()))
+
+    # -- tuples: hashing one (a dict key, a set item) recurses through its nested tuples in C, unbounded
+    def _note_nesting(self, value: Any) -> None:
+        depths = self._tuple_depths
+        deepest = 0
+        for item in value:
+            if type(item) in (tuple, frozenset):
+                known = depths.get(id(item))
+                deepest = max(deepest, 1 if known is None else known[1])
+        if deepest:
+            if deepest >= MAX_NESTING:
+                raise DamagedPickle(f"tuples nested deeper than {MAX_NESTING} levels; refused")
+            depths[id(value)] = (value, deepest + 1)
+
     for _code, _method in ((pickle.NEWOBJ, load_newobj), (pickle.NEWOBJ_EX, load_newobj_ex),
                            (pickle.REDUCE, load_reduce), (pickle.BUILD, load_build), (pickle.INST, load_inst),
                            (pickle.OBJ, load_obj), (pickle.APPENDS, load_appends), (pickle.APPEND, load_append),
                            (pickle.SETITEMS, load_setitems), (pickle.SETITEM, load_setitem),
                            (pickle.ADDITEMS, load_additems), (pickle.NEXT_BUFFER, load_next_buffer),
-                           (pickle.READONLY_BUFFER, load_next_buffer)):
+                           (pickle.READONLY_BUFFER, load_next_buffer), (pickle.BINBYTES8, load_binbytes8),
+                           (pickle.BINUNICODE8, load_binunicode8), (pickle.BYTEARRAY8, load_bytearray8)):
         dispatch[_code[0]] = _method
     del _code, _method
 
@@ -489,6 +549,19 @@ def _counted(method: Callable[[RestrictedUnpickler], None], cost: int) -> Callab
 for _key, _cost in _COSTS.items():
     RestrictedUnpickler.dispatch[_key] = _counted(RestrictedUnpickler.dispatch[_key], _cost)
 del _key, _cost
+
+
+def _nesting_checked(method: Callable[[RestrictedUnpickler], None]) -> Callable[[RestrictedUnpickler], None]:
+    def checked(self: RestrictedUnpickler) -> None:
+        method(self)
+        self._note_nesting(self.stack[-1])
+
+    return checked
+
+
+for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET):
+    RestrictedUnpickler.dispatch[_op[0]] = _nesting_checked(RestrictedUnpickler.dispatch[_op[0]])
+del _op
 
 
 def _apply(func: Any, args: tuple[Any, ...]) -> Any:
@@ -555,6 +628,8 @@ def _tensor_maker(unpickler: RestrictedUnpickler, parameter_default: bool = Fals
         if type(storage_offset) is not int or not isinstance(requires_grad, bool):
             raise DamagedPickle("a tensor's offset or requires_grad has the wrong type")
         shape, strides = _dims(size, "size"), _dims(stride, "stride")
+        if any(dim < 0 for dim in shape):
+            raise DamagedPickle(f"a tensor has a negative size {list(shape)[:8]}")
         if len(shape) != len(strides):
             raise DamagedPickle("a tensor's size and stride differ in length")
         if storage.nbytes % DTYPES[dtype][0]:
@@ -747,9 +822,7 @@ def unpickle(data: bytes | io.BytesIO, persistent_load: Callable[[Any], StorageR
     except HostilePickle as error:
         raise UnsafeCheckpointError(hostile_message(source, str(error))) from None
     except TooBig as error:
-        raise CheckpointError(f"{source}: the checkpoint holds more than {max_entries()} entries (its pickle "
-                              f"builds more than {error} objects); refused. Set {MAX_ENTRIES_VARIABLE} to allow "
-                              "more") from None
+        raise CheckpointError(too_big_message(source, int(str(error)))) from None
     except (CheckpointError, MemoryError):
         raise
     except RecursionError:
@@ -759,6 +832,12 @@ def unpickle(data: bytes | io.BytesIO, persistent_load: Callable[[Any], StorageR
         text = str(error) or type(error).__name__
         raise CheckpointError(f"{source}: not a readable torch.save file (damaged?): "
                               f"{text.splitlines()[0][:200]}") from None
+
+
+def too_big_message(source: str, budget: int) -> str:
+    return (f"{source}: the checkpoint's pickle builds more objects than rnninit reads (a budget of {budget} units "
+            f"of about 16 bytes, which grows with the {max_entries()} entries {MAX_ENTRIES_VARIABLE} allows); "
+            f"refused. Set {MAX_ENTRIES_VARIABLE} to allow more")
 
 
 def hostile_message(source: str, what: str) -> str:
@@ -857,9 +936,7 @@ def _header_value(stream: io.BytesIO, source: str) -> Any:
     except HostilePickle as error:
         raise UnsafeCheckpointError(hostile_message(source, str(error))) from None
     except TooBig as error:
-        raise CheckpointError(f"{source}: the checkpoint holds more than {max_entries()} entries (its pickle "
-                              f"builds more than {error} objects); refused. Set {MAX_ENTRIES_VARIABLE} to allow "
-                              "more") from None
+        raise CheckpointError(too_big_message(source, int(str(error)))) from None
     except Exception as error:
         raise CheckpointError(f"{source}: not a readable torch.save file (truncated or damaged?): "
                               f"{(str(error) or type(error).__name__).splitlines()[0][:200]}") from None
@@ -1004,7 +1081,9 @@ def read_file(data: bytes, source: str, builders: Builders | None = None) -> Pic
 # --- naming: state-dict paths, TorchScript modules ---------------------------------------------------------
 
 _CLASS = re.compile(r"^class\s+([\w.]+)\s*\(\s*Module\s*\)\s*:", re.MULTILINE)
-_LIST = re.compile(r"^\s+(__parameters__|__buffers__)\s*=\s*(\[[^\]\n]*\])", re.MULTILINE)
+# [ \t], never \s: `^\s+` would match across blank lines from each of them (quadratic time)
+_LIST = re.compile(r"^[ \t]+(__parameters__|__buffers__)[ \t]*=[ \t]*(\[[^\]\n]*\])", re.MULTILINE)
+LIST_TEXT_LIMIT = 1 << 20  # one __parameters__ line: ~20 bytes a name, so about 50,000 names
 
 
 def script_modules(code: dict[str, str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -1018,10 +1097,16 @@ def script_modules(code: dict[str, str]) -> dict[str, tuple[list[str], list[str]
             stop = starts[index + 1][0] if index + 1 < len(starts) else len(text)
             lists: dict[str, list[str]] = {"__parameters__": [], "__buffers__": []}
             for match in _LIST.finditer(text, start, stop):
+                if len(match.group(2)) > LIST_TEXT_LIMIT:
+                    raise CheckpointError(f"a TorchScript code record ({path}) lists more than {LIST_TEXT_LIMIT} "
+                                          f"bytes of {match.group(1)}; refused")
                 try:
                     value = ast.literal_eval(match.group(2))
                 except (ValueError, SyntaxError):
                     continue
+                except (MemoryError, RecursionError):  # the parser's own bounds on nesting
+                    raise CheckpointError(f"a TorchScript code record ({path}) nests its {match.group(1)} too "
+                                          "deeply to read; refused") from None
                 if isinstance(value, list) and all(isinstance(item, str) for item in value):
                     lists[match.group(1)] = value
             found[f"{module}.{name}"] = (lists["__parameters__"], lists["__buffers__"])
@@ -1077,8 +1162,14 @@ def _is_tensor_like(value: Any) -> bool:
 def read_arrays(data: bytes, source: str) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...], Any]]:
     """name → (dtype name, shape, stride, numpy array) of every tensor of a whole torch.save file or
     TorchScript archive, without torch."""
+    import math
+
+    from .checkpoint import refuse_broadcast
+
     pickled = read_file(data, source)
     result = {}
     for name, ref in named_tensors(pickled).items():
+        first, stop = tensor_span(ref)
+        refuse_broadcast(name, math.prod(ref.shape), stop - first)
         result[name] = (ref.dtype, ref.shape, ref.stride, tensor_array(ref, pickled.storage_bytes[ref.storage.key]))
     return result
