@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import LayoutDeclarationError, LayoutError, UsageError
-from .views import GateView, Piece, View, effective_shapes, find_views, is_parametrization_part
+from .views import GateView, Piece, View, effective_shapes, find_views, is_parametrization_part, shape_of
 
 if TYPE_CHECKING:
     import torch
@@ -112,11 +112,6 @@ def article(word: str) -> str:
     return f"{'an' if vowel else 'a'} {word}"
 
 
-def _shape(value: Any) -> tuple[int, ...] | None:
-    shape = getattr(value, "shape", None)
-    return None if shape is None else tuple(int(s) for s in shape)
-
-
 @dataclass(frozen=True)
 class Skipped:
     """A group of tensors that looks recurrent but could not be understood; nothing in it is touched."""
@@ -205,7 +200,7 @@ def discover(
     def wanted(names: Sequence[str]) -> bool:
         return pattern is None or any(pattern.search(name) for name in names)
 
-    shapes = {name: shape for name, value in tensors.items() if (shape := _shape(value)) is not None}
+    shapes = {name: shape for name, value in tensors.items() if (shape := shape_of(value)) is not None}
     position = {name: index for index, name in enumerate(shapes)}
     layers: list[tuple[int, Layer]] = []
     views: list[View] = []
@@ -224,8 +219,8 @@ def discover(
                 views.extend(cell_views)
 
     free = {name: shape for name, shape in shapes.items() if name not in claimed}
-    auto_views, unwritable = find_views({name: _Shaped(shape) for name, shape in free.items()})
-    effective = effective_shapes({name: _Shaped(shape) for name, shape in free.items()}, auto_views)
+    auto_views, unwritable = find_views(free)
+    effective = effective_shapes(free, auto_views)
     for item in unwritable:
         for source in item.sources:
             effective.pop(source, None)
@@ -283,11 +278,6 @@ def discover(
     layers.sort(key=lambda pair: pair[0])
     return Discovery(tuple(layer for _, layer in layers), tuple(views), tuple(skipped),
                      tuple(_suspects(shapes, used | {s for v in auto_views for s in v.sources})))
-
-
-@dataclass(frozen=True)
-class _Shaped:
-    shape: tuple[int, ...]
 
 
 def _pattern_for(name: str) -> str:

@@ -190,14 +190,19 @@ class TensorFile:
         """numpy copies of the named tensors, read from their byte ranges (no torch needed)."""
         result = {}
         for name in names:
-            loc = self.locations[name]
-            start, stop = loc.byte_range
-            if stop > self.size:
-                raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
-            refuse_broadcast(name, math.prod(loc.shape), (stop - start) // loc.element_size)
-            raw = read_exactly(self.descriptor, start, stop - start, self.path)
+            loc, raw = self._read_tensor_bytes(name)
             result[name] = array_from_bytes(raw, loc.dtype_name, loc.shape, loc.stride)  # `raw` starts at offset
         return result
+
+    def _read_tensor_bytes(self, name: str) -> tuple[Location, bytes]:
+        """The bytes from the first to the last element `name` reads, after checking they lie in the file and
+        that the tensor is no broadcast view claiming far more elements than it stores."""
+        loc = self.locations[name]
+        start, stop = loc.byte_range
+        if stop > self.size:
+            raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
+        refuse_broadcast(name, math.prod(loc.shape), (stop - start) // loc.element_size)
+        return loc, read_exactly(self.descriptor, start, stop - start, self.path)
 
     def shapes(self) -> dict[str, torch.Tensor]:
         """Meta tensors (shape and dtype, no data) for layout discovery and planning."""
@@ -212,12 +217,8 @@ class TensorFile:
 
         result = {}
         for name in names:
-            loc = self.locations[name]
-            start, stop = loc.byte_range
-            if stop > self.size:
-                raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
-            refuse_broadcast(name, math.prod(loc.shape), (stop - start) // loc.element_size)
-            raw = bytearray(read_exactly(self.descriptor, start, stop - start, self.path))
+            loc, read = self._read_tensor_bytes(name)
+            raw = bytearray(read)
             if not raw:
                 result[name] = torch.empty(loc.shape, dtype=loc.dtype)
                 continue

@@ -179,7 +179,7 @@ class Unwritable:
     reason: str
 
 
-def _shape(value: Any) -> tuple[int, ...] | None:
+def shape_of(value: Any) -> tuple[int, ...] | None:
     shape = getattr(value, "shape", None)
     return None if shape is None else tuple(int(s) for s in shape)
 
@@ -196,13 +196,12 @@ def weight_norm_dim(magnitude: tuple[int, ...], direction: tuple[int, ...]) -> i
     return None
 
 
-def find_views(tensors: Mapping[str, Any]) -> tuple[list[View], list[Unwritable]]:
+def find_views(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[View], list[Unwritable]]:
     """Views for the recurrent parameters that `tensors` store in another form, and those that cannot be written.
 
     Recognised: `P.parametrizations.K.original0/1` (weight_norm), `P.parametrizations.K.original` (spectral_norm,
     orthogonal: unwritable), `P.K_g`/`P.K_v` (old weight_norm), `P.K_orig` (old spectral_norm: unwritable),
     `P.K_raw` (weight drop), where K is a recurrent parameter name such as weight_hh_l0."""
-    shapes = {name: shape for name, value in tensors.items() if (shape := _shape(value)) is not None}
     parametrized: dict[tuple[str, str], dict[str, str]] = {}
     old: dict[tuple[str, str], dict[str, str]] = {}
     for name in shapes:
@@ -281,9 +280,8 @@ def is_parametrization_part(name: str, shapes: Mapping[str, Any]) -> bool:
     return False
 
 
-def effective_shapes(tensors: Mapping[str, Any], views: Iterable[View]) -> dict[str, tuple[int, ...]]:
+def effective_shapes(shapes: Mapping[str, tuple[int, ...]], views: Iterable[View]) -> dict[str, tuple[int, ...]]:
     """Shapes of the stored tensors that no view consumes, and of every view's effective tensor."""
-    shapes = {name: shape for name, value in tensors.items() if (shape := _shape(value)) is not None}
     consumed: set[str] = set()
     result = dict(shapes)
     for view in views:
