@@ -13,12 +13,13 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import RuleError
 from .onethread import at_one_thread
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def _register(
     *, scoped: bool = False, ndim: int | None = None, stream: str | None = None,
     context: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         name = function.__name__
         # At one torch thread: QR and the elementwise kernels give the same bits at any thread count.
@@ -78,14 +80,20 @@ def get_initializer(name: str) -> InitializerSpec:
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    import torch
+
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 def _empty(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    import torch
+
     return torch.empty(tensor.shape, dtype=dtype or _compute_dtype(tensor))
 
 
 def _write(tensor: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    import torch
+
     with torch.no_grad():
         tensor.copy_(values)
     return tensor
@@ -124,18 +132,24 @@ def _normal(tensor: torch.Tensor, mean: float, std: float, generator: torch.Gene
 @_register()
 def zeros(tensor: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """0."""
+    import torch
+
     return _write(tensor, torch.zeros(tensor.shape))
 
 
 @_register()
 def ones(tensor: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """1."""
+    import torch
+
     return _write(tensor, torch.ones(tensor.shape))
 
 
 @_register()
 def constant(tensor: torch.Tensor, value: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """value."""
+    import torch
+
     return _write(tensor, torch.full(tensor.shape, float(value), dtype=_compute_dtype(tensor)))
 
 
@@ -172,6 +186,7 @@ def kaiming_uniform(
     *, generator: torch.Generator,
 ) -> torch.Tensor:
     """U(−b, b), b = gain·√(3 / fan), gain as torch.nn.init.calculate_gain (He et al. 2015)."""
+
     bound = _gain(nonlinearity, a) * math.sqrt(3.0 / _fan(tensor, mode))
     return _uniform(tensor, -bound, bound, generator)
 
@@ -182,6 +197,7 @@ def kaiming_normal(
     *, generator: torch.Generator,
 ) -> torch.Tensor:
     """N(0, σ²), σ = gain / √fan, gain as torch.nn.init.calculate_gain (He et al. 2015)."""
+
     return _normal(tensor, 0.0, _gain(nonlinearity, a) / math.sqrt(_fan(tensor, mode)), generator)
 
 
@@ -192,6 +208,8 @@ TRUNCATED_NORMAL_STD = 0.87962566103423978
 @_register(scoped=True, ndim=2)
 def lecun_normal(tensor: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
     """σ·T, T ~ N(0, 1) truncated to [−2, 2], σ = √(1 / fan_in) / 0.8796 so Var = 1/fan_in (Flax)."""
+    import torch
+
     fan_in, _ = _fans(tensor)
     low, high = (1 + math.erf(-2 / math.sqrt(2))) / 2, (1 + math.erf(2 / math.sqrt(2))) / 2
     u = torch.empty(tensor.shape, dtype=torch.float64).uniform_(low, high, generator=generator)
@@ -203,6 +221,8 @@ def lecun_normal(tensor: torch.Tensor, *, generator: torch.Generator) -> torch.T
 @_register(scoped=True, ndim=2)
 def orthogonal(tensor: torch.Tensor, gain: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
     """gain·Q, Q from the QR of a normal matrix with sign(diag R) fixed: QᵀQ = I or QQᵀ = I (Saxe 2014)."""
+    import torch
+
     rows, cols = tensor.shape
     flat = torch.empty(max(rows, cols), min(rows, cols), dtype=_compute_dtype(tensor)).normal_(generator=generator)
     q, r = torch.linalg.qr(flat)
@@ -213,12 +233,15 @@ def orthogonal(tensor: torch.Tensor, gain: float = 1.0, *, generator: torch.Gene
 @_register(ndim=2)
 def identity(tensor: torch.Tensor, scale: float = 1.0, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """scale·I, ones on the main diagonal for non-square blocks (as torch.nn.init.eye_) (Le et al. 2015)."""
+    import torch
+
     return _write(tensor, scale * torch.eye(*tensor.shape, dtype=_compute_dtype(tensor)))
 
 
 @_register(context=("hidden_size",))
 def pytorch(tensor: torch.Tensor, hidden_size: int, *, generator: torch.Generator) -> torch.Tensor:
     """U(−1/√hidden_size, 1/√hidden_size), as torch.nn.RNNBase.reset_parameters."""
+
     bound = 1.0 / math.sqrt(hidden_size)
     return _uniform(tensor, -bound, bound, generator)
 
@@ -226,6 +249,8 @@ def pytorch(tensor: torch.Tensor, hidden_size: int, *, generator: torch.Generato
 @_register(ndim=1, stream="chrono")
 def chrono(tensor: torch.Tensor, tmax: float, negate: bool = False, *, generator: torch.Generator) -> torch.Tensor:
     """log(U[1, tmax − 1]), negated if `negate` (Tallec & Ollivier 2018)."""
+    import torch
+
     if not tmax > 2:
         raise RuleError(f"chrono needs tmax > 2, got {tmax}")
     values = torch.log(_empty(tensor).uniform_(1.0, tmax - 1.0, generator=generator))

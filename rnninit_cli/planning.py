@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import re
 import secrets
 import warnings
@@ -180,6 +181,33 @@ def _try_arguments(rule: Rule) -> None:
     _call_initializer(spec.function, f"rule {rule}", probe, **dict(args), **context, generator=torch.Generator())
 
 
+def _check_arguments(rule: Rule) -> None:
+    """The argument errors `_try_arguments` finds by drawing, found without torch: non-finite numbers, a > b for
+    uniform, a negative std for normal, tmax ≤ 2 for chrono (plus the initializer's own checks of names)."""
+    if rule.initializer == KEEP:
+        return
+    from .initializers import _gain, get_initializer
+
+    spec = get_initializer(rule.initializer)
+    args = dict(_bind_args(rule, None)[1])
+    for key, value in args.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RuleError(f"rule {rule}: {key} must be a finite number, got {format_value(value)}; change the rule")
+    problem = ""
+    if spec.name == "uniform" and float(args["a"]) > float(args["b"]):
+        problem = f"a = {format_value(args['a'])} > b = {format_value(args['b'])}"
+    elif spec.name == "normal" and float(args["std"]) < 0:
+        problem = f"std = {format_value(args['std'])} < 0"
+    elif spec.name == "chrono" and not float(args["tmax"]) > 2:
+        problem = f"chrono needs tmax > 2, got {format_value(args['tmax'])}"
+    elif spec.name in ("kaiming_uniform", "kaiming_normal"):
+        _gain(str(args["nonlinearity"]), float(args["a"]))  # RuleError for an unknown nonlinearity
+        if args["mode"] not in ("fan_in", "fan_out"):
+            problem = f"mode must be fan_in or fan_out, got {format_value(args['mode'])}"
+    if problem:
+        raise RuleError(f"rule {rule}: {problem}; change the rule")
+
+
 def _call_initializer(function: Any, what: str, values: torch.Tensor, **kwargs: Any) -> None:
     """Run an initializer; arguments torch itself rejects (uniform(1, 0), normal(0, -1), bounds beyond float32)
     become a RuleError naming the rule instead of an internal error."""
@@ -250,7 +278,10 @@ def plan(
     all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
     for rule, _ in all_rules:
         _check_dims(rule)
-        _try_arguments(rule)
+        if for_writing:
+            _try_arguments(rule)
+        else:  # checking values only: no torch needed, and no draw to fail
+            _check_arguments(rule)
     found = discover(tensors, layouts=layouts, only=only) if layers is None else Discovery(tuple(layers))
     if strict:
         refuse_skipped(found.skipped)

@@ -282,7 +282,8 @@ def test_chrono_input_bias_must_mirror_the_forget_bias() -> None:
 def test_block_statistics_match_independent_arithmetic() -> None:
     hidden, inputs = 24, 16
     tensors = make(lambda: torch.nn.GRU(inputs, hidden), "keras-gate", 4)
-    layer = diagnose(tensors).layers[0]
+    layer = diagnose(tensors, geometry=True).layers[0]
+    assert all(b.sv_min is None and b.orthogonality_error is None for b in diagnose(tensors).layers[0].blocks)
     blocks = {(b.kind, b.gate): b for b in layer.blocks}
     for (kind, gate), block in blocks.items():
         k = "rzn".index(gate)

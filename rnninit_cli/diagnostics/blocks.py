@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from ..layout import Block, Layer
-from ..stats import as_float64, moments
+from ..stats import as_float64, moments, quiet_floats
 from .cache import _Cache
+from .checks import Summary, summarize
 from .families import Family, _classify
 from .formatting import _json
 from .orthogonality import _Gram, _spectrum
@@ -19,23 +20,33 @@ from .orthogonality import _Gram, _spectrum
 _BARS = "▁▂▃▄▅▆▇█"
 
 
+@quiet_floats
 def sparkline(values: Any, bins: int = 8) -> str:
     """Histogram of the finite values in `bins` equal bins over [min, max] as ▁▂▃▄▅▆▇█ (height ∝ count, ceil to
     eighths of the fullest bin; empty bins are spaces); all-equal values give one full bar in the middle."""
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    data = as_float64(values).reshape(-1)
-    data = data[torch.isfinite(data)]
-    if data.numel() == 0:
+    data = _flat64(values)
+    finite = np.isfinite(data)
+    if not finite.all():
+        data = data[finite]
+    if data.size == 0:
         return ""
-    low, high = data.min().item(), data.max().item()
+    low, high = float(data.min()), float(data.max())
     if high == low:
         return " " * ((bins - 1) // 2) + _BARS[-1] + " " * (bins - 1 - (bins - 1) // 2)
     # halves first: high − low overflows for values of both signs near float64's maximum
-    index = ((data / 2 - low / 2) / (high / 2 - low / 2) * bins).floor().long().clamp(0, bins - 1)
-    counts = torch.bincount(index, minlength=bins).tolist()
+    index = np.floor((data / 2 - low / 2) / (high / 2 - low / 2) * bins).astype(np.int64)
+    np.clip(index, 0, bins - 1, out=index)
+    counts = np.bincount(index, minlength=bins).tolist()
     top = max(counts)
     return "".join(" " if c == 0 else _BARS[-(-c * len(_BARS) // top) - 1] for c in counts)
+
+
+def _flat64(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values.reshape(-1)
+    return as_float64(values).reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,8 @@ class BlockStats:
 
     orthogonality_error = max|BᵀB − I| (tall) or max|BBᵀ − I| (wide); sv_min/sv_max the extreme singular values;
     identity_error = max|B − I| (square blocks only); histogram a sparkline of the values, spectrum one of the
-    singular values.
+    singular values. The orthogonality and identity errors and the singular values are None unless asked for
+    (`geometry`: `inspect --wide`), since they cost a Gram matrix and its eigenvalues per block.
     """
 
     name: str
@@ -100,47 +112,62 @@ class MatrixStats:
                       "sv_max": self.sv_max, "spectrum": self.spectrum})
 
 
-def value_stats(values: torch.Tensor) -> dict[str, float | int]:
+@quiet_floats
+def value_stats(values: Any, summary: Summary | None = None) -> dict[str, float | int]:
     """count, mean, std (population), min, max, max_abs over the finite values; nan and inf counts."""
-    data = as_float64(values).reshape(-1)
-    finite = data[torch.isfinite(data)]
-    nan = int(torch.isnan(data).sum())
-    stats: dict[str, float | int] = {"count": data.numel(), "nan": nan, "inf": data.numel() - finite.numel() - nan}
-    if finite.numel() == 0:
+    data = _flat64(values)
+    described = summary or summarize(data)
+    if described.nonfinite:
+        nan = int(np.isnan(data).sum())
+        finite = data[np.isfinite(data)]
+        described = summarize(finite)
+    else:
+        nan, finite = 0, data
+    stats: dict[str, float | int] = {"count": data.size, "nan": nan, "inf": data.size - finite.size - nan}
+    if finite.size == 0:
         return {**stats, **dict.fromkeys(("mean", "std", "min", "max", "max_abs"), math.nan)}
-    mean, std = moments(finite)
-    return {**stats, "mean": mean, "std": std, "min": finite.min().item(), "max": finite.max().item(),
-            "max_abs": finite.abs().max().item()}
+    mean, std = moments(finite, described.mean, described.max_abs)
+    return {**stats, "mean": mean, "std": std, "min": described.minimum, "max": described.maximum,
+            "max_abs": described.max_abs}
 
 
 def _geometry(parts: _Gram | None) -> tuple[float | None, float | None, float | None, str | None]:
     if parts is None:
         return None, None, None, None
     the_gram = parts[0]
-    error = (the_gram - torch.eye(the_gram.shape[0], dtype=the_gram.dtype)).abs().max().item()
+    error = the_gram.copy()
+    diagonal = np.arange(error.shape[0])
+    error[diagonal, diagonal] -= 1
+    largest = float(np.abs(error).max()) if error.size else 0.0
     spectrum = _spectrum(parts)
     if spectrum is None:
-        return error, None, None, None
-    return error, spectrum[0].item(), spectrum[-1].item(), sparkline(spectrum)
+        return largest, None, None, None
+    return largest, float(spectrum[0]), float(spectrum[-1]), sparkline(spectrum)
 
 
-def block_statistics(layer: Layer, block: Block, tensors: Mapping[str, Any]) -> BlockStats:
-    """Everything `inspect` shows for one gate block (see BlockStats)."""
-    return _block_stats(layer, block, _Cache(tensors))
+@quiet_floats
+def block_statistics(layer: Layer, block: Block, tensors: Mapping[str, Any], *, geometry: bool = True) -> BlockStats:
+    """Everything `inspect` shows for one gate block (see BlockStats); `geometry=False` leaves out the orthogonality
+    and identity errors and the singular values (None), which cost a Gram matrix and its eigenvalues."""
+    return _block_stats(layer, block, _Cache(tensors), geometry=geometry)
 
 
-def _block_stats(layer: Layer, block: Block, cache: _Cache) -> BlockStats:
+def _block_stats(layer: Layer, block: Block, cache: _Cache, *, geometry: bool) -> BlockStats:
     values = cache.block(block.name, block.start, block.stop)
-    stats = value_stats(values)
+    summary = cache.summary(block.name, block.start, block.stop)
+    stats = value_stats(values, summary)
     error = sv_min = sv_max = identity = None
     spectrum = None
-    if values.dim() == 2:
+    if values.ndim == 2 and geometry:
         error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(block.name, block.start, block.stop))
         if values.shape[0] == values.shape[1] and stats["nan"] == stats["inf"] == 0:
-            identity = (values - torch.eye(values.shape[0], dtype=values.dtype)).abs().max().item()
+            difference = values.copy()
+            diagonal = np.arange(values.shape[0])
+            difference[diagonal, diagonal] -= 1
+            identity = float(np.abs(difference).max()) if difference.size else 0.0
     return BlockStats(
         block.name, block.kind, block.gate, block.start, block.stop, tuple(values.shape),
-        str(cache.dtype(block.name)).removeprefix("torch."), int(stats["count"]), float(stats["mean"]),
+        cache.dtype(block.name), int(stats["count"]), float(stats["mean"]),
         float(stats["std"]), float(stats["min"]), float(stats["max"]), float(stats["max_abs"]), int(stats["nan"]),
         int(stats["inf"]), error, sv_min, sv_max, identity, _classify(layer, block, cache), sparkline(values),
         spectrum,

@@ -26,6 +26,9 @@ block is misjudged with probability ≤ 5e-6, and a layer of ≤ 20 blocks with 
   largest |z| ≈ ln(n)/√2 stays below c_hi). A block drawn by the initializer fails it with probability ≤ ALPHA,
   so its family is missed with probability ≤ 6e-6 (a uniform: five checks and this one), and a layer's
   (≤ 17 blocks: an LSTM with projections) with probability ≤ 1.1e-4.
+  Both run on at most GOF_SAMPLE values, every k-th of the block (k = ⌈n / GOF_SAMPLE⌉): the positions are
+  chosen without looking at the values, so under the null the sample is i.i.d. from the same distribution and
+  the size stays ALPHA; 32,768 values still reject kurtosis 4.5 or a Laplace block with near certainty.
   * normal: Anderson–Darling A² against N(x̄, s²) with both parameters estimated, modified to
     A*² = A²(1 + 0.75/n + 2.25/n²) and compared with the critical value solving D'Agostino & Stephens' (1986)
     p-value formula p = exp(1.2937 − 5.709·A*² + 0.0186·A*⁴) = ALPHA (see `anderson_darling_normal_critical`);
@@ -37,6 +40,9 @@ block is misjudged with probability ≤ 5e-6, and a layer of ≤ 20 blocks with 
   the unit roundoff of the stored dtype (a stored orthonormal column set has |Gram − I| ≤ 2u + u² entrywise by
   Cauchy–Schwarz; 1e-3 also admits matrices orthogonalized in float32 by other frameworks); constants and
   identities must equal the expected value up to one rounding of the stored dtype (2u·|value|).
+
+Speed: every check reads one `Summary` of the block (count, min, max, sum and sum of squares, one pass each),
+computed once per block and shared; only checks about a non-zero centre read the values again.
 
 Blocks with fewer than MIN_SAMPLES values are too small for the statistical tests to separate the known
 initializers: their family is `undetermined`, and a layer holding such a block is not claimed for a scheme.
@@ -50,27 +56,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
-from ..stats import power_of_two_scale
+from ..stats import as_float64, numpy_float_dtype, power_of_two_scale, quiet_floats, safe_scale
 from .formatting import _fmt
 
 ALPHA = 1e-6
 MIN_SAMPLES = 16
 ORTHOGONAL_TOLERANCE = 1e-3
 TRUNCATION = 2.0  # lecun_normal cuts T ~ N(0, 1) at ±2
-
+GOF_SAMPLE = 32768
 
 # ---------------------------------------------------------------------------------------------------------------
 # Small math helpers
 
 
-def _unit_roundoff(dtype: torch.dtype) -> float:
-    """u = eps/2 of `dtype` (0 for non-float dtypes)."""
-    return torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 0.0
+def _unit_roundoff(dtype: Any) -> float:
+    """u = eps/2 of a floating dtype (numpy, ml_dtypes or torch dtype, or its name); 0 for other dtypes."""
+    name = str(dtype).removeprefix("torch.")
+    numeric = numpy_float_dtype({"double": "float64", "float": "float32", "half": "float16"}.get(name, name))
+    if numeric is None:
+        return 0.0
+    if isinstance(numeric, np.dtype):
+        return float(np.finfo(numeric).eps) / 2
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(numeric).eps) / 2
 
 
-def orthogonal_tolerance(dtype: torch.dtype) -> float:
+def orthogonal_tolerance(dtype: Any) -> float:
     """max(1e-3, 8u): bound on max|BᵀB − I| for a stored orthogonal block (|Gram − I| ≤ 2u + u²)."""
     return max(ORTHOGONAL_TOLERANCE, 8 * _unit_roundoff(dtype))
 
@@ -164,6 +178,86 @@ def uniform_ks_critical(m: int, alpha: float = ALPHA) -> float:
     return math.sqrt(math.log(2 / alpha) / 2) / math.sqrt(m)
 
 
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def _log_normal_cdf(z: np.ndarray) -> np.ndarray:
+    """log Φ(z) = log(erfc(−z/√2) / 2), by math.erfc (relative accuracy in both tails; −inf below about −38)."""
+    with np.errstate(divide="ignore"):
+        return np.log(_erfc(-z / math.sqrt(2)).astype(np.float64) / 2)
+
+
+def gof_sample(values: np.ndarray, limit: int = GOF_SAMPLE) -> np.ndarray:
+    """At most `limit` values: every k-th, k = ⌈n / limit⌉ (positions chosen without looking at the values)."""
+    flat = values.reshape(-1)
+    step = -(-flat.size // limit)
+    return flat[::step] if step > 1 else flat
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One pass over a block
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the checks read from a block: count, NaN/Inf count, min, max, and Σx and Σx² of the values divided by
+    `scale` (a power of two, 1 unless squares would overflow or underflow float64)."""
+
+    n: int
+    nonfinite: int
+    minimum: float
+    maximum: float
+    scale: float
+    total: float  # Σ x/s
+    squares: float  # Σ (x/s)²
+
+    @property
+    def max_abs(self) -> float:
+        return max(abs(self.minimum), abs(self.maximum))
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n * self.scale
+
+    def mean_square(self) -> float:
+        """Σx²/n, without overflow in the intermediate sum."""
+        return self.squares / self.n * self.scale * self.scale
+
+
+@quiet_floats
+def summarize(values: Any) -> Summary:
+    """The Summary of any array (float64 arithmetic)."""
+    x = values.reshape(-1) if isinstance(values, np.ndarray) and values.dtype == np.float64 else \
+        as_float64(values).reshape(-1)
+    n = x.size
+    if n == 0:
+        return Summary(0, 0, math.nan, math.nan, 1.0, 0.0, 0.0)
+    total = float(x.sum())
+    if not math.isfinite(total):
+        finite = x[np.isfinite(x)]
+        if finite.size == n:  # finite values whose sum overflows: scale them
+            return _scaled_summary(x, 0)
+        bad = n - finite.size
+        if finite.size == 0:
+            return Summary(n, bad, math.nan, math.nan, 1.0, math.nan, math.nan)
+        return Summary(n, bad, float(finite.min()), float(finite.max()), 1.0, math.nan, math.nan)
+    return _scaled_summary(x, 0)
+
+
+def _scaled_summary(x: np.ndarray, nonfinite: int) -> Summary:
+    minimum, maximum = float(x.min()), float(x.max())
+    scale = safe_scale(max(abs(minimum), abs(maximum)))
+    scaled = x / scale if scale != 1.0 else x
+    return Summary(x.size, nonfinite, minimum, maximum, scale, float(scaled.sum()), float(np.dot(scaled, scaled)))
+
+
+def _values(values: Any) -> np.ndarray:
+    """A flat float64 array (no copy when it already is one)."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values.reshape(-1)
+    return as_float64(values).reshape(-1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Verdicts: is a block consistent with one distribution?
 
@@ -180,12 +274,9 @@ class Verdict:
         return {"ok": self.ok, "decided": self.decided, "detail": self.detail}
 
 
-def _nonfinite(values: torch.Tensor) -> Verdict | None:
-    """A failing verdict counting NaN/Inf values, None when all are finite (a finite float64 sum says so in one
-    pass: a NaN or Inf makes the sum non-finite, and float64 cannot overflow on stored float weights)."""
-    if math.isfinite(values.double().sum().item()):
-        return None
-    bad = int((~torch.isfinite(values)).sum())
+def _nonfinite(values: Any, summary: Summary | None = None) -> Verdict | None:
+    """A failing verdict counting NaN/Inf values, None when all are finite."""
+    bad = (summary or summarize(values)).nonfinite
     return Verdict(False, True, f"{bad} NaN/Inf value(s)") if bad else None
 
 
@@ -194,29 +285,33 @@ def _slack(u: float, magnitude: float) -> float:
     return 4 * u * abs(magnitude) + 1e-300
 
 
-def check_constant(values: torch.Tensor, value: float, u: float = 0.0) -> Verdict:
+@quiet_floats
+def check_constant(values: Any, value: float, u: float = 0.0, *, summary: Summary | None = None) -> Verdict:
     """Every value equals `value` up to one rounding of the stored dtype: |x − c| ≤ 2u·|c|."""
-    if (bad := _nonfinite(values)) is not None:
+    stats = summary or summarize(values)
+    if (bad := _nonfinite(values, stats)) is not None:
         return bad
-    if values.numel() == 0:
+    if stats.n == 0:
         return Verdict(True, True, "empty")
-    error = (values - value).abs().max().item()
+    error = max(abs(stats.minimum - value), abs(stats.maximum - value))  # |x − c| is largest at an extreme
     if error > 2 * u * abs(value):
         return Verdict(False, True, f"max |x − {_fmt(value)}| = {_fmt(error)}")
     return Verdict(True, True, f"all {_fmt(value)}")
 
 
-def check_uniform(values: torch.Tensor, low: float, high: float, u: float = 0.0) -> Verdict:
+@quiet_floats
+def check_uniform(values: Any, low: float, high: float, u: float = 0.0, *,
+                  summary: Summary | None = None) -> Verdict:
     """Range [lo, hi], both edges reached within t·w (t = 1 − α^(1/n)), mean and mean square (Bernstein)."""
-    if (bad := _nonfinite(values)) is not None:
+    stats = summary or summarize(values)
+    if (bad := _nonfinite(values, stats)) is not None:
         return bad
-    x = values.reshape(-1)
-    n = x.numel()
+    n = stats.n
     width = high - low
     if width <= 0:
-        return check_constant(x, low, u)
+        return check_constant(values, low, u, summary=stats)
     slack = _slack(u, max(abs(low), abs(high)))
-    smallest, largest = x.min().item(), x.max().item()
+    smallest, largest = stats.minimum, stats.maximum
     decided = n >= MIN_SAMPLES
     name = f"U({_fmt(low)}, {_fmt(high)})"
     if smallest < low - slack or largest > high + slack:
@@ -228,15 +323,19 @@ def check_uniform(values: torch.Tensor, low: float, high: float, u: float = 0.0)
     centre = (low + high) / 2
     if abs(low + high) <= slack:  # symmetric: max |x| ≥ a(1 − t), which rules out any larger bound
         bound = high
-        largest_abs = x.abs().max().item()
+        largest_abs = stats.max_abs
         if largest_abs < bound * (1 - t) - slack:
             return Verdict(False, decided, f"max |x| = {_fmt(largest_abs)} < {_fmt(bound * (1 - t))}: "
                                            f"{n} draws of {name} come closer to ±{_fmt(bound)}")
-    mean = x.mean().item()
+    mean = stats.mean
     tolerance = _bernstein(n, width * width / 12, width / 2) + slack
     if abs(mean - centre) > tolerance:
         return Verdict(False, decided, f"mean {_fmt(mean)}, expected {_fmt(centre)} ± {_fmt(tolerance)}")
-    square = ((x - centre) ** 2).mean().item()
+    if centre == 0:
+        square = stats.mean_square()
+    else:  # about a centre: from the values, since Σx² − 2cΣx + nc² cancels when |c| ≫ w
+        shifted = _values(values) - centre
+        square = float(np.dot(shifted, shifted)) / n
     expected = width * width / 12
     fourth = (width * width) * (width * width)  # not width**4, which raises OverflowError where this gives inf
     tolerance = _bernstein(n, fourth / 180, width * width / 6) + 3 * u * expected + 2 * slack * width
@@ -246,27 +345,33 @@ def check_uniform(values: torch.Tensor, low: float, high: float, u: float = 0.0)
     return Verdict(True, decided, f"consistent with {name}")
 
 
-def check_normal(values: torch.Tensor, mean: float, std: float, u: float = 0.0) -> Verdict:
+@quiet_floats
+def check_normal(values: Any, mean: float, std: float, u: float = 0.0, *, summary: Summary | None = None) -> Verdict:
     """χ² bound on Σz², z = (x − μ)/σ; |z̄|√n ≤ z_α; c_lo ≤ max|z| ≤ c_hi (see the module docstring)."""
-    if (bad := _nonfinite(values)) is not None:
+    stats = summary or summarize(values)
+    if (bad := _nonfinite(values, stats)) is not None:
         return bad
     if std <= 0:
-        return check_constant(values, mean, u)
-    x = values.reshape(-1)
-    n = x.numel()
+        return check_constant(values, mean, u, summary=stats)
+    n = stats.n
     decided = n >= MIN_SAMPLES
     name = f"N({_fmt(mean)}, {_fmt(std)}²)"
-    z = (x - mean) / std
     low, high = _chi2_bounds(n)
-    q = (z * z).sum().item()
+    if mean == 0:
+        ratio = stats.scale / std
+        q = stats.squares * ratio * ratio
+    else:
+        z = (_values(values) - mean) / std
+        q = float(np.dot(z, z))
     if q < low * (1 - 4 * u) or q > high * (1 + 4 * u) + 1e-12:
         return Verdict(False, decided, f"std {_fmt(std * math.sqrt(q / n))}, expected {_fmt(std)} for {name} "
                                        f"(χ²_{n} = {_fmt(q)} outside [{_fmt(low)}, {_fmt(high)}])")
-    z_mean = z.mean().item() * math.sqrt(n)
+    sample_mean = stats.mean
+    z_mean = (sample_mean - mean) / std * math.sqrt(n)
     if abs(z_mean) > _normal_quantile() + 4 * u * math.sqrt(n) * (1 + abs(mean) / std):
-        return Verdict(False, decided, f"mean {_fmt(x.mean().item())}, expected {_fmt(mean)} for {name}")
+        return Verdict(False, decided, f"mean {_fmt(sample_mean)}, expected {_fmt(mean)} for {name}")
     c_low, c_high = _normal_max_bounds(n)
-    largest = z.abs().max().item()
+    largest = max(abs(stats.minimum - mean), abs(stats.maximum - mean)) / std
     if largest > c_high * (1 + 4 * u):
         return Verdict(False, True, f"max |x − μ| = {_fmt(largest)}σ, beyond {_fmt(c_high)}σ for {name}")
     if largest < c_low * (1 - 4 * u):
@@ -275,17 +380,19 @@ def check_normal(values: torch.Tensor, mean: float, std: float, u: float = 0.0) 
     return Verdict(True, decided, f"consistent with {name}")
 
 
-def check_truncated_normal(values: torch.Tensor, scale: float, u: float = 0.0, cut: float = TRUNCATION) -> Verdict:
+@quiet_floats
+def check_truncated_normal(values: Any, scale: float, u: float = 0.0, cut: float = TRUNCATION, *,
+                           summary: Summary | None = None) -> Verdict:
     """scale·T, T ~ N(0, 1) cut to [−c, c]: |x| ≤ c·scale, max|x| ≥ m·scale, mean and mean square (Bernstein)."""
-    if (bad := _nonfinite(values)) is not None:
+    stats = summary or summarize(values)
+    if (bad := _nonfinite(values, stats)) is not None:
         return bad
-    x = values.reshape(-1)
-    n = x.numel()
+    n = stats.n
     decided = n >= MIN_SAMPLES
     limit = cut * scale
     slack = _slack(u, limit)
     name = f"truncated normal (σ' = {_fmt(scale)}, cut at ±{_fmt(limit)})"
-    largest = x.abs().max().item()
+    largest = stats.max_abs
     if largest > limit + slack:
         return Verdict(False, True, f"max |x| = {_fmt(largest)} beyond the truncation ±{_fmt(limit)} of {name}")
     edge = _truncated_edge(n, cut)
@@ -294,10 +401,10 @@ def check_truncated_normal(values: torch.Tensor, scale: float, u: float = 0.0, c
                                        "come closer to the truncation")
     second, fourth = _truncated_moments(cut)
     tolerance = _bernstein(n, second * scale * scale, limit) + slack
-    if abs(x.mean().item()) > tolerance:
-        return Verdict(False, decided, f"mean {_fmt(x.mean().item())}, expected 0 ± {_fmt(tolerance)} for {name}")
+    if abs(stats.mean) > tolerance:
+        return Verdict(False, decided, f"mean {_fmt(stats.mean)}, expected 0 ± {_fmt(tolerance)} for {name}")
     expected = second * scale * scale
-    square = (x * x).mean().item()
+    square = stats.mean_square()
     tolerance = (_bernstein(n, (fourth - second * second) * (scale * scale) * (scale * scale),
                             max(expected, limit * limit - expected))
                  + 3 * u * expected + 2 * slack * limit)
@@ -307,48 +414,63 @@ def check_truncated_normal(values: torch.Tensor, scale: float, u: float = 0.0, c
     return Verdict(True, decided, f"consistent with {name}")
 
 
-def check_identity(matrix: torch.Tensor, scale: float, u: float = 0.0) -> Verdict:
+@quiet_floats
+def check_identity(matrix: Any, scale: float, u: float = 0.0, *, summary: Summary | None = None) -> Verdict:
     """B = scale·I (ones on the main diagonal for non-square blocks, as torch.nn.init.eye_) up to 2u·|scale|."""
-    if (bad := _nonfinite(matrix)) is not None:
+    if (bad := _nonfinite(matrix, summary)) is not None:
         return bad
-    eye = torch.eye(*matrix.shape, dtype=torch.float64) * scale
-    error = (matrix.double() - eye).abs().max().item() if matrix.numel() else 0.0
-    if error > 2 * u * abs(scale):
+    values = as_float64(matrix) if not (isinstance(matrix, np.ndarray) and matrix.dtype == np.float64) else matrix
+    if values.size == 0:
+        return Verdict(True, True, f"{_fmt(scale)}·I")
+    allowed = 2 * u * abs(scale)
+    rows, cols = values.shape
+    # the first row decides most non-identities without touching the rest
+    first = np.abs(values[0] - np.where(np.arange(cols) == 0, scale, 0.0)).max()
+    if first > allowed:
+        return Verdict(False, True, f"max |B − {_fmt(scale)}·I| ≥ {_fmt(float(first))}")
+    diagonal = np.arange(min(rows, cols))
+    off = values.copy()
+    off[diagonal, diagonal] -= scale
+    error = float(np.abs(off).max())
+    if error > allowed:
         return Verdict(False, True, f"max |B − {_fmt(scale)}·I| = {_fmt(error)}")
     return Verdict(True, True, f"{_fmt(scale)}·I")
 
 
-def check_chrono(values: torch.Tensor, tmax: float, negate: bool = False, u: float = 0.0) -> Verdict:
+@quiet_floats
+def check_chrono(values: Any, tmax: float, negate: bool = False, u: float = 0.0) -> Verdict:
     """±log(U[1, tmax − 1]): v = ±x in [0, log(tmax − 1)] and exp(v) passes check_uniform on [1, tmax − 1]."""
     if (bad := _nonfinite(values)) is not None:
         return bad
-    v = -values.reshape(-1).double() if negate else values.reshape(-1).double()
+    v = -_values(values) if negate else _values(values)
     top = math.log(tmax - 1)
     sign = "−" if negate else ""
     slack = _slack(u, top)
-    if v.numel() and (v.min().item() < -slack or v.max().item() > top + slack):
+    if v.size and (float(v.min()) < -slack or float(v.max()) > top + slack):
         return Verdict(False, True, f"values outside {sign}[0, log(tmax − 1) = {_fmt(top)}]")
-    verdict = check_uniform(torch.exp(v), 1.0, tmax - 1, u * max(1.0, top))
+    verdict = check_uniform(np.exp(v), 1.0, tmax - 1, u * max(1.0, top))
     return Verdict(verdict.ok, verdict.decided, f"exp({sign}b): {verdict.detail}")
 
 
-def check_normal_fit(values: torch.Tensor, alpha: float = ALPHA) -> Verdict:
-    """Anderson–Darling test of normality with mean and std estimated from the values (see
-    `anderson_darling_normal_critical`); undecided (but ok) below 8 values, where the modification is not valid."""
+@quiet_floats
+def check_normal_fit(values: Any, alpha: float = ALPHA) -> Verdict:
+    """Anderson–Darling test of normality with mean and std estimated from the values (at most GOF_SAMPLE of them,
+    see the module docstring; `anderson_darling_normal_critical`); undecided (but ok) below 8 values, where the
+    modification is not valid."""
     if (bad := _nonfinite(values)) is not None:
         return bad
-    x = values.reshape(-1).double()
-    n = x.numel()
+    x = gof_sample(_values(values))
+    n = x.size
     if n < 8:
         return Verdict(True, False, f"{n} values: too few for a goodness-of-fit test")
-    x = x / power_of_two_scale(x.abs().max().item())
-    std = x.std().item()
+    x = x / power_of_two_scale(float(np.abs(x).max()))
+    std = float(x.std(ddof=1))
     if std == 0:
         return Verdict(False, True, "constant values are not normal")
-    z = torch.sort((x - x.mean()) / std).values
-    weights = 2 * torch.arange(1, n + 1, dtype=torch.float64) - 1
-    logs = torch.special.log_ndtr(z) + torch.special.log_ndtr(-z).flip(0)
-    statistic = (-n - (weights * logs).sum().item() / n) * (1 + 0.75 / n + 2.25 / (n * n))
+    z = np.sort((x - x.mean()) / std)
+    weights = 2 * np.arange(1, n + 1, dtype=np.float64) - 1
+    logs = _log_normal_cdf(z) + _log_normal_cdf(-z)[::-1]
+    statistic = (-n - float(np.dot(weights, logs)) / n) * (1 + 0.75 / n + 2.25 / (n * n))
     critical = anderson_darling_normal_critical(alpha)
     if statistic > critical:
         return Verdict(False, True, f"Anderson–Darling A*² = {_fmt(statistic)} > {_fmt(critical)} against the fitted "
@@ -356,23 +478,26 @@ def check_normal_fit(values: torch.Tensor, alpha: float = ALPHA) -> Verdict:
     return Verdict(True, True, f"Anderson–Darling A*² = {_fmt(statistic)} ≤ {_fmt(critical)}")
 
 
-def check_uniform_fit(values: torch.Tensor, alpha: float = ALPHA) -> Verdict:
-    """Kolmogorov–Smirnov test of uniformity on [min, max]: the n − 2 interior values rescaled to [0, 1] against
-    U(0, 1), critical value `uniform_ks_critical` (exact size ≤ α for any uniform, endpoints known or not)."""
+@quiet_floats
+def check_uniform_fit(values: Any, alpha: float = ALPHA) -> Verdict:
+    """Kolmogorov–Smirnov test of uniformity on [min, max]: the m − 2 interior values (of at most GOF_SAMPLE, see
+    the module docstring) rescaled to [0, 1] against U(0, 1), critical value `uniform_ks_critical` (exact size ≤ α
+    for any uniform, endpoints known or not)."""
     if (bad := _nonfinite(values)) is not None:
         return bad
-    x = torch.sort(values.reshape(-1).double()).values
-    m = x.numel() - 2
+    x = np.sort(gof_sample(_values(values)))
+    m = x.size - 2
     if m < 1:
         return Verdict(True, False, f"{m + 2} values: too few for a goodness-of-fit test")
-    low, high = x[0].item(), x[-1].item()
+    low, high = float(x[0]), float(x[-1])
     if high <= low:
         return Verdict(False, True, "constant values are not uniform")
     interior = (x[1:-1] - low) / (high - low)
-    steps = torch.arange(1, m + 1, dtype=torch.float64) / m
-    distance = max((steps - interior).max().item(), (interior - (steps - 1 / m)).max().item())
+    steps = np.arange(1, m + 1, dtype=np.float64) / m
+    distance = max(float((steps - interior).max()), float((interior - (steps - 1 / m)).max()))
     critical = uniform_ks_critical(m, alpha)
     if distance > critical:
         return Verdict(False, True, f"Kolmogorov–Smirnov D = {_fmt(distance)} > {_fmt(critical)} against "
                                     f"U({_fmt(low)}, {_fmt(high)}): not uniform (α = {_fmt(alpha)})")
     return Verdict(True, True, f"Kolmogorov–Smirnov D = {_fmt(distance)} ≤ {_fmt(critical)}")
+

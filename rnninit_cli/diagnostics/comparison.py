@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from ..errors import NothingToDoError
 from ..layout import Block, Layer, find_layers
+from ..stats import quiet_floats, to_array
 from .blocks import value_stats
 from .cache import _Cache
 from .diagnosis import _select_layers
@@ -92,18 +93,23 @@ def _layer_key(layer: Layer) -> tuple[str, bool, int, str]:
 def _block_diff(block: Block, a: _Cache, b: _Cache) -> BlockDiff:
     before, after = a.block(block.name, block.start, block.stop), b.block(block.name, block.start, block.stop)
     old, new = before, after
-    if a.dtype(block.name).is_complex or b.dtype(block.name).is_complex:  # the float64 views hold real parts only
-        old, new = (torch.as_tensor(side.tensors[block.name]).detach()[block.start:block.stop].to(torch.complex128)
+    if a.is_complex(block.name) or b.is_complex(block.name):  # the float64 views hold real parts only
+        old, new = (to_array(side.tensors[block.name])[block.start:block.stop].astype(np.complex128)
                     for side in (a, b))
-    same = (old == new) | (torch.isnan(old) & torch.isnan(new))
-    changed = int((~same).sum())
-    delta = (new - old).abs()[~same]
-    largest = 0.0 if changed == 0 else delta.nan_to_num(nan=math.inf).max().item()
+    same = (old == new) | (np.isnan(old) & np.isnan(new))
+    changed = int(same.size - np.count_nonzero(same))
+    largest = 0.0
+    if changed:
+        with np.errstate(invalid="ignore", over="ignore"):
+            delta = np.abs(new - old)[~same]
+        largest = float(np.nan_to_num(delta, nan=math.inf).max())
     return BlockDiff(block.name, block.kind, block.gate, block.start, block.stop, changed > 0, changed, largest,
-                     value_stats(before), value_stats(after), str(a.dtype(block.name)).removeprefix("torch."),
-                     str(b.dtype(block.name)).removeprefix("torch."))
+                     value_stats(before, a.summary(block.name, block.start, block.stop)),
+                     value_stats(after, b.summary(block.name, block.start, block.stop)),
+                     a.dtype(block.name), b.dtype(block.name))
 
 
+@quiet_floats
 def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: str | None = None,
          layers_a: Sequence[Layer] | None = None, layers_b: Sequence[Layer] | None = None) -> DiffReport:
     """Compare the recurrent layers of two checkpoints gate block by gate block (a = before, b = after).
@@ -132,6 +138,8 @@ def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: st
                 shape_changes.append(f"{name_a}: {list(shape_a)} → {list(shape_b)}")
                 continue
             blocks += [_block_diff(block, a, b) for block in layer_a.blocks(kind)]
+        a.forget(layer_a.params.values())  # one layer's float64 copies at a time
+        b.forget(layer_b.params.values())
         layers.append(LayerDiff(layer_a.title, tuple(blocks),
                                 tuple(layer_a.params[k] for k in kinds_a if k not in kinds_b),
                                 tuple(layer_b.params[k] for k in kinds_b if k not in kinds_a), tuple(shape_changes)))

@@ -10,11 +10,11 @@ from typing import Any
 from ..errors import NothingToDoError, UsageError
 from ..layout import KINDS, Layer, find_layers
 from ..schemes import Scheme
-from ..stats import effective_bias
+from ..stats import effective_bias, quiet_floats
 from .blocks import BlockStats, MatrixStats, _block_stats, _geometry
 from .cache import _Cache
 from .formatting import _json
-from .mistakes import DiagnosticWarning, find_warnings
+from .mistakes import DiagnosticWarning, layer_warnings, scheme_warnings
 from .recognition import SchemeMatch, _recognize
 
 _WEIGHTS = ("weight_ih", "weight_hh", "weight_hr")
@@ -71,14 +71,19 @@ def _select_layers(layers: Iterable[Layer], only: str | None) -> list[tuple[Laye
     return selected
 
 
+@quiet_floats
 def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
-             candidates: Iterable[str | Scheme] | None = None, layers: Sequence[Layer] | None = None) -> Diagnosis:
+             candidates: Iterable[str | Scheme] | None = None, layers: Sequence[Layer] | None = None,
+             geometry: bool = False) -> Diagnosis:
     """Statistics, families, scheme matches and warnings for every recurrent layer of `tensors`.
 
     `only` (a regex on parameter names) selects layers and the parameters shown; scheme recognition always looks
     at whole layers. `candidates`: schemes to try (default every registered scheme, arguments estimated).
     Raises NothingToDoError when no recurrent layer is found or selected. `layers`: these layers (found before, by
     `layout.discover`), whose parameters `tensors` holds by their effective names, instead of searching `tensors`.
+    `geometry`: also every block's and weight's orthogonality error and singular values (a Gram matrix and its
+    eigenvalues each: `inspect --wide`); without it they are None, and Gram matrices are formed only for blocks
+    whose column norms leave orthogonality possible.
     """
     layers = find_layers(tensors) if layers is None else list(layers)
     if not layers:
@@ -90,16 +95,20 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     cache = _Cache(tensors)
     candidate_list = None if candidates is None else list(candidates)
     results: list[LayerDiagnosis] = []
+    warnings: list[DiagnosticWarning] = []
     for layer, kinds in selected:
-        blocks = tuple(_block_stats(layer, block, cache) for kind in kinds for block in layer.blocks(kind))
+        blocks = tuple(_block_stats(layer, block, cache, geometry=geometry) for kind in kinds
+                       for block in layer.blocks(kind))
         matrices = []
         for kind in kinds:
             if kind in _WEIGHTS:
                 name = layer.params[kind]
-                error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(name))
+                error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(name)) if geometry else (None,) * 4
                 matrices.append(MatrixStats(name, kind, tuple(cache.whole(name).shape), error, sv_min, sv_max,
                                             spectrum))
         bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))
         results.append(LayerDiagnosis(layer, blocks, tuple(matrices), bias,
                                       _recognize(layer, cache, candidate_list)))
-    return Diagnosis(tuple(results), tuple(find_warnings(results, cache.tensors, _cache=cache)))
+        warnings += layer_warnings(layer, cache)
+        cache.forget(layer.params.values())  # one layer's float64 copies and Gram matrices at a time
+    return Diagnosis(tuple(results), tuple(warnings + scheme_warnings(results)))

@@ -8,14 +8,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from ..initializers import TRUNCATED_NORMAL_STD, _gain
 from ..layout import article
 from ..planning import KEEP, PlanEntry
+from ..stats import quiet_floats
 from .cache import _Cache
 from .checks import (
     MIN_SAMPLES,
+    Summary,
     Verdict,
     _chi2_bounds,
     _nonfinite,
@@ -28,7 +30,7 @@ from .checks import (
     orthogonal_tolerance,
 )
 from .formatting import _fmt
-from .orthogonality import _orthogonal_verdict, _scaled_orthogonal
+from .orthogonality import _orthogonal_verdict
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,12 @@ def _scope(entry: PlanEntry, cache: _Cache) -> _Scope:
     return _Scope(int(whole.shape[1]), int(rows))
 
 
-def _check_energy(block: torch.Tensor, gain: float, rows: int, u: float) -> Verdict:
+def _check_energy(summary: Summary, gain: float, rows: int, u: float) -> Verdict:
     """Rows of a per-matrix orthogonal Q (R rows) carry energy E[q²] = g²/R: χ² bound on Σq²·R/g² (the sphere
     and orthogonality constraints make the true spread smaller than χ², so the bound is conservative)."""
-    n = block.numel()
-    q = ((block / gain) ** 2).sum().item() * rows  # divided first: squares of 1e200 values would overflow
+    n = summary.n
+    ratio = summary.scale / gain
+    q = summary.squares * ratio * ratio * rows  # from the scaled sum: squares of 1e200 values would overflow
     low, high = _chi2_bounds(n)
     decided = n >= MIN_SAMPLES
     if q < low * (1 - 4 * u) or q > high * (1 + 4 * u):
@@ -66,10 +69,11 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
     rows, cols = whole.shape
     tolerance = orthogonal_tolerance(cache.dtype(entry.name))
     block = cache.block(entry.name, entry.start, entry.stop)
-    if (bad := _nonfinite(block)) is not None:
+    summary = cache.summary(entry.name, entry.start, entry.stop)
+    if (bad := _nonfinite(block, summary)) is not None:
         return bad
     if gain == 0:
-        return check_constant(block, 0.0)
+        return check_constant(block, 0.0, summary=summary)
     covered = sum(e.stop - e.start for e in group)
     if covered == rows:
         whole_verdict = _orthogonal_verdict(cache.gram_parts(entry.name), gain, tolerance)
@@ -82,7 +86,7 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
         if not own.ok:
             return Verdict(False, True, f"rows of a wide orthogonal matrix: {own.detail}")
     else:
-        own = _check_energy(block, gain, rows, cache.u(entry.name))
+        own = _check_energy(summary, gain, rows, cache.u(entry.name))
         if not own.ok:
             return own
     if not whole_verdict.ok:
@@ -98,10 +102,11 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
 def _block_energy_ok(entry: PlanEntry, gain: float, rows: int, cols: int, tolerance: float, cache: _Cache) -> bool:
     if rows <= cols:
         return _orthogonal_verdict(cache.gram_parts(entry.name, entry.start, entry.stop), gain, tolerance).ok
-    block = cache.block(entry.name, entry.start, entry.stop)
-    return _nonfinite(block) is None and _check_energy(block, gain, rows, cache.u(entry.name)).ok
+    summary = cache.summary(entry.name, entry.start, entry.stop)
+    return summary.nonfinite == 0 and _check_energy(summary, gain, rows, cache.u(entry.name)).ok
 
 
+@quiet_floats
 def check_entry(entry: PlanEntry, tensors: Mapping[str, Any], group: Sequence[PlanEntry] = ()) -> Verdict:
     """Whether the block of `entry` is consistent with its planned initializer, arguments and scope.
 
@@ -117,15 +122,17 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
     if init == KEEP:
         return Verdict(True, True, "kept as it was")
     block = cache.block(entry.name, entry.start, entry.stop)
+    summary = cache.summary(entry.name, entry.start, entry.stop)
     u = cache.u(entry.name)
-    if (bad := _nonfinite(block)) is not None:
+    if (bad := _nonfinite(block, summary)) is not None:
         return bad
-    if block.numel() == 0:  # e.g. a (rows, 0) weight: nothing to check, and min()/max() would fail
+    if block.size == 0:  # e.g. a (rows, 0) weight: nothing to check, and min()/max() would fail
         return Verdict(True, True, "empty")
     if init in ("zeros", "ones", "constant"):
-        return check_constant(block, {"zeros": 0.0, "ones": 1.0}.get(init, float(args.get("value", 0.0))), u)
+        value = {"zeros": 0.0, "ones": 1.0}.get(init, float(args.get("value", 0.0)))
+        return check_constant(block, value, u, summary=summary)
     if init == "identity":
-        return check_identity(block, float(args.get("scale", 1.0)), u)
+        return check_identity(block, float(args.get("scale", 1.0)), u, summary=summary)
     if init == "chrono":
         return _check_chrono_entry(entry, block, u, cache, chrono_peers)
     if init == "orthogonal":
@@ -137,27 +144,29 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
     if init in _IID and (structure := _structured(entry, cache)):
         return Verdict(False, True, f"{structure}; {init} draws i.i.d. values, which never are")
     if init == "uniform":
-        return check_uniform(block, float(args["a"]), float(args["b"]), u)
+        return check_uniform(block, float(args["a"]), float(args["b"]), u, summary=summary)
     if init == "normal":
-        return check_normal(block, float(args["mean"]), float(args["std"]), u)
+        return check_normal(block, float(args["mean"]), float(args["std"]), u, summary=summary)
     if init == "pytorch":
         bound = 1 / math.sqrt(int(args["hidden_size"]))
-        return check_uniform(block, -bound, bound, u)
+        return check_uniform(block, -bound, bound, u, summary=summary)
     if init in ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal"):
         fans = _scope(entry, cache)
         if init == "xavier_uniform":
             bound = float(args["gain"]) * math.sqrt(6 / (fans.fan_in + fans.fan_out))
-            return check_uniform(block, -bound, bound, u)
+            return check_uniform(block, -bound, bound, u, summary=summary)
         if init == "xavier_normal":
-            return check_normal(block, 0.0, float(args["gain"]) * math.sqrt(2 / (fans.fan_in + fans.fan_out)), u)
+            std = float(args["gain"]) * math.sqrt(2 / (fans.fan_in + fans.fan_out))
+            return check_normal(block, 0.0, std, u, summary=summary)
         if init == "lecun_normal":
-            return check_truncated_normal(block, math.sqrt(1 / fans.fan_in) / TRUNCATED_NORMAL_STD, u)
+            scale = math.sqrt(1 / fans.fan_in) / TRUNCATED_NORMAL_STD
+            return check_truncated_normal(block, scale, u, summary=summary)
         fan = fans.fan_in if args["mode"] == "fan_in" else fans.fan_out
         gain = _gain(str(args["nonlinearity"]), float(args["a"]))
         if init == "kaiming_uniform":
             bound = gain * math.sqrt(3 / fan)
-            return check_uniform(block, -bound, bound, u)
-        return check_normal(block, 0.0, gain / math.sqrt(fan), u)
+            return check_uniform(block, -bound, bound, u, summary=summary)
+        return check_normal(block, 0.0, gain / math.sqrt(fan), u, summary=summary)
     return Verdict(True, False, f"no check is known for initializer {init!r}")
 
 
@@ -173,14 +182,16 @@ def _structured(entry: PlanEntry, cache: _Cache) -> str:
     (e.g. an orthogonal 16×16 block has the variance 1/16 of lecun_normal and could pass its moment tests).
     """
     tolerance = orthogonal_tolerance(cache.dtype(entry.name))
-    for parts, what in ((cache.gram_parts(entry.name, entry.start, entry.stop), "block is orthogonal"),
-                        (cache.gram_parts(entry.name), "whole matrix is orthogonal")):
-        if parts is not None and parts[1].shape[0] >= 3 and _scaled_orthogonal(parts, tolerance) is not None:
+    for start, stop, what in ((entry.start, entry.stop, "block is orthogonal"),
+                              (None, None, "whole matrix is orthogonal")):
+        values = cache.whole(entry.name)[start:stop]
+        if values.ndim == 2 and min(values.shape) >= 3 \
+                and cache.orthogonal_gain(entry.name, start, stop, tolerance) is not None:
             return what
     return ""
 
 
-def _check_chrono_entry(entry: PlanEntry, block: torch.Tensor, u: float, cache: _Cache,
+def _check_chrono_entry(entry: PlanEntry, block: np.ndarray, u: float, cache: _Cache,
                         peers: Sequence[PlanEntry]) -> Verdict:
     """Range/uniformity of exp(±b), then b_i = −b_f: chrono blocks of one parameter share their draws."""
     args = dict(entry.args)
@@ -194,7 +205,7 @@ def _check_chrono_entry(entry: PlanEntry, block: torch.Tensor, u: float, cache: 
             continue
         peer_sign = -1.0 if dict(peer.args).get("negate", False) else 1.0
         other = cache.block(peer.name, peer.start, peer.stop)
-        error = (sign * block - peer_sign * other).abs().max().item()
+        error = float(np.abs(sign * block - peer_sign * other).max())
         if not error <= 2 * u * max(1.0, math.log(tmax)):
             relation = "−" if sign != peer_sign else ""
             return Verdict(False, True, f"gate {entry.gate} ≠ {relation}gate {peer.gate} (max diff {_fmt(error)}): "
@@ -221,3 +232,16 @@ def _groups(entries: Sequence[PlanEntry]) -> tuple[dict[int, list[PlanEntry]], d
 def _check_all(entries: Sequence[PlanEntry], cache: _Cache) -> list[Verdict]:
     matrix, chrono = _groups(entries)
     return [_check_entry(e, cache, matrix.get(id(e), [e]), chrono.get(id(e), [])) for e in entries]
+
+
+def _first_failure(entries: Sequence[PlanEntry], cache: _Cache) -> tuple[PlanEntry | None, Verdict | None, bool]:
+    """(the first entry whose check fails and its verdict, or None, None; whether every verdict up to there was
+    decided): stops at the first failure, as scheme recognition needs no more."""
+    matrix, chrono = _groups(entries)
+    decided = True
+    for entry in entries:
+        verdict = _check_entry(entry, cache, matrix.get(id(entry), [entry]), chrono.get(id(entry), []))
+        if not verdict.ok:
+            return entry, verdict, decided
+        decided = decided and verdict.decided
+    return None, None, decided

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..initializers import TRUNCATED_NORMAL_STD
 from ..layout import Block, Layer
+from ..stats import quiet_floats
 from .cache import _Cache
 from .checks import (
     MIN_SAMPLES,
-    _nonfinite,
     check_chrono,
     check_identity,
     check_normal,
@@ -23,7 +25,6 @@ from .checks import (
     orthogonal_tolerance,
 )
 from .formatting import _fmt
-from .orthogonality import _scaled_orthogonal
 
 UNDETERMINED = "undetermined"
 _LARGEST_LOG = 709.0  # math.exp overflows (OverflowError) just above 709.78
@@ -80,6 +81,7 @@ def _named_normal(kind: str, shape: tuple[int, ...], whole_rows: int) -> list[tu
     return _merge([*named, (0.001, "IRNN 0.001")])
 
 
+@quiet_floats
 def classify_block(layer: Layer, block: Block, tensors: Mapping[str, Any]) -> Family:
     """The families the block's values are consistent with, most specific first (see the docstring of checks.py)."""
     return _classify(layer, block, _Cache(tensors))
@@ -87,27 +89,28 @@ def classify_block(layer: Layer, block: Block, tensors: Mapping[str, Any]) -> Fa
 
 def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
     values = cache.block(block.name, block.start, block.stop)
+    summary = cache.summary(block.name, block.start, block.stop)
     u = cache.u(block.name)
-    n = values.numel()
+    n = values.size
     if n == 0:
         return Family(UNDETERMINED, (), False)
-    if _nonfinite(values) is not None:
+    if summary.nonfinite:
         return Family("unknown (NaN/Inf)", (), True)
-    first = values.reshape(-1)[0].item()
-    if bool((values == 0).all()):
-        return Family("zeros", ("zeros",), True)
-    if bool((values == first).all()):
+    if summary.minimum == summary.maximum:
+        first = summary.minimum
+        if first == 0:
+            return Family("zeros", ("zeros",), True)
         return Family(f"constant({_fmt(first)})", (f"constant({_fmt(first)})",), True)
     exact: list[str] = []
     whole = cache.whole(block.name)
     single = whole.shape[0] == block.stop - block.start
-    if values.dim() == 2:
-        scale = values[0, 0].item()
-        if scale != 0 and check_identity(values, scale, u).ok:
+    if values.ndim == 2:
+        scale = float(values[0, 0])
+        if scale != 0 and check_identity(values, scale, u, summary=summary).ok:
             return Family(f"identity({_fmt(scale)})", (f"identity({_fmt(scale)})",), True)
         tolerance = orthogonal_tolerance(cache.dtype(block.name))
-        own = _scaled_orthogonal(cache.gram_parts(block.name, block.start, block.stop), tolerance)
-        entire = None if single else _scaled_orthogonal(cache.gram_parts(block.name), tolerance)
+        own = cache.orthogonal_gain(block.name, block.start, block.stop, tolerance)
+        entire = None if single else cache.orthogonal_gain(block.name, None, None, tolerance)
         gate_label = "orthogonal" if single else "orthogonal per gate"
         if own is not None:
             exact.append(gate_label + ("" if math.isclose(own, 1, abs_tol=tolerance) else f" (gain {_fmt(own)})"))
@@ -117,8 +120,8 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
             # rows) is per matrix the more specific description.
             matrix = "orthogonal per matrix" + ("" if math.isclose(entire, 1, abs_tol=tolerance)
                                                 else f" (gain {_fmt(entire)})")
-            first = own is None or math.isclose(own, entire, rel_tol=tolerance)
-            exact.insert(0 if first else len(exact), matrix)
+            first_place = own is None or math.isclose(own, entire, rel_tol=tolerance)
+            exact.insert(0 if first_place else len(exact), matrix)
     if exact:
         return Family(exact[0], tuple(exact), True)
     if n < MIN_SAMPLES:
@@ -127,28 +130,42 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
     candidates: list[str] = []
     # A family is named only when the block's shape passes a goodness-of-fit test too: the parameter checks alone
     # accept heavy-tailed blocks of the right scale (a Laplace block's max |z| stays below the union bound).
-    uniform_fit = check_uniform_fit(values).ok
-    normal_fit = check_normal_fit(values).ok
-    if values.dim() == 1:
-        signed = values.min().item() >= 0 or values.max().item() <= 0
-        top = values.abs().max().item()
+    # The fits are computed only once a parameter check passes (most trained blocks fail those first).
+    uniform_fit = _Lazy(lambda: check_uniform_fit(values).ok)
+    normal_fit = _Lazy(lambda: check_normal_fit(values).ok)
+    if values.ndim == 1:
+        signed = summary.minimum >= 0 or summary.maximum <= 0
+        top = summary.max_abs
         if signed and 0 < top < _LARGEST_LOG:
             tmax = math.exp(top) + 1
-            negate = values.max().item() <= 0
-            if check_chrono(values, tmax, negate, u).ok and check_uniform_fit(values.abs().exp()).ok:
+            negate = summary.maximum <= 0
+            if check_chrono(values, tmax, negate, u).ok and check_uniform_fit(np.exp(np.abs(values))).ok:
                 candidates.append(("−" if negate else "") + f"chrono(tmax≈{_fmt(tmax)})")
     for bound, name in _named_uniform(layer, block.kind, shape, int(whole.shape[0])):
-        if uniform_fit and check_uniform(values, -bound, bound, u).ok:
+        if check_uniform(values, -bound, bound, u, summary=summary).ok and uniform_fit():
             candidates.append(f"uniform(±{_fmt(bound)}) [{name}]")
-    if values.dim() == 2:
+    if values.ndim == 2:
         lecun = math.sqrt(1 / shape[1])
-        if check_truncated_normal(values, lecun / TRUNCATED_NORMAL_STD, u).ok:
+        if check_truncated_normal(values, lecun / TRUNCATED_NORMAL_STD, u, summary=summary).ok:
             candidates.append(f"normal({_fmt(lecun)}) [LeCun truncated, Flax]")
     for std, name in _named_normal(block.kind, shape, int(whole.shape[0])):
-        if normal_fit and check_normal(values, 0.0, std, u).ok:
+        if check_normal(values, 0.0, std, u, summary=summary).ok and normal_fit():
             candidates.append(f"normal({_fmt(std)}) [{name}]")
     # No family with parameters fitted to the values (normal(x̄, s), uniform(min, max)): after a few hundred Adam
     # steps a trained block is a sum of many small updates, close enough to a normal to pass any goodness-of-fit
     # test at ALPHA, so such a label cannot tell a trained block from a fresh draw. Only known initializers'
     # parameters are named (chrono's tmax is read from the values, as its scheme does).
     return Family(candidates[0] if candidates else "unknown", tuple(candidates), True)
+
+
+class _Lazy:
+    """A boolean computed on first use, then remembered."""
+
+    def __init__(self, compute: Callable[[], bool]) -> None:
+        self._compute = compute
+        self._value: bool | None = None
+
+    def __call__(self) -> bool:
+        if self._value is None:
+            self._value = self._compute()
+        return self._value

@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from ..layout import Layer
+from ..stats import quiet_floats
 from .cache import _Cache
-from .checks import MIN_SAMPLES, _nonfinite, check_uniform, orthogonal_tolerance
+from .checks import MIN_SAMPLES, check_uniform, orthogonal_tolerance
 from .families import UNDETERMINED
 from .formatting import _fmt
-from .orthogonality import _scaled_orthogonal
 
 if TYPE_CHECKING:
     from .diagnosis import LayerDiagnosis
@@ -37,6 +37,7 @@ class DiagnosticWarning:
         return {"code": self.code, "message": self.message}
 
 
+@quiet_floats
 def find_warnings(layers: Sequence[LayerDiagnosis], tensors: Mapping[str, Any], *,
                   _cache: _Cache | None = None) -> list[DiagnosticWarning]:
     """The classic mistakes: NaN/Inf, a forget constant in both biases (effective 2×), chrono drawn into both
@@ -44,22 +45,24 @@ def find_warnings(layers: Sequence[LayerDiagnosis], tensors: Mapping[str, Any], 
     cache = _cache or _Cache(tensors)
     found: list[DiagnosticWarning] = []
     for diagnosis in layers:
-        layer = diagnosis.layer
-        found += _nonfinite_warnings(layer, cache)
-        found += _double_bias_warnings(layer, cache)
-        found += _scope_warnings(layer, cache)
-    found += _scheme_warnings(layers)
-    return found
+        found += layer_warnings(diagnosis.layer, cache)
+    return found + scheme_warnings(layers)
+
+
+def layer_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
+    """The mistakes one layer shows on its own: NaN/Inf, both biases, mixed scopes."""
+    return [*_nonfinite_warnings(layer, cache), *_double_bias_warnings(layer, cache), *_scope_warnings(layer, cache)]
 
 
 def _nonfinite_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
     found = []
     for name in layer.params.values():
+        if not cache.summary(name).nonfinite:
+            continue
         values = cache.whole(name)
-        nan, inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
-        if nan or inf:
-            found.append(DiagnosticWarning("non-finite", f"{name}: {nan} NaN and {inf} Inf value(s): every output "
-                                                         "of this layer becomes NaN and training cannot recover"))
+        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        found.append(DiagnosticWarning("non-finite", f"{name}: {nan} NaN and {inf} Inf value(s): every output "
+                                                     "of this layer becomes NaN and training cannot recover"))
     return found
 
 
@@ -70,16 +73,16 @@ def _double_bias_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning
     what = "forget" if gate == "f" else "update"
     blocks = {kind: next(b for b in layer.blocks(kind) if b.gate == gate) for kind in ("bias_ih", "bias_hh")}
     ih, hh = (cache.block(b.name, b.start, b.stop) for b in blocks.values())
-    if _nonfinite(ih) is not None or _nonfinite(hh) is not None or ih.numel() == 0:
+    if any(cache.summary(b.name, b.start, b.stop).nonfinite for b in blocks.values()) or ih.size == 0:
         return []
-    c = ih[0].item()
+    c = float(ih[0])
     where = f"{layer.title}: bias_ih.{gate} and bias_hh.{gate}"
     if c != 0 and bool((ih == c).all()) and bool((hh == c).all()):
         return [DiagnosticWarning("double-forget-bias", f"{where} are both {_fmt(c)}: the effective {what} bias "
                                                         f"is {_fmt(2 * c)}, not {_fmt(c)}; write it into one vector")]
     constant = bool((ih == c).all()) or bool((hh == hh[0]).all())
-    signed = all(v.min().item() >= 0 and v.max().item() > 0 for v in (ih, hh))
-    if not constant and signed and ih.numel() >= 2:
+    signed = all(float(v.min()) >= 0 and float(v.max()) > 0 for v in (ih, hh))
+    if not constant and signed and ih.size >= 2:
         return [DiagnosticWarning("double-chrono", f"{where} both hold positive random values (chrono drawn into "
                                                    f"both?): the effective {what} bias is their sum, not "
                                                    "log U[1, T−1]; draw once into one vector")]
@@ -91,11 +94,12 @@ def _param_scope(layer: Layer, kind: str, cache: _Cache) -> tuple[str | None, st
     blocks = layer.blocks(kind)
     name = layer.params[kind]
     values = [cache.block(b.name, b.start, b.stop) for b in blocks]
-    if any(_nonfinite(v) is not None for v in values):
+    summaries = [cache.summary(b.name, b.start, b.stop) for b in blocks]
+    if any(summary.nonfinite for summary in summaries):
         return None, ""
     tolerance = orthogonal_tolerance(cache.dtype(name))
-    gains = [_scaled_orthogonal(cache.gram_parts(b.name, b.start, b.stop), tolerance) for b in blocks]
-    entire = _scaled_orthogonal(cache.gram_parts(name), tolerance)
+    gains = [cache.orthogonal_gain(b.name, b.start, b.stop, tolerance) for b in blocks]
+    entire = cache.orthogonal_gain(name, None, None, tolerance)
     per_gate = all(gain is not None for gain in gains)
     # Stacked orthogonal gate blocks are orthogonal as a whole with gain √G: that is still per gate.
     whole = entire is not None and not (per_gate and any(not math.isclose(g or 0, entire, rel_tol=tolerance)
@@ -104,14 +108,16 @@ def _param_scope(layer: Layer, kind: str, cache: _Cache) -> tuple[str | None, st
         return "matrix", f"{kind} is orthogonal per matrix (its gate blocks are not orthogonal)"
     if per_gate and not whole:
         return "gate", f"{kind} is orthogonal per gate"
-    if any(v.numel() < MIN_SAMPLES for v in values):
+    if any(v.size < MIN_SAMPLES for v in values):
         return None, ""
     rows, cols = cache.whole(name).shape
     h = blocks[0].stop - blocks[0].start
     u = cache.u(name)
     gate_bound, matrix_bound = math.sqrt(6 / (cols + h)), math.sqrt(6 / (cols + rows))
-    gate_ok = all(check_uniform(v, -gate_bound, gate_bound, u).ok for v in values)
-    matrix_ok = all(check_uniform(v, -matrix_bound, matrix_bound, u).ok for v in values)
+    gate_ok = all(check_uniform(v, -gate_bound, gate_bound, u, summary=summary).ok
+                  for v, summary in zip(values, summaries, strict=True))
+    matrix_ok = all(check_uniform(v, -matrix_bound, matrix_bound, u, summary=summary).ok
+                    for v, summary in zip(values, summaries, strict=True))
     if gate_ok and not matrix_ok:
         return "gate", f"{kind} is Glorot uniform per gate"
     if matrix_ok and not gate_ok:
@@ -131,7 +137,7 @@ def _scope_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
                                              "xavier_ on the whole matrix believed to be per gate, or the reverse)")]
 
 
-def _scheme_warnings(layers: Sequence[LayerDiagnosis]) -> list[DiagnosticWarning]:
+def scheme_warnings(layers: Sequence[LayerDiagnosis]) -> list[DiagnosticWarning]:
     by_module: dict[str, list[LayerDiagnosis]] = {}
     for diagnosis in layers:
         if not diagnosis.layer.is_cell:

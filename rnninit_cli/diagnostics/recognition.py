@@ -8,15 +8,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from ..errors import RuleError, SchemeError
 from ..layout import Block, Layer
 from ..planning import PlanEntry, plan
 from ..schemes import SCHEMES, Scheme, format_value, parse_call
+from ..stats import numpy_float_dtype, quiet_floats
 from .cache import _Cache
-from .checks import _nonfinite
-from .entry_checks import _check_all
+from .entry_checks import _first_failure
 from .families import _LARGEST_LOG, UNDETERMINED
 from .formatting import _json
 
@@ -62,10 +62,10 @@ def _estimate_chrono(layer: Layer, cache: _Cache) -> dict[str, float] | None:
     if gate is None or "bias_ih" not in layer.params:
         return None
     block = next(b for b in layer.blocks("bias_ih") if b.gate == gate)
-    values = cache.block(block.name, block.start, block.stop)
-    if _nonfinite(values) is not None or values.min().item() < 0 or not 0 < values.max().item() < _LARGEST_LOG:
+    summary = cache.summary(block.name, block.start, block.stop)
+    if summary.nonfinite or not summary.minimum >= 0 or not 0 < summary.maximum < _LARGEST_LOG:
         return None
-    return {"tmax": _round_up(math.exp(values.max().item()) + 1)}
+    return {"tmax": _round_up(math.exp(summary.maximum) + 1)}
 
 
 def _round_up(value: float, digits: int = 6) -> float:
@@ -76,13 +76,14 @@ def _round_up(value: float, digits: int = 6) -> float:
     return max(value, float(f"{math.ceil(value / 10.0**exponent)}e{exponent}"))
 
 
-def _shortest(value: float, dtype: torch.dtype) -> float:
+def _shortest(value: float, dtype: str) -> float:
     """The shortest decimal that rounds to the same `dtype` value (0.5, not 0.5000000001), for readable arguments."""
-    if not dtype.is_floating_point:
+    numeric = numpy_float_dtype(dtype)
+    if numeric is None:
         return value
     for digits in range(1, 18):
         candidate = float(f"{value:.{digits}g}")
-        if torch.tensor(candidate, dtype=dtype).item() == value:
+        if float(np.asarray(candidate).astype(numeric)) == value:
             return candidate
     return value
 
@@ -90,7 +91,7 @@ def _shortest(value: float, dtype: torch.dtype) -> float:
 def _estimate_irnn(layer: Layer, cache: _Cache) -> dict[str, float] | None:
     """scale = the first diagonal value of weight_hh."""
     name = layer.params["weight_hh"]
-    value = cache.whole(name)[0, 0].item()
+    value = float(cache.whole(name)[0, 0])
     return {"scale": _shortest(value, cache.dtype(name))} if math.isfinite(value) and value != 0 else None
 
 
@@ -131,6 +132,7 @@ def _scheme_specs(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme
     return specs
 
 
+@quiet_floats
 def recognize_layer(layer: Layer, tensors: Mapping[str, Any], *,
                     candidates: Iterable[str | Scheme] | None = None) -> SchemeMatch:
     """Plan each candidate scheme (default: every registered one) on the layer alone and check every block."""
@@ -149,15 +151,13 @@ def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] |
         except (SchemeError, RuleError) as error:  # RuleError: arguments estimated from odd values (chrono's tmax)
             rejected[spec] = f"does not apply: {error}"
             continue
-        verdicts = _check_all(the_plan.entries, cache)
-        failed = next(((e, v) for e, v in zip(the_plan.entries, verdicts, strict=True) if not v.ok), None)
-        if failed is not None:
-            entry, verdict = failed
+        entry, verdict, decided = _first_failure(the_plan.entries, cache)
+        if entry is not None and verdict is not None:
             rejected[spec] = f"{_where(entry)}: expected {entry.call}, {verdict.detail}"
             continue
         if estimate:
             estimated[spec] = estimate
-        (matches if all(v.decided for v in verdicts) else undetermined).append(spec)
+        (matches if decided else undetermined).append(spec)
     if matches and not undetermined:
         primary = matches[0]
     elif matches or undetermined:

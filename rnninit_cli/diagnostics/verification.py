@@ -9,6 +9,7 @@ from typing import Any
 from ..layout import Layer
 from ..planning import plan
 from ..schemes import Rule, Scheme
+from ..stats import quiet_floats
 from .cache import _Cache
 from .entry_checks import _check_all
 from .families import _classify
@@ -64,6 +65,7 @@ class VerifyReport:
                 "weak": [b.as_dict() for b in self.weak], "blocks": [b.as_dict() for b in self.blocks]}
 
 
+@quiet_floats
 def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[str | Rule] = (),
            only: str | None = None, layers: Sequence[Layer] | None = None) -> VerifyReport:
     """Plan `scheme` (+ `rules`, `only`) with planning.plan and check each planned block against its initializer.
