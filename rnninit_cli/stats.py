@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -98,35 +99,191 @@ def safe_scale(largest: float) -> float:
     return 1.0 if _SAFE_LOW <= largest <= _SAFE_HIGH else power_of_two_scale(largest)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Σ aᵢbᵢ by numpy's own loop: BLAS's threaded dot waits on its threads for vectors this short, which on a busy
+    machine costs 50× the arithmetic."""
+    return float(np.einsum("i,i->", a, b))
+
+
+CHUNK = 1 << 18  # values per float64 chunk: 2 MiB, so each pass over a chunk stays in cache
+
+
+def float64_chunks(values: Any) -> Iterator[np.ndarray]:
+    """The values (flattened; complex by their real part) as float64 arrays of at most CHUNK values: arrays of any
+    size are summarized in float64 without a float64 copy of the whole."""
+    array = to_array(values)
+    if np.iscomplexobj(array):
+        array = array.real
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, CHUNK):
+        piece = flat[start:start + CHUNK]
+        yield piece if piece.dtype == np.float64 else piece.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One pass over a block: count, NaN and Inf counts, and over the finite values min, max, Σ x/s, Σ (x/s)² and
+    Σ (x/s − x̄/s)² (s a power of two, 1 unless squares would overflow or underflow float64). Chunks are combined
+    exactly as Chan, Golub & LeVeque (1979) combine partial sums of squares, so the centred sum is as accurate as
+    a second pass."""
+
+    n: int
+    nan: int
+    nonfinite: int
+    minimum: float  # of the finite values (NaN when there are none)
+    maximum: float
+    scale: float
+    total: float
+    squares: float
+    centred: float
+
+    @property
+    def finite(self) -> int:
+        return self.n - self.nonfinite
+
+    @property
+    def max_abs(self) -> float:
+        return max(abs(self.minimum), abs(self.maximum))
+
+    @property
+    def mean(self) -> float:
+        """Mean of the finite values (NaN when there are none)."""
+        return self.total / self.finite * self.scale if self.finite else math.nan
+
+    def mean_square(self) -> float:
+        """Σx²/n of the finite values, without overflow in the intermediate sum."""
+        return self.squares / self.finite * self.scale * self.scale if self.finite else math.nan
+
+    def moments(self) -> tuple[float, float]:
+        """(mean, population std) of the finite values, clamped to max |x| (rounding may carry the product a hair
+        past it, and past float64's maximum)."""
+        if not self.finite:
+            return math.nan, math.nan
+        largest = self.max_abs
+        mean = self.total / self.finite
+        std = math.sqrt(max(self.centred, 0.0) / self.finite)
+        return math.copysign(min(abs(mean) * self.scale, largest), mean), min(std * self.scale, largest)
+
+
 @quiet_floats
-def moments(data: np.ndarray, mean: float | None = None, largest: float | None = None) -> tuple[float, float]:
-    """(mean, population std) of a float64 array, computed on values scaled by a power of two where needed, so that
-    neither sums nor squares overflow (1e300) or underflow (1e-300). NaN/Inf values propagate. `mean` and `largest`
-    (max |x|), when the caller has them, save a pass each."""
-    if data.size == 0:
-        return math.nan, math.nan
-    flat = data.reshape(-1)
-    if largest is None:
-        largest = float(np.max(np.abs(flat)))
-    scale = safe_scale(largest)
-    scaled = flat / scale if scale != 1.0 else flat
-    scaled_mean = float(scaled.mean()) if mean is None or not math.isfinite(mean) else mean / scale
-    centred = scaled - scaled_mean
-    std = math.sqrt(float(np.dot(centred, centred)) / flat.size) if math.isfinite(scaled_mean) else math.nan
-    if not math.isfinite(largest):
-        return scaled_mean, std
-    # rounding may carry the product a hair past the largest |x| (and float64's maximum): clamp
-    return math.copysign(min(abs(scaled_mean) * scale, largest), scaled_mean), min(std * scale, largest)
+def summarize(values: Any) -> Summary:
+    """The Summary of any array or tensor, in float64, one chunk at a time: one pass, or two when the values are so
+    large or small (beyond 2^±500) that their squares need scaling."""
+    summary = _accumulate(values, 1.0)
+    scale = safe_scale(summary.max_abs) if summary.finite else 1.0
+    return summary if scale == 1.0 else _accumulate(values, scale)
+
+
+def _accumulate(values: Any, scale: float) -> Summary:
+    n = nan = nonfinite = count = 0
+    minimum, maximum = math.inf, -math.inf
+    total = squares = centred = 0.0
+    for chunk in float64_chunks(values):
+        n += chunk.size
+        part_total = float(chunk.sum())
+        if not math.isfinite(part_total):
+            finite = np.isfinite(chunk)
+            if not finite.all():
+                nan += int(np.isnan(chunk).sum())
+                chunk = chunk[finite]
+                nonfinite += finite.size - chunk.size
+                if not chunk.size:
+                    continue
+            part_total = float(chunk.sum())  # finite values whose sum overflowed: scaled below
+        minimum, maximum = min(minimum, float(chunk.min())), max(maximum, float(chunk.max()))
+        if scale != 1.0:
+            chunk = chunk / scale
+            part_total = float(chunk.sum())
+        size = chunk.size
+        part_mean = part_total / size
+        deviation = chunk - part_mean
+        part_centred = _dot(deviation, deviation)
+        if count:  # Chan, Golub & LeVeque: M2 = M2_a + M2_b + δ²·n_a·n_b / n
+            delta = part_mean - total / count
+            centred += part_centred + delta * delta * count * size / (count + size)
+        else:
+            centred = part_centred
+        count += size
+        total += part_total
+        squares += part_centred + part_total * part_mean  # Σx² = Σ(x − x̄)² + n·x̄²: two non-negative terms
+    if count == 0:
+        return Summary(n, nan, nonfinite, math.nan, math.nan, 1.0, 0.0, 0.0, 0.0)
+    return Summary(n, nan, nonfinite, minimum, maximum, scale, total, squares, centred)
+
+
+def combine(parts: Sequence[Summary]) -> Summary | None:
+    """The Summary of the concatenated values of `parts` (Chan, Golub & LeVeque's merge of centred sums); None when
+    their scales differ (the caller summarizes the values themselves then)."""
+    if not parts or len({part.scale for part in parts}) != 1:
+        return None
+    n = sum(part.n for part in parts)
+    nan = sum(part.nan for part in parts)
+    nonfinite = sum(part.nonfinite for part in parts)
+    present = [part for part in parts if part.finite]
+    if not present:
+        return Summary(n, nan, nonfinite, math.nan, math.nan, 1.0, 0.0, 0.0, 0.0)
+    count, total, squares, centred = 0, 0.0, 0.0, 0.0
+    for part in present:
+        size = part.finite
+        part_mean = part.total / size
+        if count:
+            delta = part_mean - total / count
+            centred += part.centred + delta * delta * count * size / (count + size)
+        else:
+            centred = part.centred
+        count += size
+        total += part.total
+        squares += part.squares
+    return Summary(n, nan, nonfinite, min(part.minimum for part in present), max(part.maximum for part in present),
+                   present[0].scale, total, squares, centred)
+
+
+def spread_sample(values: Any, limit: int) -> np.ndarray:
+    """At most `limit` of the values, in float64: every k-th (row-major), k the smallest step ≥ ⌈n / limit⌉ that
+    shares no factor with the row length, so that the sample visits every column, not just every k-th one. The
+    positions do not depend on the values: i.i.d. values give an i.i.d. sample."""
+    array = to_array(values)
+    flat = array.reshape(-1)
+    step = -(-flat.size // limit)
+    if step <= 1:
+        return as_float64(flat)
+    width = array.shape[-1] if array.ndim >= 2 else 1
+    while math.gcd(step, width) != 1:
+        step += 1
+    return as_float64(flat[::step])
+
+
+def squares_about(values: Any, centre: float, divisor: float = 1.0) -> float:
+    """Σ ((x − centre) / divisor)² in float64, one chunk at a time."""
+    total = 0.0
+    for chunk in float64_chunks(values):
+        scaled = (chunk - centre) / divisor
+        total += _dot(scaled, scaled)
+    return total
+
+
+def moments(data: Any) -> tuple[float, float]:
+    """(mean, population std) of the finite values of an array, computed in float64 on values scaled by a power of
+    two where needed, so that neither sums nor squares overflow (1e300) or underflow (1e-300)."""
+    return summarize(data).moments()
 
 
 @quiet_floats
 def block_stats(values: Any) -> Stats:
-    """mean, std (population), min and max of a block, computed in float64 without overflow."""
-    data = as_float64(values)
-    if data.size == 0:
+    """mean, std (population), min and max of a block, computed in float64 without overflow (NaN/Inf propagate:
+    a block holding one has NaN statistics, which the report shows as such)."""
+    summary = summarize(values)
+    if summary.n == 0 or summary.nonfinite:
+        return _nonfinite_stats(values, summary)
+    mean, std = summary.moments()
+    return {"mean": mean, "std": std, "min": summary.minimum, "max": summary.maximum}
+
+
+def _nonfinite_stats(values: Any, summary: Summary) -> Stats:
+    if summary.n == 0:
         return dict.fromkeys(STAT_NAMES, math.nan)
-    mean, std = moments(data)
-    return {"mean": mean, "std": std, "min": float(data.min()), "max": float(data.max())}
+    data = as_float64(values)
+    return {"mean": float(data.mean()), "std": float(data.std()), "min": float(data.min()), "max": float(data.max())}
 
 
 @quiet_floats

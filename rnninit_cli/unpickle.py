@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import io
+import math
 import pickle
 import re
 import struct
@@ -874,8 +875,19 @@ def array_from_bytes(raw: bytes | bytearray | memoryview, dtype: str, shape: tup
     if 0 in shape:
         return np.empty(shape, dtype=kind)
     flat = np.frombuffer(raw, dtype=kind)
+    if _contiguous(shape, stride) and flat.size == math.prod(shape):
+        return flat.reshape(shape)  # no copy: a read-only view that keeps `raw` alive
     view = np.lib.stride_tricks.as_strided(flat, shape, tuple(s * kind.itemsize for s in stride), writeable=False)
     return np.array(view)  # a copy of its own, laid out contiguously
+
+
+def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for size, step in reversed(list(zip(shape, stride, strict=True))):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
 
 
 def tensor_array(ref: TensorRef, storage: bytes | memoryview) -> Any:

@@ -10,43 +10,46 @@ from typing import Any
 import numpy as np
 
 from ..layout import Block, Layer
-from ..stats import as_float64, moments, quiet_floats
+from ..stats import Summary, as_float64, float64_chunks, quiet_floats, spread_sample, summarize
 from .cache import _Cache
-from .checks import Summary, summarize
 from .families import Family, _classify
 from .formatting import _json
 from .orthogonality import _Gram, _spectrum
 
 _BARS = "▁▂▃▄▅▆▇█"
+SPARKLINE_SAMPLE = 1 << 18  # larger blocks are drawn from this many of their values (stats.spread_sample)
 
 
 @quiet_floats
-def sparkline(values: Any, bins: int = 8) -> str:
+def sparkline(values: Any, bins: int = 8, summary: Summary | None = None) -> str:
     """Histogram of the finite values in `bins` equal bins over [min, max] as ▁▂▃▄▅▆▇█ (height ∝ count, ceil to
-    eighths of the fullest bin; empty bins are spaces); all-equal values give one full bar in the middle."""
+    eighths of the fullest bin; empty bins are spaces); all-equal values give one full bar in the middle. Blocks
+    of more than SPARKLINE_SAMPLE values are drawn from that many of them, spread over every column.
+    `summary`: the values' Summary, when the caller has it."""
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    data = _flat64(values)
-    finite = np.isfinite(data)
-    if not finite.all():
-        data = data[finite]
-    if data.size == 0:
+    described = summary or summarize(values)
+    if described.finite == 0:
         return ""
-    low, high = float(data.min()), float(data.max())
+    low, high = described.minimum, described.maximum
     if high == low:
         return " " * ((bins - 1) // 2) + _BARS[-1] + " " * (bins - 1 - (bins - 1) // 2)
-    # halves first: high − low overflows for values of both signs near float64's maximum
-    index = np.floor((data / 2 - low / 2) / (high / 2 - low / 2) * bins).astype(np.int64)
-    np.clip(index, 0, bins - 1, out=index)
-    counts = np.bincount(index, minlength=bins).tolist()
-    top = max(counts)
-    return "".join(" " if c == 0 else _BARS[-(-c * len(_BARS) // top) - 1] for c in counts)
-
-
-def _flat64(values: Any) -> np.ndarray:
-    if isinstance(values, np.ndarray) and values.dtype == np.float64:
-        return values.reshape(-1)
-    return as_float64(values).reshape(-1)
+    counts = np.zeros(bins, dtype=np.int64)
+    sample = spread_sample(values, SPARKLINE_SAMPLE) if described.n > SPARKLINE_SAMPLE else values
+    # halved: high − low overflows for values of both signs near float64's maximum (halving is exact for normal
+    # numbers, so the bins are the same either way; only tiny values would lose bits, and they need no halving)
+    halve = max(abs(low), abs(high)) > 2.0**1000
+    origin, width = (low / 2, high / 2 - low / 2) if halve else (low, high - low)
+    for chunk in float64_chunks(sample):
+        if described.nonfinite:
+            chunk = chunk[np.isfinite(chunk)]
+        position = (chunk / 2 if halve else chunk) - origin
+        position /= width  # divided, not multiplied by bins / width, which overflows for subnormal widths
+        position *= bins
+        np.clip(position, 0, bins - 1, out=position)
+        counts += np.bincount(position.astype(np.int64), minlength=bins)  # truncation = floor on [0, bins − 1]
+    top = int(counts.max())
+    return "".join(" " if c == 0 else _BARS[-(-c * len(_BARS) // top) - 1] for c in counts.tolist())
 
 
 @dataclass(frozen=True)
@@ -115,18 +118,12 @@ class MatrixStats:
 @quiet_floats
 def value_stats(values: Any, summary: Summary | None = None) -> dict[str, float | int]:
     """count, mean, std (population), min, max, max_abs over the finite values; nan and inf counts."""
-    data = _flat64(values)
-    described = summary or summarize(data)
-    if described.nonfinite:
-        nan = int(np.isnan(data).sum())
-        finite = data[np.isfinite(data)]
-        described = summarize(finite)
-    else:
-        nan, finite = 0, data
-    stats: dict[str, float | int] = {"count": data.size, "nan": nan, "inf": data.size - finite.size - nan}
-    if finite.size == 0:
+    described = summary or summarize(values)
+    stats: dict[str, float | int] = {"count": described.n, "nan": described.nan,
+                                     "inf": described.nonfinite - described.nan}
+    if described.finite == 0:
         return {**stats, **dict.fromkeys(("mean", "std", "min", "max", "max_abs"), math.nan)}
-    mean, std = moments(finite, described.mean, described.max_abs)
+    mean, std = described.moments()
     return {**stats, "mean": mean, "std": std, "min": described.minimum, "max": described.maximum,
             "max_abs": described.max_abs}
 
@@ -161,7 +158,7 @@ def _block_stats(layer: Layer, block: Block, cache: _Cache, *, geometry: bool) -
     if values.ndim == 2 and geometry:
         error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(block.name, block.start, block.stop))
         if values.shape[0] == values.shape[1] and stats["nan"] == stats["inf"] == 0:
-            difference = values.copy()
+            difference = as_float64(values)
             diagonal = np.arange(values.shape[0])
             difference[diagonal, diagonal] -= 1
             identity = float(np.abs(difference).max()) if difference.size else 0.0
@@ -169,6 +166,7 @@ def _block_stats(layer: Layer, block: Block, cache: _Cache, *, geometry: bool) -
         block.name, block.kind, block.gate, block.start, block.stop, tuple(values.shape),
         cache.dtype(block.name), int(stats["count"]), float(stats["mean"]),
         float(stats["std"]), float(stats["min"]), float(stats["max"]), float(stats["max_abs"]), int(stats["nan"]),
-        int(stats["inf"]), error, sv_min, sv_max, identity, _classify(layer, block, cache), sparkline(values),
+        int(stats["inf"]), error, sv_min, sv_max, identity, _classify(layer, block, cache),
+        sparkline(values, summary=summary),
         spectrum,
     )

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..stats import as_float64, dtype_name
-from .checks import Summary, _unit_roundoff, summarize
-from .orthogonality import _Gram, _scaled_gram, diagonal_rules_out_orthogonal, gram_diagonal, scaled_orthogonal_gain
+from ..stats import Summary, as_float64, combine, dtype_name, safe_scale, summarize, to_array
+from .checks import Verdict, _unit_roundoff
+from .orthogonality import (
+    _Gram,
+    _orthogonal_verdict,
+    _scaled_gram,
+    diagonal_rules_out_orthogonal,
+    diagonal_verdict,
+    gram_diagonal,
+    scaled_orthogonal_gain,
+)
 
 _Key = tuple[str, int | None, int | None]
 
 
 class _Cache:
-    """float64 copies of parameters, their blocks' summaries and Gram matrices, computed once (see `forget`)."""
+    """The parameters as numpy arrays in their stored dtypes (no float64 copies: see stats.float64_chunks), their
+    blocks' summaries and Gram matrices, computed once (see `forget`)."""
 
     def __init__(self, tensors: Mapping[str, Any]) -> None:
         self.tensors = tensors
@@ -23,10 +34,12 @@ class _Cache:
         self._grams: dict[_Key, _Gram | None] = {}
         self._summaries: dict[_Key, Summary] = {}
         self._gains: dict[tuple[_Key, float], float | None] = {}
+        self._diagonals: dict[_Key, np.ndarray] = {}
 
     def whole(self, name: str) -> np.ndarray:
+        """The parameter as a numpy array in its stored dtype."""
         if name not in self._whole:
-            self._whole[name] = as_float64(self.tensors[name])
+            self._whole[name] = to_array(self.tensors[name])
         return self._whole[name]
 
     def block(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -37,7 +50,7 @@ class _Cache:
         gone = set(names)
         for name in gone:
             self._whole.pop(name, None)
-        for store in (self._grams, self._summaries):
+        for store in (self._grams, self._summaries, self._diagonals):
             for key in [key for key in store if key[0] in gone]:
                 del store[key]
         for key in [key for key in self._gains if key[0][0] in gone]:
@@ -47,9 +60,31 @@ class _Cache:
         """Count, NaN/Inf count, min, max, Σx, Σx² of rows [start, stop) (the whole parameter when None)."""
         key = (name, start, stop)
         if key not in self._summaries:
-            values = self.whole(name) if start is None else self.block(name, start, stop or 0)
-            self._summaries[key] = summarize(values)
+            known = self._whole_from_blocks(name) if start is None else None
+            self._summaries[key] = known or summarize(self._values(name, start, stop))
         return self._summaries[key]
+
+    def prefetch(self, keys: Iterable[_Key]) -> None:
+        """Summaries of these row ranges, computed on up to four threads at once (numpy releases the GIL on large
+        arrays; each summary is computed alone, so the values do not depend on the thread count)."""
+        missing = [key for key in dict.fromkeys(keys) if key not in self._summaries]
+        workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        if len(missing) < 2 or workers < 2:
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="rnninit-summary") as pool:
+            results = list(pool.map(lambda key: summarize(self._values(*key)), missing))
+        self._summaries.update(zip(missing, results, strict=True))
+
+    def _whole_from_blocks(self, name: str) -> Summary | None:
+        """The whole parameter's Summary merged from its blocks' when they cover its rows (no second pass)."""
+        spans = sorted((key[1], key[2]) for key in self._summaries if key[0] == name and key[1] is not None)
+        reached, parts = 0, []
+        for start, stop in spans:
+            if start == reached and stop is not None and stop > start:
+                parts.append(self._summaries[(name, start, stop)])
+                reached = stop
+        rows = len(self.whole(name))
+        return combine(parts) if parts and reached == rows else None
 
     def u(self, name: str) -> float:
         """Rounding allowance: the stored dtype's u, at least float32's (initializers draw in float32, and a
@@ -77,8 +112,26 @@ class _Cache:
         if key not in self._grams:
             values = self._values(name, start, stop)
             ok = values.ndim == 2 and values.size > 0 and self.summary(name, start, stop).nonfinite == 0
-            self._grams[key] = _scaled_gram(values) if ok else None
+            self._grams[key] = _scaled_gram(as_float64(values)) if ok else None
         return self._grams[key]
+
+    def _diagonal(self, key: _Key) -> np.ndarray:
+        """The squared column (row) norms of rows [start, stop) (see `gram_diagonal`)."""
+        if key not in self._diagonals:
+            self._diagonals[key] = gram_diagonal(self._values(*key), self.summary(*key).max_abs)
+        return self._diagonals[key]
+
+    def orthogonal_verdict(self, name: str, start: int | None, stop: int | None, gain: float,
+                           tolerance: float) -> Verdict:
+        """`_orthogonal_verdict` of rows [start, stop) against g·Q: decided from the column (row) norms when they
+        already fail it (the same decision, in O(size)), from the Gram matrix otherwise."""
+        values = self._values(name, start, stop)
+        key = (name, start, stop)
+        if key not in self._grams and values.ndim == 2 and values.size and not self.summary(*key).nonfinite:
+            verdict = diagonal_verdict(self._diagonal(key), safe_scale(self.summary(*key).max_abs), gain, tolerance)
+            if verdict is not None:
+                return verdict
+        return _orthogonal_verdict(self.gram_parts(name, start, stop), gain, tolerance)
 
     def orthogonal_gain(self, name: str, start: int | None, stop: int | None, tolerance: float) -> float | None:
         """`scaled_orthogonal_gain` of rows [start, stop), its Gram matrix computed only when the column (row)
@@ -88,8 +141,7 @@ class _Cache:
             values = self._values(name, start, stop)
             impossible = values.ndim != 2 or min(values.shape) < 2 or self.summary(name, start, stop).nonfinite
             ruled_out = not impossible and key[0] not in self._grams \
-                and diagonal_rules_out_orthogonal(
-                gram_diagonal(values, self.summary(name, start, stop).max_abs), tolerance)
+                and diagonal_rules_out_orthogonal(self._diagonal(key[0]), tolerance)
             self._gains[key] = None if impossible or ruled_out else \
                 scaled_orthogonal_gain(self.gram_parts(name, start, stop), tolerance)
         return self._gains[key]

@@ -26,9 +26,10 @@ block is misjudged with probability ≤ 5e-6, and a layer of ≤ 20 blocks with 
   largest |z| ≈ ln(n)/√2 stays below c_hi). A block drawn by the initializer fails it with probability ≤ ALPHA,
   so its family is missed with probability ≤ 6e-6 (a uniform: five checks and this one), and a layer's
   (≤ 17 blocks: an LSTM with projections) with probability ≤ 1.1e-4.
-  Both run on at most GOF_SAMPLE values, every k-th of the block (k = ⌈n / GOF_SAMPLE⌉): the positions are
-  chosen without looking at the values, so under the null the sample is i.i.d. from the same distribution and
-  the size stays ALPHA; 32,768 values still reject kurtosis 4.5 or a Laplace block with near certainty.
+  Both run on at most GOF_SAMPLE values, every k-th of the block (k ≥ ⌈n / GOF_SAMPLE⌉, coprime with the row
+  length so that every column is visited): the positions are chosen without looking at the values, so under
+  the null the sample is i.i.d. from the same distribution and the size stays ALPHA; 32,768 values still reject
+  kurtosis 4.5 or a Laplace block with near certainty.
   * normal: Anderson–Darling A² against N(x̄, s²) with both parameters estimated, modified to
     A*² = A²(1 + 0.75/n + 2.25/n²) and compared with the critical value solving D'Agostino & Stephens' (1986)
     p-value formula p = exp(1.2937 − 5.709·A*² + 0.0186·A*⁴) = ALPHA (see `anderson_darling_normal_critical`);
@@ -41,8 +42,9 @@ block is misjudged with probability ≤ 5e-6, and a layer of ≤ 20 blocks with 
   Cauchy–Schwarz; 1e-3 also admits matrices orthogonalized in float32 by other frameworks); constants and
   identities must equal the expected value up to one rounding of the stored dtype (2u·|value|).
 
-Speed: every check reads one `Summary` of the block (count, min, max, sum and sum of squares, one pass each),
-computed once per block and shared; only checks about a non-zero centre read the values again.
+Speed: every check reads one `Summary` of the block (stats.summarize: counts, min, max, sums and sums of squares
+in float64, read in chunks without a float64 copy of the block), computed once per block and shared; only checks
+about a non-zero centre read the values again.
 
 Blocks with fewer than MIN_SAMPLES values are too small for the statistical tests to separate the known
 initializers: their family is `undetermined`, and a layer holding such a block is not claimed for a scheme.
@@ -58,7 +60,17 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import as_float64, numpy_float_dtype, power_of_two_scale, quiet_floats, safe_scale
+from ..stats import (
+    Summary,
+    as_float64,
+    numpy_float_dtype,
+    power_of_two_scale,
+    quiet_floats,
+    spread_sample,
+    squares_about,
+    summarize,
+    to_array,
+)
 from .formatting import _fmt
 
 ALPHA = 1e-6
@@ -187,68 +199,9 @@ def _log_normal_cdf(z: np.ndarray) -> np.ndarray:
         return np.log(_erfc(-z / math.sqrt(2)).astype(np.float64) / 2)
 
 
-def gof_sample(values: np.ndarray, limit: int = GOF_SAMPLE) -> np.ndarray:
-    """At most `limit` values: every k-th, k = ⌈n / limit⌉ (positions chosen without looking at the values)."""
-    flat = values.reshape(-1)
-    step = -(-flat.size // limit)
-    return flat[::step] if step > 1 else flat
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# One pass over a block
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What the checks read from a block: count, NaN/Inf count, min, max, and Σx and Σx² of the values divided by
-    `scale` (a power of two, 1 unless squares would overflow or underflow float64)."""
-
-    n: int
-    nonfinite: int
-    minimum: float
-    maximum: float
-    scale: float
-    total: float  # Σ x/s
-    squares: float  # Σ (x/s)²
-
-    @property
-    def max_abs(self) -> float:
-        return max(abs(self.minimum), abs(self.maximum))
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.n * self.scale
-
-    def mean_square(self) -> float:
-        """Σx²/n, without overflow in the intermediate sum."""
-        return self.squares / self.n * self.scale * self.scale
-
-
-@quiet_floats
-def summarize(values: Any) -> Summary:
-    """The Summary of any array (float64 arithmetic)."""
-    x = values.reshape(-1) if isinstance(values, np.ndarray) and values.dtype == np.float64 else \
-        as_float64(values).reshape(-1)
-    n = x.size
-    if n == 0:
-        return Summary(0, 0, math.nan, math.nan, 1.0, 0.0, 0.0)
-    total = float(x.sum())
-    if not math.isfinite(total):
-        finite = x[np.isfinite(x)]
-        if finite.size == n:  # finite values whose sum overflows: scale them
-            return _scaled_summary(x, 0)
-        bad = n - finite.size
-        if finite.size == 0:
-            return Summary(n, bad, math.nan, math.nan, 1.0, math.nan, math.nan)
-        return Summary(n, bad, float(finite.min()), float(finite.max()), 1.0, math.nan, math.nan)
-    return _scaled_summary(x, 0)
-
-
-def _scaled_summary(x: np.ndarray, nonfinite: int) -> Summary:
-    minimum, maximum = float(x.min()), float(x.max())
-    scale = safe_scale(max(abs(minimum), abs(maximum)))
-    scaled = x / scale if scale != 1.0 else x
-    return Summary(x.size, nonfinite, minimum, maximum, scale, float(scaled.sum()), float(np.dot(scaled, scaled)))
+def gof_sample(values: Any, limit: int = GOF_SAMPLE) -> np.ndarray:
+    """At most `limit` values in float64, positions chosen without looking at the values (stats.spread_sample)."""
+    return spread_sample(values, limit)
 
 
 def _values(values: Any) -> np.ndarray:
@@ -331,11 +284,8 @@ def check_uniform(values: Any, low: float, high: float, u: float = 0.0, *,
     tolerance = _bernstein(n, width * width / 12, width / 2) + slack
     if abs(mean - centre) > tolerance:
         return Verdict(False, decided, f"mean {_fmt(mean)}, expected {_fmt(centre)} ± {_fmt(tolerance)}")
-    if centre == 0:
-        square = stats.mean_square()
-    else:  # about a centre: from the values, since Σx² − 2cΣx + nc² cancels when |c| ≫ w
-        shifted = _values(values) - centre
-        square = float(np.dot(shifted, shifted)) / n
+    # about a centre: from the values, since Σx² − 2cΣx + nc² cancels when |c| ≫ w
+    square = stats.mean_square() if centre == 0 else squares_about(values, centre) / n
     expected = width * width / 12
     fourth = (width * width) * (width * width)  # not width**4, which raises OverflowError where this gives inf
     tolerance = _bernstein(n, fourth / 180, width * width / 6) + 3 * u * expected + 2 * slack * width
@@ -361,8 +311,7 @@ def check_normal(values: Any, mean: float, std: float, u: float = 0.0, *, summar
         ratio = stats.scale / std
         q = stats.squares * ratio * ratio
     else:
-        z = (_values(values) - mean) / std
-        q = float(np.dot(z, z))
+        q = squares_about(values, mean, std)
     if q < low * (1 - 4 * u) or q > high * (1 + 4 * u) + 1e-12:
         return Verdict(False, decided, f"std {_fmt(std * math.sqrt(q / n))}, expected {_fmt(std)} for {name} "
                                        f"(χ²_{n} = {_fmt(q)} outside [{_fmt(low)}, {_fmt(high)}])")
@@ -419,17 +368,17 @@ def check_identity(matrix: Any, scale: float, u: float = 0.0, *, summary: Summar
     """B = scale·I (ones on the main diagonal for non-square blocks, as torch.nn.init.eye_) up to 2u·|scale|."""
     if (bad := _nonfinite(matrix, summary)) is not None:
         return bad
-    values = as_float64(matrix) if not (isinstance(matrix, np.ndarray) and matrix.dtype == np.float64) else matrix
-    if values.size == 0:
+    stored = to_array(matrix)
+    if stored.size == 0:
         return Verdict(True, True, f"{_fmt(scale)}·I")
     allowed = 2 * u * abs(scale)
-    rows, cols = values.shape
-    # the first row decides most non-identities without touching the rest
-    first = np.abs(values[0] - np.where(np.arange(cols) == 0, scale, 0.0)).max()
+    rows, cols = stored.shape
+    # the first row decides most non-identities without converting the rest
+    first = np.abs(as_float64(stored[0]) - np.where(np.arange(cols) == 0, scale, 0.0)).max()
     if first > allowed:
         return Verdict(False, True, f"max |B − {_fmt(scale)}·I| ≥ {_fmt(float(first))}")
     diagonal = np.arange(min(rows, cols))
-    off = values.copy()
+    off = as_float64(stored)
     off[diagonal, diagonal] -= scale
     error = float(np.abs(off).max())
     if error > allowed:
@@ -459,7 +408,7 @@ def check_normal_fit(values: Any, alpha: float = ALPHA) -> Verdict:
     modification is not valid."""
     if (bad := _nonfinite(values)) is not None:
         return bad
-    x = gof_sample(_values(values))
+    x = gof_sample(values)
     n = x.size
     if n < 8:
         return Verdict(True, False, f"{n} values: too few for a goodness-of-fit test")
@@ -485,7 +434,7 @@ def check_uniform_fit(values: Any, alpha: float = ALPHA) -> Verdict:
     for any uniform, endpoints known or not)."""
     if (bad := _nonfinite(values)) is not None:
         return bad
-    x = np.sort(gof_sample(_values(values)))
+    x = np.sort(gof_sample(values))
     m = x.size - 2
     if m < 1:
         return Verdict(True, False, f"{m + 2} values: too few for a goodness-of-fit test")

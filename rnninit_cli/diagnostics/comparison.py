@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import NothingToDoError
 from ..layout import Block, Layer, find_layers
-from ..stats import quiet_floats, to_array
+from ..stats import as_float64, quiet_floats, to_array
 from .blocks import value_stats
 from .cache import _Cache
 from .diagnosis import _select_layers
@@ -92,7 +92,7 @@ def _layer_key(layer: Layer) -> tuple[str, bool, int, str]:
 
 def _block_diff(block: Block, a: _Cache, b: _Cache) -> BlockDiff:
     before, after = a.block(block.name, block.start, block.stop), b.block(block.name, block.start, block.stop)
-    old, new = before, after
+    old, new = as_float64(before), as_float64(after)
     if a.is_complex(block.name) or b.is_complex(block.name):  # the float64 views hold real parts only
         old, new = (to_array(side.tensors[block.name])[block.start:block.stop].astype(np.complex128)
                     for side in (a, b))

@@ -97,6 +97,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     results: list[LayerDiagnosis] = []
     warnings: list[DiagnosticWarning] = []
     for layer, kinds in selected:
+        cache.prefetch((block.name, block.start, block.stop) for kind in layer.params for block in layer.blocks(kind))
         blocks = tuple(_block_stats(layer, block, cache, geometry=geometry) for kind in kinds
                        for block in layer.blocks(kind))
         matrices = []

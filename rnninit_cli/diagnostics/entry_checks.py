@@ -13,7 +13,7 @@ import numpy as np
 from ..initializers import TRUNCATED_NORMAL_STD, _gain
 from ..layout import article
 from ..planning import KEEP, PlanEntry
-from ..stats import quiet_floats
+from ..stats import as_float64, quiet_floats
 from .cache import _Cache
 from .checks import (
     MIN_SAMPLES,
@@ -30,7 +30,6 @@ from .checks import (
     orthogonal_tolerance,
 )
 from .formatting import _fmt
-from .orthogonality import _orthogonal_verdict
 
 
 @dataclass(frozen=True)
@@ -76,13 +75,13 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
         return check_constant(block, 0.0, summary=summary)
     covered = sum(e.stop - e.start for e in group)
     if covered == rows:
-        whole_verdict = _orthogonal_verdict(cache.gram_parts(entry.name), gain, tolerance)
+        whole_verdict = cache.orthogonal_verdict(entry.name, None, None, gain, tolerance)
         if whole_verdict.ok:
             return Verdict(True, whole_verdict.decided, f"whole {entry.kind} {whole_verdict.detail}")
     else:
         whole_verdict = Verdict(True, False, "only part of the matrix is planned")
     if rows <= cols:  # wide: rows orthonormal, so every row block is orthogonal on its own
-        own = _orthogonal_verdict(cache.gram_parts(entry.name, entry.start, entry.stop), gain, tolerance)
+        own = cache.orthogonal_verdict(entry.name, entry.start, entry.stop, gain, tolerance)
         if not own.ok:
             return Verdict(False, True, f"rows of a wide orthogonal matrix: {own.detail}")
     else:
@@ -101,7 +100,7 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
 
 def _block_energy_ok(entry: PlanEntry, gain: float, rows: int, cols: int, tolerance: float, cache: _Cache) -> bool:
     if rows <= cols:
-        return _orthogonal_verdict(cache.gram_parts(entry.name, entry.start, entry.stop), gain, tolerance).ok
+        return cache.orthogonal_verdict(entry.name, entry.start, entry.stop, gain, tolerance).ok
     summary = cache.summary(entry.name, entry.start, entry.stop)
     return summary.nonfinite == 0 and _check_energy(summary, gain, rows, cache.u(entry.name)).ok
 
@@ -139,8 +138,7 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
         if entry.per == "matrix":
             return _check_orthogonal_matrix(entry, group, cache)
         tolerance = orthogonal_tolerance(cache.dtype(entry.name))
-        parts = cache.gram_parts(entry.name, entry.start, entry.stop)
-        return _orthogonal_verdict(parts, float(args["gain"]), tolerance)
+        return cache.orthogonal_verdict(entry.name, entry.start, entry.stop, float(args["gain"]), tolerance)
     if init in _IID and (structure := _structured(entry, cache)):
         return Verdict(False, True, f"{structure}; {init} draws i.i.d. values, which never are")
     if init == "uniform":
@@ -196,6 +194,7 @@ def _check_chrono_entry(entry: PlanEntry, block: np.ndarray, u: float, cache: _C
     """Range/uniformity of exp(±b), then b_i = −b_f: chrono blocks of one parameter share their draws."""
     args = dict(entry.args)
     tmax, negate = float(args["tmax"]), bool(args.get("negate", False))
+    block = as_float64(block)
     verdict = check_chrono(block, tmax, negate, u)
     if not verdict.ok:
         return verdict
@@ -204,7 +203,7 @@ def _check_chrono_entry(entry: PlanEntry, block: np.ndarray, u: float, cache: _C
         if peer is entry or peer.stop - peer.start != entry.stop - entry.start:
             continue
         peer_sign = -1.0 if dict(peer.args).get("negate", False) else 1.0
-        other = cache.block(peer.name, peer.start, peer.stop)
+        other = as_float64(cache.block(peer.name, peer.start, peer.stop))
         error = float(np.abs(sign * block - peer_sign * other).max())
         if not error <= 2 * u * max(1.0, math.log(tmax)):
             relation = "−" if sign != peer_sign else ""

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..initializers import TRUNCATED_NORMAL_STD
 from ..layout import Block, Layer
-from ..stats import quiet_floats
+from ..stats import as_float64, quiet_floats
 from .cache import _Cache
 from .checks import (
     MIN_SAMPLES,
@@ -105,7 +105,7 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
     whole = cache.whole(block.name)
     single = whole.shape[0] == block.stop - block.start
     if values.ndim == 2:
-        scale = float(values[0, 0])
+        scale = float(as_float64(values[0, :1])[0])
         if scale != 0 and check_identity(values, scale, u, summary=summary).ok:
             return Family(f"identity({_fmt(scale)})", (f"identity({_fmt(scale)})",), True)
         tolerance = orthogonal_tolerance(cache.dtype(block.name))
@@ -139,7 +139,7 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
         if signed and 0 < top < _LARGEST_LOG:
             tmax = math.exp(top) + 1
             negate = summary.maximum <= 0
-            if check_chrono(values, tmax, negate, u).ok and check_uniform_fit(np.exp(np.abs(values))).ok:
+            if check_chrono(values, tmax, negate, u).ok and check_uniform_fit(np.exp(np.abs(as_float64(values)))).ok:
                 candidates.append(("−" if negate else "") + f"chrono(tmax≈{_fmt(tmax)})")
     for bound, name in _named_uniform(layer, block.kind, shape, int(whole.shape[0])):
         if check_uniform(values, -bound, bound, u, summary=summary).ok and uniform_fit():

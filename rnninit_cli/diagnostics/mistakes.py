@@ -8,10 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..layout import Layer
-from ..stats import quiet_floats
+from ..stats import as_float64, quiet_floats
 from .cache import _Cache
 from .checks import MIN_SAMPLES, check_uniform, orthogonal_tolerance
 from .families import UNDETERMINED
@@ -57,10 +55,10 @@ def layer_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
 def _nonfinite_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
     found = []
     for name in layer.params.values():
-        if not cache.summary(name).nonfinite:
+        summary = cache.summary(name)
+        if not summary.nonfinite:
             continue
-        values = cache.whole(name)
-        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        nan, inf = summary.nan, summary.nonfinite - summary.nan
         found.append(DiagnosticWarning("non-finite", f"{name}: {nan} NaN and {inf} Inf value(s): every output "
                                                      "of this layer becomes NaN and training cannot recover"))
     return found
@@ -72,7 +70,7 @@ def _double_bias_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning
         return []
     what = "forget" if gate == "f" else "update"
     blocks = {kind: next(b for b in layer.blocks(kind) if b.gate == gate) for kind in ("bias_ih", "bias_hh")}
-    ih, hh = (cache.block(b.name, b.start, b.stop) for b in blocks.values())
+    ih, hh = (as_float64(cache.block(b.name, b.start, b.stop)) for b in blocks.values())
     if any(cache.summary(b.name, b.start, b.stop).nonfinite for b in blocks.values()) or ih.size == 0:
         return []
     c = float(ih[0])

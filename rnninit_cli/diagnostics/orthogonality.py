@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import as_float64, power_of_two_scale, quiet_floats, safe_scale
+from ..stats import CHUNK, as_float64, power_of_two_scale, quiet_floats, safe_scale
 from .checks import Verdict
 from .formatting import _fmt
 
@@ -33,12 +33,23 @@ def _scaled_gram(m: np.ndarray) -> _Gram:
 
 
 def gram_diagonal(m: np.ndarray, largest: float) -> np.ndarray:
-    """diag(BᵀB) (tall) or diag(BBᵀ) (wide) of a finite float64 matrix with max|B| = `largest`: the squared column
-    (row) norms, in O(size) instead of the Gram matrix's O(size · min side); scaled by a power of two only where
-    squares would overflow or underflow (a ratio of these sums is what is used, so the scale does not matter)."""
+    """diag(BᵀB) (tall) or diag(BBᵀ) (wide) of a finite matrix (any float dtype) with max|B| = `largest`: the
+    squared column (row) norms in float64, O(size) instead of the Gram matrix's O(size · min side), read a few
+    rows at a time; scaled by a power of two only where squares would overflow or underflow (ratios of these
+    sums are what is used, so the scale does not matter)."""
     scale = safe_scale(largest)
-    scaled = m / scale if scale != 1.0 else m
-    return np.square(scaled).sum(axis=0 if m.shape[0] >= m.shape[1] else 1)
+    tall = m.shape[0] >= m.shape[1]
+    step = max(1, CHUNK // max(1, m.shape[1]))
+    parts = []
+    for start in range(0, m.shape[0], step):
+        rows = as_float64(m[start:start + step])
+        if scale != 1.0:
+            rows /= scale
+        squares = np.square(rows, out=rows)
+        parts.append(squares.sum(axis=0 if tall else 1))
+    if tall:
+        return np.sum(parts, axis=0) if parts else np.zeros(m.shape[1])
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 @quiet_floats
@@ -61,6 +72,24 @@ def _minus_identity_max(matrix: np.ndarray, factor: float) -> float:
         return float(np.abs(scaled).max())
 
 
+def _describe(gain: float) -> str:
+    return "orthogonal" + (f" with gain {_fmt(gain)}" if gain != 1 else "")
+
+
+def diagonal_verdict(diagonal: np.ndarray, scale: float, gain: float, tolerance: float) -> Verdict | None:
+    """The failing verdict of `_orthogonal_verdict` when the squared column (row) norms d = diag(G/s²) alone show
+    it: max|d·(s/g)² − 1| is a lower bound of max|G/g² − I|, so beyond the tolerance (by more than rounding) the
+    block is not g·Q whatever the rest of its Gram matrix holds. None: the Gram matrix must decide."""
+    if gain == 0 or diagonal.size == 0:
+        return None
+    ratio = scale / gain
+    deviation = float(np.abs(diagonal * (ratio * ratio) - 1).max())
+    if not (math.isfinite(deviation) and deviation > tolerance * (1 + 1e-9) + 1e-12):
+        return None
+    return Verdict(False, True, f"not {_describe(gain)}: max |BᵀB/g² − I| ≥ {_fmt(deviation)} > {_fmt(tolerance)} "
+                                "(a column or row norm alone)")
+
+
 def _orthogonal_verdict(parts: _Gram | None, gain: float, tolerance: float) -> Verdict:
     """check_orthogonal on a scaled Gram matrix: (G/s²)·(s/g)² − I, so that a gain of 1e200 (G = 1e400, beyond
     float64) is checked as exactly as a gain of 1."""
@@ -74,7 +103,7 @@ def _orthogonal_verdict(parts: _Gram | None, gain: float, tolerance: float) -> V
     ratio = scale / gain  # inf for hopeless cases (1e300 values, gain 1e-300): error inf, not orthogonal
     error = _minus_identity_max(small, ratio * ratio)
     decided = size >= 2
-    what = "orthogonal" + (f" with gain {_fmt(gain)}" if gain != 1 else "")
+    what = _describe(gain)
     if not error <= tolerance:
         return Verdict(False, True, f"not {what}: max |BᵀB/g² − I| = {_fmt(error)} > {_fmt(tolerance)}")
     return Verdict(True, decided, f"{what}: max |BᵀB/g² − I| = {_fmt(error)}")

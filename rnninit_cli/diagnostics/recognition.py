@@ -14,7 +14,7 @@ from ..errors import RuleError, SchemeError
 from ..layout import Block, Layer
 from ..planning import PlanEntry, plan
 from ..schemes import SCHEMES, Scheme, format_value, parse_call
-from ..stats import numpy_float_dtype, quiet_floats
+from ..stats import as_float64, numpy_float_dtype, quiet_floats
 from .cache import _Cache
 from .entry_checks import _first_failure
 from .families import _LARGEST_LOG, UNDETERMINED
@@ -91,7 +91,7 @@ def _shortest(value: float, dtype: str) -> float:
 def _estimate_irnn(layer: Layer, cache: _Cache) -> dict[str, float] | None:
     """scale = the first diagonal value of weight_hh."""
     name = layer.params["weight_hh"]
-    value = float(cache.whole(name)[0, 0])
+    value = float(as_float64(cache.whole(name)[0, :1])[0])
     return {"scale": _shortest(value, cache.dtype(name))} if math.isfinite(value) and value != 0 else None
 
 
