@@ -162,3 +162,46 @@ def test_arguments_a_draw_accepts_pass_without_torch_too(text: str) -> None:
     rule = parse_rule(f"weight_ih={text}")
     _try_arguments(rule)
     _check_arguments(rule)
+
+
+def test_summary_over_several_chunks_equals_exact_sums() -> None:
+    from rnninit_cli.stats import CHUNK
+
+    rng = np.random.default_rng(11)
+    values = (1e4 + rng.normal(0, 1e-3, 2 * CHUNK + CHUNK // 2 + 7)).astype(np.float32)  # |mean| ≫ std
+    summary = summarize(values)
+    exact = values.astype(np.float64)
+    mean = math.fsum(exact) / exact.size
+    assert summary.mean == pytest.approx(mean, rel=1e-15)
+    spread = math.sqrt(math.fsum((float(v) - mean) ** 2 for v in exact) / exact.size)
+    assert summary.moments()[1] == pytest.approx(spread, rel=1e-9)
+    assert (summary.minimum, summary.maximum) == (float(exact.min()), float(exact.max()))
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnninit_cli.diagnostics import cache, comparison
+    from rnninit_cli.diagnostics import diff as diff_tensors
+
+    before = _state(torch.float32)
+    after = {name: tensor * (1 + (index % 3 == 0)) for index, (name, tensor) in enumerate(before.items())}
+    results = []
+    for workers in (1, 2, 4):
+        monkeypatch.setattr(cache, "worker_count", lambda workers=workers: workers)
+        monkeypatch.setattr(comparison, "worker_count", lambda workers=workers: workers)
+        results.append((diagnose(before, geometry=True).as_dict(), diff_tensors(before, after).as_dict()))
+    assert results[0] == results[1] == results[2]
+    assert results[0][1]["changed_blocks"] > 0
+
+
+def test_a_whole_summary_merged_from_its_blocks_equals_one_read_of_the_whole() -> None:
+    rng = np.random.default_rng(5)
+    whole = np.concatenate([rng.normal(mean, 0.1, (30, 7)) for mean in (0.0, 5.0, -3.0)]).astype(np.float32)
+    whole[4, 2] = np.nan
+    cache = _Cache({"w": whole})
+    for start in (0, 30, 60):
+        cache.summary("w", start, start + 30)
+    merged, direct = cache.summary("w"), summarize(whole)
+    assert merged is not direct and (merged.n, merged.nan, merged.nonfinite) == (direct.n, direct.nan, direct.nonfinite)
+    assert (merged.minimum, merged.maximum) == (direct.minimum, direct.maximum)
+    for field in ("total", "squares", "centred"):
+        assert getattr(merged, field) == pytest.approx(getattr(direct, field), rel=1e-12), field

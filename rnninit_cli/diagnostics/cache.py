@@ -24,6 +24,12 @@ from .orthogonality import (
 _Key = tuple[str, int | None, int | None]
 
 
+def worker_count() -> int:
+    """Threads for independent blocks: the CPUs this process may use, at most four."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, available)
+
+
 class _Cache:
     """The parameters as numpy arrays in their stored dtypes (no float64 copies: see stats.float64_chunks), their
     blocks' summaries and Gram matrices, computed once (see `forget`)."""
@@ -65,15 +71,21 @@ class _Cache:
         return self._summaries[key]
 
     def prefetch(self, keys: Iterable[_Key]) -> None:
-        """Summaries of these row ranges, computed on up to four threads at once (numpy releases the GIL on large
-        arrays; each summary is computed alone, so the values do not depend on the thread count)."""
-        missing = [key for key in dict.fromkeys(keys) if key not in self._summaries]
-        workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        """Summaries of these row ranges, and the column (row) norms of the 2-D ones and of their whole parameters,
+        computed on up to four threads at once (numpy releases the GIL on large arrays; each result is computed
+        alone, so the values do not depend on the thread count)."""
+        keys = list(dict.fromkeys(keys))
+        missing = [key for key in keys if key not in self._summaries]
+        workers = worker_count()
         if len(missing) < 2 or workers < 2:
             return
         with ThreadPoolExecutor(workers, thread_name_prefix="rnninit-summary") as pool:
             results = list(pool.map(lambda key: summarize(self._values(*key)), missing))
-        self._summaries.update(zip(missing, results, strict=True))
+            self._summaries.update(zip(missing, results, strict=True))
+            matrices = [key for key in keys if self._values(*key).ndim == 2]
+            matrices += list(dict.fromkeys((name, None, None) for name, _, _ in matrices))
+            wanted = [key for key in matrices if key not in self._diagonals and not self.summary(*key).nonfinite]
+            self._diagonals.update(zip(wanted, pool.map(self._diagonal, wanted), strict=True))
 
     def _whole_from_blocks(self, name: str) -> Summary | None:
         """The whole parameter's Summary merged from its blocks' when they cover its rows (no second pass)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +12,9 @@ import numpy as np
 
 from ..errors import NothingToDoError
 from ..layout import Block, Layer, find_layers
-from ..stats import as_float64, quiet_floats, to_array
+from ..stats import float64_chunks, quiet_floats, to_array
 from .blocks import value_stats
-from .cache import _Cache
+from .cache import _Cache, worker_count
 from .diagnosis import _select_layers
 from .formatting import _json
 
@@ -92,21 +93,35 @@ def _layer_key(layer: Layer) -> tuple[str, bool, int, str]:
 
 def _block_diff(block: Block, a: _Cache, b: _Cache) -> BlockDiff:
     before, after = a.block(block.name, block.start, block.stop), b.block(block.name, block.start, block.stop)
-    old, new = as_float64(before), as_float64(after)
-    if a.is_complex(block.name) or b.is_complex(block.name):  # the float64 views hold real parts only
-        old, new = (to_array(side.tensors[block.name])[block.start:block.stop].astype(np.complex128)
-                    for side in (a, b))
-    same = (old == new) | (np.isnan(old) & np.isnan(new))
-    changed = int(same.size - np.count_nonzero(same))
-    largest = 0.0
-    if changed:
-        with np.errstate(invalid="ignore", over="ignore"):
-            delta = np.abs(new - old)[~same]
-        largest = float(np.nan_to_num(delta, nan=math.inf).max())
+    if a.is_complex(block.name) or b.is_complex(block.name):  # the float64 chunks hold real parts only
+        pairs: Any = [tuple(to_array(side.tensors[block.name])[block.start:block.stop].astype(np.complex128).ravel()
+                            for side in (a, b))]
+    else:
+        pairs = zip(float64_chunks(before), float64_chunks(after), strict=True)  # same shapes: same chunks
+    changed, largest = 0, 0.0
+    for old, new in pairs:
+        same = (old == new) | (np.isnan(old) & np.isnan(new))
+        count = same.size - int(np.count_nonzero(same))
+        if count:
+            delta = np.abs(new[~same] - old[~same])
+            largest = max(largest, float(np.nan_to_num(delta, nan=math.inf).max()))
+        changed += count
     return BlockDiff(block.name, block.kind, block.gate, block.start, block.stop, changed > 0, changed, largest,
                      value_stats(before, a.summary(block.name, block.start, block.stop)),
                      value_stats(after, b.summary(block.name, block.start, block.stop)),
                      a.dtype(block.name), b.dtype(block.name))
+
+
+def _block_diffs(blocks: list[Block], a: _Cache, b: _Cache) -> list[BlockDiff]:
+    """`_block_diff` of each block, on up to four threads (each block alone: the results do not depend on it)."""
+    keys = [(block.name, block.start, block.stop) for block in blocks]
+    a.prefetch(keys)
+    b.prefetch(keys)
+    workers = worker_count()
+    if workers < 2 or len(blocks) < 2:
+        return [_block_diff(block, a, b) for block in blocks]
+    with ThreadPoolExecutor(workers, thread_name_prefix="rnninit-diff") as pool:
+        return list(pool.map(lambda block: _block_diff(block, a, b), blocks))
 
 
 @quiet_floats
@@ -137,7 +152,7 @@ def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: st
             if shape_a != shape_b or name_a != name_b:
                 shape_changes.append(f"{name_a}: {list(shape_a)} → {list(shape_b)}")
                 continue
-            blocks += [_block_diff(block, a, b) for block in layer_a.blocks(kind)]
+            blocks += _block_diffs(list(layer_a.blocks(kind)), a, b)
         a.forget(layer_a.params.values())  # one layer's float64 copies at a time
         b.forget(layer_b.params.values())
         layers.append(LayerDiff(layer_a.title, tuple(blocks),

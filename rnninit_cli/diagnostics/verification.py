@@ -74,6 +74,7 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
     """
     the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False, layers=layers)
     cache = _Cache(tensors)
+    cache.prefetch((entry.name, entry.start, entry.stop) for entry in the_plan.entries)
     layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}
     blocks = []
     for entry, verdict in zip(the_plan.entries, _check_all(the_plan.entries, cache), strict=True):
