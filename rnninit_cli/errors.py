@@ -49,3 +49,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 class OutputError(RnnInitError):
     """The output cannot be written: it exists, equals the input, or the format cannot hold the data."""
+
+
+class MetaDeviceError(UsageError):
+    """Parameters to initialize that live on the `meta` device: they have a shape but no storage to write."""
+
+
+class PlacementError(RnnInitError):
+    """A distributed tensor (DTensor) placed in a way `init_` cannot write exactly (only Shard(0) and Replicate())."""

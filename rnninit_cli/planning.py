@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from .distributed import refuse_meta, refuse_sharded_views, shard_rows
 from .errors import DtypeError, LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
 from .layout import Discovery, Layer, Skipped, article, discover
 from .onethread import one_thread_pool
@@ -436,9 +437,14 @@ def apply_plan(
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
     refuse_non_floating(tensors, the_plan.written_sources)
+    refuse_meta(tensors, the_plan.written_sources)
     refuse_overlapping(tensors, the_plan.written_sources)
-    writes = the_plan.writes
-    views = {view.name: view for view in the_plan.views if any(entry.name == view.name for entry in writes)}
+    views = {view.name: view for view in the_plan.views if any(entry.name == view.name for entry in the_plan.writes)}
+    refuse_sharded_views(tensors, views.values())
+    # DTensors: this rank draws only the scopes that overlap its rows and writes only those rows (see `distributed`).
+    shards = shard_rows(tensors, (entry.name for entry in the_plan.writes if entry.name not in views))
+    writes = [entry for entry in the_plan.writes
+              if entry.name not in shards or shards[entry.name].overlaps(entry.start, entry.stop)]
     targets: Mapping[str, Any] = {**tensors, **{name: view.compose(tensors) for name, view in views.items()}}
     # One draw per scope: a block alone, or a whole parameter whose per=matrix entries are adjacent.
     scopes: list[PlanEntry] = []
@@ -464,7 +470,10 @@ def apply_plan(
                     pending[index] = pool.submit(_draw_scope, first, targets[first.name], seed)
                 drawn, current = pending.pop(scope).result(), scope
             values = drawn[entry.start:entry.stop] if entry.per == "matrix" else drawn
-            targets[entry.name][entry.start:entry.stop].copy_(values)
+            if entry.name in shards:
+                shards[entry.name].write(entry.start, entry.stop, values)
+            else:
+                targets[entry.name][entry.start:entry.stop].copy_(values)
             if on_entry is not None:
                 on_entry(entry)
         for name, view in views.items():
@@ -488,7 +497,16 @@ def init_(
 
     Weight-normalized and weight-dropped parameters are written so that the effective weight follows the scheme.
     `layouts`: declarations (or `--layout` texts, built-in names) for cells of other layouts. Groups that cannot be
-    understood are skipped with a warning (RnnInitWarning), or raise LayoutError with `strict`."""
+    understood are skipped with a warning (RnnInitWarning), or raise LayoutError with `strict`.
+
+    Sharded modules (FSDP2 `fully_shard`, or DTensor parameters placed with Shard(0) / Replicate()): call it on every
+    rank with the same seed; each rank writes only its local shard, with no communication, and the assembled
+    tensors (`full_tensor()`) are bit for bit what a single process writes into an unsharded copy. A rank draws only
+    the gate blocks that overlap its rows (about 1/ranks of the work), but a per=matrix rule (keras's weight_ih and
+    weight_hh, every weight_hr) draws the whole parameter on each rank that holds part of it: the whole parameter's
+    time and memory (a float32 copy, plus the initializer's own, e.g. orthogonal's QR) on each of those ranks.
+    Other placements (Shard(1), strided or partial) raise PlacementError. Parameters on the meta device raise
+    MetaDeviceError: call `module.to_empty(device=...)` first."""
     import torch
 
     if isinstance(target, torch.nn.Module):
