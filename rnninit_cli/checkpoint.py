@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -33,6 +34,7 @@ from .errors import CheckpointError, OutputError, UsageError
 from .safety import (
     MAX_ENTRIES_VARIABLE,
     MAX_NESTING,
+    SAFETENSORS_TORCH_DTYPES,
     check_zip_records,
     max_entries,
     read_record,
@@ -40,7 +42,19 @@ from .safety import (
     safetensors_header_size,
     validate_safetensors_header,
 )
-from .unpickle import Builders, Foreign, TensorRef, foreign_classes, key_text, named_tensors, read_file
+from .unpickle import (
+    Builders,
+    Foreign,
+    PickledFile,
+    TensorRef,
+    array_from_bytes,
+    foreign_classes,
+    key_text,
+    named_tensors,
+    read_file,
+    tensor_array,
+    tensor_span,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +64,21 @@ PT_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
 METADATA_RECORD = "rnninit.json"  # extra record in a .pt zip archive; torch.load ignores it
 METADATA_RECORD_SIZE = 4096  # the record is padded so that a re-run can overwrite it in place
 STDIO = "-"
+
+
+@dataclass(frozen=True)
+class TensorShape:
+    """What layout discovery needs of a tensor, read without torch: its shape and dtype."""
+
+    shape: tuple[int, ...]
+    dtype: str  # torch's name: "float32", "bfloat16"...
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
 
 
 @dataclass
@@ -81,6 +110,11 @@ class Checkpoint:
     def shapes(self) -> dict[str, torch.Tensor]:
         """The tensors by path (real ones here; a TensorFile gives meta tensors)."""
         return self.tensors
+
+    def shape_records(self) -> dict[str, TensorShape]:
+        """Shape and dtype of every tensor by path."""
+        return {name: TensorShape(tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+                for name, tensor in self.tensors.items()}
 
     def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """The named tensors themselves: writing into them changes this checkpoint."""
@@ -325,6 +359,18 @@ class _TorchBuilders(Builders):
 
 
 def _load_pt(data: bytes, name: str) -> Checkpoint:
+    builders = _TorchBuilders()
+    pickled = _read_pickled(data, name, builders)
+    builders.fill(pickled.storage_bytes)
+    root = pickled.root
+    tensors = named_tensors(pickled)
+    metadata = _read_pt_metadata(data, name)
+    return Checkpoint("pt", root, tensors, metadata, name, torchscript=pickled.kind == "torchscript",
+                      legacy=pickled.kind == "legacy")
+
+
+def _read_pickled(data: bytes, name: str, builders: Builders | None = None) -> PickledFile:
+    """A whole torch.save file or TorchScript archive read by the restricted reader, damage as CheckpointError."""
     if data.startswith(b"PK"):  # nothing is decompressed before every record of the archive is checked
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -333,9 +379,8 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
             # an archive whose records cannot be checked is not read (torch might read more of it)
             raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
                                   f"{first_line(str(error))}") from None
-    builders = _TorchBuilders()
     try:
-        pickled = read_file(data, name, builders)
+        return read_file(data, name, builders)
     except CheckpointError as error:
         text = str(error)
         raise type(error)(text if text.startswith(f"{name}: ") else f"{name}: {text}") from None
@@ -343,12 +388,6 @@ def _load_pt(data: bytes, name: str) -> Checkpoint:
             zlib.error, KeyError) as error:
         raise CheckpointError(f"{name}: not a readable torch.save file (truncated or damaged?): "
                               f"{first_line(str(error)) or type(error).__name__}") from None
-    builders.fill(pickled.storage_bytes)
-    root = pickled.root
-    tensors = named_tensors(pickled)
-    metadata = _read_pt_metadata(data, name)
-    return Checkpoint("pt", root, tensors, metadata, name, torchscript=pickled.kind == "torchscript",
-                      legacy=pickled.kind == "legacy")
 
 
 def unsafe_message(name: str, text: str) -> str:
@@ -406,6 +445,72 @@ def _load_safetensors(data: bytes, name: str) -> Checkpoint:
                               f"{first_line(str(error))}") from None
     tensors = {key: loaded[key] for key in header.entries}
     return Checkpoint("safetensors", tensors, tensors, dict(header.metadata or {}), name)
+
+
+@dataclass
+class ArrayCheckpoint:
+    """A checkpoint read whole without torch, for reading only (inspect, verify, diff): where each tensor's
+    bytes are, and numpy arrays (bfloat16 and float8 through ml_dtypes) of the tensors asked for."""
+
+    format: str
+    records: dict[str, TensorShape]
+    reader: Callable[[str], Any]  # name → a numpy copy of that tensor
+    metadata: dict[str, str] = field(default_factory=dict)
+    source: str = STDIO
+    root: Any = None  # .pt: the object graph with tensor records in place of tensors
+    torchscript: bool = False
+    legacy: bool = False
+
+    @property
+    def foreign_classes(self) -> list[str]:
+        return [] if self.root is None else foreign_classes(self.root)
+
+    def shape_records(self) -> dict[str, TensorShape]:
+        return dict(self.records)
+
+    def arrays(self, names: Iterable[str]) -> dict[str, Any]:
+        return {name: self.reader(name) for name in names}
+
+
+def read_checkpoint(source: str | Path, data: bytes | None = None) -> ArrayCheckpoint:
+    """`load_checkpoint` without torch: a `torch.save` file (zip, legacy), TorchScript archive or `.safetensors`
+    file read whole from a path or '-' (or from `data`, its bytes), every check of the whole-load path kept."""
+    data = read_input(source) if data is None else data
+    name = str(source)
+    try:
+        fmt = detect_format(data[:16], len(data))
+    except CheckpointError as error:
+        raise CheckpointError(f"{name}: {error}") from None
+    if fmt == "safetensors":
+        header_size = safetensors_header_size(data[:8], len(data), name)
+        header = validate_safetensors_header(data[8:8 + header_size], len(data), name)
+        view = memoryview(data)[header.data_start:]
+        entries = {key: (SAFETENSORS_TORCH_DTYPES[entry.dtype], entry) for key, entry in header.entries.items()}
+
+        def safetensors_array(key: str) -> Any:
+            dtype, entry = entries[key]
+            strides = tuple(math.prod(entry.shape[axis + 1:]) for axis in range(len(entry.shape)))
+            return array_from_bytes(view[entry.begin:entry.end], dtype, entry.shape, strides)
+
+        records = {key: TensorShape(entry.shape, dtype) for key, (dtype, entry) in entries.items()}
+        return ArrayCheckpoint("safetensors", records, safetensors_array, dict(header.metadata or {}), name)
+    pickled = _read_pickled(data, name)
+    refs: dict[str, TensorRef] = named_tensors(pickled)
+    for key, ref in refs.items():  # what the whole-load path refuses as it builds the tensors, refused here too
+        first, stop = tensor_span(ref)
+        stored = min(len(pickled.storage_bytes[ref.storage.key]), ref.storage.nbytes) // ref.itemsize
+        if first < 0 or min(ref.stride, default=0) < 0 or stop > stored:
+            raise CheckpointError(f"{name}: {key} reads outside its storage (offset {ref.offset}, shape "
+                                  f"{list(ref.shape)}, stride {list(ref.stride)}, {ref.storage.numel} stored elements)")
+        refuse_broadcast(key, math.prod(ref.shape), stop - first)
+
+    def pt_array(key: str) -> Any:
+        ref = refs[key]
+        return tensor_array(ref, pickled.storage_bytes[ref.storage.key])
+
+    records = {key: TensorShape(ref.shape, ref.dtype) for key, ref in refs.items()}
+    return ArrayCheckpoint("pt", records, pt_array, _read_pt_metadata(data, name), name, pickled.root,
+                           torchscript=pickled.kind == "torchscript", legacy=pickled.kind == "legacy")
 
 
 def output_format(output: str | Path, requested: str | None, input_format: str) -> str:

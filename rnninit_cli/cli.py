@@ -4,8 +4,8 @@ The answer goes to standard output: the tables of inspect, verify, diff and sche
 and new (to standard error when standard output carries the checkpoint, `-o -`), or the JSON of --json.
 Progress, warnings, notes and errors go to standard error. Off a terminal nothing is coloured or folded:
 a table row stays one line, so grep finds it.
-torch is imported inside the commands that need it, so `rnninit --help` and `rnninit schemes` are
-instant.
+torch is imported only by the commands that draw values (apply, new): inspect, verify, diff and schemes read
+every checkpoint with numpy and never import it.
 """
 
 from __future__ import annotations
@@ -324,7 +324,8 @@ def inspect(
         from .rewrite import inspect_checkpoint
 
         found = inspect_checkpoint(input, only, layouts=_layouts(layout, layout_file), strict=strict)
-        diagnosis = diagnose(found.tensors, only=only, layers=found.layers) if found.layers else None
+        diagnosis = diagnose(found.tensors, only=only, layers=found.layers, geometry=wide or plot is not None) \
+            if found.layers else None
         if plot is not None and diagnosis is not None:
             from .plot import plot_diagnosis
 

@@ -19,11 +19,12 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .checkpoint import (
     OLD_SUFFIX,
     CommitLog,
+    TensorShape,
     create_temporary_file,
     create_temporary_folder,
     current_umask,
@@ -80,6 +81,17 @@ class ModelFolder:
 
     def shapes(self) -> dict[str, torch.Tensor]:
         return {name: tensor for shard in self.shards.values() for name, tensor in shard.shapes().items()}
+
+    def shape_records(self) -> dict[str, TensorShape]:
+        return {name: record for shard in self.shards.values() for name, record in shard.shape_records().items()}
+
+    def arrays(self, names: Iterable[str]) -> dict[str, Any]:
+        """numpy copies of the named tensors, each read from its shard (no torch needed)."""
+        by_shard: dict[str, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self.owner[name], []).append(name)
+        return {name: array for shard, wanted in by_shard.items() for name, array in
+                self.shards[shard].arrays(wanted).items()}
 
     def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         by_shard: dict[str, list[str]] = {}

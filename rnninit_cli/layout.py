@@ -15,8 +15,6 @@ from .errors import LayoutDeclarationError, LayoutError, UsageError
 from .views import GateView, Piece, View, effective_shapes, find_views, is_parametrization_part, shape_of
 
 if TYPE_CHECKING:
-    import torch
-
     from .declared import Declaration, DeclaredCell
 
 GATES: dict[str, tuple[str, ...]] = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
@@ -154,9 +152,10 @@ class Discovery:
         """Every stored tensor behind the layers, in order."""
         return list(dict.fromkeys(name for layer in self.layers for name in layer.all_stored()))
 
-    def effective(self, stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def effective(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """The layers' parameters as they compute with them, by effective name (stored tensors themselves where
-        no view applies), from `stored` (which holds at least `sources`)."""
+        no view applies), from `stored` (which holds at least `sources`): numpy arrays from numpy arrays (reading),
+        torch tensors from torch tensors (apply)."""
         by_name = {view.name: view for view in self.views}
         result = {}
         for layer in self.layers:

@@ -8,19 +8,20 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import atomic_write
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
 
     from .diagnostics import Diagnosis
 
 
-def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, torch.Tensor], output: str | Path) -> None:
-    """Draw per layer: a histogram of each gate block's values and, for weights, its singular values."""
+def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str | Path) -> None:
+    """Draw per layer: a histogram of each gate block's values and, for weights, its singular values.
+    `tensors`: numpy arrays (any float dtype, bfloat16 and float8 through ml_dtypes) or torch tensors."""
     try:
         import matplotlib
 
@@ -28,7 +29,7 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, torch.Tensor], ou
         from matplotlib import pyplot
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'rnninit[plot]' (or pip install matplotlib)") from None
-    import torch
+    import numpy as np
 
     # columns: every 2-D gate block (values above, singular values below), then one for the biases;
     # one sub-figure per layer, so that its title sits above its two rows instead of beside them
@@ -47,17 +48,17 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, torch.Tensor], ou
                 axis.locator_params(axis="x", nbins=4)
             if column < len(weights):
                 block = weights[column]
-                values = torch.nan_to_num(tensors[block.name][block.start:block.stop].detach().double())
-                top.hist(values.reshape(-1).tolist(), bins=40, color="tab:blue")
+                values = _finite_float64(tensors[block.name][block.start:block.stop])
+                top.hist(values.reshape(-1), bins=40, color="tab:blue")
                 name = f"{block.name.removeprefix(layer.layer.prefix)} {block.gate or ''}"
                 top.set_title(f"{_wrap(name)}\n{_wrap(block.family.label)}", fontsize=7)
-                bottom.plot(torch.linalg.svdvals(values).tolist(), marker=".", color="tab:orange")
+                bottom.plot(np.linalg.svd(values, compute_uv=False), marker=".", color="tab:orange")
                 bottom.set_title("singular values", fontsize=7)
             elif column == len(weights) and biases:
                 for axis, kind in ((top, "bias_ih"), (bottom, "bias_hh")):
                     for block in (b for b in biases if b.kind == kind):
-                        values = torch.nan_to_num(tensors[block.name][block.start:block.stop].detach().double())
-                        axis.hist(values.tolist(), bins=20, alpha=0.6, label=block.gate or kind)
+                        values = _finite_float64(tensors[block.name][block.start:block.stop])
+                        axis.hist(values, bins=20, alpha=0.6, label=block.gate or kind)
                     axis.set_title(kind, fontsize=7)
                     axis.legend(fontsize=6)
             else:
@@ -65,6 +66,16 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, torch.Tensor], ou
                 bottom.axis("off")
     atomic_write(output, lambda sink: figure.savefig(sink, format="png", dpi=90))
     pyplot.close(figure)
+
+
+def _finite_float64(values: Any) -> np.ndarray:
+    """A float64 numpy copy of a block (a torch tensor's too), NaN and ±Inf made finite as torch.nan_to_num does."""
+    import numpy as np
+
+    if not isinstance(values, np.ndarray):  # a torch tensor (the library's callers may pass those)
+        values = values.detach().to("cpu").double().numpy()
+    with np.errstate(all="ignore"):
+        return np.nan_to_num(np.real(values).astype(np.float64))
 
 
 def _wrap(text: str, width: int = 30) -> str:

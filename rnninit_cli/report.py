@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement
@@ -35,7 +36,11 @@ def _json_stats(stats: Stats) -> dict[str, float | None]:
     return {key: _finite(value) for key, value in stats.items()}
 
 
-def param_document(layer: Layer, kind: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+# Parameters by name: numpy arrays (inspect, verify, diff read without torch) or torch tensors (apply, new)
+Tensors = Mapping[str, Any]
+
+
+def param_document(layer: Layer, kind: str, tensors: Tensors) -> dict[str, Any]:
     name = layer.params[kind]
     tensor = tensors[name]
     return {
@@ -48,7 +53,7 @@ def param_document(layer: Layer, kind: str, tensors: Mapping[str, torch.Tensor])
     }
 
 
-def layer_document(layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> dict[str, Any]:
+def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str]) -> dict[str, Any]:
     return {
         "prefix": layer.prefix,
         "cell": layer.cell,
@@ -76,7 +81,7 @@ _DIAGNOSTIC_FIELDS = ("max_abs", "nan", "inf", "orthogonality_error", "sv_min", 
 
 
 def inspect_document(
-    layers: Iterable[Layer], tensors: Mapping[str, torch.Tensor], *, source: str, fmt: str,
+    layers: Iterable[Layer], tensors: Tensors, *, source: str, fmt: str,
     only: str | None = None, metadata: Mapping[str, str] | None = None, diagnosis: Diagnosis | None = None,
 ) -> dict[str, Any]:
     """The `inspect --json` document (schema in README.md), with the diagnosis merged in when given."""
@@ -166,10 +171,29 @@ class _Dense:
         self.table = table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        natural = Measurement.get(console, options.update_width(1 << 20), self.table).maximum
-        if natural > options.max_width:
-            self.table.padding = (0, 0)
+        bound = self._width_bound()
+        if bound is None or bound > options.max_width:  # measuring costs as much as drawing: only where it may not fit
+            natural = Measurement.get(console, options.update_width(1 << 20), self.table).maximum
+            if natural > options.max_width:
+                self.table.padding = (0, 0)
         yield self.table
+
+    def _width_bound(self) -> int | None:
+        """An upper bound of the table's natural width, from its cells' text: each column as wide as its widest text
+        (markup only narrows it), plus padding and a rule; None when a cell is no text or a column has set widths."""
+        _, right, _, left = self.table.padding
+        total = 1  # the edge's rule, if it has one
+        for column in self.table.columns:
+            if column.width is not None or column.min_width is not None:
+                return None
+            widest = 0
+            for cell in (column.header, *column.cells):
+                text = cell.plain if isinstance(cell, Text) else cell
+                if not isinstance(text, str):
+                    return None
+                widest = max(widest, *(cell_len(line) for line in text.split("\n")))
+            total += widest + left + right + 1
+        return total
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement.get(console, options, self.table)
@@ -180,7 +204,7 @@ def _small(value: float | None) -> str:
 
 
 def inspect_table(
-    layer: Layer, tensors: Mapping[str, torch.Tensor], kinds: Iterable[str],
+    layer: Layer, tensors: Tensors, kinds: Iterable[str],
     diagnosis: LayerDiagnosis | None = None, *, wide: bool = False,
 ) -> Group:
     """Per gate block: mean, std, min, max; with a diagnosis also the initializer family and a histogram of the

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from . import __version__
 from .checkpoint import (
     STDIO,
+    ArrayCheckpoint,
     Checkpoint,
     FileIdentity,
     atomic_write,
@@ -28,6 +29,7 @@ from .checkpoint import (
     load_checkpoint,
     locked_input,
     output_format,
+    read_checkpoint,
     refuse_foreign_objects,
     refuse_non_tensors,
     require_regular_file,
@@ -51,8 +53,11 @@ if TYPE_CHECKING:
 Source = Checkpoint | TensorFile | ModelFolder
 
 
-def open_source(source: str, *, whole: bool = False, descriptor: int | None = None) -> Source:
-    """A model folder, an indexed file, or (for '-', legacy files, or `whole`) a loaded checkpoint.
+def open_source(source: str, *, whole: bool = False, descriptor: int | None = None,
+                load: Callable[[str, bytes | None], Checkpoint | ArrayCheckpoint] = load_checkpoint,
+                ) -> Source | ArrayCheckpoint:
+    """A model folder, an indexed file, or (for '-', legacy files, or `whole`) a checkpoint read whole by `load`:
+    `load_checkpoint` (torch tensors, to be rewritten), or `read_checkpoint` (numpy arrays, for reading).
 
     A file is opened once: an indexed file keeps that descriptor (close() it: see `close_source`), a
     loaded one is read whole from it. `descriptor`: read this open file (e.g. the locked INPUT of
@@ -61,14 +66,14 @@ def open_source(source: str, *, whole: bool = False, descriptor: int | None = No
     if source != STDIO and path.is_dir():
         return open_folder(path)
     if source == STDIO:
-        return load_checkpoint(source)
+        return load(source, None)
     if not path.exists():
-        return load_checkpoint(source)  # raises the "no such file" error
+        return load(source, None)  # raises the "no such file" error
     require_regular_file(path)
     try:
         handle = open_regular(path) if descriptor is None else os.fdopen(os.dup(descriptor), "rb")
     except OSError:
-        return load_checkpoint(source)  # raises a clean "cannot read" error
+        return load(source, None)  # raises a clean "cannot read" error
     try:
         if not whole:
             try:
@@ -78,12 +83,12 @@ def open_source(source: str, *, whole: bool = False, descriptor: int | None = No
         data = handle.read()
     except OSError:
         handle.close()
-        return load_checkpoint(source)  # raises a clean "cannot read" error
+        return load(source, None)  # raises a clean "cannot read" error
     except BaseException:
         handle.close()
         raise
     handle.close()
-    return load_checkpoint(source, data)
+    return load(source, data)
 
 
 def close_source(opened: object) -> None:
@@ -110,7 +115,7 @@ class Inspection:
     tensor_count: int
     metadata: dict[str, str]
     layers: list[Layer]
-    tensors: dict[str, torch.Tensor]  # the layers' effective parameters (as the layers compute with them)
+    tensors: dict[str, Any]  # the layers' effective parameters (as the layers compute with them), numpy arrays
     skipped: list[Skipped] = field(default_factory=list)
     suspects: list[Suspect] = field(default_factory=list)
     views: list[str] = field(default_factory=list)  # how parameters stored in another form were read
@@ -119,17 +124,19 @@ class Inspection:
 
 def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequence[Declaration] = (),
                        strict: bool = False) -> Inspection:
-    """Find the recurrent layers of a checkpoint and read their parameters (and nothing else).
+    """Find the recurrent layers of a checkpoint and read their parameters (and nothing else), as numpy arrays
+    (bfloat16 and float8 through ml_dtypes), without torch, whatever the source: a .safetensors file, a .pt of any
+    protocol (zip or legacy), a TorchScript archive, a model folder or standard input.
 
     `only` selects groups before they are checked; groups that cannot be understood are skipped and listed
     (`strict`: a LayoutError instead)."""
-    opened = open_source(source)
+    opened = open_source(source, load=read_checkpoint)
     try:
-        shapes = opened.shapes()
+        shapes = opened.shape_records()
         found = discover(shapes, layouts=layouts, only=only)
         if strict:
             refuse_skipped(found.skipped)
-        tensors = found.effective(opened.load(found.sources))
+        tensors = found.effective(opened.arrays(found.sources))
         return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
                           list(found.skipped), list(found.suspects), [view.describe for view in found.views],
                           foreign_classes=list(getattr(opened, "foreign_classes", [])))

@@ -205,9 +205,7 @@ def validate_safetensors_header(raw: bytes, file_size: int | None, name: str, *,
         entries[key] = _tensor_entry(key, value, damaged)
 
     if loadable is None:
-        import torch
-
-        loadable = {code for code, dtype in SAFETENSORS_TORCH_DTYPES.items() if hasattr(torch, dtype)}
+        loadable = _loadable_codes()
     data_size = _check_offsets(entries, damaged)
     if file_size is not None and 8 + len(raw) + data_size != file_size:
         raise CheckpointError(f"{name}: damaged safetensors file: its data section has "
@@ -325,14 +323,38 @@ def _check_offsets(entries: dict[str, SafetensorsEntry], damaged: Any) -> int:
 def _check_empty_shapes(entries: dict[str, SafetensorsEntry], damaged: Any) -> None:
     """A tensor without elements may still have a shape torch cannot make (sizes that overflow its 64-bit
     arithmetic); `safetensors.torch.load` fails on those."""
-    import torch
-
     for key, entry in entries.items():
-        if entry.begin == entry.end and entry.shape and 0 in entry.shape:
-            try:
-                torch.empty(entry.shape, dtype=getattr(torch, SAFETENSORS_TORCH_DTYPES[entry.dtype]), device="meta")
-            except Exception:
-                raise damaged(f"{key!r} has a shape {list(entry.shape)} that torch cannot make") from None
+        if entry.begin == entry.end and entry.shape and 0 in entry.shape and not _torch_can_make(entry.shape):
+            raise damaged(f"{key!r} has a shape {list(entry.shape)} that torch cannot make")
+
+
+def _torch_can_make(shape: tuple[int, ...]) -> bool:
+    """Whether torch.empty(shape) works, by torch's own arithmetic, without torch: the element count multiplied
+    left to right in unsigned 64 bits (an overflow before a 0 still counts) must fit in int64, and so must every
+    contiguous stride (the product of the later sizes, 0 counted as 1). The byte count cannot overflow then: a
+    shape that reaches here holds a 0, so it has no elements."""
+    count, overflowed = 1, False
+    for size in shape:
+        count *= size
+        if count >= _U64:
+            overflowed, count = True, count % _U64
+    if overflowed or count >= 1 << 63:
+        return False
+    stride = 1
+    for size in reversed(shape[1:]):
+        stride *= max(size, 1)
+        if stride >= 1 << 63:
+            return False
+    return True
+
+
+def _loadable_codes() -> set[str]:
+    """The safetensors dtype codes this process can hold: those of the torch it has loaded (apply, new), else
+    (reading without torch) all of them: numpy holds each, with ml_dtypes (>= 0.3) for bfloat16 and float8."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return {code for code, dtype in SAFETENSORS_TORCH_DTYPES.items() if hasattr(torch, dtype)}
+    return set(SAFETENSORS_TORCH_DTYPES)
 
 
 # --- zip archives ------------------------------------------------------------------------------------

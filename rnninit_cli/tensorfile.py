@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from .checkpoint import (
     METADATA_RECORD,
     FileIdentity,
+    TensorShape,
     append_metadata_record,
     detect_format,
     first_line,
@@ -203,6 +204,10 @@ class TensorFile:
             raise CheckpointError(f"{self.path}: truncated: {name} lies past the end of the file")
         refuse_broadcast(name, math.prod(loc.shape), (stop - start) // loc.element_size)
         return loc, read_exactly(self.descriptor, start, stop - start, self.path)
+
+    def shape_records(self) -> dict[str, TensorShape]:
+        """Shape and dtype of every tensor, for layout discovery without torch (inspect, verify, diff)."""
+        return {name: TensorShape(loc.shape, loc.dtype_name) for name, loc in self.locations.items()}
 
     def shapes(self) -> dict[str, torch.Tensor]:
         """Meta tensors (shape and dtype, no data) for layout discovery and planning."""

@@ -86,20 +86,26 @@ class GateView:
     def _rows(self, piece: Piece, tensor: torch.Tensor) -> dict[str | None, torch.Tensor]:
         if piece.row is not None:
             tensor = tensor[piece.row]
-        oriented = tensor.T if piece.transposed and tensor.dim() == 2 else tensor
+        oriented = tensor.T if piece.transposed and tensor.ndim == 2 else tensor
         size = oriented.shape[0] // len(piece.gates)
         return {gate: oriented[index * size:(index + 1) * size] for index, gate in enumerate(piece.gates)}
 
-    def compose(self, stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The effective tensor (the stored tensor itself when the view only renames it)."""
-        import torch
-
+    def compose(self, stored: Mapping[str, Any]) -> Any:
+        """The effective tensor (the stored tensor itself when the view only renames it), of the stored tensors'
+        kind: a torch tensor from torch tensors (apply), a numpy array from numpy arrays (reading)."""
         if self.form == "renamed":
             return stored[self.pieces[0].source]
-        blocks: dict[str | None, torch.Tensor] = {}
+        blocks: dict[str | None, Any] = {}
         for piece in self.pieces:
             blocks.update(self._rows(piece, stored[piece.source]))
-        return torch.cat([blocks[gate] for gate in self.gates], dim=0)
+        ordered = [blocks[gate] for gate in self.gates]
+        if is_numpy(ordered[0]):
+            import numpy as np
+
+            return np.concatenate(ordered, axis=0)
+        import torch
+
+        return torch.cat(ordered, dim=0)
 
     def decompose(self, value: torch.Tensor, stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """New stored tensors (same dtypes and shapes as `stored`) that compose to `value`. A piece that is one row
@@ -146,10 +152,14 @@ class WeightNormView:
     def shape(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
         return shapes[self.direction]
 
-    def compose(self, stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def compose(self, stored: Mapping[str, Any]) -> Any:
+        """g·v/‖v‖ in v's dtype, computed in float32 (float64 for a float64 v): a numpy array from numpy arrays
+        (reading), a torch tensor from torch tensors (apply)."""
+        direction, magnitude = stored[self.direction], stored[self.magnitude]
+        if is_numpy(direction):
+            return weight_norm(direction, magnitude, self.dim)
         import torch
 
-        direction, magnitude = stored[self.direction], stored[self.magnitude]
         compute = torch.float64 if direction.dtype == torch.float64 else torch.float32
         effective = torch._weight_norm(direction.to(compute), magnitude.to(compute), self.dim)
         return effective.to(direction.dtype)
@@ -168,6 +178,25 @@ class WeightNormView:
 
 
 View = GateView | WeightNormView
+
+
+def is_numpy(value: Any) -> bool:
+    """Whether `value` is a numpy array (the read path's tensors), without importing numpy or torch."""
+    return type(value).__module__ == "numpy"
+
+
+def weight_norm(direction: Any, magnitude: Any, dim: int) -> Any:
+    """numpy's `torch._weight_norm(v, g, dim)` for numpy arrays v and g: v·(g/‖v‖), the 2-norm over every dim of
+    v but `dim` (over all of them when dim is -1, torch's norm_except_dim), computed in float32 (float64 for a
+    float64 v) and returned in v's dtype (bfloat16 and float8 through ml_dtypes, rounded to nearest as torch)."""
+    import numpy as np
+
+    compute = np.float64 if direction.dtype == np.float64 else np.float32
+    values = direction.astype(compute)
+    axes = tuple(axis for axis in range(values.ndim) if dim == -1 or axis != dim % values.ndim)
+    with np.errstate(all="ignore"):  # a zero or non-finite v gives NaN or Inf silently, as torch does
+        norms = np.sqrt(np.sum(np.square(values), axis=axes, keepdims=True))
+        return (values * (magnitude.astype(compute) / norms)).astype(direction.dtype)
 
 
 @dataclass(frozen=True)
