@@ -40,20 +40,34 @@ def _json_stats(stats: Stats) -> dict[str, float | None]:
 Tensors = Mapping[str, Any]
 
 
-def param_document(layer: Layer, kind: str, tensors: Tensors) -> dict[str, Any]:
+Known = Mapping[tuple[str, int], Stats]  # statistics already computed, by (parameter, first row) of the block
+
+
+def known_stats(diagnosis: LayerDiagnosis | None) -> dict[tuple[str, int], Stats]:
+    """The diagnosis's block statistics, to show without reading the values again (blocks holding NaN or Inf are
+    left out: the report shows their NaN statistics, the diagnosis those of the finite values)."""
+    if diagnosis is None:
+        return {}
+    return {(b.name, b.start): {"mean": b.mean, "std": b.std, "min": b.min, "max": b.max}
+            for b in diagnosis.blocks if b.nan == b.inf == 0}
+
+
+def param_document(layer: Layer, kind: str, tensors: Tensors, known: Known | None = None) -> dict[str, Any]:
     name = layer.params[kind]
     tensor = tensors[name]
+    known = known or {}
     return {
         "name": name,
         "kind": kind,
         "shape": list(tensor.shape),
         "dtype": str(tensor.dtype).removeprefix("torch."),
-        "blocks": [{"gate": block.gate, **_json_stats(block_stats(tensor[block.start:block.stop]))}
+        "blocks": [{"gate": block.gate,
+                    **_json_stats(known.get((name, block.start)) or block_stats(tensor[block.start:block.stop]))}
                    for block in layer.blocks(kind)],
     }
 
 
-def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str]) -> dict[str, Any]:
+def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str], known: Known | None = None) -> dict[str, Any]:
     return {
         "prefix": layer.prefix,
         "cell": layer.cell,
@@ -64,7 +78,7 @@ def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str]) -> dict
         "hidden_size": layer.hidden_size,
         "proj_size": layer.proj_size,
         "bias": layer.bias,
-        "params": [param_document(layer, kind, tensors) for kind in kinds],
+        "params": [param_document(layer, kind, tensors, known) for kind in kinds],
         "effective_bias": [{"gate": gate, **_json_stats(stats)}
                            for gate, stats in effective_bias(layer, tensors)],
     }
@@ -91,8 +105,8 @@ def inspect_document(
         kinds = selected_kinds(layer, only)
         if not kinds:
             continue
-        doc = layer_document(layer, tensors, kinds)
         found = diagnosed.get(layer)
+        doc = layer_document(layer, tensors, kinds, known_stats(found))
         if found is not None:
             extra = {(b.name, b.start): b.as_dict() for b in found.blocks}
             for param in doc["params"]:
@@ -216,8 +230,9 @@ def inspect_table(
     for column in ("parameter", "gate", *shape_columns, *STAT_NAMES, *extra):
         table.add_column(column, justify="right" if column in STAT_NAMES else "left", no_wrap=column != "family")
     found = {} if diagnosis is None else {(b.name, b.start): b for b in diagnosis.blocks}
+    known = known_stats(diagnosis)
     for kind in kinds:
-        doc = param_document(layer, kind, tensors)
+        doc = param_document(layer, kind, tensors, known)
         for index, (block, spec) in enumerate(zip(doc["blocks"], layer.blocks(kind), strict=True)):
             first = index == 0
             cells = [shown(_short(doc["name"], layer)) if first else "", block["gate"] or "-"]
