@@ -36,6 +36,7 @@ from .checkpoint import (
     save_checkpoint,
     save_whole,
 )
+from .dcp import DcpFolder, is_dcp_folder, open_dcp
 from .errors import CheckpointError, OutputError, UsageError
 from .folders import ModelFolder, open_folder
 from .layout import Layer, Skipped, Suspect, discover
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
 
     from .declared import Declaration
 
-Source = Checkpoint | TensorFile | ModelFolder
+Source = Checkpoint | TensorFile | ModelFolder | DcpFolder
+Folder = ModelFolder | DcpFolder
 
 
 def open_source(source: str, *, whole: bool = False, descriptor: int | None = None,
@@ -64,7 +66,7 @@ def open_source(source: str, *, whole: bool = False, descriptor: int | None = No
     --in-place) instead of opening `source` again; it is duplicated, not taken over."""
     path = Path(source)
     if source != STDIO and path.is_dir():
-        return open_folder(path)
+        return open_dcp(path) if is_dcp_folder(path) else open_folder(path)
     if source == STDIO:
         return load(source, None)
     if not path.exists():
@@ -93,7 +95,7 @@ def open_source(source: str, *, whole: bool = False, descriptor: int | None = No
 
 def close_source(opened: object) -> None:
     """Close what open_source opened (a loaded checkpoint holds nothing open)."""
-    if isinstance(opened, (TensorFile, ModelFolder)):
+    if isinstance(opened, (TensorFile, ModelFolder, DcpFolder)):
         opened.close()
 
 
@@ -262,7 +264,7 @@ def _open_input(cleanup: ExitStack, source: str, output: str | None, *, in_place
         descriptor = cleanup.enter_context(locked_input(Path(source)))
     opened = open_source(source, descriptor=descriptor)
     cleanup.callback(close_source, opened)
-    if descriptor is None or isinstance(opened, ModelFolder):
+    if descriptor is None or isinstance(opened, (ModelFolder, DcpFolder)):
         return opened, None  # a model folder in place: each shard is checked against its own identity
     return opened, FileIdentity.of(os.fstat(descriptor))
 
@@ -285,12 +287,20 @@ def _rewrite(
         raise UsageError("give -o OUTPUT, --in-place, or --dry-run")
     if in_place and source == STDIO:
         raise UsageError("--in-place needs a file, not standard input")
+    if source != STDIO and is_dcp_folder(Path(source)):
+        if in_place and not dry_run:
+            raise UsageError(f"{source} is a torch.distributed.checkpoint folder: write the result into a new folder "
+                             "with -o OUT_DIR (rnninit does not rewrite DCP folders in place)")
+        if drop_optimizer_state:
+            raise UsageError(f"{source} is a torch.distributed.checkpoint folder: --drop-optimizer-state cannot "
+                             "remove entries from it (its .metadata lists them); drop the optimizer state when "
+                             "loading it instead")
     if output is not None and not dry_run:
         check_output(source, output, force=force, in_place=in_place)
 
     opened, expect = _open_input(cleanup, source, output, in_place=in_place, dry_run=dry_run)
     target_format = output_format(output or "", fmt, opened.format) if output else opened.format
-    if isinstance(opened, ModelFolder):
+    if isinstance(opened, (ModelFolder, DcpFolder)):
         _check_folder_output(opened, output, fmt)
         target_format = opened.format
     elif isinstance(opened, TensorFile) and (target_format != opened.format or output == STDIO
@@ -305,7 +315,7 @@ def _rewrite(
         opened.drop(dropped)
         notes.append(f"removed optimizer state: {', '.join(dropped)}" if dropped else
                      "no optimizer state to remove")
-    if target_format == "safetensors" and not isinstance(opened, ModelFolder):
+    if target_format == "safetensors" and not isinstance(opened, (ModelFolder, DcpFolder)):
         refuse_non_tensors(opened.root, tensors_only)
 
     shapes = opened.shapes()
@@ -348,7 +358,7 @@ def _rewrite(
         draw()
         if isinstance(opened, ModelFolder) and Path(output).exists() and Path(output).samefile(opened.path):
             opened.write_in_place(updates, metadata)
-        elif isinstance(opened, ModelFolder):
+        elif isinstance(opened, (ModelFolder, DcpFolder)):
             opened.write(Path(output), updates, metadata)
         else:
             save_checkpoint(opened, output, target_format, metadata=metadata, tensors_only=tensors_only,
@@ -394,11 +404,12 @@ def _wait_for(thread: threading.Thread) -> None:
         raise interrupted
 
 
-def _check_folder_output(folder: ModelFolder, output: str | None, fmt: str | None) -> None:
+def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) -> None:
+    kind = "torch.distributed.checkpoint folder" if isinstance(folder, DcpFolder) else "model folder"
     if output == STDIO:
-        raise UsageError(f"{folder.path} is a model folder; its output must be a folder, not -")
+        raise UsageError(f"{folder.path} is a {kind}; its output must be a folder, not -")
     if fmt is not None and fmt != folder.format:
-        raise UsageError(f"{folder.path} holds {folder.format} shards; a model folder keeps its format "
+        raise UsageError(f"{folder.path} holds {folder.format} shards; a {kind} keeps its format "
                          "(drop --format)")
     if output is not None and Path(output).resolve().is_relative_to(folder.path.resolve()) and \
             Path(output).resolve() != folder.path.resolve():

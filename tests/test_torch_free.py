@@ -6,7 +6,8 @@ where torch can be imported. The values it reads are checked against torch's own
 `inspect --json` against those of the module's parameters as torch computes them (weight_norm included), and the
 dtype names against torch's. The inputs are built here from real torch.nn modules: .safetensors, .pt zip archives
 of pickle protocols 2 and 4, a legacy .pt, a TorchScript archive, a sharded model folder, standard input (a zip .pt
-and a .safetensors), bfloat16, and an LSTM with weight_norm parametrizations.
+and a .safetensors), bfloat16, an LSTM with weight_norm parametrizations, and a torch.distributed.checkpoint
+folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint
 from safetensors.torch import save_file
 
 from rnninit_cli.safety import _torch_can_make
@@ -35,7 +38,7 @@ MODULE = [sys.executable, "-m", "rnninit_cli"]
 TIMEOUT = 120
 OTHER = "other.safetensors"  # another LSTM of the same shapes, beside the inputs: what `diff` compares them with
 LABELS = ["safetensors", "pt-protocol-2", "pt-protocol-4", "pt-legacy", "torchscript", "folder", "stdin-pt",
-          "stdin-safetensors", "bfloat16", "bfloat16-pt", "weight-norm"]
+          "stdin-safetensors", "bfloat16", "bfloat16-pt", "weight-norm", "dcp"]
 INPUT, HIDDEN, LAYERS = 32, 64, 2
 
 
@@ -136,6 +139,12 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
         {"metadata": {}, "weight_map": {name: shard for shard, members in shards.items() for name in members}}))
     (model / "config.json").write_text("{}")
     found["folder"] = Case(str(model), state)
+
+    dcp_folder = folder / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled ...: saving in a single process"
+        torch.distributed.checkpoint.save(state, checkpoint_id=str(dcp_folder))
+    found["dcp"] = Case(str(dcp_folder), state)
 
     found["stdin-pt"] = Case("-", state, stdin=found["pt-protocol-2"].argument)
     found["stdin-safetensors"] = Case("-", state, stdin=found["safetensors"].argument)
