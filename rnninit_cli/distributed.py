@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import MetaDeviceError, PlacementError
+from .errors import MetaDeviceError, PlacementError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -93,6 +93,15 @@ def local_rows(name: str, tensor: Any) -> LocalRows:
 def shard_rows(tensors: Mapping[str, Any], names: Iterable[str]) -> dict[str, LocalRows]:
     """The local rows of every DTensor among the named tensors (plain tensors are left out: they are written whole)."""
     return {name: local_rows(name, tensors[name]) for name in dict.fromkeys(names) if is_dtensor(tensors[name])}
+
+
+def refuse_unseeded_shards(tensors: Mapping[str, Any], names: Iterable[str]) -> None:
+    """UsageError when a DTensor is to be written without a seed: each rank would draw its own, and the shards
+    would come from different draws."""
+    sharded = [name for name in dict.fromkeys(names) if is_dtensor(tensors[name])]
+    if sharded:
+        raise UsageError(f"{sharded[0]} is a DTensor: give init_ a seed (the same on every rank); without one, each "
+                         "rank would draw its own and the shards would not fit together")
 
 
 def refuse_sharded_views(tensors: Mapping[str, Any], views: Iterable[Any]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .distributed import refuse_meta, refuse_sharded_views, shard_rows
+from .distributed import refuse_meta, refuse_sharded_views, refuse_unseeded_shards, shard_rows
 from .errors import DtypeError, LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
 from .layout import Discovery, Layer, Skipped, article, discover
 from .onethread import one_thread_pool
@@ -433,6 +433,8 @@ def apply_plan(
     import torch
 
     seed = the_plan.seed if seed is None else seed
+    if seed is None:
+        refuse_unseeded_shards(tensors, the_plan.written_sources)
     seed = draw_seed() if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")

@@ -115,6 +115,14 @@ def _run_case(case: str, mesh: Any, draws: list[int]) -> dict[str, Any]:
             except RnnInitError as error:
                 result[placement] = (type(error).__name__, str(error))
             result[f"{placement}_untouched"] = torch.equal(value.to_local(), before)
+        sharded = _distribute(make_model(), mesh, [Shard(0)])
+        before = {name: value.to_local().clone() for name, value in sharded.named_parameters()}
+        try:  # no seed: each rank would draw its own, and the shards would not fit together
+            rnninit_cli.init_(sharded, "keras")
+        except RnnInitError as error:
+            result["unseeded"] = (type(error).__name__, str(error))
+        result["unseeded_untouched"] = all(torch.equal(value.to_local(), before[name])
+                                           for name, value in sharded.named_parameters())
         return result
     for scheme in SCHEMES:
         before = draws[0]
@@ -255,6 +263,8 @@ def test_placements_that_cannot_be_written_exactly_are_refused(ranks: list[dict[
             assert kind == PlacementError.__name__, message
             assert "Shard(0)" in message and "init_ before sharding" in message and "\n" not in message
             assert result[f"{placement}_untouched"]
+        kind, message = result["unseeded"]
+        assert kind == "UsageError" and "give init_ a seed" in message and result["unseeded_untouched"]
 
 
 def test_meta_device_module_needs_to_empty() -> None:
