@@ -15,19 +15,27 @@ in-process, once per round, between the runs. rnninit's outputs are checked with
 Generation is not timed; the files are deleted at the end unless --keep. Run by hand:
 
     .venv/bin/python benchmarks/bench_apply.py [--workdir DIR] [--repeat N] [--keep] [--scale S]
+
+With --dcp it measures a torch.distributed.checkpoint folder instead (issue 14 §2): ~2.54 GB written by 2 gloo
+ranks of an FSDP2 model (embedding, the same LSTM, a GRU, a linear head), against `rnninit apply FOLDER -o OUT`,
+a naive one-process dcp.load → rnninit_cli.init_ → dcp.save script and `cp -r`; the recurrent tensors of both
+outputs must be bit-identical. A folder generated in --workdir is kept there and reused by the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +61,17 @@ RSS_LINE = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 FORMATS = {"pt": "bench.pt", "safetensors": "bench.safetensors"}
 VARIANTS = ("rnninit", "naive", "cp", "cp+sync")
 TARGET_VARIANTS = ("rnninit", "naive", "cp")
+DCP_VOCAB = 285_000  # embedding + head at scale 1: 2.33 GB; with the LSTM and the GRU the folder is ≈ 2.54 GB
+GRU_GATES = 3
+DCP_RANKS = 2
+DCP_RANK_FILES = ("__0_0.distcp", "__1_0.distcp")
+DCP_INPUT = "bench-dcp"
+DCP_STAMP = "bench-dcp.json"  # beside the folder: the parameters it was generated with
+DCP_VARIANTS = ("rnninit", "naive", "cp")
+DCP_RECURRENT = ("lstm.", "gru.")
+DCP_SAVE_TIMEOUT_S = 1200  # the whole 2-rank save (a hung rendezvous ends the benchmark instead of hanging it)
+DCP_RENDEZVOUS_TIMEOUT_S = 300
+DCP_DISK_NEEDED_AT_FULL_SCALE = 11 * GB  # the input, rnninit's and the naive script's outputs, cp's copy
 
 # Used when /usr/bin/time is missing: run the command as our child and report its peak RSS the way
 # `time -v` does. RUSAGE_CHILDREN of this short-lived wrapper covers that one command only.
@@ -377,6 +396,302 @@ def verify_safetensors(source: Path, output: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# The DCP case (--dcp, issue 14 §2): a torch.distributed.checkpoint folder written by 2 FSDP2 ranks.
+
+
+def dcp_vocab(scale: float) -> int:
+    return max(2, 2 * round(DCP_VOCAB * scale / 2))  # even: FSDP2 splits the rows evenly, no padding
+
+
+def dcp_estimated_bytes(scale: float) -> int:
+    vocab = dcp_vocab(scale)
+    lstm_bytes = estimated_bytes(1.0) - 4 * (2 * FULL_VOCAB * EMBED_DIM + FULL_VOCAB)
+    gru = GRU_GATES * HIDDEN_SIZE * (2 * HIDDEN_SIZE + HIDDEN_SIZE + 2)
+    return lstm_bytes + 4 * (2 * vocab * EMBED_DIM + vocab + gru)
+
+
+def dcp_model(vocab: int) -> torch.nn.Module:
+    """The DCP case's model, on the current default device: an embedding, the .pt case's LSTM, a GRU on its
+    output and a linear head. Only the LSTM and the GRU are recurrent; the embedding and head stay untouched."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(vocab, EMBED_DIM)
+            self.lstm = torch.nn.LSTM(EMBED_DIM, HIDDEN_SIZE, num_layers=NUM_LAYERS, bidirectional=True)
+            self.gru = torch.nn.GRU(2 * HIDDEN_SIZE, HIDDEN_SIZE)
+            self.head = torch.nn.Linear(HIDDEN_SIZE, vocab)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # FSDP2's fully_shard hooks a forward
+            return self.head(self.gru(self.lstm(self.embedding(tokens))[0])[0])
+
+    return Net()
+
+
+def dcp_save_rank(rank: int, folder: str, store: str, vocab: int) -> None:
+    """One of the 2 gloo ranks: the model built on `meta`, sharded with fully_shard, each rank filling its own
+    rows from a seeded generator (nobody holds the whole model), then dcp.save."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=DCP_RANKS,
+                            timeout=datetime.timedelta(seconds=DCP_RENDEZVOUS_TIMEOUT_S))
+    try:
+        with torch.device("meta"):
+            net = dcp_model(vocab)
+        for part in (net.lstm, net.gru):
+            fully_shard(part)
+        fully_shard(net)
+        net.to_empty(device="cpu")
+        with torch.no_grad():
+            for index, (name, parameter) in enumerate(sorted(net.named_parameters())):
+                generator = torch.Generator().manual_seed(1000 * index + rank)
+                std = 1.0 if name.startswith("embedding.") else 0.02
+                local = parameter.to_local()
+                for start in range(0, local.shape[0], FILL_ROWS):
+                    local[start:start + FILL_ROWS].normal_(0.0, std, generator=generator)
+        dcp.save(net.state_dict(), checkpoint_id=folder)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_dcp_save(folder: Path, store: Path, vocab: int) -> None:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(dcp_save_rank, args=(str(folder), str(store), vocab), nprocs=DCP_RANKS, start_method="fork")
+
+
+def run_naive_dcp(source: Path, target: Path, vocab: int) -> None:
+    """What a user would write for a DCP folder, in one process: an unsharded model of the same modules (built on
+    `meta`, then to_empty, so no time goes to torch's default init), dcp.load, rnninit_cli.init_, dcp.save."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    import rnninit_cli
+
+    with torch.device("meta"):
+        net = dcp_model(vocab)
+    net.to_empty(device="cpu")
+    dcp.load(net.state_dict(), checkpoint_id=source, no_dist=True)
+    rnninit_cli.init_(net, "keras", seed=0)
+    dcp.save(net.state_dict(), checkpoint_id=target, no_dist=True)
+
+
+def generate_dcp(folder: Path, vocab: int) -> None:
+    """Write the 2-rank folder, or reuse the one a previous run left with the same parameters (the stamp beside it
+    is written last, so an interrupted generation is never reused)."""
+    stamp = folder.with_name(DCP_STAMP)
+    wanted = {"vocab": vocab, "ranks": DCP_RANKS, "embed": EMBED_DIM, "hidden": HIDDEN_SIZE, "layers": NUM_LAYERS}
+    try:
+        if folder.is_dir() and json.loads(stamp.read_text()) == wanted:
+            print(f"reusing {folder} (generated by an earlier run with the same parameters)", flush=True)
+            return
+    except (OSError, ValueError):
+        pass
+    stamp.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"generating {folder} on {DCP_RANKS} gloo ranks (FSDP2, not timed)...", flush=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+        command = [sys.executable, str(Path(__file__).resolve()), "--run-dcp-save", str(folder),
+                   str(Path(scratch) / "store"), str(vocab)]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        # A session of its own, so that a timeout ends the launcher and both ranks together (and nothing else).
+        process = subprocess.Popen(command, env=environment, start_new_session=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            output, _ = process.communicate(timeout=DCP_SAVE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise BenchmarkError(f"the 2-rank save did not finish within {DCP_SAVE_TIMEOUT_S} s") from None
+    if process.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise BenchmarkError(f"the 2-rank save failed with status {process.returncode}:\n{tail}")
+    missing = [name for name in (".metadata", *DCP_RANK_FILES) if not (folder / name).is_file()]
+    if missing:
+        raise BenchmarkError(f"the 2-rank save did not write {', '.join(missing)} in {folder}")
+    stamp.write_text(json.dumps(wanted) + "\n")
+    print(f"generated in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def dcp_command(variant: str, source: Path, target: Path, scale: float) -> list[str]:
+    if variant == "naive":
+        return [sys.executable, str(Path(__file__).resolve()), "--run-naive-dcp", str(source), str(target),
+                "--scale", str(scale)]
+    if variant == "cp":
+        return ["cp", "-r", str(source), str(target)]
+    return variant_command(variant, source, target)
+
+
+def bench_dcp(source: Path, repeat: int, scale: float, timer: str | None) -> FormatResult:
+    """Interleave rnninit, the naive script and `cp -r` `repeat` times; keep rnninit's and naive's last outputs."""
+    result = FormatResult("dcp", folder_bytes(source), samples={v: [] for v in DCP_VARIANTS})
+    for round_index in range(repeat):
+        for variant in DCP_VARIANTS:
+            target = output_path(source, variant)
+            shutil.rmtree(target, ignore_errors=True)
+            os.sync()  # so that one run's pending write-back is not billed to the next (not timed)
+            sample = measure(dcp_command(variant, source, target, scale), timer)
+            result.samples[variant].append(sample)
+            print(f"  dcp  round {round_index + 1}/{repeat}  {variant:<8} {sample.wall_s:7.2f} s "
+                  f"{sample.peak_rss_mb:8.0f} MB", flush=True)
+            if variant == "rnninit":
+                result.output_bytes = folder_bytes(target)
+            elif variant == "cp":
+                shutil.rmtree(target)
+    return result
+
+
+def dcp_tensors(folder: Path, names: list[str], sizes: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """`names` read from a DCP folder by torch's own reader (dcp.load into empty tensors of the recorded shapes)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    state = {name: torch.empty(tuple(sizes[name].size), dtype=sizes[name].properties.dtype) for name in names}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=folder, no_dist=True)
+    return state
+
+
+def same_bits(left: torch.Tensor, right: torch.Tensor) -> bool:
+    import torch
+
+    return left.shape == right.shape and left.dtype == right.dtype and torch.equal(
+        left.contiguous().reshape(-1).view(torch.uint8), right.contiguous().reshape(-1).view(torch.uint8))
+
+
+def check_gru(name: str, tensor: torch.Tensor, original: torch.Tensor) -> None:
+    import torch
+
+    if ".weight_hh" in name:
+        matrix = tensor.double()
+        error = (matrix.T @ matrix - torch.eye(matrix.shape[1], dtype=torch.float64)).abs().max().item()
+        if error > 1e-4:
+            raise BenchmarkError(f"{name}: WᵀW differs from I by {error:.2e}")
+    elif ".weight_ih" in name:
+        if torch.equal(tensor, original):
+            raise BenchmarkError(f"{name}: unchanged")
+    elif tensor.count_nonzero().item():
+        raise BenchmarkError(f"{name}: not 0")
+
+
+def verify_dcp(source: Path, rnninit_output: Path, naive_output: Path) -> tuple[bool, list[str]]:
+    """(whether the recurrent tensors of both outputs are bit-identical, the lines of the other checks, which
+    raise when they fail). Everything is read with torch's dcp.load, one non-recurrent tensor at a time."""
+    import torch.distributed.checkpoint as dcp
+
+    sizes = dcp.FileSystemReader(source).read_metadata().state_dict_metadata
+    names = sorted(sizes)
+    recurrent = [name for name in names if name.startswith(DCP_RECURRENT)]
+    ours = dcp_tensors(rnninit_output, recurrent, sizes)
+    theirs = dcp_tensors(naive_output, recurrent, sizes)
+    original = dcp_tensors(source, recurrent, sizes)
+    differing = [name for name in recurrent if not same_bits(ours[name], theirs[name])]
+    for name in recurrent:
+        check = check_lstm if name.startswith("lstm.") else check_gru
+        check(name, ours[name], original[name])
+    del ours, theirs, original
+    for name in names:
+        if name in recurrent:
+            continue
+        kept = dcp_tensors(source, [name], sizes)[name]
+        for output in (rnninit_output, naive_output):
+            if not same_bits(dcp_tensors(output, [name], sizes)[name], kept):
+                raise BenchmarkError(f"{name} in {output} differs from the input's")
+        del kept
+    recorded = json.loads((rnninit_output / "rnninit.json").read_text())
+    if recorded.get("rnninit.seed") != "0" or recorded.get("rnninit.scheme") != "keras":
+        raise BenchmarkError(f"unexpected rnninit record: {recorded}")
+    if differing:
+        lines = [f"recurrent tensors of rnninit's and the naive script's outputs: {len(differing)} of "
+                 f"{len(recurrent)} DIFFER ({', '.join(differing[:6])})"]
+    else:
+        lines = [f"recurrent tensors of rnninit's and the naive script's outputs: all {len(recurrent)} "
+                 "bit-identical (dcp.load of each folder)"]
+    lines += [f"{len(names) - len(recurrent)} non-recurrent tensors of both outputs equal the input's (dcp.load)",
+              f"{len(recurrent)} recurrent tensors of rnninit's output: each weight_hh has WᵀW = I "
+              "(max |err| ≤ 1e-4), weight_ih redrawn, LSTM bias_ih 0 with forget gate 1, other biases 0",
+              "rnninit.json records seed 0, scheme keras"]
+    return not differing, lines
+
+
+def pass_fail(value: float, limit: float) -> str:
+    return "PASS" if value <= limit else "FAIL"
+
+
+def report_dcp(result: FormatResult, source: Path, identical: bool, load: list[str]) -> None:
+    size_mb = result.input_bytes / MB
+    files = ", ".join(f"{name} {(source / name).stat().st_size:,} B" for name in (*DCP_RANK_FILES, ".metadata"))
+    print()
+    print(f"load average (1, 5, 15 min) at start / end: {load[0]} / {load[-1]}")
+    print(f"dcp: input folder {size_mb:,.0f} MB ({result.input_bytes:,} B: {files}); rnninit output "
+          f"{result.output_bytes:,} B; medians of {len(result.samples['rnninit'])} interleaved runs")
+    print(f"  {'variant':<9} {'wall s':>8} {'min–max s':>13} {'peak RSS MB':>12} {'RSS/folder':>11}")
+    for variant, samples in result.samples.items():
+        walls = [s.wall_s for s in samples]
+        label = "cp -r" if variant == "cp" else variant
+        print(f"  {label:<9} {result.median_wall(variant):8.2f} {min(walls):6.2f}–{max(walls):<6.2f} "
+              f"{result.median_rss(variant):12.0f} {result.median_rss(variant) / size_mb:11.3f}")
+    rss_ratio = result.median_rss("rnninit") / size_mb
+    wall_ratio = result.median_wall("rnninit") / result.median_wall("naive")
+    print("  targets:")
+    print(f"    rnninit peak RSS / folder size {rss_ratio:.3f} (target ≤ {RSS_TARGET_FRACTION}): "
+          f"{pass_fail(rss_ratio, RSS_TARGET_FRACTION)} ({result.median_rss('rnninit'):.0f} MB vs "
+          f"{RSS_TARGET_FRACTION * size_mb:.0f} MB)")
+    print(f"    rnninit wall / naive wall {wall_ratio:.2f} (target ≤ 1.00): {pass_fail(wall_ratio, 1.0)} "
+          f"({result.median_wall('rnninit'):.2f} s vs {result.median_wall('naive'):.2f} s)")
+    print(f"    (information: rnninit/naive peak RSS {result.median_rss('rnninit') / result.median_rss('naive'):.3f}, "
+          f"rnninit/cp -r wall {result.median_wall('rnninit') / result.median_wall('cp'):.2f})")
+    print(f"  outputs agree (recurrent tensors bit-identical): {'PASS' if identical else 'FAIL'}")
+    print("  output checks:")
+    for line in result.checks:
+        print(f"    ok: {line}" if "DIFFER" not in line else f"    FAILED: {line}")
+
+
+def main_dcp(args: argparse.Namespace, timer: str | None) -> None:
+    made_workdir = args.workdir is None
+    workdir: Path = Path(tempfile.mkdtemp(prefix="rnninit-bench-", dir="/tmp")) if made_workdir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / DCP_INPUT
+    outputs = [output_path(source, variant) for variant in DCP_VARIANTS]
+    try:
+        needed = DCP_DISK_NEEDED_AT_FULL_SCALE * dcp_estimated_bytes(args.scale) / dcp_estimated_bytes(1.0)
+        free = shutil.disk_usage(workdir).free + (folder_bytes(source) if source.is_dir() else 0)
+        if free < needed:
+            raise BenchmarkError(f"{workdir} has {free / GB:.1f} GB free; this run needs {needed / GB:.1f} GB "
+                                 "(the input, two outputs and a copy). Pass --workdir on a larger disk or a "
+                                 "smaller --scale.")
+        print(f"workdir {workdir}; DCP folder of ~{dcp_estimated_bytes(args.scale) / GB:.2f} GB", flush=True)
+        generate_dcp(source, dcp_vocab(args.scale))
+        load = [load_average()]
+        result = bench_dcp(source, args.repeat, args.scale, timer)
+        identical, result.checks = verify_dcp(source, output_path(source, "rnninit"), output_path(source, "naive"))
+        load.append(load_average())
+        report_dcp(result, source, identical, load)
+    except BenchmarkError as error:
+        raise SystemExit(f"error: {error}") from None
+    finally:
+        if args.keep:
+            print(f"\nkept the files in {workdir}")
+        elif made_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:  # the input stays for the next run (see generate_dcp); the outputs go
+            for path in outputs:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
 # Reporting.
 
 
@@ -438,7 +753,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="scale of the embedding and head (0.05 for a quick check of this script)")
     parser.add_argument("--no-cp-sync", action="store_true", help="skip the informational cp+sync variant")
+    parser.add_argument("--dcp", action="store_true",
+                        help="measure a 2-rank torch.distributed.checkpoint folder instead of .pt/.safetensors")
     parser.add_argument("--run-naive", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-naive-dcp", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-dcp-save", nargs=3, metavar=("FOLDER", "STORE", "VOCAB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeat < 1 or args.scale <= 0:
         parser.error("--repeat must be ≥ 1 and --scale > 0")
@@ -458,7 +777,17 @@ def main() -> None:
     if args.run_naive:
         run_naive(*args.run_naive)
         return
+    if args.run_naive_dcp:
+        run_naive_dcp(*args.run_naive_dcp, dcp_vocab(args.scale))
+        return
+    if args.run_dcp_save:
+        folder, store, vocab = args.run_dcp_save
+        run_dcp_save(Path(folder), Path(store), int(vocab))
+        return
     timer = time_tool()
+    if args.dcp:
+        main_dcp(args, timer)
+        return
     made_workdir = args.workdir is None
     workdir: Path = Path(tempfile.mkdtemp(prefix="rnninit-bench-", dir="/tmp")) if made_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)

@@ -154,6 +154,20 @@ def _emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def _return_freed_memory() -> None:
+    """Have glibc map every block over 128 KiB on its own, so that the drawn values (tens of MB each) go back to the
+    system when freed: by default the threshold grows after the first free, and a rewrite's peak memory then
+    holds every block drawn before. Elsewhere (or if the call fails) nothing changes."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(name).mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD; fixing it also stops its growth
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"rnninit {__version__}")
@@ -262,6 +276,8 @@ def apply(
         _one_stdout_user(as_json, output)
         from .report import apply_document
         from .rewrite import RewriteOptions, rewrite
+
+        _return_freed_memory()
 
         options = RewriteOptions(rules=tuple(rule or ()), only=only, seed=seed, fmt=fmt.value if fmt else None,
                                  dry_run=dry_run, in_place=in_place, force=force, tensors_only=tensors_only,

@@ -459,9 +459,9 @@ def apply_plan(
         scope_of.append(len(scopes) - 1)
         previous = key
     # Scopes are drawn at once on one-thread workers (the values do not depend on the thread count)
-    # and written in plan order; at most `ahead` drawn scopes wait in memory.
+    # and written in plan order; at most `ahead` drawn scopes (one per worker) wait in memory.
     workers = max(1, min(torch.get_num_threads(), len(scopes)))
-    ahead = 2 * workers
+    ahead = workers
     pending: dict[int, Future[torch.Tensor]] = {}
     with torch.no_grad(), one_thread_pool(workers) as pool:
         drawn, current = None, -1
