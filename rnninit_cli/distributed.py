@@ -95,6 +95,29 @@ def shard_rows(tensors: Mapping[str, Any], names: Iterable[str]) -> dict[str, Lo
     return {name: local_rows(name, tensors[name]) for name in dict.fromkeys(names) if is_dtensor(tensors[name])}
 
 
+def refuse_unsharded_fsdp(module: Any) -> None:
+    """UsageError for an FSDP2 module whose parameters are unsharded right now (after a forward with
+    reshard_after_forward=False, or unshard()): its registered parameters are then all-gathered copies that
+    reshard() drops, so values written into them would be lost."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    kind = getattr(fsdp, "FSDPModule", None)
+    if kind is None:
+        return
+    for name, submodule in module.named_modules():
+        if not isinstance(submodule, kind):
+            continue
+        try:  # torch's own record of the group's state (private, so read defensively)
+            group = submodule._get_fsdp_state()._fsdp_param_group
+            sharded = group is None or group.is_sharded
+        except AttributeError:
+            continue
+        if not sharded:
+            where = f"{name!r}" if name else "the model"
+            raise UsageError(f"{where} is an FSDP2 module whose parameters are unsharded now (after a forward with "
+                             "reshard_after_forward=False, or unshard()): init_ would write into copies that "
+                             "reshard() drops; call reshard() on it first, then init_")
+
+
 def refuse_unseeded_shards(tensors: Mapping[str, Any], names: Iterable[str]) -> None:
     """UsageError when a DTensor is to be written without a seed: each rank would draw its own, and the shards
     would come from different draws."""

@@ -19,7 +19,13 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .distributed import refuse_meta, refuse_sharded_views, refuse_unseeded_shards, shard_rows
+from .distributed import (
+    refuse_meta,
+    refuse_sharded_views,
+    refuse_unseeded_shards,
+    refuse_unsharded_fsdp,
+    shard_rows,
+)
 from .errors import DtypeError, LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
 from .layout import Discovery, Layer, Skipped, article, discover
 from .onethread import one_thread_pool
@@ -512,6 +518,7 @@ def init_(
     import torch
 
     if isinstance(target, torch.nn.Module):
+        refuse_unsharded_fsdp(target)
         tensors: MutableMapping[str, Any] = dict(target.named_parameters())
     elif isinstance(target, MutableMapping):
         tensors = target
