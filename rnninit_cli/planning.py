@@ -465,9 +465,10 @@ def apply_plan(
         scope_of.append(len(scopes) - 1)
         previous = key
     # Scopes are drawn at once on one-thread workers (the values do not depend on the thread count)
-    # and written in plan order; at most `ahead` drawn scopes (one per worker) wait in memory.
+    # and written in plan order; at most `ahead` drawn scopes (one per worker, and the one being written) wait in
+    # memory.
     workers = max(1, min(torch.get_num_threads(), len(scopes)))
-    ahead = workers
+    ahead = workers + 1
     pending: dict[int, Future[torch.Tensor]] = {}
     with torch.no_grad(), one_thread_pool(workers) as pool:
         drawn, current = None, -1
