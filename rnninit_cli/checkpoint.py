@@ -578,6 +578,8 @@ def _check_folder_output(source: Path, out: Path, *, force: bool, in_place: bool
         raise OutputError(f"{out} already exists; pass --force to replace it")
     expected = {relative: "a folder" if path.is_dir() else "a regular file"
                 for path in source.rglob("*") for relative in [path.relative_to(source).as_posix()]}
+    if (source / ".metadata").is_file():  # a torch.distributed.checkpoint folder: its outputs add rnninit.json
+        expected[METADATA_RECORD] = "a regular file"
     refuse_foreign_entries(out, expected)
 
 
@@ -668,6 +670,7 @@ SAFETENSORS_DTYPES = {  # torch dtype name → safetensors dtype code
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
     "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "uint16": "U16",
     "uint32": "U32", "uint64": "U64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float8_e8m0fnu": "F8_E8M0",
 }
 
 

@@ -458,6 +458,9 @@ def diff(
             _print_warnings([f"{which}: {item}" for which, found in ((a, found_a), (b, found_b))
                              for item in found.skipped])
             summary = "identical" if report.identical else f"{len(report.changed_blocks)} block(s) differ"
+            if not report.layers and (report.only_in_a or report.only_in_b):
+                summary = (f"no layer in common ({len(report.only_in_a)} only in {a}, "
+                           f"{len(report.only_in_b)} only in {b})")
             answer.print(visible(f"{a} vs {b}: {summary}"), markup=False, soft_wrap=True)
         if not report.identical:
             raise typer.Exit(1)

@@ -41,6 +41,7 @@ from .checkpoint import (
     current_umask,
     first_line,
     merge_metadata,
+    refuse_broadcast,
     string_map,
     write_failure,
 )
@@ -61,6 +62,7 @@ from .unpickle import (
     check_small_record,
     dangerous,
     hostile_message,
+    key_text,
     numpy_dtype,
     storage_from_id,
     tensor_span,
@@ -151,6 +153,9 @@ class DcpObject:
 class DcpLayout:
     """What `.metadata` says, checked."""
 
+    # keyed by each entry's path in the saved (nested) state dict, keys joined by "/" as the .pt reader names them
+    # ({"model": {"lstm.weight_ih_l0": ...}} → "model/lstm.weight_ih_l0", also in torch's dcp_to_torch_save .pt);
+    # an entry the planner did not map keeps DCP's flattened name
     tensors: dict[str, DcpTensor]
     objects: dict[str, DcpObject]
     planner_paths: dict[str, tuple[Any, ...]]  # flattened name → path in the saved (nested) state dict
@@ -166,7 +171,7 @@ class DcpLayout:
         for path in self.planner_paths.values():
             children.update((path[:index], key) for index, key in enumerate(path))
         found = {prefix for prefix, key in children if key == "state" and (prefix, "param_groups") in children}
-        return sorted(".".join(map(str, prefix)) for prefix in found)
+        return sorted("/".join(map(key_text, prefix)) for prefix in found)
 
 
 class _Damaged(Exception):
@@ -227,6 +232,7 @@ def _dtype(properties: Any, what: str) -> str:
 
 
 _Place = tuple[str, int, int, tuple[str, ...]]  # file, start, length, transforms
+TILING_CORNER_LIMIT = 1 << 22  # corners of one tensor's chunks the tiling check sorts (chunks x 2^split dimensions)
 
 
 def _storage_index(storage_data: Any) -> dict[tuple[str, tuple[int, ...] | None], _Place]:
@@ -246,14 +252,30 @@ def _storage_index(storage_data: Any) -> dict[tuple[str, tuple[int, ...] | None]
             raise _Damaged(f"{where}'s transform descriptors are not strings")
         if (name, place) in found:
             raise _Damaged(f"{where} is listed twice")
-        found[(name, place)] = (_text(info.get("relative_path"), f"{where}'s file"),
+        found[(name, place)] = (_normal_file_name(_text(info.get("relative_path"), f"{where}'s file")),
                                 _int(info.get("offset"), f"{where}'s offset"),
                                 _int(info.get("length"), f"{where}'s length"), tuple(transforms))
     return found
 
 
+def _normal_file_name(name: str) -> str:
+    """One spelling per file ("./__0_0.distcp" and "__0_0.distcp" are the same file, and their byte ranges must
+    meet in the overlap check): "." parts and repeated "/" dropped. Names that are not plain relative paths are
+    kept as written, to be refused by _refuse_escaping."""
+    if not name or name.startswith(("/", "\\")) or "\\" in name or "\0" in name or ".." in name.split("/"):
+        return name
+    normal = "/".join(part for part in name.split("/") if part not in ("", "."))
+    return normal or name
+
+
 def _check_tiling(name: str, shape: tuple[int, ...], chunks: list[Chunk]) -> None:
-    """The chunks lie inside the tensor, do not overlap and cover it: every element is stored exactly once."""
+    """The chunks lie inside the tensor, do not overlap and cover it: every element is stored exactly once.
+
+    By signed corners, in O(n log n) time and O(n) memory for n chunks: a box's indicator is the signed sum of the
+    orthants {x >= v} at its 2^d corners v (+ where v takes an even number of upper bounds, - an odd one), and
+    orthants at distinct corners are linearly independent, so the chunks' indicators add up to the tensor's
+    exactly when their corners' signed counts add up to the tensor's own corners'. Only the d dimensions the tensor
+    is split along count (a dimension every chunk spans whole changes nothing)."""
     import numpy as np
 
     for chunk in chunks:
@@ -265,13 +287,40 @@ def _check_tiling(name: str, shape: tuple[int, ...], chunks: list[Chunk]) -> Non
         raise _Damaged(f"the chunks of {name!r} hold {sum(chunk.numel for chunk in chunks)} elements, its shape "
                        f"{list(shape)} {math.prod(shape)}")
     boxes = [chunk for chunk in chunks if chunk.numel]
-    if len(boxes) > 1:
-        starts = np.array([chunk.offsets for chunk in boxes], dtype=np.int64)
-        stops = starts + np.array([chunk.sizes for chunk in boxes], dtype=np.int64)
-        overlap = np.all((starts[:, None, :] < stops[None, :, :]) & (starts[None, :, :] < stops[:, None, :]), axis=2)
-        np.fill_diagonal(overlap, False)
-        if overlap.any():
-            raise _Damaged(f"two chunks of {name!r} overlap")
+    if len(boxes) < 2:  # inside, and as many elements as the tensor: the whole tensor, or nothing of an empty one
+        return
+    split = [dim for dim in range(len(shape)) if any(box.offsets[dim] or box.sizes[dim] != shape[dim]
+                                                     for box in boxes)]
+    if not split:  # several chunks, each the whole tensor (the count above already refuses it)
+        raise _Damaged(f"two chunks of {name!r} overlap")
+    if len(boxes) << len(split) > TILING_CORNER_LIMIT:
+        raise _Damaged(f"{name!r} is split into {len(boxes)} chunks along {len(split)} dimensions: more corners "
+                       f"than the {TILING_CORNER_LIMIT} rnninit checks")
+    if max(shape[dim] for dim in split) >= 1 << 62:
+        raise _Damaged(f"{name!r} declares a dimension of {max(shape[dim] for dim in split)} elements")
+    starts = np.array([[box.offsets[dim] for dim in split] for box in boxes], dtype=np.int64)
+    stops = starts + np.array([[box.sizes[dim] for dim in split] for box in boxes], dtype=np.int64)
+    upper = (np.arange(1 << len(split))[:, None] >> np.arange(len(split))[None, :]) & 1 == 1  # [corner, dim]
+    signs = np.where(upper.sum(axis=1) % 2 == 1, -1, 1).astype(np.int64)
+    found = _signed_corners(np.where(upper[None], stops[:, None, :], starts[:, None, :]).reshape(-1, len(split)),
+                            np.tile(signs, len(boxes)))
+    full = np.array([shape[dim] for dim in split], dtype=np.int64)
+    expected = _signed_corners(np.where(upper, full[None, :], 0), signs)
+    if not all(np.array_equal(mine, theirs) for mine, theirs in zip(found, expected, strict=True)):
+        # inside the tensor and as many elements as it holds, but not each element once: some twice
+        raise _Damaged(f"two chunks of {name!r} overlap")
+
+
+def _signed_corners(corners: Any, signs: Any) -> tuple[Any, Any]:
+    """The distinct corners (rows, sorted) whose signs do not cancel, and their summed signs."""
+    import numpy as np
+
+    order = np.lexsort(corners.T[::-1])
+    corners, signs = corners[order], signs[order]
+    first = np.flatnonzero(np.concatenate([[True], np.any(corners[1:] != corners[:-1], axis=1)]))
+    sums = np.add.reduceat(signs, first)
+    kept = sums != 0
+    return corners[first][kept], sums[kept]
 
 
 def _layout(root: Any) -> DcpLayout:
@@ -308,21 +357,42 @@ def _layout(root: Any) -> DcpLayout:
         _check_tiling(name, shape, chunks)
         tensors[name] = DcpTensor(dtype, shape, tuple(chunks))
     version = metadata.get("version")
-    return DcpLayout(tensors, objects, _planner_paths(metadata.get("planner_data")),
+    paths = _planner_paths(metadata.get("planner_data"))
+    names = _nested_names([*tensors, *objects], paths)
+    return DcpLayout({names[name]: tensor for name, tensor in tensors.items()},
+                     {names[name]: item for name, item in objects.items()}, paths,
                      version if isinstance(version, str) else None)
 
 
 def _planner_paths(planner_data: Any) -> dict[str, tuple[Any, ...]]:
-    """The default planner's flattening map (name → path of keys); {} for anything else (a custom planner's)."""
+    """The default planner's flattening map (name → path of keys); {} for anything else (a custom planner's, or
+    one whose paths do not flatten to their names as DCP flattens them: keys joined by ".")."""
     if not isinstance(planner_data, dict):
         return {}
     paths = {}
     for name, path in planner_data.items():
-        if not isinstance(name, str) or not isinstance(path, tuple) or \
-                not all(isinstance(key, (str, int)) for key in path):
+        if not isinstance(name, str) or not isinstance(path, tuple) or not path or \
+                not all(type(key) in (str, int) for key in path) or ".".join(map(key_text, path)) != name:
             return {}
         paths[name] = path
     return paths
+
+
+def _nested_names(flattened: list[str], paths: dict[str, tuple[Any, ...]]) -> dict[str, str]:
+    """DCP's flattened name → the entry's name in rnninit: its path in the saved state dict, keys joined by "/"
+    (what the .pt reader calls the same entry of torch's dcp_to_torch_save .pt, so that names, seeded draws and
+    diff agree); the flattened name where the planner's map has no path."""
+    names: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for name in flattened:
+        path = paths.get(name)
+        nested = name if path is None else "/".join(map(key_text, path))
+        if nested in taken:
+            raise _Damaged(f"the entries {taken[nested]!r} and {name!r} are both named {nested!r} in the saved "
+                           "state dict")
+        taken[nested] = name
+        names[name] = nested
+    return names
 
 
 def read_metadata(data: bytes, source: str) -> DcpLayout:
@@ -401,6 +471,7 @@ class StoredChunk:
     first: int  # the chunk's first element
     stop: int  # the end of its last element
     record: Record  # data_start and crc_positions absolute in the file
+    span: int  # elements from the first to the last it reads (fewer than its elements: a broadcast view)
 
     @property
     def contiguous(self) -> bool:
@@ -473,11 +544,12 @@ def _read_chunk_archive(descriptor: int, tensor: DcpTensor, chunk: Chunk, where:
     if min(root.stride, default=0) < 0 or first < 0 or stop > stored:
         raise CheckpointError(f"{where}: the chunk reads outside its storage (offset {root.offset}, stride "
                               f"{list(root.stride)}, {stored} stored elements)")
+    refuse_broadcast(where, chunk.numel, stop - first)  # stride 0 (expand): any size from a few stored elements
     record = records[f"{folder}/data/{root.storage.key}"]
     base = chunk.start + record.data_start
     absolute = Record(record.name, base, record.size, [chunk.start + position for position in record.crc_positions])
     return StoredChunk(chunk, root.dtype, root.stride, base + first * root.itemsize, base + stop * root.itemsize,
-                       absolute)
+                       absolute, stop - first)
 
 
 # --- the folder -----------------------------------------------------------------------------------------------
@@ -550,7 +622,9 @@ class DcpFolder:
         return spans
 
     def stored_chunks(self, name: str) -> list[StoredChunk]:
-        """Where each chunk of `name` lies (its nested archive is read the first time)."""
+        """Where each chunk of `name` lies (its nested archive is read the first time), each checked against its
+        declared sizes and byte range; and the tensor no broadcast claiming far more elements than its chunks
+        store. Nothing of the tensor's declared size is allocated here: call it before allocating."""
         tensor = self.layout.tensors[name]
         found = []
         for index, chunk in enumerate(tensor.chunks):
@@ -560,6 +634,7 @@ class DcpFolder:
                          f"{name} at {list(chunk.offsets)})")
                 self._stored[key] = _index_chunk(self.files[chunk.file].fileno(), tensor, chunk, where)
             found.append(self._stored[key])
+        refuse_broadcast(f"{self.path}: {name}", math.prod(tensor.shape), sum(stored.span for stored in found))
         return found
 
     def _chunk_bytes(self, stored: StoredChunk) -> bytearray:
@@ -578,11 +653,13 @@ class DcpFolder:
         """numpy arrays of the named tensors, each assembled from its chunks (no torch needed)."""
         import numpy as np
 
+        names = list(names)
+        checked = {name: self.stored_chunks(name) for name in names}  # every chunk, before allocating anything
         result = {}
         for name in names:
             tensor = self.layout.tensors[name]
             full = np.empty(tensor.shape, dtype=numpy_dtype(tensor.dtype))
-            for stored in self.stored_chunks(name):
+            for stored in checked[name]:
                 chunk = stored.chunk
                 full[chunk.region] = array_from_bytes(self._chunk_bytes(stored), stored.dtype, chunk.sizes,
                                                       stored.stride)
@@ -593,12 +670,14 @@ class DcpFolder:
         """torch tensors of the named tensors, each assembled from its chunks."""
         import torch
 
+        names = list(names)
+        checked = {name: self.stored_chunks(name) for name in names}  # every chunk, before allocating anything
         result = {}
         for name in names:
             tensor = self.layout.tensors[name]
             dtype = getattr(torch, tensor.dtype)
             full = torch.empty(tensor.shape, dtype=dtype)
-            for stored in self.stored_chunks(name):
+            for stored in checked[name]:
                 raw = self._chunk_bytes(stored)
                 if raw:
                     flat = torch.frombuffer(raw, dtype=dtype)
@@ -764,23 +843,28 @@ def _refuse_escaping(folder: Path, name: str, source: str) -> None:
         raise CheckpointError(f"{source}: {name!r} leads outside the folder (to {resolved}); refused")
 
 
-def _check_ranges(layout: DcpLayout, sizes: dict[str, int], source: str) -> None:
-    """Every entry's byte range lies in its file, and no two overlap (a patch of one would change the other)."""
-    ranges: dict[str, list[tuple[int, int, str]]] = {}
+def _check_ranges(layout: DcpLayout, sizes: dict[str, int], source: str,
+                  identities: dict[str, tuple[int, int]]) -> None:
+    """Every entry's byte range lies in its file, and no two overlap (a patch of one would change the other).
+    Ranges meet by the file they lie in (`identities`: device and inode of each name's open file), whatever
+    names lead there (a symbolic link to a folder, a hard link)."""
+    ranges: dict[tuple[int, int], list[tuple[int, int, str, str]]] = {}
     for name, tensor in layout.tensors.items():
         for chunk in tensor.chunks:
-            ranges.setdefault(chunk.file, []).append((chunk.start, chunk.start + chunk.length, name))
+            ranges.setdefault(identities[chunk.file], []).append((chunk.start, chunk.start + chunk.length, name,
+                                                                  chunk.file))
     for name, item in layout.objects.items():
-        ranges.setdefault(item.file, []).append((item.start, item.start + item.length, name))
-    for file, spans in ranges.items():
+        ranges.setdefault(identities[item.file], []).append((item.start, item.start + item.length, name, item.file))
+    for spans in ranges.values():
         spans.sort()
-        for start, stop, name in spans:
+        for start, stop, name, file in spans:
             if stop > sizes[file]:
                 raise CheckpointError(f"{source}: {name} lies at bytes {start}-{stop} of {file}, which holds "
                                       f"{sizes[file]} (truncated?)")
-        for (_, stop, name), (start, _, following) in itertools.pairwise(spans):
+        for (_, stop, name, file), (start, _, following, other) in itertools.pairwise(spans):
             if start < stop:
-                raise CheckpointError(f"{source}: {name} and {following} overlap in {file}; refused")
+                where = file if file == other else f"{file} (also named {other})"
+                raise CheckpointError(f"{source}: {name} and {following} overlap in {where}; refused")
 
 
 def _read_recorded(folder: Path) -> dict[str, str]:
@@ -820,8 +904,9 @@ def open_dcp(path: Path) -> DcpFolder:
                 files[name] = open_regular(path / name)
             except OSError as error:
                 raise CheckpointError(f"cannot read {path / name}: {error.strerror or error}") from None
-        sizes = {name: os.fstat(handle.fileno()).st_size for name, handle in files.items()}
-        _check_ranges(layout, sizes, source)
+        status = {name: os.fstat(handle.fileno()) for name, handle in files.items()}
+        sizes = {name: found.st_size for name, found in status.items()}
+        _check_ranges(layout, sizes, source, {name: (found.st_dev, found.st_ino) for name, found in status.items()})
     except BaseException:
         for handle in files.values():
             handle.close()

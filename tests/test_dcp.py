@@ -74,14 +74,15 @@ def _plain_state() -> dict[str, Any]:
 
 
 def _flat_tensors(state: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
-    """DCP's flattened names of the tensors in a nested state dict (dicts joined with '.')."""
+    """rnninit's names of the tensors in a nested state dict: their paths, keys joined with '/' (as the .pt reader
+    names them; DCP's own flattened names join them with '.')."""
     found = {}
     for key, value in state.items():
         name = f"{prefix}{key}"
         if isinstance(value, torch.Tensor):
             found[name] = value
         elif isinstance(value, dict):
-            found.update(_flat_tensors(value, f"{name}."))
+            found.update(_flat_tensors(value, f"{name}/"))
     return found
 
 
@@ -255,11 +256,11 @@ def test_plain_folder_reads_bit_for_bit(plain: tuple[Path, dict[str, Any]]) -> N
         for name, tensor in expected.items():
             assert arrays[name].shape == tuple(tensor.shape) and _raw(arrays[name]) == _raw(tensor), name
             assert loaded[name].dtype == tensor.dtype and _raw(loaded[name]) == _raw(tensor), name
-        objects = folder.non_tensor_paths  # DCP flattens dicts, and lists holding dicts
-        assert {"cfg.name", "cfg.sizes", "step", "optim.param_groups.0.lr"} <= set(objects)
+        objects = folder.non_tensor_paths  # DCP flattens dicts, and lists holding dicts: named by their paths
+        assert {"cfg/name", "cfg/sizes", "step", "optim/param_groups/0/lr"} <= set(objects)
         assert not set(objects) & set(expected)
         assert folder.optimizer_paths == ["optim"]
-        assert not folder.stored_chunks("model.extra.transposed")[0].contiguous
+        assert not folder.stored_chunks("model/extra.transposed")[0].contiguous
 
 
 # --- writing ------------------------------------------------------------------------------------------------
@@ -270,8 +271,8 @@ def test_plain_folder_write_patches_only_the_chunks(plain: tuple[Path, dict[str,
     before = _digest(source)
     output = tmp_path / "out"
     with open_dcp(source) as folder:
-        names = [name for name in folder.layout.tensors if name.startswith(("model.lstm.", "model.gru."))]
-        names += ["model.head.weight", "model.extra.half"]  # bfloat16 and float16 chunks
+        names = [name for name in folder.layout.tensors if name.startswith(("model/lstm.", "model/gru."))]
+        names += ["model/head.weight", "model/extra.half"]  # bfloat16 and float16 chunks
         updates = _new_values(folder, names, seed=1)
         folder.write(output, updates, {"rnninit.seed": "1", "rnninit.scheme": "keras"})
         _check_only_patched(source, output, folder, names)
@@ -287,11 +288,11 @@ def test_plain_folder_write_patches_only_the_chunks(plain: tuple[Path, dict[str,
         parameter.data.zero_()
     dcp.load({"model": net.state_dict()}, checkpoint_id=output, no_dist=True)  # into an unsharded module
     for name, value in net.state_dict().items():
-        assert _raw(value) == _raw(expected[f"model.{name}"]), name
+        assert _raw(value) == _raw(expected[f"model/{name}"]), name
     with open_dcp(output) as written:
         assert written.metadata == {"rnninit.seed": "1", "rnninit.scheme": "keras"}
-        assert _raw(written.arrays(["model.gru.weight_hh_l0"])["model.gru.weight_hh_l0"]) == \
-            _raw(updates["model.gru.weight_hh_l0"])
+        assert _raw(written.arrays(["model/gru.weight_hh_l0"])["model/gru.weight_hh_l0"]) == \
+            _raw(updates["model/gru.weight_hh_l0"])
 
 
 def test_fsdp_two_ranks_read_and_write(fsdp: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path) -> None:
@@ -335,11 +336,11 @@ def test_failed_writes_leave_nothing(plain: tuple[Path, dict[str, Any]], tmp_pat
     source = plain[0]
     output = tmp_path / "out"
     with open_dcp(source) as folder:
-        transposed = folder.load(["model.extra.transposed"])
+        transposed = folder.load(["model/extra.transposed"])
         with pytest.raises(CheckpointError, match="strides") as caught:
             folder.write(output, transposed, {})
         assert "\n" not in str(caught.value)
-        wrong = {"model.gru.weight_hh_l0": torch.zeros(15, 5, dtype=torch.float64)}
+        wrong = {"model/gru.weight_hh_l0": torch.zeros(15, 5, dtype=torch.float64)}
         with pytest.raises(OutputError, match="float64"):
             folder.write(output, wrong, {})
 
@@ -348,7 +349,7 @@ def test_failed_writes_leave_nothing(plain: tuple[Path, dict[str, Any]], tmp_pat
 
         monkeypatch.setattr(dcp_module, "_patch", full_disk)  # fails after the new folder was begun
         with pytest.raises(OutputError, match="No space left"):
-            folder.write(output, _new_values(folder, ["model.gru.weight_hh_l0"], seed=3), {"rnninit.seed": "3"})
+            folder.write(output, _new_values(folder, ["model/gru.weight_hh_l0"], seed=3), {"rnninit.seed": "3"})
     assert list(tmp_path.iterdir()) == [], "something was left beside OUTPUT"
 
 
@@ -466,10 +467,11 @@ def test_unreadable_chunks_are_refused(plain: tuple[Path, dict[str, Any]], tmp_p
     safetensors_format = tmp_path / "safetensors"
     dcp.save({"model.gru.bias_ih_l0": torch.zeros(15)}, no_dist=True,
              storage_writer=FileSystemWriter(safetensors_format, serialization_format=SerializationFormat.SAFETENSORS))
-    for folder, expected in ((other_dtype, "stored as float64"), (transformed, "transforms"),
-                             (safetensors_format, "not a torch.save archive")):
+    for folder, name, expected in ((other_dtype, "model/gru.bias_ih_l0", "stored as float64"),
+                                   (transformed, "model/gru.bias_ih_l0", "transforms"),
+                                   (safetensors_format, "model.gru.bias_ih_l0", "not a torch.save archive")):
         with open_dcp(folder) as opened, pytest.raises(CheckpointError, match=expected) as caught:
-            opened.arrays(["model.gru.bias_ih_l0"])
+            opened.arrays([name])
         assert "\n" not in str(caught.value)
 
 
@@ -563,7 +565,7 @@ def test_metadata_read_does_not_need_torch(plain: tuple[Path, dict[str, Any]]) -
         with open_dcp(Path({str(plain[0])!r})) as folder:
             arrays = folder.arrays(list(folder.layout.tensors))
             import hashlib
-            print(len(arrays), hashlib.sha256(arrays["model.head.weight"].tobytes()).hexdigest())
+            print(len(arrays), hashlib.sha256(arrays["model/head.weight"].tobytes()).hexdigest())
     """)
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120,
                             check=False)
@@ -571,7 +573,7 @@ def test_metadata_read_does_not_need_torch(plain: tuple[Path, dict[str, Any]]) -
     expected = _flat_tensors(plain[1])
     count, digest = result.stdout.split()
     assert int(count) == len(expected)
-    assert digest == hashlib.sha256(_raw(expected["model.head.weight"])).hexdigest()  # bfloat16, via ml_dtypes
+    assert digest == hashlib.sha256(_raw(expected["model/head.weight"])).hexdigest()  # bfloat16, via ml_dtypes
 
 
 # --- the CLI on DCP folders ----------------------------------------------------------------------------------
@@ -659,3 +661,253 @@ class _Hostile:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return os.system, (self.command,)
+
+
+# --- regressions of the adversarial review (issue 14) ---------------------------------------------------------
+
+
+def _nested_state() -> dict[str, Any]:
+    """What DCP users save: a model under a key, an optimizer nested deeper, a key with a dot, a list."""
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(3, 2)
+    optimizer = torch.optim.Adam(gru.parameters())
+    gru(torch.randn(1, 1, 3))[0].sum().backward()
+    optimizer.step()
+    return {"model": {f"gru.{name}": value.detach().clone() for name, value in gru.state_dict().items()},
+            "train": {"optim": optimizer.state_dict(), "step": 3}, "a.b": {"c": torch.zeros(1)},
+            "list": [torch.ones(2), {"k": torch.ones(3)}], "flat.name": torch.zeros(4)}
+
+
+def test_nested_entries_are_named_as_in_the_folders_pt(tmp_path: Path) -> None:
+    """A tensor is named by its path in the saved state dict, keys joined by '/', as the .pt reader names it in
+    torch's dcp_to_torch_save .pt of the folder (so that seeded draws and diff agree); DCP's flattened name where
+    the planner's map lacks a path or does not flatten to it; two entries reaching the same name are refused."""
+    from rnninit_cli.rewrite import close_source, open_source
+
+    source = tmp_path / "nested"
+    dcp.save(_nested_state(), checkpoint_id=source, no_dist=True)
+    dcp_to_torch_save(source, tmp_path / "nested.pt")
+    single = open_source(str(tmp_path / "nested.pt"))
+    try:
+        with open_dcp(source) as folder:
+            assert set(folder.shape_records()) == set(single.shape_records())
+            assert "model/gru.weight_ih_l0" in folder.shape_records() and "a.b/c" in folder.shape_records()
+            assert folder.optimizer_paths == single.optimizer_paths == ["train/optim"]
+    finally:
+        close_source(single)
+    result = _rnninit("diff", source, tmp_path / "nested.pt")
+    assert result.returncode == 0 and "identical" in result.stdout, result.stdout + result.stderr
+
+    def unmapped(metadata: Any) -> None:
+        metadata.planner_data = None
+
+    def misleading(metadata: Any) -> None:  # a path that does not flatten to its name: the map is not trusted
+        metadata.planner_data["model.gru.bias_ih_l0"] = ("elsewhere", "x")
+
+    for edit in (unmapped, misleading):
+        with open_dcp(_edited(source, tmp_path / edit.__name__, edit)) as folder:
+            assert "model.gru.weight_ih_l0" in folder.shape_records() and "a.b.c" in folder.shape_records()
+    clash = tmp_path / "clash"
+    dcp.save({"a/b": torch.zeros(1), "a": {"b": torch.ones(1)}}, checkpoint_id=clash, no_dist=True)
+    with pytest.raises(CheckpointError, match="both named 'a/b'") as caught:
+        open_dcp(clash)
+    assert "\n" not in str(caught.value)
+
+
+def _brute_force_tiles(shape: tuple[int, ...], boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
+    grid = np.zeros(shape, dtype=np.int64)
+    for offsets, sizes in boxes:
+        if any(offset + size > dim for offset, size, dim in zip(offsets, sizes, shape, strict=True)):
+            return False
+        grid[tuple(slice(offset, offset + size) for offset, size in zip(offsets, sizes, strict=True))] += 1
+    return bool((grid == 1).all())
+
+
+def _random_tiling(shape: tuple[int, ...], generator: np.random.Generator) -> list[tuple[tuple[int, ...],
+                                                                                         tuple[int, ...]]]:
+    """Boxes that tile `shape`: cut a box in two along a random dimension, a few times."""
+    boxes = [((0,) * len(shape), shape)]
+    for _ in range(int(generator.integers(0, 6))):
+        offsets, sizes = boxes.pop(int(generator.integers(len(boxes))))
+        dims = [dim for dim, size in enumerate(sizes) if size > 1]
+        if not dims:
+            boxes.append((offsets, sizes))
+            continue
+        dim = int(generator.choice(dims))
+        cut = int(generator.integers(1, sizes[dim]))
+        boxes.append((offsets, (*sizes[:dim], cut, *sizes[dim + 1:])))
+        boxes.append(((*offsets[:dim], offsets[dim] + cut, *offsets[dim + 1:]),
+                      (*sizes[:dim], sizes[dim] - cut, *sizes[dim + 1:])))
+    return boxes
+
+
+def test_tiling_check_agrees_with_counting_every_element() -> None:
+    """The signed-corner tiling check accepts exactly the chunk sets that store every element once (counted
+    element by element here): random tilings of 1-4 dimensions, some with one chunk moved (then the element
+    count still adds up, but some elements are stored twice and others never), some with an empty chunk."""
+    from rnninit_cli.dcp import Chunk, _check_tiling, _Damaged
+
+    generator = np.random.default_rng(14)
+    outcomes = {True: 0, False: 0}
+    for _ in range(1500):
+        shape = tuple(int(size) for size in generator.integers(1, 6, size=int(generator.integers(1, 5))))
+        boxes = _random_tiling(shape, generator)
+        if generator.random() < 0.8:
+            index = int(generator.integers(len(boxes)))
+            offsets, sizes = boxes[index]
+            dim = int(generator.integers(len(shape)))
+            moved = min(max(offsets[dim] + int(generator.choice([-2, -1, 1, 2])), 0), shape[dim] - sizes[dim])
+            boxes[index] = ((*offsets[:dim], moved, *offsets[dim + 1:]), sizes)
+        if generator.random() < 0.2:
+            boxes.append(((0,) * len(shape), (0,) * len(shape)))
+        expected = _brute_force_tiles(shape, boxes)
+        try:
+            _check_tiling("x", shape, [Chunk(offsets, sizes, "f", 0, 0) for offsets, sizes in boxes])
+            accepted = True
+        except _Damaged:
+            accepted = False
+        assert accepted == expected, (shape, boxes)
+        outcomes[expected] += 1
+    assert min(outcomes.values()) > 250, outcomes  # both kinds were tried
+
+
+def test_tiling_check_is_linear_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """100,000 one-element chunks are checked in under a second with a few MB (the pairwise check needed 80 GB);
+    beyond the corner limit a tensor is refused, not checked at any cost."""
+    import time
+
+    from rnninit_cli.dcp import Chunk, _check_tiling, _Damaged
+
+    count = 100_000
+    chunks = [Chunk((index,), (1,), "f", 0, 0) for index in range(count)]
+    began = time.perf_counter()
+    _check_tiling("x", (count,), chunks)
+    assert time.perf_counter() - began < 20
+    with pytest.raises(_Damaged, match="overlap"):
+        _check_tiling("x", (count,), [*chunks[:-2], Chunk((0,), (1,), "f", 0, 0), chunks[-1]])
+    monkeypatch.setattr(dcp_module, "TILING_CORNER_LIMIT", 1000)
+    with pytest.raises(_Damaged, match="more corners than the 1000"):
+        _check_tiling("x", (count,), chunks)
+
+
+def _aliased_metadata(metadata: Any, spelling: str) -> None:
+    """gru.bias_hh_l0 stored at gru.bias_ih_l0's bytes, its file spelled `spelling` + the file name."""
+    _, first = _storage(metadata, "model.gru.bias_ih_l0")
+    _set_storage(metadata, "model.gru.bias_hh_l0", offset=first.offset, length=first.length,
+                 relative_path=spelling + first.relative_path)
+
+
+def test_one_file_under_several_names_meets_in_the_overlap_check(plain: tuple[Path, dict[str, Any]],
+                                                                 tmp_path: Path) -> None:
+    """The same bytes listed under two spellings of one file ('./', '//'), through a symbolic link to the folder,
+    or through a hard link, are refused as overlapping; a file spelled './x' alone is read as 'x'."""
+    source = plain[0]
+    for case, spelling in (("dot", "./"), ("slashes", ".//"), ("link", "same/"), ("hard", "hard-")):
+        folder = _edited(source, tmp_path / case, lambda metadata, spelling=spelling: _aliased_metadata(metadata,
+                                                                                                       spelling))
+        (folder / "same").symlink_to(".")
+        for path in list(folder.glob("__*.distcp")):
+            os.link(path, folder / f"hard-{path.name}")
+        with pytest.raises(CheckpointError, match="overlap") as caught:
+            open_dcp(folder)
+        assert "\n" not in str(caught.value)
+
+    def dotted(metadata: Any) -> None:
+        for value in metadata.storage_data.values():
+            value.relative_path = "./" + value.relative_path
+
+    with open_dcp(_edited(source, tmp_path / "dotted", dotted)) as folder, open_dcp(source) as original:
+        assert folder.layout.files() == original.layout.files()
+        names = list(original.layout.tensors)
+        assert all(_raw(mine) == _raw(theirs) for mine, theirs in zip(folder.arrays(names).values(),
+                                                                      original.arrays(names).values(), strict=True))
+
+
+def test_force_replaces_an_earlier_output_only(plain: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """--force may replace an earlier DCP output (the input's files plus rnninit.json); not a folder holding
+    anything else, and a model folder's output holding an rnninit.json is still someone else's."""
+    from rnninit_cli.checkpoint import check_output
+
+    source, output = plain[0], tmp_path / "out"
+    with open_dcp(source) as folder:
+        folder.write(output, {}, {"rnninit.seed": "1"})
+    with pytest.raises(OutputError, match="already exists"):
+        check_output(source, output, force=False, in_place=False)
+    check_output(source, output, force=True, in_place=False)
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"notes\.txt"):
+        check_output(source, output, force=True, in_place=False)
+    model, other = tmp_path / "model", tmp_path / "other"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"")
+    shutil.copytree(model, other)
+    (other / "rnninit.json").write_text("{}")
+    with pytest.raises(OutputError, match=r"rnninit\.json"):
+        check_output(model, other, force=True, in_place=False)
+
+
+def _chunked(folder: Path, shape: tuple[int, ...], chunks: list[tuple[tuple[int, ...], torch.Tensor]]) -> Path:
+    """A DCP folder of one float32 tensor "x" of `shape`, made of the given (offsets, saved tensor) chunks."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    folder.mkdir()
+    entries, places = [], {}
+    with open(folder / "__0_0.distcp", "wb") as handle:
+        for offsets, tensor in chunks:
+            blob = _saved(tensor)
+            places[MetadataIndex(fqn="x", offset=torch.Size(offsets))] = _StorageInfo(
+                relative_path="__0_0.distcp", offset=handle.tell(), length=len(blob))
+            handle.write(blob)
+            entries.append(ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=tensor.shape))
+    entry = TensorStorageMetadata(properties=TensorProperties(dtype=torch.float32), size=torch.Size(shape),
+                                  chunks=entries)
+    (folder / ".metadata").write_bytes(pickle.dumps(Metadata(state_dict_metadata={"x": entry}, storage_data=places)))
+    return folder
+
+
+def test_broadcast_chunks_are_refused_before_allocating(tmp_path: Path) -> None:
+    """A chunk saved as an expand()ed view claiming more than BROADCAST_LIMIT elements is refused, like a .pt's; so
+    is a tensor whose chunks, each under the limit, claim more than the limit beyond what they store together. A
+    small broadcast chunk is read as the values it shows, and never patched. A chunk stored smaller than declared is
+    refused before the declared tensor (4 TiB) is allocated."""
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    from rnninit_cli.checkpoint import BROADCAST_LIMIT
+
+    large = _chunked(tmp_path / "large", (BROADCAST_LIMIT + 1,), [((0,), torch.ones(1).expand(BROADCAST_LIMIT + 1))])
+    half = BROADCAST_LIMIT // 2 + 1
+    halves = _chunked(tmp_path / "halves", (2 * half,), [((0,), torch.ones(1).expand(half)),
+                                                         ((half,), torch.ones(1).expand(half))])
+    for folder, expected in ((large, "the chunk of x at [0]"), (halves, "x is a broadcast view")):
+        with open_dcp(folder) as opened:
+            for read in (opened.arrays, opened.load):
+                with pytest.raises(CheckpointError, match="broadcast view") as caught:
+                    read(["x"])
+                assert expected in str(caught.value) and "\n" not in str(caught.value)
+    small = _chunked(tmp_path / "small", (6,), [((0,), torch.full((1,), 2.0).expand(3)), ((3,), torch.ones(3))])
+    with open_dcp(small) as opened:
+        assert opened.arrays(["x"])["x"].tolist() == [2, 2, 2, 1, 1, 1]
+        with pytest.raises(CheckpointError, match="strides"):
+            opened.write(tmp_path / "out", {"x": torch.zeros(6)}, {})
+    side = 1 << 20
+
+    def declare_huge(metadata: Any) -> None:  # [2^21, 2^20] float32 over the chunks' 6 stored elements
+        entry = metadata.state_dict_metadata["x"]
+        entry.size = torch.Size([2 * side, side])
+        places = list(metadata.storage_data.values())
+        metadata.storage_data = {}
+        for index, (chunk, place) in enumerate(zip(entry.chunks, places, strict=True)):
+            chunk.sizes, chunk.offsets = torch.Size([side, side]), torch.Size([index * side, 0])
+            metadata.storage_data[MetadataIndex(fqn="x", offset=chunk.offsets)] = place
+
+    with open_dcp(_edited(small, tmp_path / "declared", declare_huge)) as opened:
+        for read in (opened.arrays, opened.load):
+            with pytest.raises(CheckpointError, match=r"stored with shape \[3\]"):
+                read(["x"])

@@ -157,3 +157,12 @@ def test_inspect_plot_without_matplotlib_says_how_to_get_it(tmp_path: Path, monk
     assert result.exit_code == 2
     assert "rnninit[plot]" in result.stderr
     assert not image.exists()
+
+
+def test_diff_of_checkpoints_without_a_common_layer_says_so(tmp_path: Path) -> None:
+    lstm, gru = tmp_path / "lstm.pt", tmp_path / "gru.pt"
+    torch.save(torch.nn.LSTM(2, 3).state_dict(), lstm)
+    torch.save({f"other.{name}": value for name, value in torch.nn.GRU(2, 3).state_dict().items()}, gru)
+    result = _run("diff", lstm, gru)
+    assert result.exit_code == 1
+    assert result.stdout.strip().splitlines()[-1].endswith(f"no layer in common (1 only in {lstm}, 1 only in {gru})")
