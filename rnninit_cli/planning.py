@@ -201,8 +201,19 @@ def _check_arguments(rule: Rule) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise RuleError(f"rule {rule}: {key} must be a finite number, got {format_value(value)}; change the rule")
     problem = ""
+    largest = 3.4028234663852886e38  # float32's: the draws are made in float32 (apply's probe refuses beyond it)
     if spec.name == "uniform" and float(args["a"]) > float(args["b"]):
         problem = f"a = {format_value(args['a'])} > b = {format_value(args['b'])}"
+    elif spec.name == "uniform" and max(abs(float(args["a"])), abs(float(args["b"]))) > largest:
+        problem = "a bound beyond float32's range, in which the values are drawn"
+    elif spec.name == "constant" and abs(float(args["value"])) > largest:
+        problem = f"value = {format_value(args['value'])} beyond float32's range, in which the values are drawn"
+    elif spec.name in ("xavier_uniform", "xavier_normal") and float(args["gain"]) < 0:
+        problem = f"gain = {format_value(args['gain'])} < 0 (a negative bound or standard deviation)"
+    elif spec.name == "xavier_uniform" and float(args["gain"]) * math.sqrt(1.5) > largest:  # as the 2×2 probe
+        problem = f"gain = {format_value(args['gain'])} puts the bound beyond float32's range"
+    elif spec.name == "chrono" and float(args["tmax"]) - 1 > largest:
+        problem = f"tmax = {format_value(args['tmax'])} beyond float32's range, in which the values are drawn"
     elif spec.name == "normal" and float(args["std"]) < 0:
         problem = f"std = {format_value(args['std'])} < 0"
     elif spec.name == "chrono" and not float(args["tmax"]) > 2:

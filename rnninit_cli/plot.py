@@ -49,16 +49,22 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
             if column < len(weights):
                 block = weights[column]
                 values = _finite_float64(tensors[block.name][block.start:block.stop])
-                top.hist(values.reshape(-1), bins=40, color="tab:blue")
+                _histogram(top, values.reshape(-1), bins=40, color="tab:blue")
                 name = f"{block.name.removeprefix(layer.layer.prefix)} {block.gate or ''}"
                 top.set_title(f"{_wrap(name)}\n{_wrap(block.family.label)}", fontsize=7)
-                bottom.plot(np.linalg.svd(values, compute_uv=False), marker=".", color="tab:orange")
+                with np.errstate(all="ignore"):
+                    try:
+                        spectrum = np.linalg.svd(values, compute_uv=False)
+                    except (np.linalg.LinAlgError, ValueError):  # values near float64's maximum
+                        spectrum = np.zeros(0)
+                if spectrum.size and np.isfinite(spectrum).all():
+                    bottom.plot(spectrum, marker=".", color="tab:orange")
                 bottom.set_title("singular values", fontsize=7)
             elif column == len(weights) and biases:
                 for axis, kind in ((top, "bias_ih"), (bottom, "bias_hh")):
                     for block in (b for b in biases if b.kind == kind):
                         values = _finite_float64(tensors[block.name][block.start:block.stop])
-                        axis.hist(values, bins=20, alpha=0.6, label=block.gate or kind)
+                        _histogram(axis, values, bins=20, alpha=0.6, label=block.gate or kind)
                     axis.set_title(kind, fontsize=7)
                     axis.legend(fontsize=6)
             else:
@@ -66,6 +72,22 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
                 bottom.axis("off")
     atomic_write(output, lambda sink: figure.savefig(sink, format="png", dpi=90))
     pyplot.close(figure)
+
+
+def _histogram(axis: Any, values: np.ndarray, **options: Any) -> None:
+    """A histogram, unless the values' range exceeds float64 (±1.7e308: no bin width exists), then a note."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        span = float(values.max() - values.min()) if values.size else 0.0
+    if np.isfinite(span):
+        try:
+            axis.hist(values, **options)
+            return
+        except ValueError:  # a range too narrow for the bins at this magnitude (1e16 + {0, 2, 4})
+            pass
+    axis.text(0.5, 0.5, "no histogram of\nthese values", ha="center", va="center", fontsize=6,
+              transform=axis.transAxes)
 
 
 def _finite_float64(values: Any) -> np.ndarray:

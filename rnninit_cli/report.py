@@ -52,17 +52,20 @@ def known_stats(diagnosis: LayerDiagnosis | None) -> dict[tuple[str, int], Stats
             for b in diagnosis.blocks if b.nan == b.inf == 0}
 
 
-def param_document(layer: Layer, kind: str, tensors: Tensors, known: Known | None = None) -> dict[str, Any]:
+def param_document(layer: Layer, kind: str, tensors: Tensors, known: Known | None = None, *,
+                   as_json: bool = True) -> dict[str, Any]:
+    """A parameter's shape, dtype and per-block statistics (non-finite ones as None when `as_json`)."""
     name = layer.params[kind]
     tensor = tensors[name]
     known = known or {}
+    shown_stats = _json_stats if as_json else dict
     return {
         "name": name,
         "kind": kind,
         "shape": list(tensor.shape),
         "dtype": str(tensor.dtype).removeprefix("torch."),
         "blocks": [{"gate": block.gate,
-                    **_json_stats(known.get((name, block.start)) or block_stats(tensor[block.start:block.stop]))}
+                    **shown_stats(known.get((name, block.start)) or block_stats(tensor[block.start:block.stop]))}
                    for block in layer.blocks(kind)],
     }
 
@@ -232,7 +235,7 @@ def inspect_table(
     found = {} if diagnosis is None else {(b.name, b.start): b for b in diagnosis.blocks}
     known = known_stats(diagnosis)
     for kind in kinds:
-        doc = param_document(layer, kind, tensors, known)
+        doc = param_document(layer, kind, tensors, known, as_json=False)  # inf shown as inf, not as a missing value
         for index, (block, spec) in enumerate(zip(doc["blocks"], layer.blocks(kind), strict=True)):
             first = index == 0
             cells = [shown(_short(doc["name"], layer)) if first else "", block["gate"] or "-"]

@@ -85,7 +85,7 @@ SAFETENSORS_TORCH_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
     "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
     "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2": "float8_e5m2", "F8_E5M2FNUZ": "float8_e5m2fnuz", "C64": "complex64",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "F8_E8M0": "float8_e8m0fnu",
 }
 _U64 = 1 << 64
 _JSON_DEPTH = 127  # serde_json's recursion limit (128) counts the containers' levels from 1

@@ -47,7 +47,7 @@ def to_array(values: Any) -> np.ndarray:
     if _is_torch(values):
         import torch
 
-        tensor = values.detach().to("cpu")
+        tensor = values.detach().to("cpu").resolve_conj().resolve_neg()  # numpy() refuses those lazy bits
         name = str(tensor.dtype).removeprefix("torch.")
         if tensor.dtype in (torch.bfloat16,) or name.startswith("float8"):
             import ml_dtypes
@@ -170,7 +170,11 @@ def summarize(values: Any) -> Summary:
     """The Summary of any array or tensor, in float64, one chunk at a time: one pass, or two when the values are so
     large or small (beyond 2^±500) that their squares need scaling."""
     summary = _accumulate(values, 1.0)
-    scale = safe_scale(summary.max_abs) if summary.finite else 1.0
+    if not summary.finite:
+        return summary
+    scale = safe_scale(summary.max_abs)
+    if scale == 1.0 and not (math.isfinite(summary.squares) and math.isfinite(summary.centred)):
+        scale = power_of_two_scale(summary.max_abs)  # many values near 2^500: their squares' sum overflows
     return summary if scale == 1.0 else _accumulate(values, scale)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..stats import Summary, as_float64, combine, dtype_name, safe_scale, summarize, to_array
-from .checks import Verdict, _unit_roundoff
+from .checks import Verdict, _unit_roundoff, check_constant
 from .orthogonality import (
     _Gram,
     _orthogonal_verdict,
@@ -139,6 +139,8 @@ class _Cache:
         already fail it (the same decision, in O(size)), from the Gram matrix otherwise."""
         values = self._values(name, start, stop)
         key = (name, start, stop)
+        if gain == 0:  # 0·Q = 0: exactly, not through BᵀB, which underflows to 0 for entries of 1e-170
+            return check_constant(values, 0.0, summary=self.summary(*key))
         if key not in self._grams and values.ndim == 2 and values.size and not self.summary(*key).nonfinite:
             verdict = diagonal_verdict(self._diagonal(key), safe_scale(self.summary(*key).max_abs), gain, tolerance)
             if verdict is not None:

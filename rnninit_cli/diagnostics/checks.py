@@ -233,9 +233,12 @@ def _nonfinite(values: Any, summary: Summary | None = None) -> Verdict | None:
     return Verdict(False, True, f"{bad} NaN/Inf value(s)") if bad else None
 
 
+_TINIEST = math.ulp(0.0)  # the smallest subnormal: a slack for bounds of 0, negligible beside any other
+
+
 def _slack(u: float, magnitude: float) -> float:
     """Float rounding allowance: bounds and values may each be one rounding (u) off, 4u·|magnitude| in all."""
-    return 4 * u * abs(magnitude) + 1e-300
+    return 4 * u * abs(magnitude) + _TINIEST
 
 
 @quiet_floats
@@ -263,6 +266,9 @@ def check_uniform(values: Any, low: float, high: float, u: float = 0.0, *,
     width = high - low
     if width <= 0:
         return check_constant(values, low, u, summary=stats)
+    if not math.isfinite(width):
+        return Verdict(False, True, f"U({_fmt(low)}, {_fmt(high)}) is wider than float64 can hold: no draw is "
+                                    "consistent with it")
     slack = _slack(u, max(abs(low), abs(high)))
     smallest, largest = stats.minimum, stats.maximum
     decided = n >= MIN_SAMPLES

@@ -30,6 +30,7 @@ from .checks import (
     orthogonal_tolerance,
 )
 from .formatting import _fmt
+from .orthogonality import orthogonality_decidable
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def _structured(entry: PlanEntry, cache: _Cache) -> str:
     for start, stop, what in ((entry.start, entry.stop, "block is orthogonal"),
                               (None, None, "whole matrix is orthogonal")):
         values = cache.whole(entry.name)[start:stop]
-        if values.ndim == 2 and min(values.shape) >= 3 \
+        if values.ndim == 2 and min(values.shape) >= 3 and orthogonality_decidable(values.shape, tolerance) \
                 and cache.orthogonal_gain(entry.name, start, stop, tolerance) is not None:
             return what
     return ""

@@ -25,6 +25,7 @@ from .checks import (
     orthogonal_tolerance,
 )
 from .formatting import _fmt
+from .orthogonality import orthogonality_decidable
 
 UNDETERMINED = "undetermined"
 _LARGEST_LOG = 709.0  # math.exp overflows (OverflowError) just above 709.78
@@ -109,8 +110,11 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
         if scale != 0 and check_identity(values, scale, u, summary=summary).ok:
             return Family(f"identity({_fmt(scale)})", (f"identity({_fmt(scale)})",), True)
         tolerance = orthogonal_tolerance(cache.dtype(block.name))
-        own = cache.orthogonal_gain(block.name, block.start, block.stop, tolerance)
-        entire = None if single else cache.orthogonal_gain(block.name, None, None, tolerance)
+        # in low precision (float8, thin bfloat16 blocks) i.i.d. values meet the tolerance by chance: no claim
+        own = cache.orthogonal_gain(block.name, block.start, block.stop, tolerance) \
+            if orthogonality_decidable(values.shape, tolerance) else None
+        entire = None if single or not orthogonality_decidable(whole.shape, tolerance) else \
+            cache.orthogonal_gain(block.name, None, None, tolerance)
         gate_label = "orthogonal" if single else "orthogonal per gate"
         if own is not None:
             exact.append(gate_label + ("" if math.isclose(own, 1, abs_tol=tolerance) else f" (gain {_fmt(own)})"))

@@ -14,6 +14,7 @@ from .cache import _Cache
 from .checks import MIN_SAMPLES, check_uniform, orthogonal_tolerance
 from .families import UNDETERMINED
 from .formatting import _fmt
+from .orthogonality import orthogonality_decidable
 
 if TYPE_CHECKING:
     from .diagnosis import LayerDiagnosis
@@ -96,8 +97,11 @@ def _param_scope(layer: Layer, kind: str, cache: _Cache) -> tuple[str | None, st
     if any(summary.nonfinite for summary in summaries):
         return None, ""
     tolerance = orthogonal_tolerance(cache.dtype(name))
-    gains = [cache.orthogonal_gain(b.name, b.start, b.stop, tolerance) for b in blocks]
-    entire = cache.orthogonal_gain(name, None, None, tolerance)
+    gains = [cache.orthogonal_gain(b.name, b.start, b.stop, tolerance)
+             if orthogonality_decidable(v.shape, tolerance) else None for b, v in zip(blocks, values, strict=True)]
+    whole_shape = cache.whole(name).shape
+    entire = cache.orthogonal_gain(name, None, None, tolerance) if orthogonality_decidable(whole_shape, tolerance) \
+        else None
     per_gate = all(gain is not None for gain in gains)
     # Stacked orthogonal gate blocks are orthogonal as a whole with gain √G: that is still per gate.
     whole = entire is not None and not (per_gate and any(not math.isclose(g or 0, entire, rel_tol=tolerance)

@@ -133,6 +133,19 @@ def scaled_orthogonal_gain(parts: _Gram | None, tolerance: float) -> float | Non
     return math.sqrt(scale2) * scale if error <= tolerance else None
 
 
+def orthogonality_decidable(shape: tuple[int, ...], tolerance: float, alpha: float = 1e-6) -> bool:
+    """Whether passing max|G/g² − I| ≤ tolerance shows structure: i.i.d. columns of length L (the long side) have
+    normalized inner products and norm deviations of about 1/√L, so each of the m = k(k+1)/2 − 1 constraints of a
+    k-wide block holds by chance with probability about p = min(1, 0.8·tolerance·√L), all of them with p^m; the
+    block is evidence of orthogonality only when p^m < alpha. (bfloat16's tolerance 8u = 0.031 is met by chance by
+    the 2048-long columns of a (2048, 3) block, not by a 128×128 one.)"""
+    if len(shape) != 2 or min(shape) < 2:
+        return False
+    chance = min(1.0, 0.8 * tolerance * math.sqrt(max(shape)))
+    constraints = min(shape) * (min(shape) + 1) // 2 - 1
+    return chance < 1 and constraints * math.log(chance) < math.log(alpha)
+
+
 def diagonal_rules_out_orthogonal(diagonal: np.ndarray, tolerance: float) -> bool:
     """True when the squared column (row) norms alone show G ≉ g²I: some |dᵢ/mean d − 1| exceeds the tolerance by
     more than rounding (the Gram matrix's own diagonal may differ from these sums in the last bits)."""
