@@ -284,14 +284,19 @@ def require_regular_file(path: Path) -> None:
                               "feed it through standard input with -")
 
 
-def load_checkpoint(source: str | Path, data: bytes | None = None) -> Checkpoint:
-    """Load a `torch.save` or `.safetensors` checkpoint, recognised by content, from a path or '-'."""
+def _read_and_detect(source: str | Path, data: bytes | None) -> tuple[bytes, str, str]:
+    """(the bytes, the name for messages, "pt" or "safetensors") of a path or '-' (or of `data`, its bytes)."""
     data = read_input(source) if data is None else data
     name = str(source)
     try:
-        fmt = detect_format(data[:16], len(data))
+        return data, name, detect_format(data[:16], len(data))
     except CheckpointError as error:
         raise CheckpointError(f"{name}: {error}") from None
+
+
+def load_checkpoint(source: str | Path, data: bytes | None = None) -> Checkpoint:
+    """Load a `torch.save` or `.safetensors` checkpoint, recognised by content, from a path or '-'."""
+    data, name, fmt = _read_and_detect(source, data)
     if fmt == "pt":
         return _load_pt(data, name)
     return _load_safetensors(data, name)
@@ -475,12 +480,7 @@ class ArrayCheckpoint:
 def read_checkpoint(source: str | Path, data: bytes | None = None) -> ArrayCheckpoint:
     """`load_checkpoint` without torch: a `torch.save` file (zip, legacy), TorchScript archive or `.safetensors`
     file read whole from a path or '-' (or from `data`, its bytes), every check of the whole-load path kept."""
-    data = read_input(source) if data is None else data
-    name = str(source)
-    try:
-        fmt = detect_format(data[:16], len(data))
-    except CheckpointError as error:
-        raise CheckpointError(f"{name}: {error}") from None
+    data, name, fmt = _read_and_detect(source, data)
     if fmt == "safetensors":
         header_size = safetensors_header_size(data[:8], len(data), name)
         header = validate_safetensors_header(data[8:8 + header_size], len(data), name)

@@ -28,7 +28,6 @@ import os
 import shutil
 import struct
 import zipfile
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -37,18 +36,25 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from .checkpoint import (
     METADATA_RECORD,
     TensorShape,
-    create_temporary_folder,
     current_umask,
     first_line,
     merge_metadata,
     refuse_broadcast,
     string_map,
-    write_failure,
 )
 from .errors import CheckpointError, OutputError, UnsafeCheckpointError
-from .folders import _fsync_file, _replace_folder
+from .folders import _fsync_file, build_folder
 from .safety import PICKLE_RECORD_LIMIT, SMALL_RECORD_LIMIT, check_zip_records, read_record
-from .tensorfile import CannotPatch, Record, _zip_records, copy_range, open_regular, read_exactly
+from .tensorfile import (
+    CannotPatch,
+    Record,
+    _crc_of,
+    _pwrite_tensor,
+    _zip_records,
+    copy_range,
+    open_regular,
+    read_exactly,
+)
 from .unpickle import (
     DTYPES,
     DtypeRef,
@@ -62,6 +68,7 @@ from .unpickle import (
     check_small_record,
     dangerous,
     hostile_message,
+    is_contiguous,
     key_text,
     numpy_dtype,
     storage_from_id,
@@ -475,12 +482,7 @@ class StoredChunk:
 
     @property
     def contiguous(self) -> bool:
-        expected = 1
-        for size, stride in reversed(list(zip(self.chunk.sizes, self.stride, strict=True))):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
+        return is_contiguous(self.chunk.sizes, self.stride)
 
 
 def _index_chunk(descriptor: int, tensor: DcpTensor, chunk: Chunk, where: str) -> StoredChunk:
@@ -732,12 +734,8 @@ class DcpFolder:
         (and their zip records' CRC-32s), plus rnninit.json. It is built beside OUTPUT and renamed into place;
         the input is never touched."""
         patches = self._patches(updates)
-        try:
-            staging = create_temporary_folder(output.parent)
-        except OSError as error:
-            raise OutputError(f"cannot write in {output.parent}: {error.strerror or error}") from None
-        try:
-            os.chmod(staging, 0o777 & ~current_umask())
+
+        def fill(staging: Path) -> None:
             self._copy_into(staging)
             _patch(staging, patches)
             recorded = merge_metadata(self.recorded, metadata)
@@ -747,13 +745,8 @@ class DcpFolder:
                 target.write_text(json.dumps(recorded, sort_keys=True, indent=1) + "\n")
                 os.chmod(target, 0o666 & ~current_umask())
                 _fsync_file(target)
-            _replace_folder(staging, output, self.path)
-        except BaseException as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            failed = write_failure(error)
-            if failed is not None:
-                raise OutputError(f"cannot write {output}: {failed.strerror or failed}") from None
-            raise
+
+        build_folder(output, self.path, fill)
 
     def _copy_into(self, staging: Path) -> None:
         """Every file of the input folder into `staging`: those .metadata names (and .metadata itself) as the
@@ -789,7 +782,7 @@ def _patch(staging: Path, patches: list[tuple[StoredChunk, torch.Tensor]]) -> No
         descriptor = os.open(staging / name, os.O_RDWR)
         try:
             for stored, value in items:
-                _pwrite_elements(descriptor, value, stored.first)
+                _pwrite_tensor(descriptor, value, stored.first)
             for record in {id(stored.record): stored.record for stored, _ in items}.values():
                 crc = struct.pack("<I", _crc_of(descriptor, record.data_start, record.size))
                 for position in record.crc_positions:
@@ -797,27 +790,6 @@ def _patch(staging: Path, patches: list[tuple[StoredChunk, torch.Tensor]]) -> No
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-
-
-def _pwrite_elements(descriptor: int, value: torch.Tensor, position: int) -> None:
-    import torch
-
-    flat = value.contiguous().reshape(-1)
-    data = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
-    while data:
-        written = os.pwrite(descriptor, data, position)
-        data, position = data[written:], position + written
-
-
-def _crc_of(descriptor: int, start: int, size: int) -> int:
-    crc = 0
-    while size > 0:
-        chunk = os.pread(descriptor, min(size, 16 << 20), start)
-        if not chunk:
-            raise CheckpointError("unexpected end of file while updating a zip record's CRC-32")
-        crc = zlib.crc32(chunk, crc)
-        start, size = start + len(chunk), size - len(chunk)
-    return crc
 
 
 # --- opening ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -128,12 +128,8 @@ class ModelFolder:
 
     def write(self, output: Path, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         """Build the output folder beside OUTPUT, then swap it into place (replacing OUTPUT)."""
-        try:
-            staging = create_temporary_folder(output.parent)
-        except OSError as error:
-            raise OutputError(f"cannot write in {output.parent}: {error.strerror or error}") from None
-        try:
-            os.chmod(staging, 0o777 & ~current_umask())
+
+        def fill(staging: Path) -> None:
             by_shard = self._by_shard(updates)
             for source in sorted(self.path.rglob("*")):
                 relative = source.relative_to(self.path)
@@ -161,13 +157,8 @@ class ModelFolder:
                     shutil.copyfile(source, target)
                 shutil.copymode(source, target)
                 _fsync_file(target)
-            _replace_folder(staging, output, self.path)
-        except BaseException as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            failed = write_failure(error)
-            if failed is not None:
-                raise OutputError(f"cannot write {output}: {failed.strerror or failed}") from None
-            raise
+
+        build_folder(output, self.path, fill)
 
     def write_in_place(self, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         """--in-place: write each shard that changes to a temporary file beside it, then rename them all
@@ -213,6 +204,26 @@ def _entries(folder: Path) -> dict[str, str]:
     """Relative path → kind of everything in `folder` (the finished new folder: regular files and folders)."""
     return {path.relative_to(folder).as_posix(): "a folder" if path.is_dir() else "a regular file"
             for path in folder.rglob("*")}
+
+
+def build_folder(output: Path, source: Path, fill: Callable[[Path], None]) -> None:
+    """Write a folder at OUTPUT atomically: `fill` writes a temporary folder beside it, which then replaces OUTPUT
+    (see `_replace_folder`; `source` is the input, never replaced). On any failure the temporary folder is removed
+    and nothing at OUTPUT changes; OSErrors become one OutputError."""
+    try:
+        staging = create_temporary_folder(output.parent)
+    except OSError as error:
+        raise OutputError(f"cannot write in {output.parent}: {error.strerror or error}") from None
+    try:
+        os.chmod(staging, 0o777 & ~current_umask())
+        fill(staging)
+        _replace_folder(staging, output, source)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        failed = write_failure(error)
+        if failed is not None:
+            raise OutputError(f"cannot write {output}: {failed.strerror or failed}") from None
+        raise
 
 
 def _replace_folder(staging: Path, output: Path, source: Path) -> None:

@@ -56,6 +56,7 @@ from .unpickle import (
     TensorRef,
     array_from_bytes,
     check_small_record,
+    is_contiguous,
     read_code,
     script_tensors,
     storage_from_id,
@@ -97,12 +98,7 @@ class Location:
 
     @property
     def contiguous(self) -> bool:
-        expected = 1
-        for size, stride in reversed(list(zip(self.shape, self.stride, strict=True))):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
+        return is_contiguous(self.shape, self.stride)
 
     @property
     def span(self) -> tuple[int, int]:

@@ -875,13 +875,14 @@ def array_from_bytes(raw: bytes | bytearray | memoryview, dtype: str, shape: tup
     if 0 in shape:
         return np.empty(shape, dtype=kind)
     flat = np.frombuffer(raw, dtype=kind)
-    if _contiguous(shape, stride) and flat.size == math.prod(shape):
+    if is_contiguous(shape, stride) and flat.size == math.prod(shape):
         return flat.reshape(shape)  # no copy: a read-only view that keeps `raw` alive
     view = np.lib.stride_tricks.as_strided(flat, shape, tuple(s * kind.itemsize for s in stride), writeable=False)
     return np.array(view)  # a copy of its own, laid out contiguously
 
 
-def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether elements of `shape` at `stride` (in elements) lie in row-major order without gaps."""
     expected = 1
     for size, step in reversed(list(zip(shape, stride, strict=True))):
         if size != 1 and step != expected:

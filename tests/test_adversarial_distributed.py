@@ -21,7 +21,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 import zipfile
 from datetime import timedelta
@@ -30,6 +29,7 @@ from typing import Any
 
 import pytest
 import torch
+from ranks import wait_for_ranks
 from torch import nn
 
 import rnninit_cli
@@ -200,21 +200,7 @@ def _launch(folder: Path, world: int, cases: list[str]) -> list[dict[str, Any]]:
                                    ",".join(cases)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, preexec_fn=_limit(RANK_MEMORY))
                  for rank in range(world)]
-    deadline = time.monotonic() + DEADLINE_S
-    outputs = []
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(output.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for process in processes:
-            process.kill()
-            process.communicate()
-        pytest.fail(f"{world} ranks did not finish within {DEADLINE_S} s")
-    failed = [f"rank {rank}: {process.returncode}\n{output[-3000:]}"
-              for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)) if process.returncode]
-    if failed:
-        pytest.fail("\n".join(failed))
+    wait_for_ranks(processes, DEADLINE_S)
     return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
 
 

@@ -13,13 +13,13 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from ranks import wait_for_ranks
 from torch import nn
 
 import rnninit_cli
@@ -168,21 +168,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   preexec_fn=_limit_memory)
                  for rank in range(WORLD)]
-    deadline = time.monotonic() + DEADLINE_S
-    outputs = []
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(output.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for process in processes:
-            process.kill()
-            process.communicate()
-        pytest.fail(f"the {WORLD} ranks did not finish within {DEADLINE_S} s (hung rendezvous or collective?)")
-    failed = [f"rank {rank} exited with {process.returncode}:\n{output[-3000:]}"
-              for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)) if process.returncode]
-    if failed:
-        pytest.fail("\n".join(failed))
+    wait_for_ranks(processes, DEADLINE_S)
     return [torch.load(folder / f"rank{rank}.pt") for rank in range(WORLD)]
 
 
