@@ -55,6 +55,7 @@ def _rank(rank: int, store: str, output: str) -> None:
             print(f"{len(plan.layers)} recurrent layers sharded over {WORLD} ranks, scheme keras, seed {plan.seed}: "
                   f"the assembled tensors equal a single-process init_: {same}")
         dcp.save(model.state_dict(), checkpoint_id=output)
+        dist.barrier()  # neither rank closes its gloo connections while the other still reads from them
     finally:
         dist.destroy_process_group()
 

@@ -4,13 +4,43 @@
     >>> lstm = torch.nn.LSTM(8, 16, num_layers=2, bidirectional=True)
     >>> plan = rnninit_cli.init_(lstm, "keras", seed=0)
 
-Names are imported lazily so that `import rnninit_cli` (and `rnninit --help`) does not load torch.
+Names are imported lazily so that `import rnninit_cli` (and `rnninit --help`) does not load torch. Run as the
+`rnninit` command, the package takes over SIGINT and SIGTERM before anything else is imported.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import os
+import signal
+import sys
+
+_SCRIPT_NAMES = {"rnninit", "rnninit-script.py", "rnninit-script.pyw"}
+
+
+def _started_as_command() -> bool:
+    """Whether this interpreter runs the `rnninit` command (its console script, or `python -m rnninit_cli`)
+    rather than a program that imports the library: only the command may take over SIGINT and SIGTERM."""
+    if sys.argv[:1] == ["-m"]:  # `python -m` is still locating its module, one of this package's
+        return any(arg.endswith(("rnninit_cli", "rnninit_cli.__main__", "rnninit_cli.cli")) for arg in sys.orig_argv)
+    return os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "") in _SCRIPT_NAMES
+
+
+def _stop_at_once(signum: int, _frame: object) -> None:
+    """SIGINT or SIGTERM before a command's work begins: one `error: interrupted` line, exit 128 + signum."""
+    # nothing to clean up yet; an exception raised here could be swallowed by an import or leave a module half made
+    try:
+        os.write(2, b"error: interrupted\n")
+    finally:
+        os._exit(128 + signum)
+
+
+if _started_as_command():  # as early as rnninit's own code can: the imports of typer, rich and torch come later
+    signal.signal(signal.SIGINT, _stop_at_once)
+    signal.signal(signal.SIGTERM, _stop_at_once)
+
+# after the handlers: a signal during these imports must not print a traceback either
+import importlib  # noqa: E402
+from typing import Any  # noqa: E402
 
 __version__ = "0.1.0"
 

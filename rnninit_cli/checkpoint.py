@@ -24,6 +24,7 @@ import threading
 import warnings
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from .unpickle import (
     Builders,
     Foreign,
     PickledFile,
+    QTensorRef,
     TensorRef,
     array_from_bytes,
     foreign_classes,
@@ -54,6 +56,7 @@ from .unpickle import (
     read_file,
     tensor_array,
     tensor_span,
+    view_span,
 )
 
 if TYPE_CHECKING:
@@ -127,9 +130,9 @@ class Checkpoint:
         """(storage id, first byte, last byte + 1) of every tensor, to find tensors that share memory."""
         spans = {}
         for name, tensor in self.tensors.items():
-            storage = tensor.untyped_storage()
-            start = tensor.storage_offset() * tensor.element_size()
-            spans[name] = (storage.data_ptr(), start, start + tensor.numel() * tensor.element_size())
+            first, stop = view_span(tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+            size = tensor.element_size()
+            spans[name] = (tensor.untyped_storage().data_ptr(), first * size, stop * size)
         return spans
 
     def drop(self, paths: Iterable[str]) -> None:
@@ -204,16 +207,15 @@ def walk(node: Any, prefix: str, aliases: list[tuple[str, str]] | None = None) -
     containers, or when two leaves get the same name (a key "model/x" beside {"model": {"x": ...}}): one
     of them would be lost."""
     limit = max_entries()
-    walked: dict[int, str] = {}  # id of a container → the path it was first reached by
+    walked: dict[int, tuple[str, Any]] = {}  # id of a container → (the path it was first reached by, it)
     named: dict[str, tuple[str, Any]] = {}  # leaf path → (its container's path, its key), to name collisions
-    count = 0
-    stack: list[tuple[str, Any, int, str, Any]] = [(prefix, node, 0, "", None)]
+    count = 1
+    # (path of the container, key in it, value, depth): a child's own path is made when it is reached, so a wide
+    # container costs one small tuple a child, counted against the limit before any is made
+    stack: list[tuple[str, Any, Any, int]] = [(prefix, _ROOT, node, 0)]
     while stack:
-        path, value, depth, parent, key = stack.pop()
-        count += 1
-        if count > limit:
-            raise CheckpointError(f"the checkpoint holds more than {limit} entries (tensors, values and "
-                                  f"containers); refused. Set {MAX_ENTRIES_VARIABLE} to allow more")
+        parent, key, value, depth = stack.pop()
+        path = parent if key is _ROOT else join(parent, key)
         if isinstance(value, dict):
             items: Any = value.items()
         elif isinstance(value, (list, tuple)):
@@ -224,18 +226,45 @@ def walk(node: Any, prefix: str, aliases: list[tuple[str, str]] | None = None) -
             if path in named:
                 raise CheckpointError(f"two entries are both named {path!r}: {_describe(*named[path])} and "
                                       f"{_describe(parent, key)}; rename one (one of them would be lost)")
-            named[path] = (parent, key)
+            named[path] = (parent if key is not _ROOT else "", None if key is _ROOT else key)
             yield path, value
             continue
         if id(value) in walked:
             if aliases is not None:
-                aliases.append((path, walked[id(value)]))
+                aliases.append((path, walked[id(value)][0]))
             continue
-        walked[id(value)] = path
+        walked[id(value)] = (path, value)  # the value kept alive: a freed temporary's id would be reused
         if depth >= MAX_NESTING:
             raise CheckpointError(f"the checkpoint's containers are nested deeper than {MAX_NESTING} levels "
                                   f"(at {path[:200]!r}...); refused")
-        stack.extend(reversed([(join(path, child), item, depth + 1, path, child) for child, item in items]))
+        count += len(value) if not isinstance(value, Foreign) else len(items)
+        if count > limit:
+            raise CheckpointError(f"the checkpoint holds more than {limit} entries (tensors, values and "
+                                  f"containers); refused. Set {MAX_ENTRIES_VARIABLE} to allow more")
+        stack.extend(reversed([(path, child, item, depth + 1) for child, item in items]))
+
+
+_ROOT = object()  # the key of the walk's starting node: its path is the prefix itself
+
+
+def script_objects(root: Any) -> list[tuple[str, Foreign]]:
+    """(path, record) of every `torch.ScriptObject` in the object graph (the outermost ones), named as `walk` names
+    paths: a quantized model's packed weights (`lstm._all_weight_values.0.param`), which rnninit keeps as stored."""
+    found: list[tuple[str, Foreign]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, Foreign) and node.qualified == "torch.ScriptObject":
+            found.append((path, node))
+            continue
+        if not isinstance(node, (dict, list, tuple, Foreign)) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        children = node.items() if isinstance(node, dict) else node.children() if isinstance(node, Foreign) \
+            else enumerate(node)
+        stack.extend(reversed([(join(path, key), value) for key, value in children]))
+    return found
 
 
 def _describe(parent: str, key: Any) -> str:
@@ -313,27 +342,57 @@ class _TorchBuilders(Builders):
     def __init__(self) -> None:
         import torch
 
+        super().__init__()
         self.torch = torch
         self.storages: dict[str, torch.UntypedStorage] = {}
+        self.channels: list[tuple[torch.Tensor, Any, Any]] = []  # per-channel qtensors, their scales, zero points
+
+    def _storage(self, ref: TensorRef) -> Any:
+        storage = self.storages.get(ref.storage.key)
+        if storage is None:
+            storage = self.torch.UntypedStorage(ref.storage.nbytes)
+            self.storages[ref.storage.key] = storage
+        return storage
 
     def tensor(self, ref: TensorRef) -> Any:
         torch = self.torch
-        storage = self.storages.get(ref.storage.key)
-        if storage is None:
-            storage = torch.UntypedStorage(ref.storage.nbytes)
-            self.storages[ref.storage.key] = storage
+        storage = self._storage(ref)
         tensor = torch.empty((0,), dtype=getattr(torch, ref.dtype))
         try:
             tensor.set_(storage, ref.offset, ref.shape, ref.stride)
         except RuntimeError as error:  # a view outside its storage, sizes that overflow
             raise CheckpointError(f"a tensor torch cannot make: {first_line(str(error))}") from None
         tensor.requires_grad = ref.requires_grad
+        self.made.append(tensor)
+        return tensor
+
+    def is_tensor(self, value: Any) -> bool:
+        return isinstance(value, self.torch.Tensor)
+
+    def qtensor(self, ref: QTensorRef) -> Any:
+        """A quantized tensor made as torch.load makes it: `torch._utils._rebuild_qtensor` on the file's storage,
+        which `fill` fills later (per-channel scales and zero points are checked then)."""
+        torch = self.torch
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's deprecation notes on typed storages and quantization
+                typed = torch.storage.TypedStorage(wrap_storage=self._storage(ref), dtype=getattr(torch, ref.dtype),
+                                                   _internal=True)
+                tensor = torch._utils._rebuild_qtensor(typed, ref.offset, tuple(ref.shape), tuple(ref.stride),
+                                                       ref.quantizer, False, OrderedDict())
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise CheckpointError(f"a quantized tensor torch cannot make: {first_line(str(error))}") from None
+        if len(ref.quantizer) == 4:
+            self.channels.append((tensor, ref.quantizer[1], ref.quantizer[2]))
         return tensor
 
     def parameter(self, data: Any, requires_grad: bool, _state: Any) -> Any:
         if not isinstance(data, self.torch.Tensor):
             raise CheckpointError("a parameter does not hold a tensor")
-        return self.torch.nn.Parameter(data, requires_grad)
+        try:
+            return self.torch.nn.Parameter(data, requires_grad)
+        except RuntimeError as error:  # requires_grad on an integer tensor
+            raise CheckpointError(f"a parameter torch cannot make: {first_line(str(error))}") from None
 
     def dtype(self, name: str) -> Any:
         if not hasattr(self.torch, name):
@@ -361,12 +420,24 @@ class _TorchBuilders(Builders):
                     warnings.simplefilter("ignore")  # a read-only buffer: it is only copied from
                     source = torch.frombuffer(storage_bytes[key][:nbytes], dtype=torch.uint8)
                 torch.empty((0,), dtype=torch.uint8).set_(storage).copy_(source)
+        for tensor, scales, zero_points in self.channels:
+            # torch keeps per-channel scales and zero points by reference where their dtypes are the ones it saves
+            # (float64 and int64, or float32 and float32), so they are the filled values; a copy made before
+            # the fill would hold others, and the tensor would not be what the file holds
+            held = (tensor.q_per_channel_scales(), tensor.q_per_channel_zero_points())
+            if not all(torch.equal(now.to(torch.float64), torch.as_tensor(saved).to(torch.float64))
+                       for now, saved in zip(held, (scales, zero_points), strict=True)):
+                raise CheckpointError("a per-channel quantized tensor whose scales or zero points rnninit cannot "
+                                      "rebuild exactly as the file holds them (unusual dtypes); refused")
 
 
 def _load_pt(data: bytes, name: str) -> Checkpoint:
     builders = _TorchBuilders()
     pickled = _read_pickled(data, name, builders)
-    builders.fill(pickled.storage_bytes)
+    try:
+        builders.fill(pickled.storage_bytes)
+    except CheckpointError as error:
+        raise CheckpointError(f"{name}: {error}") from None
     root = pickled.root
     tensors = named_tensors(pickled)
     metadata = _read_pt_metadata(data, name)
@@ -497,6 +568,8 @@ def read_checkpoint(source: str | Path, data: bytes | None = None) -> ArrayCheck
     pickled = _read_pickled(data, name)
     refs: dict[str, TensorRef] = named_tensors(pickled)
     for key, ref in refs.items():  # what the whole-load path refuses as it builds the tensors, refused here too
+        if isinstance(ref, QTensorRef) and ref.packed:
+            continue  # its sizes count values several to a byte; never read as values (torch checks it on loading)
         first, stop = tensor_span(ref)
         stored = min(len(pickled.storage_bytes[ref.storage.key]), ref.storage.nbytes) // ref.itemsize
         if first < 0 or min(ref.stride, default=0) < 0 or stop > stored:
@@ -506,7 +579,10 @@ def read_checkpoint(source: str | Path, data: bytes | None = None) -> ArrayCheck
 
     def pt_array(key: str) -> Any:
         ref = refs[key]
-        return tensor_array(ref, pickled.storage_bytes[ref.storage.key])
+        try:
+            return tensor_array(ref, pickled.storage_bytes[ref.storage.key])
+        except CheckpointError as error:  # a dtype numpy cannot read (bits8, float4_e2m1fn_x2...): say which
+            raise CheckpointError(f"{name}: {key}: {error}") from None
 
     records = {key: TensorShape(ref.shape, ref.dtype) for key, ref in refs.items()}
     return ArrayCheckpoint("pt", records, pt_array, _read_pt_metadata(data, name), name, pickled.root,
@@ -674,16 +750,42 @@ SAFETENSORS_DTYPES = {  # torch dtype name → safetensors dtype code
 }
 
 
+def _has_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def safetensors_header_json(header: dict[str, Any]) -> bytes:
+    """`header` as a .safetensors header's UTF-8 JSON; a name or metadata entry with no UTF-8 form (a lone
+    surrogate, which a pickle may hold) is refused by name."""
+    try:
+        return json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        pass
+    bad = next((key for key in header if key != "__metadata__" and not _has_utf8(key)), None)
+    if bad is not None:
+        raise OutputError(f"the tensor name {bad!r} is not valid UTF-8 (a lone surrogate), which a safetensors "
+                          "header cannot hold; write .pt instead")
+    bad = next(key for key, value in header.get("__metadata__", {}).items()
+               if not (_has_utf8(key) and _has_utf8(value)))
+    raise OutputError(f"the metadata entry {bad!r} is not valid UTF-8 (a lone surrogate), which a safetensors "
+                      "header cannot hold; write .pt instead")
+
+
 def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], sink: BinaryIO) -> None:
     """Write a .safetensors file with a deterministic header: sorted metadata, tensors ordered by
     element size (largest first, for alignment) then name. The official library's writer orders
     metadata by a hash map, so its bytes differ between runs."""
     import torch
 
-    def dtype_name(tensor: torch.Tensor) -> str:
+    def dtype_name(key: str, tensor: torch.Tensor) -> str:
         name = str(tensor.dtype).removeprefix("torch.")
         if name not in SAFETENSORS_DTYPES:
-            raise OutputError(f"safetensors cannot store dtype {name}; write .pt instead")
+            what = "a quantized tensor" if tensor.is_quantized else f"dtype {name}"
+            raise OutputError(f"{key} is {what} ({name}), which safetensors cannot store; write .pt instead")
         return SAFETENSORS_DTYPES[name]
 
     order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), key))
@@ -692,10 +794,10 @@ def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     for key in order:
         tensor = tensors[key]
         size = tensor.numel() * tensor.element_size()
-        header[key] = {"dtype": dtype_name(tensor), "shape": list(tensor.shape),
+        header[key] = {"dtype": dtype_name(key, tensor), "shape": list(tensor.shape),
                        "data_offsets": [offset, offset + size]}
         offset += size
-    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    encoded = safetensors_header_json(header)
     encoded += b" " * (-len(encoded) % 8)
     sink.write(struct.pack("<Q", len(encoded)))
     sink.write(encoded)

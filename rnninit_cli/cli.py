@@ -16,15 +16,17 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import Enum
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from . import __version__
+from . import __version__, _stop_at_once
 from .errors import RnnInitError, UsageError
 from .terminal import shown, visible
 
@@ -53,14 +55,21 @@ def _make_console(*, stderr: bool) -> Console:
 
 console = _make_console(stderr=True)  # messages: progress, warnings, notes, errors
 answer = _make_console(stderr=False)  # the answer: tables and reports
-_state = {"debug": False, "commits": 0}
+_state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False, "signal": None}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _commit_count() -> int:
+    """How many outputs this process has renamed into place (0 while rnninit_cli.checkpoint is not yet, or
+    only partly, imported: a signal can arrive in the middle of that import)."""
+    log = getattr(sys.modules.get("rnninit_cli.checkpoint"), "CommitLog", None)
+    return 0 if log is None else log.count
 
 
 def _committed() -> bool:
     """Whether the running command has already renamed its output into place: then it has succeeded,
     and a Ctrl-C or SIGTERM that arrives later changes nothing (exit status 0)."""
-    checkpoint = sys.modules.get("rnninit_cli.checkpoint")
-    return checkpoint is not None and checkpoint.CommitLog.count > _state["commits"]
+    return _commit_count() > _state["commits"]
 
 
 class Format(str, Enum):
@@ -81,11 +90,24 @@ class Cell(str, Enum):
 def _errors(trouble: int = 1) -> Iterator[None]:
     """Map library errors to one `error: ...` line and an exit status; tracebacks only with --debug.
     `trouble` is the status for errors other than usage errors (verify and diff use 1 for their answer).
-    A Ctrl-C before the output is renamed into place exits 130; after it, the command has succeeded (0)."""
-    checkpoint = sys.modules.get("rnninit_cli.checkpoint")
-    _state["commits"] = checkpoint.CommitLog.count if checkpoint is not None else 0
+    A Ctrl-C (SIGTERM) before the output is renamed into place exits 130 (143); after it, the command has
+    succeeded (0)."""
+    _state["commits"], _state["signal"] = _commit_count(), None
+    _handle_signals(_interrupt)
     try:
-        yield
+        try:
+            yield
+        except typer.Exit:
+            raise
+        except Exception:
+            if _state["signal"] is not None:  # the signal cut a call short: this error is its echo
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            # the command is over and its exit status about to be decided: a later signal (while an error is
+            # printed, during the interpreter's shutdown: torch's atexit handlers) must neither print a traceback
+            # nor change the status
+            _handle_signals(signal.SIG_IGN)
     except RnnInitError as error:
         if _state["debug"]:
             console.print_exception()
@@ -100,7 +122,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
         if _committed():
             return
         console.print("[bold red]error:[/] interrupted", soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + (_state["signal"] or signal.SIGINT)) from None
     except typer.Exit:
         raise
     except OSError as error:  # e.g. standard output on a full disk (`-o - > /dev/full`) or closed
@@ -349,7 +371,8 @@ def inspect(
         if as_json:
             _emit_json(inspect_document(found.layers, found.tensors, source=input, fmt=found.format,
                                         only=only, metadata=found.metadata, diagnosis=diagnosis)
-                       | _discovery_document(found) | {"views": found.views, "foreign_classes": found.foreign_classes})
+                       | _discovery_document(found) | {"views": found.views, "foreign_classes": found.foreign_classes,
+                                                        "quantized": found.quantized})
             return
         by_layer = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
         selected = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
@@ -361,6 +384,10 @@ def inspect(
         if found.foreign_classes:  # read as inert records, never rebuilt: a patched copy keeps their bytes
             answer.print(visible(f"holds objects of classes: {', '.join(found.foreign_classes)}"), markup=False,
                          soft_wrap=True)
+        if found.quantized:  # read as records and kept as stored: never recurrent parameters
+            shown_names = ", ".join(found.quantized[:8]) + (f", ... ({len(found.quantized)} in all)"
+                                                           if len(found.quantized) > 8 else "")
+            answer.print(visible(f"quantized tensors, not recurrent: {shown_names}"), markup=False, soft_wrap=True)
         if not selected:
             answer.print("no recurrent parameters found" + (f" matching --only {visible(repr(only))}" if only else ""),
                          markup=False)
@@ -521,30 +548,55 @@ def schemes(as_json: JsonOption = False) -> None:
                       "Later rules win.", markup=False)  # wrapped at words on a terminal; one line elsewhere
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    if not _committed():  # after the output's rename there is nothing left to stop
-        raise KeyboardInterrupt
+_RETRY_S = 0.02  # how soon a signal that arrived during an import is delivered again
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C does, so temporary files are removed on the way out
-    if not _committed():
-        raise SystemExit(128 + signum)
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT or SIGTERM while a command works: unwind (temporary files are removed on the way out), unless its
+    output is already in place; during an import, once the import is done."""
+    if _committed():  # after the output's rename there is nothing left to stop
+        return
+    _state["signal"] = signum
+    if _importing(frame):
+        # an exception raised inside an import leaves the module half made, C extensions print it as they fail,
+        # and one raised inside code that an extension runs with PyRun_String makes the interpreter kill itself
+        # with SIGINT at exit: the signal comes back until it finds the import done
+        retry = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
+    raise KeyboardInterrupt
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether `frame` runs inside an import: importlib's own frames are below it."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _handle_signals(handler: Callable[[int, Any], None] | signal.Handlers) -> None:
+    """Give SIGINT and SIGTERM to `handler` while `main` runs a command (never under a program that imports the CLI)."""
+    if _state["signals"]:
+        for signum in _SIGNALS:
+            signal.signal(signum, handler)
 
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _terminate)
+    # the package took the signals over on its first line when started as the command; a program that calls
+    # main() itself gets the same from here on
+    _state["signals"] = True
+    _handle_signals(_stop_at_once)
     if sys.stdout is None:
         sys.stdout = _ClosedOutput()  # type: ignore[assignment]
     try:
         app()
     finally:
-        # The command is over and its exit status decided: a signal during the interpreter's shutdown
-        # (torch's atexit handlers) must neither print a traceback nor change the status.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _handle_signals(signal.SIG_IGN)  # the exit status is decided (see _errors)
+        _state["signals"] = False
 
 
 if __name__ == "__main__":

@@ -63,9 +63,7 @@ from .unpickle import (
     RestrictedUnpickler,
     TensorRef,
     TooBig,
-    archive_folder,
     array_from_bytes,
-    check_small_record,
     dangerous,
     hostile_message,
     is_contiguous,
@@ -76,6 +74,7 @@ from .unpickle import (
     too_big_message,
     unpickle,
 )
+from .ziplayout import check_storage_record, check_torch_records
 
 if TYPE_CHECKING:
     import torch
@@ -512,24 +511,18 @@ def _read_chunk_archive(descriptor: int, tensor: DcpTensor, chunk: Chunk, where:
     with archive:
         check_zip_records(archive, chunk.length, where)
         names = archive.namelist()
-        folder = archive_folder(names, where)
-        if f"{folder}/byteorder" in names and read_record(archive, f"{folder}/byteorder").strip() != b"little":
-            raise CheckpointError(f"{where}: a big-endian torch.save archive; rnninit reads little-endian ones only")
+        folder = check_torch_records(names, lambda record: read_record(archive, record), where)
         try:
             records = _zip_records(Path(where), archive)
         except CannotPatch as why:
             raise CheckpointError(f"{where}: not a torch.save archive as torch writes it ({why})") from None
-        for record in records:
-            if not record.startswith(f"{folder}/data/"):
-                check_small_record(record, read_record(archive, record), where)
         data_pkl = read_record(archive, f"{folder}/data.pkl")
     storages: dict[str, Any] = {}
 
     def persistent_load(pid: Any) -> Any:
         ref = storage_from_id(pid, storages)
         record = records.get(f"{folder}/data/{ref.key}")
-        if record is None or ref.nbytes > record.size:
-            raise CheckpointError(f"{where}: record {folder}/data/{ref.key} is missing or shorter than its storage")
+        check_storage_record(f"{folder}/data/{ref.key}", ref.nbytes, None if record is None else record.size, where)
         return ref
 
     root = unpickle(data_pkl, persistent_load, where)

@@ -13,7 +13,7 @@ A declaration is a set of `key=value` settings:
   A `custom` cell needs its own names (identifiers), e.g. `gates=a,z` for speechbrain's LiGRU.
 - `title`: the name shown in tables (default `LSTM`, `GRU`, `RNN`; `custom` for a custom cell).
 - `weight_ih`, `weight_hh` (both required), `weight_hr`, `bias_ih`, `bias_hh`: a regular expression matched
-  against whole tensor names (`re.fullmatch`).
+  against whole tensor names (as `re.fullmatch`, run by RE2 in linear time: see `patterns`).
 - `transposed`: the weight kinds stored transposed, e.g. `transposed=weight_ih,weight_hh` for Keras kernels
   stored `(in, 4h)`.
 
@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LayoutDeclarationError
+from .patterns import UserPattern, compile_user_pattern
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,7 +90,7 @@ class Declaration:
     cell: str
     title: str
     gates: tuple[str, ...]
-    patterns: dict[str, re.Pattern[str]]
+    patterns: dict[str, UserPattern]
     transposed: frozenset[str]
     source: str
 
@@ -184,13 +185,10 @@ def _gates(cell: str, raw: Any, where: str) -> tuple[str, ...]:
     return canonical
 
 
-def _compile(kind: str, text: Any, cell: str, where: str) -> re.Pattern[str]:
+def _compile(kind: str, text: Any, cell: str, where: str) -> UserPattern:
     if not isinstance(text, str) or not text:
         raise _fail(where, f"{kind} must be a regular expression matching tensor names (got {text!r})")
-    try:
-        pattern = re.compile(text)
-    except re.error as error:
-        raise _fail(where, f"{kind}={text} is not a valid regular expression: {error}") from None
+    pattern = compile_user_pattern(text, f"{where}: {kind}", LayoutDeclarationError)
     if GATE_GROUP in pattern.groupindex:
         if kind == "weight_hr":
             raise _fail(where, f"weight_hr={text} has a (?P<gate>...) group, but weight_hr has no gates")
@@ -199,7 +197,7 @@ def _compile(kind: str, text: Any, cell: str, where: str) -> re.Pattern[str]:
     return pattern
 
 
-def _key_group_count(pattern: re.Pattern[str]) -> int:
+def _key_group_count(pattern: UserPattern) -> int:
     return pattern.groups - (1 if GATE_GROUP in pattern.groupindex else 0)
 
 
@@ -325,6 +323,8 @@ def parse_layout(text: str, where: str) -> list[Declaration]:
 
 
 LAYOUT_FILE_LIMIT = 1 << 22  # bytes; a layout file is a few declarations
+LAYOUT_FILE_DECLARATIONS = 64  # each pattern may take RE2 up to patterns.MAX_MEM: bounds what a file can cost
+LAYOUT_FILE_PATTERN_CHARS = 1 << 16  # in all: bounds the time spent compiling a file's patterns
 
 
 def _read_small_file(path: Path, where: str) -> bytes:
@@ -360,6 +360,14 @@ def load_layout_file(path: str | Path) -> list[Declaration]:
     tables = document.get("layout")
     if not isinstance(tables, dict) or not tables:
         raise _fail(where, "declares no layout: write one [layout.NAME] table per layout, with weight_ih = '...' etc.")
+    if len(tables) > LAYOUT_FILE_DECLARATIONS:
+        raise _fail(where, f"declares {len(tables)} layouts; a layout file may declare at most "
+                    f"{LAYOUT_FILE_DECLARATIONS}: keep the ones this checkpoint needs")
+    size = sum(len(value) for settings in tables.values() if isinstance(settings, dict)
+               for key, value in settings.items() if key in KINDS and isinstance(value, str))
+    if size > LAYOUT_FILE_PATTERN_CHARS:
+        raise _fail(where, f"its patterns have {size} characters in all; a layout file may have at most "
+                    f"{LAYOUT_FILE_PATTERN_CHARS}: keep the layouts this checkpoint needs, with shorter patterns")
     declarations = []
     for name, settings in tables.items():
         table_where = f"{where}: {name}"

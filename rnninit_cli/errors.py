@@ -20,7 +20,8 @@ class LayoutError(RnnInitError):
 
 
 class DtypeError(RnnInitError):
-    """Recurrent parameters to be rewritten whose dtype cannot hold initializer values (integer, bool, complex)."""
+    """Recurrent parameters to be rewritten whose dtype cannot hold the rule's values (integers, bool, complex,
+    float8_e8m0fnu: no sign or zero, float8 for an orthogonal block, values beyond the dtype's range)."""
 
 
 class RuleError(UsageError):

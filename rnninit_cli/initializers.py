@@ -255,3 +255,137 @@ def chrono(tensor: torch.Tensor, tmax: float, negate: bool = False, *, generator
         raise RuleError(f"chrono needs tmax > 2, got {tmax}")
     values = torch.log(_empty(tensor).uniform_(1.0, tmax - 1.0, generator=generator))
     return _write(tensor, -values if negate else values)
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """What a floating dtype can hold: its fraction bits, whether it has a sign and a zero, its range."""
+
+    fraction_bits: int
+    signed: bool
+    zero: bool
+    largest: float  # the largest finite magnitude
+    smallest_normal: float  # below it values lose relative precision (subnormals) or vanish
+
+    @property
+    def unit_roundoff(self) -> float:
+        """u: the largest relative error of rounding a value in the normal range to this format."""
+        return 2.0 ** -(self.fraction_bits + 1)
+
+
+FLOAT_FORMATS: dict[str, FloatFormat] = {
+    "float64": FloatFormat(52, True, True, 1.7976931348623157e308, 2.2250738585072014e-308),
+    "float32": FloatFormat(23, True, True, 3.4028234663852886e38, 1.1754943508222875e-38),
+    "bfloat16": FloatFormat(7, True, True, 3.3895313892515355e38, 1.1754943508222875e-38),
+    "float16": FloatFormat(10, True, True, 65504.0, 2.0**-14),
+    "float8_e4m3fn": FloatFormat(3, True, True, 448.0, 2.0**-6),
+    "float8_e4m3fnuz": FloatFormat(3, True, True, 240.0, 2.0**-7),
+    "float8_e5m2": FloatFormat(2, True, True, 57344.0, 2.0**-14),
+    "float8_e5m2fnuz": FloatFormat(2, True, True, 57344.0, 2.0**-15),
+    "float8_e8m0fnu": FloatFormat(0, False, False, 2.0**127, 2.0**-127),  # powers of two only, and NaN
+}
+# Rounding moves a stored orthogonal block's QᵀQ off I by up to 2u + u² entrywise. rnninit's checks accept an
+# orthogonal block within max(1e-3, 8u), which for bfloat16 is 1/32: a coarser dtype cannot hold one honestly.
+ORTHOGONAL_ROUNDING_LIMIT = 2.0**-5
+
+_NOT_REAL_FLOAT = {
+    "bool": "holds only true and false",
+    "complex": "is complex: rnninit draws real values, and the imaginary parts would be lost or left as they were",
+    "int": "is an integer dtype: the drawn values would be truncated",
+    "uint": "is an integer dtype: the drawn values would be truncated",
+    "qint": "is a quantized dtype: its values are integers with a scale and zero point that rnninit does not draw",
+    "quint": "is a quantized dtype: its values are integers with a scale and zero point that rnninit does not draw",
+    "bits": "holds raw bits with no arithmetic meaning",
+    "float4_e2m1fn_x2": "packs two 4-bit floats into each element, which torch cannot write values into",
+}
+
+
+@dataclass(frozen=True)
+class _Needs:
+    """What an initializer's values need of a dtype."""
+
+    negative: bool = False  # it draws negative values
+    random: bool = False  # it draws continuous values (a dtype without fraction bits collapses them)
+    orthogonal: bool = False  # the block must stay orthogonal
+    exact: tuple[float, ...] = ()  # values it writes exactly (constants, zeros, the identity's diagonal)
+    largest: float | None = None  # a bound on |value| known from the arguments alone
+
+
+def _needs(initializer: str, args: dict[str, Any]) -> _Needs:
+    """What `initializer` with `args` writes, as far as the arguments tell (fan-based bounds come from the draw)."""
+    if initializer == "zeros":
+        return _Needs(exact=(0.0,))
+    if initializer == "ones":
+        return _Needs(exact=(1.0,))
+    if initializer == "constant":
+        return _Needs(exact=(float(args["value"]),))
+    if initializer == "identity":
+        return _Needs(exact=(0.0, float(args.get("scale", 1.0))))
+    if initializer == "uniform":
+        low, high = float(args.get("a", 0.0)), float(args.get("b", 1.0))
+        if low == high:
+            return _Needs(exact=(low,))
+        return _Needs(negative=low < 0, random=True, largest=max(abs(low), abs(high)))
+    if initializer == "normal":
+        if float(args.get("std", 1.0)) == 0:
+            return _Needs(exact=(float(args.get("mean", 0.0)),))
+        return _Needs(negative=True, random=True)
+    if initializer in ("xavier_uniform", "xavier_normal", "orthogonal") and float(args.get("gain", 1.0)) == 0:
+        return _Needs(exact=(0.0,))
+    if initializer == "orthogonal":
+        return _Needs(negative=True, random=True, orthogonal=True, largest=abs(float(args.get("gain", 1.0))))
+    if initializer == "pytorch":
+        return _Needs(negative=True, random=True, largest=1.0 / math.sqrt(float(args.get("hidden_size", 1))))
+    if initializer == "chrono":
+        return _Needs(negative=bool(args.get("negate", False)), random=True,
+                      largest=math.log(max(float(args.get("tmax", 3.0)) - 1.0, 1.0)))
+    return _Needs(negative=True, random=True)  # the zero-mean fan-based draws (xavier, kaiming, lecun)
+
+
+def cannot_hold(dtype: str, initializer: str, args: dict[str, Any]) -> str | None:
+    """Why a tensor of `dtype` (torch's name) cannot hold what `initializer(**args)` draws; None when it can."""
+    if initializer == "keep":
+        return None
+    form = FLOAT_FORMATS.get(dtype)
+    if form is None:
+        kind = next((reason for prefix, reason in _NOT_REAL_FLOAT.items() if dtype.startswith(prefix)), None)
+        return f"{dtype} {kind}" if kind else f"rnninit does not know what {dtype} can hold"
+    needs = _needs(initializer, args)
+    if (needs.negative or any(value < 0 for value in needs.exact)) and not form.signed:
+        return f"it writes negative values, and {dtype} has no sign bit"
+    if 0.0 in needs.exact and not form.zero:
+        return f"it writes zeros, and {dtype} has no zero"
+    if needs.random and form.fraction_bits == 0:
+        return f"{dtype} holds powers of two only: a random draw would collapse onto a few of them"
+    for value in needs.exact:
+        if abs(value) > form.largest:
+            return f"it writes {value:g}, beyond {dtype}'s largest finite value {form.largest:g}"
+        if value and abs(value) < form.smallest_normal:
+            return (f"it writes {value:g}, below {dtype}'s smallest normal value {form.smallest_normal:g}, "
+                    "where it would lose its precision or become 0")
+        if value and form.fraction_bits == 0 and math.frexp(abs(value))[0] != 0.5:
+            return f"it writes {value:g}, and {dtype} holds powers of two only"
+    if needs.largest is not None and needs.largest > form.largest:
+        return f"it draws values up to {needs.largest:g}, beyond {dtype}'s largest finite value {form.largest:g}"
+    if needs.orthogonal:
+        error = 2 * form.unit_roundoff + form.unit_roundoff**2
+        if error > ORTHOGONAL_ROUNDING_LIMIT:
+            return (f"{dtype} rounds each entry by up to {form.unit_roundoff:.3g} of its value, so the stored block "
+                    f"would be orthogonal only to within {error:.3g} (max|QᵀQ − I| ≤ 2u + u²), coarser than "
+                    f"the {ORTHOGONAL_ROUNDING_LIMIT:g} rnninit accepts")
+    return None
+
+
+def overflow(dtype: str, largest: float) -> str | None:
+    """Why values drawn up to `largest` in magnitude do not fit `dtype`'s range (beyond its largest value, or all
+    below its smallest normal one, where they become 0 or lose their precision); None when they do."""
+    form = FLOAT_FORMATS.get(dtype)
+    if form is None:
+        return None
+    if largest > form.largest:
+        return (f"it drew values up to {largest:g}, beyond {dtype}'s largest finite value {form.largest:g} "
+                "(they would be stored saturated or as NaN)")
+    if 0 < largest < form.smallest_normal:
+        return (f"it drew values of at most {largest:g}, all below {dtype}'s smallest normal value "
+                f"{form.smallest_normal:g} (they would be stored as 0 or with a few bits)")
+    return None

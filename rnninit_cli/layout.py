@@ -11,7 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import LayoutDeclarationError, LayoutError, UsageError
+from .errors import LayoutDeclarationError, LayoutError
+from .patterns import compile_user_pattern
 from .views import GateView, Piece, View, effective_shapes, find_views, is_parametrization_part, shape_of
 
 if TYPE_CHECKING:
@@ -187,14 +188,11 @@ def discover(
 
     Groups of torch.nn names are found by name; weight-normalized and weight-dropped parameters through views
     (see `views`); `layouts` declare other cells. `only` (a regex) keeps the groups with a tensor whose name it
-    matches (the effective name, `weight_hh_l0` of a weight-normalized layer, or a stored one), before anything is
-    checked, so an odd group it leaves out never matters. A group
+    matches (the effective name, `weight_hh_l0` of a weight-normalized layer, or a stored one; run by RE2, see
+    `patterns`), before anything is checked, so an odd group it leaves out never matters. A group
     that cannot be understood is skipped (`Discovery.skipped` says why); a declared cell whose shapes do not fit
     raises LayoutDeclarationError."""
-    try:
-        pattern = re.compile(only) if only is not None else None
-    except re.error as error:
-        raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
+    pattern = compile_user_pattern(only, "--only") if only is not None else None
 
     def wanted(names: Sequence[str]) -> bool:
         return pattern is None or any(pattern.search(name) for name in names)

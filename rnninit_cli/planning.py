@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-import re
 import secrets
 import warnings
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -29,6 +28,7 @@ from .distributed import (
 from .errors import DtypeError, LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
 from .layout import Discovery, Layer, Skipped, article, discover
 from .onethread import one_thread_pool
+from .patterns import UserPattern, compile_user_pattern
 from .schemes import Rule, Scheme, Value, format_value, get_scheme, parse_rules
 from .views import View
 
@@ -259,7 +259,7 @@ def _check_dims(rule: Rule) -> None:
         raise RuleError(f"rule {rule}: {spec.name} is for biases; weights are 2-D")
 
 
-def _select(layer: Layer, pattern: re.Pattern[str] | None) -> list[str]:
+def _select(layer: Layer, pattern: UserPattern | None) -> list[str]:
     return [kind for kind, name in layer.params.items()
             if pattern is None or any(pattern.search(n) for n in (name, *layer.sources.get(kind, ())))]
 
@@ -281,6 +281,7 @@ def plan(
     layouts: Sequence[Declaration] = (),
     strict: bool = False,
     layers: Sequence[Layer] | None = None,
+    skipped: Sequence[Skipped] = (),
 ) -> Plan:
     """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors` (stored tensors by
     name: parameters stored in another form, such as weight_norm's g and v, are planned as the effective parameter,
@@ -290,7 +291,9 @@ def plan(
     that a LayoutError. Raises DtypeError when a block to be written belongs to a tensor that cannot hold the drawn
     values (integer, bool or complex dtype). `for_writing=False` plans them anyway, for checking what they hold.
     `layers`: plan these (found before, e.g. by `discover`) instead of searching; `tensors` then holds their
-    parameters by the names the layers give (effective parameters)."""
+    parameters by the names the layers give (effective parameters). `skipped`: what the caller already left alone
+    (packed weights), reported and refused by `strict` with the rest. Quantized tensors are never planned: those a
+    recurrent layer would hold are skipped too (see `set_aside_quantized`)."""
     scheme_obj, scheme_rules = get_scheme(scheme)
     user_rules = parse_rules(rules)
     all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
@@ -300,10 +303,15 @@ def plan(
             _try_arguments(rule)
         else:  # checking values only: no torch needed, and no draw to fail
             _check_arguments(rule)
+    if layers is None:
+        tensors, quantized = set_aside_quantized(tensors, layouts=layouts, only=only)
+        skipped = (*skipped, *quantized)
     found = discover(tensors, layouts=layouts, only=only) if layers is None else Discovery(tuple(layers))
+    if skipped:
+        found = replace(found, skipped=(*skipped, *found.skipped))
     if strict:
         refuse_skipped(found.skipped)
-    pattern = re.compile(only) if only is not None else None
+    pattern = compile_user_pattern(only, "--only") if only is not None else None
     if not found.layers:
         every = discover(tensors, layouts=layouts).layers if only is not None and layers is None else ()
         if every:
@@ -344,6 +352,7 @@ def plan(
                   views=tuple(view for view in found.views if view.name in used), skipped=found.skipped)
     if for_writing:
         refuse_non_floating(tensors, result.written_sources)
+        refuse_unholdable(result, tensors)
     return result
 
 
@@ -376,7 +385,8 @@ def draw_seed() -> int:
 def _generator(seed: int, name: str, stream: str) -> torch.Generator:
     import torch
 
-    digest = hashlib.sha256(f"rnninit\0{seed}\0{name}\0{stream}".encode()).digest()
+    # surrogatepass: a name with a lone surrogate (a pickle may hold one) gets bytes too; valid names keep UTF-8's
+    digest = hashlib.sha256(f"rnninit\0{seed}\0{name}\0{stream}".encode("utf-8", "surrogatepass")).digest()
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return generator
@@ -396,6 +406,13 @@ def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tens
     values = torch.empty(shape, dtype=compute)
     _call_initializer(spec.function, f"rule {entry.rule} on {entry.name}", values, **dict(entry.args),
                       generator=_generator(seed, entry.name, stream))
+    if tensor.dtype != compute and values.numel():  # a narrower dtype: fan-based bounds are known only now
+        from .initializers import overflow
+
+        problem = overflow(_dtype_name(tensor), float(values.abs().max()))
+        if problem is not None:
+            raise DtypeError(f"{entry.name} ({_dtype_name(tensor)}) cannot hold what rule {entry.rule} draws: "
+                             f"{problem}; change the rule, or convert it to a wider float dtype first")
     return values
 
 
@@ -429,6 +446,55 @@ def refuse_non_floating(tensors: Mapping[str, Any], names: Iterable[str]) -> Non
                          "dtype first, or leave them out with --only REGEX or a rule such as weight_hh=keep")
 
 
+def _dtype_name(tensor: Any) -> str:
+    return str(getattr(tensor, "dtype", "")).removeprefix("torch.")
+
+
+def refuse_unholdable(the_plan: Plan, tensors: Mapping[str, Any]) -> None:
+    """DtypeError naming every tensor to be written whose dtype cannot hold what its rule draws (see
+    `initializers.cannot_hold`: no sign, no zero, powers of two only, out of range, too coarse for an orthogonal
+    block, packed or quantized), before anything is written."""
+    from .initializers import cannot_hold
+
+    reasons: dict[tuple[str, str, tuple[tuple[str, Value], ...]], str | None] = {}
+    found: dict[str, dict[str, None]] = {}  # reason → {"name (dtype) by call"}, in plan order
+    sources = {view.name: view.sources for view in the_plan.views}
+    refused: dict[str, None] = {}
+    for entry in the_plan.writes:
+        for source in sources.get(entry.name, (entry.name,)):
+            dtype = _dtype_name(tensors[source])
+            key = (dtype, entry.initializer, entry.args)
+            if key not in reasons:
+                reasons[key] = cannot_hold(dtype, entry.initializer, dict(entry.args))
+            reason = reasons[key]
+            if reason is not None:
+                found.setdefault(reason, {})[f"{source} ({dtype}) by {entry.call}"] = None
+                refused[source] = None
+    if found:
+        listed = "; ".join(f"{', '.join(whats)}: {reason}" for reason, whats in found.items())
+        raise DtypeError(f"{len(refused)} parameter(s) to rewrite cannot hold the values their rules draw, so nothing "
+                         f"was written: {listed}. Convert them to a wider float dtype first, choose another rule, or "
+                         "leave them out with --only REGEX or a rule such as weight_hh=keep")
+
+
+def set_aside_quantized(tensors: Mapping[str, Any], *, layouts: Sequence[Declaration] = (),
+                        only: str | None = None) -> tuple[Mapping[str, Any], tuple[Skipped, ...]]:
+    """`tensors` without its quantized tensors (never planned: they hold integers with a scale and zero point), and
+    one Skipped naming those that a recurrent layer would hold; the others are simply not recurrent."""
+    from .unpickle import QUANTIZED_DTYPES
+
+    quantized = {name: dtype for name, tensor in tensors.items() if (dtype := _dtype_name(tensor)) in QUANTIZED_DTYPES}
+    if not quantized:
+        return tensors, ()
+    held = [name for name in discover(tensors, layouts=layouts, only=only).sources if name in quantized]
+    kept = {name: tensor for name, tensor in tensors.items() if name not in quantized}
+    if not held:
+        return kept, ()
+    dtypes = ", ".join(sorted({quantized[name] for name in held}))
+    return kept, (Skipped(tuple(held), f"quantized tensor(s) ({dtypes}): rnninit draws floating-point values and "
+                                       "cannot write them into a quantized tensor; kept as stored"),)
+
+
 def refuse_overlapping(tensors: Mapping[str, Any], names: Iterable[str]) -> None:
     """LayoutError for a tensor to be written whose elements share memory (e.g. saved expand()ed)."""
     for name in dict.fromkeys(names):
@@ -456,6 +522,7 @@ def apply_plan(
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
     refuse_non_floating(tensors, the_plan.written_sources)
+    refuse_unholdable(the_plan, tensors)
     refuse_meta(tensors, the_plan.written_sources)
     refuse_overlapping(tensors, the_plan.written_sources)
     views = {view.name: view for view in the_plan.views if any(entry.name == view.name for entry in the_plan.writes)}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .checkpoint import atomic_write
 from .errors import UsageError
+from .terminal import visible
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,7 +40,7 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
     figure = pyplot.figure(figsize=(2.4 * columns, 4.0 * len(rows)), layout="constrained")
     panels = figure.subfigures(len(rows), 1, squeeze=False)[:, 0]
     for panel, (layer, weights, biases) in zip(panels, rows, strict=True):
-        panel.suptitle(layer.title, fontsize=9, fontweight="bold", x=0.005, ha="left")
+        panel.suptitle(visible(layer.title), fontsize=9, fontweight="bold", x=0.005, ha="left")
         axes = panel.subplots(2, columns, squeeze=False)
         for column in range(columns):
             top, bottom = axes[0][column], axes[1][column]
@@ -51,7 +52,7 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
                 values = _finite_float64(tensors[block.name][block.start:block.stop])
                 _histogram(top, values.reshape(-1), bins=40, color="tab:blue")
                 name = f"{block.name.removeprefix(layer.layer.prefix)} {block.gate or ''}"
-                top.set_title(f"{_wrap(name)}\n{_wrap(block.family.label)}", fontsize=7)
+                top.set_title(f"{_wrap(visible(name))}\n{_wrap(block.family.label)}", fontsize=7)
                 with np.errstate(all="ignore"):
                     try:
                         spectrum = np.linalg.svd(values, compute_uv=False)
@@ -59,6 +60,9 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
                         spectrum = np.zeros(0)
                 if spectrum.size and np.isfinite(spectrum).all():
                     bottom.plot(spectrum, marker=".", color="tab:orange")
+                    largest = float(spectrum.max())
+                    # from 0: equal singular values draw a flat line, not a zoom on their last bits
+                    bottom.set_ylim(0, 1.1 * largest if 0 < largest < 1e300 else None)
                 bottom.set_title("singular values", fontsize=7)
             elif column == len(weights) and biases:
                 for axis, kind in ((top, "bias_ih"), (bottom, "bias_hh")):

@@ -18,8 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .layout import KINDS, Layer
+from .patterns import compile_user_pattern
 from .planning import Plan, PlanEntry
-from .stats import STAT_NAMES, Stats, block_stats, effective_bias
+from .stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias
 from .terminal import shown, visible
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str], known: 
 
 
 def selected_kinds(layer: Layer, only: str | None) -> list[str]:
-    pattern = re.compile(only) if only else None
+    pattern = compile_user_pattern(only, "--only") if only else None
     return [kind for kind in KINDS if kind in layer.params
             and (pattern is None or pattern.search(layer.params[kind]))]
 
@@ -220,6 +221,14 @@ def _small(value: float | None) -> str:
     return "" if value is None else f"{value:.1e}" if value and abs(value) < 1e-2 else _fixed(value)
 
 
+def _error(value: float | None, dtype: str, shape: tuple[int, ...]) -> str:
+    """max|BᵀB − I| as `_small` writes it, or its bound ('< 1e-5') where it is rounding noise (`rounding_level`)."""
+    from .diagnostics.formatting import _at_rounding
+    from .diagnostics.orthogonality import rounding_level
+
+    return _at_rounding(value, rounding_level(dtype, shape)) or _small(value)
+
+
 def inspect_table(
     layer: Layer, tensors: Tensors, kinds: Iterable[str],
     diagnosis: LayerDiagnosis | None = None, *, wide: bool = False,
@@ -247,7 +256,7 @@ def inspect_table(
                 nonfinite = f" [bold red]{stats.nan} NaN {stats.inf} Inf[/]" if stats.nan or stats.inf else ""
                 if wide:
                     span = "" if stats.sv_min is None else f"{_fixed(stats.sv_min, 2)}–{_fixed(stats.sv_max or 0, 2)}"
-                    cells += [_small(stats.orthogonality_error), span]
+                    cells += [_error(stats.orthogonality_error, stats.dtype, stats.shape), span]
                 cells += [shown(stats.family.label) + nonfinite, stats.histogram]
             table.add_row(*cells)
     for index, (gate, stats) in enumerate(effective_bias(layer, tensors)):
@@ -260,8 +269,8 @@ def inspect_table(
             if matrix.orthogonality_error is not None:
                 sigma = "" if matrix.sv_min is None else \
                     f", σ {_fixed(matrix.sv_min)}–{_fixed(matrix.sv_max or 0)} {matrix.spectrum or ''}"
-                parts.append(Text(f"whole {visible(_short(matrix.name, layer))}: max|WᵀW − I| "
-                                  f"{_small(matrix.orthogonality_error)}{sigma}"))
+                error = _error(matrix.orthogonality_error, dtype_name(tensors[matrix.name]), matrix.shape)
+                parts.append(Text(f"whole {visible(_short(matrix.name, layer))}: max|WᵀW − I| {error}{sigma}"))
         parts.append(Text("scheme: " + scheme_line(diagnosis), style="bold"))
     return Group(Text(layer_heading(layer), style="bold"), *parts)
 

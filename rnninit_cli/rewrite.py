@@ -35,12 +35,22 @@ from .checkpoint import (
     require_regular_file,
     save_checkpoint,
     save_whole,
+    script_objects,
 )
 from .dcp import DcpFolder, is_dcp_folder, open_dcp
 from .errors import CheckpointError, OutputError, UsageError
 from .folders import ModelFolder, open_folder
 from .layout import Layer, Skipped, Suspect, discover
-from .planning import Plan, PlanEntry, apply_plan, draw_seed, plan, refuse_overlapping, refuse_skipped
+from .planning import (
+    Plan,
+    PlanEntry,
+    apply_plan,
+    draw_seed,
+    plan,
+    refuse_overlapping,
+    refuse_skipped,
+    set_aside_quantized,
+)
 from .report import Stats, capture_stats
 from .tensorfile import CannotPatch, TensorFile, index_file, open_regular
 
@@ -82,6 +92,7 @@ def open_source(source: str, *, whole: bool = False, descriptor: int | None = No
                 return index_file(path, handle)  # it keeps `handle`
             except CannotPatch:
                 pass
+        handle.seek(0)  # indexing moved it: the whole file, from its first byte
         data = handle.read()
     except OSError:
         handle.close()
@@ -122,6 +133,27 @@ class Inspection:
     suspects: list[Suspect] = field(default_factory=list)
     views: list[str] = field(default_factory=list)  # how parameters stored in another form were read
     foreign_classes: list[str] = field(default_factory=list)  # objects of other classes the file holds
+    quantized: list[str] = field(default_factory=list)  # quantized tensors no recurrent layer holds: "name (dtype)"
+
+
+def set_aside_packed(opened: Any, tensors: dict[str, Any]) -> tuple[dict[str, Any], tuple[Skipped, ...]]:
+    """`tensors` without those inside TorchScript objects (a quantized model's packed weights: never planned), and
+    a Skipped for each packed recurrent weight, by its name in the file."""
+    objects = script_objects(getattr(opened, "root", None))
+    if not objects:
+        return tensors, ()
+    inside = tuple(f"{path}/" for path, _ in objects)
+    kept = {name: tensor for name, tensor in tensors.items() if not name.startswith(inside)}
+    skipped = []
+    for path, record in objects:
+        # torch pickles a ScriptObject's state as (its __getstate__(), its class's qualified name)
+        fields, cls = record.state if isinstance(record.state, tuple) and len(record.state) == 2 else ((), "")
+        if isinstance(cls, str) and ".classes.rnn." in cls:
+            kind = fields[0] if isinstance(fields, tuple) and fields and isinstance(fields[0], str) else ""
+            skipped.append(Skipped((path,), f"a dynamically quantized (packed) recurrent weight "
+                                            f"({f'{kind}, ' if kind else ''}{cls}): rnninit cannot rewrite it and "
+                                            "keeps it as stored"))
+    return kept, tuple(skipped)
 
 
 def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequence[Declaration] = (),
@@ -135,13 +167,19 @@ def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequenc
     opened = open_source(source, load=read_checkpoint)
     try:
         shapes = opened.shape_records()
-        found = discover(shapes, layouts=layouts, only=only)
+        unpacked, packed = set_aside_packed(opened, shapes)
+        kept, quantized = set_aside_quantized(unpacked, layouts=layouts, only=only)
+        found = discover(kept, layouts=layouts, only=only)
+        skipped = [*packed, *quantized, *found.skipped]
         if strict:
-            refuse_skipped(found.skipped)
+            refuse_skipped(skipped)
+        held = {name for item in quantized for name in item.names}
+        listed = [f"{name} ({record.dtype})" for name, record in unpacked.items() if name not in kept
+                  and name not in held]
         tensors = found.effective(opened.arrays(found.sources))
         return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
-                          list(found.skipped), list(found.suspects), [view.describe for view in found.views],
-                          foreign_classes=list(getattr(opened, "foreign_classes", [])))
+                          skipped, list(found.suspects), [view.describe for view in found.views],
+                          foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed)
     finally:
         close_source(opened)
 
@@ -319,7 +357,8 @@ def _rewrite(
         refuse_non_tensors(opened.root, tensors_only)
 
     shapes = opened.shapes()
-    the_plan = plan(shapes, scheme, rules=rules, only=only, layouts=layouts, strict=strict)
+    unpacked, packed = set_aside_packed(opened, shapes)
+    the_plan = plan(unpacked, scheme, rules=rules, only=only, layouts=layouts, strict=strict, skipped=packed)
     notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
     tensors = opened.load(the_plan.sources)
     discovery = the_plan.discovery

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .errors import CheckpointError
+from .ziplayout import check_zip_layout
 
 # --- limits (README "Safety" documents them) ---------------------------------------------------------
 
@@ -365,6 +366,7 @@ def check_zip_records(archive: zipfile.ZipFile, size: int, name: str) -> None:
     records (`*/data/*`) must be stored, as torch.save writes them; other compressed records must declare
     a small size (data.pkl: PICKLE_RECORD_LIMIT), and the readers stop at the declared size. Only the
     central directory is read."""
+    check_zip_layout(archive, size, name)
     for info in archive.infolist():
         record = info.filename
         parts = record.split("/")

@@ -39,6 +39,7 @@ from .checkpoint import (
     metadata_payload,
     optimizer_state_paths,
     refuse_broadcast,
+    safetensors_header_json,
     string_map,
     unsafe_message,
     walk,
@@ -53,16 +54,20 @@ from .safety import (
 )
 from .unpickle import (
     DTYPES,
+    QUANTIZED_DTYPES,
+    Builders,
+    QTensorRef,
     TensorRef,
     array_from_bytes,
-    check_small_record,
     is_contiguous,
     read_code,
     script_tensors,
     storage_from_id,
     unpickle,
+    view_span,
 )
 from .unpickle import foreign_classes as find_foreign_classes
+from .ziplayout import check_storage_record, check_torch_records
 
 if TYPE_CHECKING:
     import torch
@@ -103,10 +108,7 @@ class Location:
     @property
     def span(self) -> tuple[int, int]:
         """[first, last + 1) element indexes of the storage that the tensor reads."""
-        if 0 in self.shape:
-            return self.offset, self.offset
-        last = self.offset + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride, strict=True))
-        return self.offset, last + 1
+        return view_span(self.offset, self.shape, self.stride)
 
     @property
     def byte_range(self) -> tuple[int, int]:
@@ -188,7 +190,10 @@ class TensorFile:
         result = {}
         for name in names:
             loc, raw = self._read_tensor_bytes(name)
-            result[name] = array_from_bytes(raw, loc.dtype_name, loc.shape, loc.stride)  # `raw` starts at offset
+            try:
+                result[name] = array_from_bytes(raw, loc.dtype_name, loc.shape, loc.stride)  # `raw` starts at offset
+            except CheckpointError as error:  # a dtype numpy cannot read (bits8, float4_e2m1fn_x2...): say which
+                raise CheckpointError(f"{self.path}: {name}: {error}") from None
         return result
 
     def _read_tensor_bytes(self, name: str) -> tuple[Location, bytes]:
@@ -205,11 +210,13 @@ class TensorFile:
         """Shape and dtype of every tensor, for layout discovery without torch (inspect, verify, diff)."""
         return {name: TensorShape(loc.shape, loc.dtype_name) for name, loc in self.locations.items()}
 
-    def shapes(self) -> dict[str, torch.Tensor]:
-        """Meta tensors (shape and dtype, no data) for layout discovery and planning."""
+    def shapes(self) -> dict[str, torch.Tensor | TensorShape]:
+        """Meta tensors (shape and dtype, no data) for layout discovery and planning; quantized tensors, which torch
+        makes on no meta device, as shape records (they are never planned)."""
         import torch
 
-        return {name: torch.empty_strided(loc.shape, loc.stride, dtype=loc.dtype, device="meta")
+        return {name: TensorShape(loc.shape, loc.dtype_name) if loc.dtype_name in QUANTIZED_DTYPES
+                else torch.empty_strided(loc.shape, loc.stride, dtype=loc.dtype, device="meta")
                 for name, loc in self.locations.items()}
 
     def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -291,7 +298,7 @@ class TensorFile:
         header.pop("__metadata__", None)
         if merged:
             header = {"__metadata__": merged, **header}
-        encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        encoded = safetensors_header_json(header)
         encoded += b" " * (-len(encoded) % 8)
         return struct.pack("<Q", len(encoded)) + encoded
 
@@ -540,17 +547,9 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
     with archive:
         check_zip_records(archive, os.fstat(handle.fileno()).st_size, str(path))  # before any record is read
         names = archive.namelist()
-        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
-            raise CannotPatch("no single data.pkl record")
-        folder = pickles[0].split("/")[0]
-        if f"{folder}/byteorder" in names and read_record(archive, f"{folder}/byteorder").strip() != b"little":
-            raise CannotPatch("big-endian archive")
+        folder = check_torch_records(names, lambda record: read_record(archive, record), str(path))
         records = _zip_records(path, archive)
-        for name in records:  # the small records torch.load reads: local headers and CRC-32s must agree
-            if not name.startswith(f"{folder}/data/"):
-                check_small_record(name, read_record(archive, name), str(path))
-        data_pkl = read_record(archive, pickles[0])
+        data_pkl = read_record(archive, f"{folder}/data.pkl")
         code = read_code(archive, folder)  # TorchScript: the classes' source, as text (never run)
         metadata = {}
         if f"{folder}/{METADATA_RECORD}" in names:
@@ -564,14 +563,16 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
     def persistent_load(saved_id: Any) -> Any:
         ref = storage_from_id(saved_id, storages)
         record = f"{folder}/data/{ref.key}"
-        if record not in records:
-            raise CheckpointError(f"{path}: record {record} is missing from the archive")
-        if ref.nbytes > records[record].size:
-            raise CheckpointError(f"{path}: record {record} is shorter than its storage")
+        check_storage_record(record, ref.nbytes, records[record].size if record in records else None, str(path))
         return ref
 
-    root = unpickle(data_pkl, persistent_load, str(path))
+    builders = Builders()
+    root = unpickle(data_pkl, persistent_load, str(path), builders)
     leaves = [(name or "tensor", value) for name, value in walk(root, "")]  # also enforces the graph's limits
+    try:
+        builders.refuse_hidden(value for _, value in leaves)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     named = list(script_tensors(root, code)) if code else [(n, v) for n, v in leaves if isinstance(v, TensorRef)]
     locations = {}
     for name, value in named:
@@ -582,7 +583,8 @@ def _index_pt(path: Path, handle: BinaryIO) -> TensorFile:
         # torch.load checks this against real storages; here nothing else does, and a view past its storage
         # would be read from, and patched into, the next record of the archive
         stored = value.storage.nbytes // value.itemsize  # an untyped storage counts bytes
-        if min(location.stride, default=0) < 0 or location.offset < 0 or location.span[1] > stored:
+        packed = isinstance(value, QTensorRef) and value.packed  # never read nor patched; torch.load checks it
+        if min(location.stride, default=0) < 0 or location.offset < 0 or (location.span[1] > stored and not packed):
             raise CheckpointError(f"{path}: not a readable torch.save file (damaged?): {name} reads "
                                   f"outside its storage (offset {location.offset}, shape {list(location.shape)}, "
                                   f"stride {list(location.stride)}, {stored} stored elements)")

@@ -4,7 +4,8 @@ Tensor names, metadata, paths and error messages come from files and command lin
 written. Shown raw, an escape sequence in them would drive the terminal: set the clipboard (OSC 52), the
 window title (OSC 0), plant hyperlinks (OSC 8), clear the screen (CSI), or reorder what the reader sees
 (bidi overrides). Human output passes every such string through `visible`; JSON keeps the exact strings
-(json.dumps escapes control characters itself).
+(json.dumps escapes control characters itself, and writes ASCII: a lone surrogate, the part of a name that is not
+valid UTF-8, stays its `\\udcff` escape, which Python's json reads back as the same string).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def _escape(char: str) -> str:
 
 def visible(text: str) -> str:
     """`text` with every control character made visible: ESC as `\\x1b`, C1 controls (U+0080–U+009F) as
-    `\\x9b`, DEL, tab, CR and LF as `\\x7f`, `\\t`, `\\r`, `\\n`, bidi controls as `\\u202e`. Other text,
-    including non-ASCII letters, is unchanged."""
+    `\\x9b`, DEL, tab, CR and LF as `\\x7f`, `\\t`, `\\r`, `\\n`, bidi controls as `\\u202e`, lone surrogates
+    (a name that is not valid UTF-8, which no terminal could be sent) as `\\udcff`. Other text, including
+    non-ASCII letters, is unchanged."""
     if text.isprintable() and text.isascii():
         return text  # the common case: nothing to look at
     return "".join(_escape(char) if char in _BIDI or unicodedata.category(char) in _CATEGORIES else char

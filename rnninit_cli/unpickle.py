@@ -30,9 +30,10 @@ import pickle
 import re
 import struct
 import zipfile
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from .errors import CheckpointError, UnsafeCheckpointError
@@ -47,18 +48,24 @@ DTYPES: dict[str, tuple[int, str]] = {
     "float8_e4m3fn": (1, "float8_e4m3fn"), "float8_e5m2": (1, "float8_e5m2"),
     "float8_e4m3fnuz": (1, "float8_e4m3fnuz"), "float8_e5m2fnuz": (1, "float8_e5m2fnuz"),
     "float8_e8m0fnu": (1, "float8_e8m0fnu"),
+    # no numbers numpy can read: kept byte for byte, never read as values
+    "float4_e2m1fn_x2": (1, ""), "bits1x8": (1, ""), "bits2x4": (1, ""), "bits4x2": (1, ""), "bits8": (1, ""),
+    "bits16": (2, ""), "qint8": (1, ""), "quint8": (1, ""), "qint32": (4, ""), "quint4x2": (1, ""),
+    "quint2x4": (1, ""),
 }
+# only `_rebuild_qtensor` makes tensors of these; quint4x2 and quint2x4 pack 2 and 4 values into each byte
+QUANTIZED_DTYPES = frozenset({"qint8", "quint8", "qint32", "quint4x2", "quint2x4"})
+_PACKED_QUANTIZED = frozenset({"quint4x2", "quint2x4"})
 # torch's legacy storage classes (also under torch.cuda) → the dtype of their elements
 STORAGE_DTYPES = {
     "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
     "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
     "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
-    "ComplexDoubleStorage": "complex128", "UntypedStorage": "uint8",
+    "ComplexDoubleStorage": "complex128", "UntypedStorage": "uint8", "QInt8Storage": "qint8",
+    "QUInt8Storage": "quint8", "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
 }
-# other dtypes a pickle may name as values (torch.qint8, torch.int4...): kept as names, never as tensors
-_OTHER_DTYPES = frozenset({"qint8", "quint8", "qint32", "quint4x2", "quint2x4", "bits1x8", "bits2x4", "bits4x2",
-                           "bits8", "bits16", "float4_e2m1fn_x2"} | {f"int{n}" for n in range(1, 8)}
-                          | {f"uint{n}" for n in range(1, 8)})
+# other dtypes a pickle may name as values (torch.int4, torch.uint3...: torch saves no tensors of them): names only
+_OTHER_DTYPES = frozenset({f"int{n}" for n in range(1, 8)} | {f"uint{n}" for n in range(1, 8)})
 _QSCHEMES = frozenset({"per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric",
                        "per_channel_affine_float_qparams"})
 
@@ -147,18 +154,45 @@ class TensorRef:
         return DTYPES[self.dtype][0]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
+class QTensorRef(TensorRef):
+    """A quantized tensor (`torch._utils._rebuild_qtensor`): never read as values, kept byte for byte."""
+
+    quantizer: tuple[Any, ...] = ()  # (qscheme, scale, zero point) or (qscheme, scales, zero points, axis)
+
+    @property
+    def packed(self) -> bool:
+        """Whether several values share a byte (quint4x2, quint2x4): spans in elements do not apply."""
+        return self.dtype in _PACKED_QUANTIZED
+
+
+@dataclass(frozen=True, repr=False)
 class DtypeRef:
-    """A torch dtype named as a value (e.g. a config's `torch_dtype`)."""
+    """A torch dtype named as a value (e.g. a config's `torch_dtype`); written as torch writes it."""
 
     name: str
 
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class DeviceRef:
-    """A torch.device named as a value."""
+    """A torch.device named as a value; written as torch writes it (`cpu`, `cuda:0`)."""
 
     spec: tuple[Any, ...]
+
+    def __repr__(self) -> str:
+        return ":".join(str(part) for part in self.spec)
+
+
+class SizeRef(tuple):
+    """A torch.Size named as a value: a tuple, written as torch writes it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"torch.Size([{', '.join(str(dim) for dim in self)}])"
 
 
 @dataclass(frozen=True)
@@ -240,10 +274,21 @@ class _ForeignGlobal:
         self.module, self.name = module, name
 
     def __call__(self, *args: Any) -> Foreign:
+        self.refuse_tensor_making()
         return Foreign(self.module, self.name, args, called=True)
 
     def __repr__(self) -> str:
         return f"<{self.module}.{self.name}>"
+
+    def refuse_tensor_making(self) -> None:
+        """torch's loader makes a tensor of a call of a tensor class (torch.FloatTensor([...]), Parameter(t)) or
+        of a rebuilder rnninit does not model (sparse, nested, meta...): a record of it would hide that tensor."""
+        module, name = self.module, self.name
+        if (module == "torch._utils" and name.startswith("_rebuild")) or (
+                module in ("torch", "torch.cuda", "torch._tensor", "torch.nn.parameter", "torch.nn")
+                and (name.endswith("Tensor") or name in ("Parameter", "Buffer"))):
+            raise DamagedPickle(f"the pickle makes a tensor with {module}.{name}, which rnninit does not model "
+                                "(it reads dense tensors rebuilt from the file's storages); refused")
 
 
 def foreign_classes(root: Any) -> list[str]:
@@ -275,10 +320,28 @@ def foreign_classes(root: Any) -> list[str]:
 
 class Builders:
     """How the allowed globals are built. This default builds inert records; the whole-load path
-    (checkpoint._load_pt) overrides the methods to build torch objects instead."""
+    (checkpoint._load_pt) overrides the methods to build torch objects instead. Every tensor built is kept, so
+    that one the walk cannot reach by a name (a dict key, a set member, an attribute) is refused: rewriting a
+    tensor that shares its storage would change it unseen (`refuse_hidden`)."""
+
+    def __init__(self) -> None:
+        self.made: list[Any] = []  # every tensor built, in order
+        self.inside: set[int] = set()  # ids of tensors that became part of another (a Parameter's data)
 
     def tensor(self, ref: TensorRef) -> Any:
+        self.made.append(ref)
         return ref
+
+    def refuse_hidden(self, leaves: Iterable[Any]) -> None:
+        """CheckpointError if a tensor built is neither a leaf of the walk nor part of one."""
+        reached = {id(leaf) for leaf in leaves} | self.inside
+        if any(id(tensor) not in reached for tensor in self.made):
+            raise CheckpointError("not a readable checkpoint: a tensor in it is not reachable by a name (it is a "
+                                  "dict key, a set member or an attribute of a dict or tensor), so rnninit cannot "
+                                  "tell whether rewriting another tensor would change it; refused")
+
+    def is_tensor(self, value: Any) -> bool:
+        return isinstance(value, TensorRef)
 
     def dtype(self, name: str) -> Any:
         return DtypeRef(name)
@@ -287,7 +350,7 @@ class Builders:
         return DeviceRef(spec)
 
     def size(self, dims: tuple[int, ...]) -> Any:
-        return tuple(dims)
+        return SizeRef(dims)
 
     def layout(self, name: str) -> Any:
         return DtypeRef(name)
@@ -339,12 +402,14 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if module == "torch._utils" and name in _REBUILDERS:
             return _REBUILDERS[name](self)
         if module == "torch._tensor" and name == "_rebuild_from_type_v2":
-            return _rebuild_from_type_v2
+            return _rebuild_from_type_v2(self)
         if module == "torch.jit._pickle" and name in _JIT_LISTS:
             return _JIT_LISTS[name]
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
-        if module in ("torch", "torch.cuda") and name in STORAGE_DTYPES:
+        if module == "collections" and name == "Counter":  # in torch's weights-only allowlist: a dict to walk
+            return Counter
+        if module in ("torch", "torch.cuda") and name in STORAGE_DTYPES and name != "UntypedStorage":
             return StorageType(name, STORAGE_DTYPES[name])
         if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
             return StorageType(name, "uint8")
@@ -363,6 +428,13 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if module == "builtins" and name in _PURE_BUILTINS:
             return _PURE_BUILTINS[name]
         return None
+
+    def load(self) -> Any:
+        token = _SPENDER.set(self._spend)  # what the allowed callables build is charged before it exists
+        try:
+            return super().load()
+        finally:
+            _SPENDER.reset(token)
 
     def persistent_load(self, pid: Any) -> Any:
         return self._storage_for(pid)
@@ -398,10 +470,14 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         state = self.stack.pop()
         inst = self.stack[-1]
         self._spend()
-        if isinstance(inst, (Foreign, TensorRef)):
+        if self.builders.is_tensor(inst):
+            # torch.load applies it (Tensor.set_ or Parameter.__setstate__): it may point the tensor elsewhere
+            raise DamagedPickle("BUILD on a tensor, which would change what it points to; rnninit does not "
+                                "model that, so it refuses the file")
+        if isinstance(inst, Foreign):
             inst.state = state
-        elif type(inst) is OrderedDict and (state is None or isinstance(state, dict)):
-            pass  # an OrderedDict's instance attributes: torch's weights-only loader sets them, nothing reads them
+        elif type(inst) in (OrderedDict, Counter) and isinstance(state, dict):
+            _set_dict_attributes(inst, state)  # as torch does (a state_dict()'s `_metadata`): kept when re-saved
         else:
             raise DamagedPickle(f"BUILD on a {type(inst).__name__}")
 
@@ -425,7 +501,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     def load_appends(self) -> None:
         items = self.pop_mark()
         target = self.stack[-1]
-        if not isinstance(target, (list, Foreign, bytearray)):
+        if not isinstance(target, (list, Foreign)):
             raise DamagedPickle(f"APPENDS to a {type(target).__name__}")
         self._spend(len(items) // 4)
         target.extend(items)
@@ -433,14 +509,14 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     def load_append(self) -> None:
         value = self.stack.pop()
         target = self.stack[-1]
-        if not isinstance(target, (list, Foreign, bytearray)):
+        if not isinstance(target, (list, Foreign)):
             raise DamagedPickle(f"APPEND to a {type(target).__name__}")
         target.append(value)
 
     def load_setitems(self) -> None:
         items = self.pop_mark()
         target = self.stack[-1]
-        if not isinstance(target, (dict, Foreign, list)):
+        if not isinstance(target, (dict, Foreign)):  # never a list: pickle does not write that, torch refuses it
             raise DamagedPickle(f"SETITEMS on a {type(target).__name__}")
         self._spend(len(items) // 4)
         for index in range(0, len(items), 2):
@@ -450,7 +526,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         value = self.stack.pop()
         key = self.stack.pop()
         target = self.stack[-1]
-        if not isinstance(target, (dict, Foreign, list)):
+        if not isinstance(target, (dict, Foreign)):  # never a list: pickle does not write that, torch refuses it
             raise DamagedPickle(f"SETITEM on a {type(target).__name__}")
         target[key] = value
 
@@ -572,11 +648,15 @@ def _apply(func: Any, args: tuple[Any, ...]) -> Any:
     if func is OrderedDict:
         if args and not (len(args) == 1 and isinstance(args[0], (list, dict, tuple))):
             raise DamagedPickle("OrderedDict with unexpected arguments")
+        _charge(args)
         return OrderedDict(*args)
+    if func is Counter:  # as pickle writes one: Counter(a dict of its counts)
+        if args and not (len(args) == 1 and isinstance(args[0], dict)):
+            raise DamagedPickle("Counter with unexpected arguments")
+        _charge(args)
+        return Counter(*args)
     if isinstance(func, _Builder):
         return func(*args)
-    if isinstance(func, Foreign):  # applying an object's record: a record of that
-        return Foreign(func.module, func.name, args, called=True)
     raise DamagedPickle(f"the pickle applies a {type(func).__name__}, which is not a constructor")
 
 
@@ -585,12 +665,34 @@ def _apply_new(cls: Any, args: Any, kwargs: Any) -> Any:
     if not isinstance(args, tuple) or (kwargs is not None and not isinstance(kwargs, dict)):
         raise DamagedPickle("NEWOBJ arguments are not a tuple")
     if isinstance(cls, _ForeignGlobal):
+        cls.refuse_tensor_making()
         return Foreign(cls.module, cls.name, args, kwargs, called=True)
-    if cls is OrderedDict and not args and not kwargs:
-        return OrderedDict()
+    if cls in (OrderedDict, Counter) and not args and not kwargs:
+        return cls()
     if isinstance(cls, _Builder) and cls.new_ok and not kwargs:
         return cls(*args)
     raise DamagedPickle(f"NEWOBJ of a {type(cls).__name__}")
+
+
+_SPENDER: ContextVar[Callable[[int], None] | None] = ContextVar("rnninit_pickle_spender", default=None)
+
+
+def _units(value: Any) -> int:
+    """What a callable may build from one argument, in budget units of about 16 bytes: a copy of it."""
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value) // 16 + 1
+    if isinstance(value, (list, tuple, set, frozenset, dict)):  # a copy may be a hash table: ~3 units an entry
+        return 3 * len(value) + 1
+    return 1
+
+
+def _charge(args: tuple[Any, ...]) -> None:
+    """Charge a call's copies to the reading unpickler's budget before the call: an allowed callable copies at
+    most its arguments (set(list), bytes(bytearray), tuple(size)...), so a few bytes that apply one callable
+    to the same large container again and again run out of budget instead of memory."""
+    spend = _SPENDER.get()
+    if spend is not None:
+        spend(sum(_units(arg) for arg in args))
 
 
 class _Builder:
@@ -601,6 +703,7 @@ class _Builder:
         self.new_ok = new_ok
 
     def __call__(self, *args: Any) -> Any:
+        _charge(args)
         try:
             return self.function(*args)
         except (DamagedPickle, TooBig, HostilePickle):
@@ -611,8 +714,8 @@ class _Builder:
 
 def _tensor_maker(unpickler: RestrictedUnpickler, parameter_default: bool = False, *,
                   typed: bool = False) -> Callable[..., Any]:
-    def rebuild(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                backward_hooks: Any = None, *rest: Any) -> Any:
+    def rebuild(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any,
+                backward_hooks: Any, *rest: Any) -> Any:  # both required, as torch's rebuilders require them
         dtype = storage.dtype if isinstance(storage, StorageRef) else ""
         if typed:  # _rebuild_tensor_v3: an untyped storage, the dtype given separately
             if not rest:
@@ -624,26 +727,92 @@ def _tensor_maker(unpickler: RestrictedUnpickler, parameter_default: bool = Fals
                 raise DamagedPickle("_rebuild_tensor_v3 with unexpected arguments")
         elif len(rest) > 1:
             raise DamagedPickle("_rebuild_tensor_v2 with unexpected arguments")
+        metadata = rest[1 if typed else 0] if len(rest) > (1 if typed else 0) else None
         if not isinstance(storage, StorageRef):
             raise DamagedPickle("a tensor is not backed by a storage of the file")
         if type(storage_offset) is not int or not isinstance(requires_grad, bool):
             raise DamagedPickle("a tensor's offset or requires_grad has the wrong type")
         shape, strides = _dims(size, "size"), _dims(stride, "stride")
+        _check_int64(shape, strides, storage_offset)
         if any(dim < 0 for dim in shape):
             raise DamagedPickle(f"a tensor has a negative size {list(shape)[:8]}")
         if len(shape) != len(strides):
             raise DamagedPickle("a tensor's size and stride differ in length")
         if storage.nbytes % DTYPES[dtype][0]:
             raise DamagedPickle(f"storage {storage.key} does not hold whole {dtype} elements")
+        if dtype in QUANTIZED_DTYPES:  # torch makes a quantized tensor without a quantizer of it, unusable
+            raise DamagedPickle(f"a plain tensor of quantized dtype {dtype} (not made by _rebuild_qtensor)")
+        _check_tensor_metadata(metadata, dtype)
+        if requires_grad and (typed or not _is_inexact(dtype)):  # v3: torch.empty(requires_grad) then set_ fails
+            raise DamagedPickle(f"a {dtype} tensor requires grad as torch.load cannot rebuild it")
+        _check_inside(storage, DTYPES[dtype][0], shape, strides, storage_offset)
         ref = TensorRef(storage, dtype, shape, strides, storage_offset, requires_grad, parameter_default)
         return unpickler.builders.tensor(ref)
 
     return rebuild
 
 
+def _set_dict_attributes(target: dict[Any, Any], state: dict[Any, Any]) -> None:
+    """`target.__dict__.update(state)`, for plain attribute names only (a dunder would change how it pickles)."""
+    for key in state:
+        if not isinstance(key, str) or (key.startswith("__") and key.endswith("__")):
+            raise DamagedPickle(f"BUILD sets the attribute {key_text(key)[:80]!r} of a dict; refused")
+    target.__dict__.update(state)
+
+
+def _is_inexact(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat", "complex"))
+
+
+INT64_MAX = (1 << 63) - 1
+MAX_RANK = 64  # numpy's; torch allows more, rnninit refuses them
+
+
+def _check_int64(shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> None:
+    """Sizes, strides, offset, element count and extent in int64, as torch computes them; rank at most 64."""
+    if len(shape) > MAX_RANK:
+        raise DamagedPickle(f"a tensor of {len(shape)} dimensions; rnninit reads at most {MAX_RANK}")
+    if any(not -INT64_MAX - 1 <= value <= INT64_MAX for value in (*shape, *strides, offset)):
+        raise DamagedPickle("a tensor's size, stride or offset does not fit in 64 bits, which torch refuses")
+    running = 1
+    for size in shape:  # in torch's order: (2**62, 2**62, 0) overflows before the 0
+        running *= size
+        if running > INT64_MAX:
+            raise DamagedPickle("a tensor's element count overflows 64 bits, which torch refuses")
+    if sum(abs(size * step) for size, step in zip(shape, strides, strict=False)) + abs(offset) > INT64_MAX:
+        raise DamagedPickle("a tensor's extent overflows 64 bits, which torch refuses")
+
+
+def _check_tensor_metadata(metadata: Any, dtype: str) -> None:
+    """torch applies a tensor's metadata (`set_tensor_metadata`): the conjugate and negative bits change its
+    values, so a tensor that sets them is refused; torch itself refuses metadata that is not a dict."""
+    if not metadata:
+        return
+    if not isinstance(metadata, dict):
+        raise DamagedPickle("a tensor's metadata is not a dict")
+    if not all(isinstance(key, str) and (value is None or type(value) in (bool, int, float))
+               for key, value in metadata.items()):
+        raise DamagedPickle("a tensor's metadata holds other than names and numbers, which torch refuses")
+    if "neg" in metadata or "conj" in metadata:  # torch sets the bit for the key, whatever its value
+        raise DamagedPickle("a tensor saved as a conjugate or negative view (its metadata sets that bit); rnninit "
+                            "reads plain tensors only: save it after .resolve_conj().resolve_neg()")
+
+
+def _check_inside(storage: StorageRef, itemsize: int, shape: tuple[int, ...], strides: tuple[int, ...],
+                  offset: int) -> None:
+    """A view must lie inside its storage, with no negative stride: the extent is offset + Σ (size − 1)·stride."""
+    if offset < 0 or any(stride < 0 for stride in strides):
+        raise DamagedPickle(f"a tensor has a negative offset or stride (offset {offset}, stride {list(strides)[:8]})")
+    end = view_span(offset, shape, strides)[1]
+    stored = storage.nbytes // itemsize
+    if end > stored:
+        raise DamagedPickle(f"a tensor reads outside its storage {storage.key} (offset {offset}, shape "
+                            f"{list(shape)[:8]}, stride {list(strides)[:8]}, {stored} stored elements)")
+
+
 def _rebuild_tensor(unpickler: RestrictedUnpickler) -> _Builder:
     def rebuild(storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
-        return _tensor_maker(unpickler)(storage, storage_offset, size, stride)
+        return _tensor_maker(unpickler)(storage, storage_offset, size, stride, False, None)
 
     return _Builder(rebuild)
 
@@ -664,54 +833,187 @@ def _dtype_name(value: Any) -> str:
     return text.removeprefix("torch.") if text.startswith("torch.") else ""
 
 
-def _rebuild_parameter(unpickler: RestrictedUnpickler) -> _Builder:
-    def rebuild(data: Any, requires_grad: Any, backward_hooks: Any = None, state: Any = None) -> Any:
+def _rebuild_parameter(unpickler: RestrictedUnpickler, *, with_state: bool = False) -> _Builder:
+    def make(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> Any:
         if not isinstance(requires_grad, bool):
             raise DamagedPickle("a parameter's requires_grad is not a bool")
-        make = getattr(unpickler.builders, "parameter", None)
-        if make is not None:
-            return make(data, requires_grad, state)
-        if not isinstance(data, TensorRef):
+        if not unpickler.builders.is_tensor(data):
             raise DamagedPickle("a parameter does not hold a tensor")
-        data.parameter, data.requires_grad = True, requires_grad
-        if state is not None:
-            data.state = state
-        return data
+        _check_tensor_state(state)
+        unpickler.builders.inside.add(id(data))
+        make_parameter = getattr(unpickler.builders, "parameter", None)
+        if make_parameter is not None:
+            return make_parameter(data, requires_grad, state)
+        if requires_grad and not _is_inexact(data.dtype):
+            raise DamagedPickle(f"a {data.dtype} parameter requires grad, which torch refuses")
+        # a new record over the same storage, as torch makes a new Parameter: `data` may be reached elsewhere too
+        return replace(data, parameter=True, requires_grad=requires_grad, state=state)
+
+    if with_state:
+        return _Builder(make)
+    return _Builder(lambda data, requires_grad, backward_hooks: make(data, requires_grad, backward_hooks))
+
+
+# what setattr on a tensor may change beyond a plain attribute: torch's data descriptors of Tensor and Parameter
+# (tests/test_differential.py checks this list against torch's)
+TENSOR_DESCRIPTORS = frozenset({
+    "H", "T", "__class__", "__cuda_array_interface__", "__dict__", "__weakref__", "_backward_hooks", "_base",
+    "_cdata", "_grad", "_grad_fn", "_has_symbolic_sizes_strides", "_post_accumulate_grad_hooks",
+    "_python_dispatch", "_version", "data", "device", "dtype", "grad", "grad_dtype", "grad_fn", "imag", "is_cpu",
+    "is_cuda", "is_ipu", "is_leaf", "is_maia", "is_meta", "is_mkldnn", "is_mps", "is_mtia", "is_nested",
+    "is_quantized", "is_sparse", "is_sparse_csr", "is_vulkan", "is_xla", "is_xpu", "itemsize", "layout", "mH",
+    "mT", "name", "nbytes", "ndim", "output_nr", "real", "requires_grad", "retains_grad", "shape", "volatile",
+})
+
+
+def _check_tensor_state(state: Any) -> None:
+    """The attributes torch sets on a rebuilt tensor (`_set_obj_state`): plain ones only; one that names a
+    tensor property (`data`, `real`, `requires_grad`...) could change what the tensor holds, so it is refused."""
+    if state is None:
+        return
+    parts = state if isinstance(state, tuple) else (state,)
+    if isinstance(state, tuple) and len(state) != 2:
+        raise DamagedPickle("a tensor's state is a tuple of other than two parts")
+    for part in parts:
+        if not part:
+            continue
+        if not isinstance(part, dict):
+            raise DamagedPickle("a tensor's state is not a dict")
+        for key in part:
+            if not isinstance(key, str):
+                raise DamagedPickle("a tensor's state names an attribute that is not a string")
+            if key in TENSOR_DESCRIPTORS:
+                raise DamagedPickle(f"a tensor's state sets its {key!r}, which could change what it holds; "
+                                    "rnninit does not model that, so it refuses the file")
+
+
+def _rebuild_qtensor(unpickler: RestrictedUnpickler) -> _Builder:
+    """torch._utils._rebuild_qtensor: a QTensorRef, checked as torch checks it; whole-load builders (`qtensor`)
+    make the torch tensor from it."""
+
+    def rebuild(storage: Any, storage_offset: Any, size: Any, stride: Any, quantizer_params: Any,
+                requires_grad: Any, backward_hooks: Any) -> Any:
+        if not isinstance(storage, StorageRef) or storage.dtype not in QUANTIZED_DTYPES:
+            raise DamagedPickle("_rebuild_qtensor of a storage that is not quantized")
+        if type(storage_offset) is not int or requires_grad is not False:
+            raise DamagedPickle("_rebuild_qtensor with an offset that is not an integer or requires_grad set "
+                                "(torch refuses gradients on quantized tensors)")
+        if not (backward_hooks is None or (isinstance(backward_hooks, dict) and not backward_hooks)):
+            raise DamagedPickle("_rebuild_qtensor with backward hooks")
+        shape, strides = _dims(size, "size"), _dims(stride, "stride")
+        if len(shape) != len(strides) or any(dim < 0 for dim in shape):
+            raise DamagedPickle("a quantized tensor's size and stride differ in length, or a size is negative")
+        quantizer = _quantizer(quantizer_params, shape, unpickler.builders)
+        unpickler.builders.inside.update(id(part) for part in quantizer[1:3])  # per-channel scales, zero points
+        if storage.dtype in _PACKED_QUANTIZED:  # sizes count values, the storage bytes: only plain views are read
+            per_byte = 2 if storage.dtype == "quint4x2" else 4
+            if storage_offset != 0 or strides != tuple(_contiguous(shape)) or \
+                    -(-math.prod(shape) // per_byte) > storage.nbytes:
+                raise DamagedPickle(f"a {storage.dtype} tensor that is not a plain view of its whole storage (torch "
+                                    "then reads past the storage); rnninit reads plain packed tensors only")
+        else:
+            _check_inside(storage, DTYPES[storage.dtype][0], shape, strides, storage_offset)
+        ref = QTensorRef(storage, storage.dtype, shape, strides, storage_offset, quantizer=quantizer)
+        make = getattr(unpickler.builders, "qtensor", None)
+        return ref if make is None else make(ref)
 
     return _Builder(rebuild)
 
 
+def _contiguous(shape: tuple[int, ...]) -> list[int]:
+    """Row-major strides of `shape`, as torch gives a contiguous tensor."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return strides[::-1]
+
+
+def _quantizer(params: Any, shape: tuple[int, ...], builders: Builders) -> tuple[Any, ...]:
+    """A quantized tensor's parameters as torch's `_rebuild_qtensor` accepts them: per tensor (qscheme, scale,
+    zero point); per channel (qscheme, scales, zero points, axis) with an axis inside the shape and one scale and
+    zero point per channel, as tensors or lists of numbers."""
+    if not isinstance(params, tuple) or not params:
+        raise DamagedPickle("a quantized tensor's parameters are not a tuple")
+    scheme = _dtype_name(params[0])
+    if scheme == "per_tensor_affine":
+        if len(params) != 3 or not _is_number(params[1]) or type(params[2]) is not int:
+            raise DamagedPickle("a per-tensor quantized tensor's scale or zero point is not a number")
+    elif scheme in ("per_channel_affine", "per_channel_affine_float_qparams"):
+        if len(params) != 4 or type(params[3]) is not int or not 0 <= params[3] < len(shape):
+            raise DamagedPickle(f"a per-channel quantized tensor's axis is out of range for size {list(shape)[:8]}")
+        for part in params[1:3]:
+            if _channel_count(part, builders) != shape[params[3]]:
+                raise DamagedPickle("a per-channel quantized tensor's scales or zero points are not one number per "
+                                    f"channel (size[axis] = {shape[params[3]]})")
+    else:
+        raise DamagedPickle(f"a quantized tensor with qscheme {scheme or type(params[0]).__name__}, which torch "
+                            "cannot rebuild")
+    return params
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _channel_count(part: Any, builders: Builders) -> int:
+    """How many channels per-channel scales or zero points give (-1 when they are neither a list nor a 1-D tensor)."""
+    if isinstance(part, list):
+        return len(part) if all(_is_number(value) for value in part) else -1
+    if isinstance(part, QTensorRef) or not builders.is_tensor(part):
+        return -1
+    shape = tuple(part.shape)
+    return shape[0] if len(shape) == 1 else -1
+
+
 _REBUILDERS: dict[str, Callable[[RestrictedUnpickler], _Builder]] = {
+    "_rebuild_qtensor": _rebuild_qtensor,
     "_rebuild_tensor": _rebuild_tensor,
     "_rebuild_tensor_v2": _rebuild_tensor_v2,
     "_rebuild_tensor_v3": _rebuild_tensor_v3,
     "_rebuild_parameter": _rebuild_parameter,
-    "_rebuild_parameter_with_state": _rebuild_parameter,
+    "_rebuild_parameter_with_state": lambda unpickler: _rebuild_parameter(unpickler, with_state=True),
 }
 
 
-def _rebuild_from_type_v2_function(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+def _rebuild_from_type_v2(unpickler: RestrictedUnpickler) -> _Builder:
     """torch._tensor._rebuild_from_type_v2: a tensor rebuilt by an allowed rebuilder, given a type (Tensor or
     Parameter, as torch's weights-only loader allows) and attributes."""
-    if not isinstance(func, _Builder) or not isinstance(args, tuple):
-        raise DamagedPickle("_rebuild_from_type_v2 with a function that is not a tensor rebuilder")
-    if not (isinstance(new_type, _ForeignGlobal) and (new_type.module, new_type.name)
-            in (("torch", "Tensor"), ("torch._tensor", "Tensor"), ("torch.nn.parameter", "Parameter"))):
-        raise DamagedPickle("_rebuild_from_type_v2 of a type other than Tensor or Parameter")
-    tensor = func(*args)
-    if isinstance(tensor, TensorRef):
-        tensor.state = state
-        if new_type.name == "Parameter":
-            tensor.parameter = True
-    return tensor
+
+    def rebuild(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+        if not isinstance(func, _Builder) or not isinstance(args, tuple):
+            raise DamagedPickle("_rebuild_from_type_v2 with a function that is not a tensor rebuilder")
+        if not (isinstance(new_type, _ForeignGlobal) and (new_type.module, new_type.name)
+                in (("torch", "Tensor"), ("torch.nn.parameter", "Parameter"))):  # the names torch allows
+            raise DamagedPickle("_rebuild_from_type_v2 of a type other than Tensor or Parameter")
+        _check_tensor_state(state)
+        tensor = func(*args)
+        if not unpickler.builders.is_tensor(tensor):
+            raise DamagedPickle("_rebuild_from_type_v2 of something that is not a tensor")
+        if isinstance(tensor, TensorRef):
+            tensor.state = state
+            if new_type.name == "Parameter":
+                tensor.parameter = True
+        elif new_type.name == "Parameter" and hasattr(unpickler.builders, "parameter"):
+            unpickler.builders.inside.add(id(tensor))  # torch's as_subclass(Parameter): the same tensor, retyped
+            tensor = unpickler.builders.parameter(tensor, tensor.requires_grad, state)
+        return tensor
+
+    return _Builder(rebuild)
 
 
-_rebuild_from_type_v2 = _Builder(_rebuild_from_type_v2_function)
+# the device types torch.device parses (torch 2.13), and its grammar: TYPE or TYPE:INDEX, no sign or leading zero
+_DEVICE_TYPES = ("cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia",
+                 "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone")
+_DEVICE = re.compile(rf"(?:{'|'.join(_DEVICE_TYPES)})(?::(?:0|[1-9][0-9]*))?")
 
 
 def _device_spec(spec: tuple[Any, ...]) -> tuple[Any, ...]:
+    """torch.device(TYPE[:INDEX]) or torch.device(TYPE, INDEX), refused where torch refuses it."""
     if not 1 <= len(spec) <= 2 or not isinstance(spec[0], str) or not all(type(part) is int for part in spec[1:]):
         raise DamagedPickle("torch.device with unexpected arguments")
+    if not _DEVICE.fullmatch(spec[0]) or (len(spec) == 2 and (spec[1] < 0 or ":" in spec[0])):
+        raise DamagedPickle(f"torch.device{spec!r:.60}: a device torch does not know")
     return spec
 
 
@@ -719,6 +1021,7 @@ def _reconstructor_function(cls: Any, base: Any, state: Any) -> Foreign:
     """copyreg._reconstructor (protocol 0 and 1 objects): a record of `cls`, never an instance."""
     if not isinstance(cls, _ForeignGlobal):
         raise DamagedPickle("copyreg._reconstructor of a class this reader builds")
+    cls.refuse_tensor_making()
     return Foreign(cls.module, cls.name, (), state=state, called=True)
 
 
@@ -805,7 +1108,7 @@ def storage_from_id(pid: Any, known: dict[str, StorageRef], *, legacy: bool = Fa
         raise DamagedPickle("a storage view (torch < 0.4 file): not supported")
     _, storage_type, key, location, numel = pid[:5]
     existing = known.get(key)
-    if existing is not None:
+    if existing is not None and (existing.nbytes or legacy):  # torch.load keeps no empty storage: it reads it again
         if existing.dtype != storage_type.dtype and storage_type.name != "UntypedStorage":
             raise DamagedPickle(f"storage {key} is named with two dtypes")
         return existing
@@ -877,8 +1180,11 @@ def array_from_bytes(raw: bytes | bytearray | memoryview, dtype: str, shape: tup
     flat = np.frombuffer(raw, dtype=kind)
     if is_contiguous(shape, stride) and flat.size == math.prod(shape):
         return flat.reshape(shape)  # no copy: a read-only view that keeps `raw` alive
-    view = np.lib.stride_tricks.as_strided(flat, shape, tuple(s * kind.itemsize for s in stride), writeable=False)
-    return np.array(view)  # a copy of its own, laid out contiguously
+    # over unsigned integers of the same size: as_strided rebuilds its dtype from a type string, which some
+    # ml_dtypes types (float8_e5m2: '<f1') do not round-trip through
+    bits = flat.view(f"u{kind.itemsize}") if kind.itemsize in (1, 2, 4, 8) else flat
+    view = np.lib.stride_tricks.as_strided(bits, shape, tuple(s * kind.itemsize for s in stride), writeable=False)
+    return np.array(view).view(kind)  # a copy of its own, laid out contiguously
 
 
 def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
@@ -900,12 +1206,17 @@ def tensor_array(ref: TensorRef, storage: bytes | memoryview) -> Any:
     return array_from_bytes(storage[first * ref.itemsize:stop * ref.itemsize], ref.dtype, ref.shape, ref.stride)
 
 
+def view_span(offset: int, shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, int]:
+    """[first, last + 1) element indexes of the storage that a view reads: offset + Σ (size − 1)·stride + 1,
+    not offset + numel (a strided view reaches further, a broadcast one less far)."""
+    if 0 in shape:
+        return offset, offset
+    return offset, offset + 1 + sum((size - 1) * step for size, step in zip(shape, stride, strict=True))
+
+
 def tensor_span(ref: TensorRef) -> tuple[int, int]:
     """[first, last + 1) element indexes of the storage that the tensor reads."""
-    if 0 in ref.shape:
-        return ref.offset, ref.offset
-    last = ref.offset + sum((size - 1) * stride for size, stride in zip(ref.shape, ref.stride, strict=True))
-    return ref.offset, last + 1
+    return view_span(ref.offset, ref.shape, ref.stride)
 
 
 # --- whole files: zip archives and the legacy format (torch-free) -----------------------------------------
@@ -923,6 +1234,7 @@ class PickledFile:
     storages: dict[str, StorageRef]
     storage_bytes: dict[str, memoryview]  # key → the storage's bytes (at least its declared size)
     code: dict[str, str] = field(default_factory=dict)  # TorchScript: record path → source text
+    builders: Builders = field(default_factory=lambda: Builders())  # what built the graph's tensors
 
     @property
     def foreign_classes(self) -> list[str]:
@@ -979,6 +1291,7 @@ def read_legacy(data: bytes, source: str, builders: Builders | None = None) -> P
                                       f"storages claim more bytes than the file holds (storage {ref.key})")
         return ref
 
+    builders = builders or Builders()
     root = unpickle(stream, persistent_load, source, builders)
     keys = _header_value(stream, source)
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
@@ -1004,7 +1317,7 @@ def read_legacy(data: bytes, source: str, builders: Builders | None = None) -> P
     if missing:
         raise CheckpointError(f"{source}: not a readable torch.save file (damaged?): storage {missing[0]} "
                               "has no data")
-    return PickledFile("legacy", root, storages, found)
+    return PickledFile("legacy", root, storages, found, builders=builders)
 
 
 def _legacy_storage(pid: Any, storages: dict[str, StorageRef]) -> StorageRef:
@@ -1014,6 +1327,7 @@ def _legacy_storage(pid: Any, storages: dict[str, StorageRef]) -> StorageRef:
 def read_zip(data: bytes, source: str, builders: Builders | None = None) -> PickledFile:
     """A zip torch.save archive or TorchScript archive held in memory (the whole-load path)."""
     from .safety import check_zip_records, read_record
+    from .ziplayout import check_storage_record, check_torch_records
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -1022,13 +1336,7 @@ def read_zip(data: bytes, source: str, builders: Builders | None = None) -> Pick
     with archive:
         check_zip_records(archive, len(data), source)
         names = archive.namelist()
-        folder = archive_folder(names, source)
-        for name in names:  # the small records torch.load reads: local headers and CRC-32s must agree
-            if not name.startswith(f"{folder}/data/"):
-                check_small_record(name, read_record(archive, name), source)
-        if f"{folder}/byteorder" in names and read_record(archive, f"{folder}/byteorder").strip() != b"little":
-            raise CheckpointError(f"{source}: a big-endian torch.save archive; rnninit reads little-endian "
-                                  "files only")
+        folder = check_torch_records(names, lambda record: read_record(archive, record), source)
         pickled = read_record(archive, f"{folder}/data.pkl")
         code = read_code(archive, folder)
         storages: dict[str, StorageRef] = {}
@@ -1036,34 +1344,14 @@ def read_zip(data: bytes, source: str, builders: Builders | None = None) -> Pick
         def persistent_load(pid: Any) -> StorageRef:  # checked before a caller's builder allocates anything
             ref = storage_from_id(pid, storages)
             record = f"{folder}/data/{ref.key}"
-            if record not in names:
-                raise CheckpointError(f"{source}: record {record} is missing from the archive")
-            if ref.nbytes > archive.getinfo(record).file_size:
-                raise CheckpointError(f"{source}: record {record} is shorter than its storage")
+            stored = archive.getinfo(record).file_size if record in names else None
+            check_storage_record(record, ref.nbytes, stored, source)
             return ref
 
+        builders = builders or Builders()
         root = unpickle(pickled, persistent_load, source, builders)
         found = {key: memoryview(read_record(archive, f"{folder}/data/{key}")) for key in storages}
-    return PickledFile("torchscript" if code else "zip", root, storages, found, code)
-
-
-def check_small_record(name: str, content: bytes, source: str) -> None:
-    """What torch.load decodes of an archive's small records: the serialization id is UTF-8 text."""
-    if name.endswith("/.data/serialization_id"):
-        try:
-            content.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CheckpointError(f"{source}: not a readable torch.save file (damaged?): its serialization id "
-                                  "is not UTF-8 text") from None
-
-
-def archive_folder(names: list[str], source: str) -> str:
-    pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
-    if len(pickles) != 1:
-        raise CheckpointError(f"{source}: not a readable torch.save file (damaged?): no single data.pkl record")
-    return pickles[0].split("/")[0]
-
-
+    return PickledFile("torchscript" if code else "zip", root, storages, found, code, builders)
 
 
 def read_code(archive: zipfile.ZipFile, folder: str) -> dict[str, str]:
@@ -1081,6 +1369,9 @@ def read_code(archive: zipfile.ZipFile, folder: str) -> dict[str, str]:
             raise CheckpointError(f"the TorchScript archive's code records declare more than {CODE_RECORD_LIMIT} "
                                   "bytes; refused")
         found[name.removeprefix(f"{folder}/code/")] = read_record(archive, name).decode("utf-8", "replace")
+    if not found and f"{folder}/constants.pkl" in archive.namelist():
+        raise CheckpointError(f"a constants.pkl record makes the archive a TorchScript archive to torch.load, but "
+                              f"it holds no {folder}/code/ records: not a readable archive (damaged?)")
     return found
 
 
@@ -1157,6 +1448,7 @@ def named_tensors(pickled: PickledFile) -> dict[str, Any]:
     from .checkpoint import walk
 
     leaves = [(path or "tensor", value) for path, value in walk(pickled.root, "")]  # also enforces the limits
+    pickled.builders.refuse_hidden(value for _, value in leaves)
     if pickled.kind == "torchscript":
         return dict(script_tensors(pickled.root, pickled.code))
     return {path: value for path, value in leaves if not isinstance(value, (Foreign, _ForeignGlobal))

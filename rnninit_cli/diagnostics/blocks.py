@@ -14,7 +14,7 @@ from ..stats import Summary, as_float64, float64_chunks, quiet_floats, spread_sa
 from .cache import _Cache
 from .families import Family, _classify
 from .formatting import _json
-from .orthogonality import _Gram, _spectrum
+from .orthogonality import _Gram, _spectrum, rounding_level, scaled_orthogonal_gain
 
 _BARS = "▁▂▃▄▅▆▇█"
 SPARKLINE_SAMPLE = 1 << 18  # larger blocks are drawn from this many of their values (stats.spread_sample)
@@ -128,7 +128,9 @@ def value_stats(values: Any, summary: Summary | None = None) -> dict[str, float 
             "max_abs": described.max_abs}
 
 
-def _geometry(parts: _Gram | None) -> tuple[float | None, float | None, float | None, str | None]:
+def _geometry(parts: _Gram | None, rounding: float) -> tuple[float | None, float | None, float | None, str | None]:
+    """max|G − I|, the extreme singular values and their sparkline: one bar where they are equal up to `rounding`
+    (`rounding_level`), whose bars would only show the CPU's last bits."""
     if parts is None:
         return None, None, None, None
     the_gram = parts[0]
@@ -139,7 +141,8 @@ def _geometry(parts: _Gram | None) -> tuple[float | None, float | None, float | 
     spectrum = _spectrum(parts)
     if spectrum is None:
         return largest, None, None, None
-    return largest, float(spectrum[0]), float(spectrum[-1]), sparkline(spectrum)
+    flat = scaled_orthogonal_gain(parts, rounding) is not None
+    return largest, float(spectrum[0]), float(spectrum[-1]), sparkline(spectrum[-1:] if flat else spectrum)
 
 
 @quiet_floats
@@ -156,7 +159,8 @@ def _block_stats(layer: Layer, block: Block, cache: _Cache, *, geometry: bool) -
     error = sv_min = sv_max = identity = None
     spectrum = None
     if values.ndim == 2 and geometry:
-        error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(block.name, block.start, block.stop))
+        rounding = rounding_level(cache.dtype(block.name), values.shape)
+        error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(block.name, block.start, block.stop), rounding)
         if values.shape[0] == values.shape[1] and stats["nan"] == stats["inf"] == 0:
             difference = as_float64(values)
             diagonal = np.arange(values.shape[0])

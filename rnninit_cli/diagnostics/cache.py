@@ -18,6 +18,7 @@ from .orthogonality import (
     diagonal_rules_out_orthogonal,
     diagonal_verdict,
     gram_diagonal,
+    rounding_level,
     scaled_orthogonal_gain,
 )
 
@@ -145,7 +146,8 @@ class _Cache:
             verdict = diagonal_verdict(self._diagonal(key), safe_scale(self.summary(*key).max_abs), gain, tolerance)
             if verdict is not None:
                 return verdict
-        return _orthogonal_verdict(self.gram_parts(name, start, stop), gain, tolerance)
+        return _orthogonal_verdict(self.gram_parts(name, start, stop), gain, tolerance,
+                                   rounding_level(self.dtype(name), values.shape))
 
     def orthogonal_gain(self, name: str, start: int | None, stop: int | None, tolerance: float) -> float | None:
         """`scaled_orthogonal_gain` of rows [start, stop), its Gram matrix computed only when the column (row)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NothingToDoError, UsageError
+from ..errors import NothingToDoError
 from ..layout import KINDS, Layer, find_layers
+from ..patterns import compile_user_pattern
 from ..schemes import Scheme
 from ..stats import effective_bias, quiet_floats
 from .blocks import BlockStats, MatrixStats, _block_stats, _geometry
 from .cache import _Cache
 from .formatting import _json
 from .mistakes import DiagnosticWarning, layer_warnings, scheme_warnings
+from .orthogonality import rounding_level
 from .recognition import SchemeMatch, _recognize
 
 _WEIGHTS = ("weight_ih", "weight_hh", "weight_hr")
@@ -59,10 +60,7 @@ class Diagnosis:
 
 def _select_layers(layers: Iterable[Layer], only: str | None) -> list[tuple[Layer, list[str]]]:
     """(layer, kinds whose parameter name matches `only`) for each layer with at least one such kind."""
-    try:
-        pattern = re.compile(only) if only is not None else None
-    except re.error as error:
-        raise UsageError(f"--only {only!r} is not a valid regular expression: {error}") from None
+    pattern = compile_user_pattern(only, "--only") if only is not None else None
     selected = []
     for layer in layers:
         kinds = [k for k in KINDS if k in layer.params and (pattern is None or pattern.search(layer.params[k]))]
@@ -104,7 +102,10 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
         for kind in kinds:
             if kind in _WEIGHTS:
                 name = layer.params[kind]
-                error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(name)) if geometry else (None,) * 4
+                error = sv_min = sv_max = spectrum = None
+                if geometry:
+                    rounding = rounding_level(cache.dtype(name), cache.whole(name).shape)
+                    error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(name), rounding)
                 matrices.append(MatrixStats(name, kind, tuple(cache.whole(name).shape), error, sv_min, sv_max,
                                             spectrum))
         bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 
 from ..stats import CHUNK, as_float64, power_of_two_scale, quiet_floats, safe_scale
-from .checks import Verdict
-from .formatting import _fmt
+from .checks import Verdict, _unit_roundoff
+from .formatting import _at_rounding, _fmt
+
+_FLOAT32_U = 2.0**-24
 
 
 @quiet_floats
@@ -72,6 +74,16 @@ def _minus_identity_max(matrix: np.ndarray, factor: float) -> float:
         return float(np.abs(scaled).max())
 
 
+def rounding_level(dtype: Any, shape: tuple[int, ...]) -> float:
+    """The largest max|BᵀB/g² − I| that rounding alone leaves in a g·Q of this dtype and shape: 2u + u² for the stored
+    values (u at least float32's: a float64 checkpoint may hold float32 draws) plus 8·u₃₂·(√k + √L) for float32 QR's
+    own error (k, L the short and long sides; measured at most 3.3·u₃₂·(√k + √L) from 2×2 to 65536×4, with MKL's
+    default and compatible code paths). Below it an error's digits are rounding noise, which differs between CPUs."""
+    u = max(_unit_roundoff(dtype), _FLOAT32_U)
+    short, long = (min(shape), max(shape)) if shape else (1, 1)
+    return 2 * u + u * u + 8 * _FLOAT32_U * (math.sqrt(short) + math.sqrt(long))
+
+
 def _describe(gain: float) -> str:
     return "orthogonal" + (f" with gain {_fmt(gain)}" if gain != 1 else "")
 
@@ -90,9 +102,10 @@ def diagonal_verdict(diagonal: np.ndarray, scale: float, gain: float, tolerance:
                                 "(a column or row norm alone)")
 
 
-def _orthogonal_verdict(parts: _Gram | None, gain: float, tolerance: float) -> Verdict:
+def _orthogonal_verdict(parts: _Gram | None, gain: float, tolerance: float, rounding: float = 0.0) -> Verdict:
     """check_orthogonal on a scaled Gram matrix: (G/s²)·(s/g)² − I, so that a gain of 1e200 (G = 1e400, beyond
-    float64) is checked as exactly as a gain of 1."""
+    float64) is checked as exactly as a gain of 1. An error at most `rounding` (`rounding_level`) is written as its
+    bound, not its digits."""
     if parts is None or bool(np.isnan(parts[1]).any()):
         return Verdict(False, True, "NaN/Inf values in the matrix")
     the_gram, small, scale = parts
@@ -106,7 +119,8 @@ def _orthogonal_verdict(parts: _Gram | None, gain: float, tolerance: float) -> V
     what = _describe(gain)
     if not error <= tolerance:
         return Verdict(False, True, f"not {what}: max |BᵀB/g² − I| = {_fmt(error)} > {_fmt(tolerance)}")
-    return Verdict(True, decided, f"{what}: max |BᵀB/g² − I| = {_fmt(error)}")
+    shown = _at_rounding(error, rounding) or f"= {_fmt(error)}"
+    return Verdict(True, decided, f"{what}: max |BᵀB/g² − I| {shown}")
 
 
 def _spectrum(parts: _Gram | None) -> np.ndarray | None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..initializers import cannot_hold
 from ..layout import Layer
 from ..planning import plan
 from ..schemes import Rule, Scheme
@@ -79,6 +80,10 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
     blocks = []
     for entry, verdict in zip(the_plan.entries, _check_all(the_plan.entries, cache), strict=True):
         status = "fail" if not verdict.ok else ("ok" if verdict.decided else "weak")
+        detail = verdict.detail
+        unheld = cannot_hold(cache.dtype(entry.name), entry.initializer, dict(entry.args))
+        if unheld is not None:  # whatever its values, the block cannot hold what the scheme draws
+            status, detail = "fail", f"{cache.dtype(entry.name)} cannot hold {entry.call}: {unheld}"
         found = ""
         if status == "fail":
             layer = layer_of[entry.name]
@@ -86,5 +91,5 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
             found = _classify(layer, block, cache).label
         expected = entry.call + (" per matrix" if entry.per == "matrix" else "")
         blocks.append(VerifyBlock(entry.name, entry.kind, entry.gate, entry.start, entry.stop, entry.rule, expected,
-                                  entry.per, status, found, verdict.detail))
+                                  entry.per, status, found, detail))
     return VerifyReport(the_plan.scheme, the_plan.rules, only, tuple(blocks))
