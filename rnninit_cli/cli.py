@@ -10,6 +10,7 @@ every checkpoint with numpy and never import it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -92,7 +93,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
     `trouble` is the status for errors other than usage errors (verify and diff use 1 for their answer).
     A Ctrl-C (SIGTERM) before the output is renamed into place exits 130 (143); after it, the command has
     succeeded (0)."""
-    _state["commits"], _state["signal"] = _commit_count(), None
+    _state["commits"], _state["signal"], _state["unwinding"] = _commit_count(), None, False
     _handle_signals(_interrupt)
     try:
         try:
@@ -556,6 +557,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     output is already in place; during an import, once the import is done."""
     if _committed():  # after the output's rename there is nothing left to stop
         return
+    if _state.get("unwinding"):
+        return  # a second Ctrl-C must not cut the cleanup short (the wait for worker threads inside torch)
     _state["signal"] = signum
     if _importing(frame):
         # an exception raised inside an import leaves the module half made, C extensions print it as they fail,
@@ -565,6 +568,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
         retry.daemon = True
         retry.start()
         return
+    _state["unwinding"] = True
     raise KeyboardInterrupt
 
 
@@ -584,19 +588,42 @@ def _handle_signals(handler: Callable[[int, Any], None] | signal.Handlers) -> No
             signal.signal(signum, handler)
 
 
+def _tolerate_narrow_encodings() -> None:
+    """Under an ASCII or Latin-1 locale (`PYTHONIOENCODING=ascii`, `LC_ALL=C PYTHONUTF8=0`) print what the
+    encoding cannot hold (→, σ, box drawing) as escapes rather than fail after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("_", "-")
+        if reconfigure is not None and encoding not in ("utf-8", "utf8"):
+            with contextlib.suppress(ValueError, OSError):  # a stream that cannot change: left as it is
+                reconfigure(errors="backslashreplace")
+
+
+def _started_as_command_handler() -> Any:
+    """The handler the package installs on its first line when it runs as the `rnninit` command (else None)."""
+    import rnninit_cli
+
+    return getattr(rnninit_cli, "_stop_at_once", None)
+
+
 def main() -> None:
     """Console-script entry point."""
     # the package took the signals over on its first line when started as the command; a program that calls
-    # main() itself gets the same from here on
+    # main() itself gets the same while it runs, and its own handlers back afterwards
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
     _state["signals"] = True
     _handle_signals(_stop_at_once)
     if sys.stdout is None:
         sys.stdout = _ClosedOutput()  # type: ignore[assignment]
+    _tolerate_narrow_encodings()
     try:
         app()
     finally:
         _handle_signals(signal.SIG_IGN)  # the exit status is decided (see _errors)
         _state["signals"] = False
+        for signum, handler in previous.items():  # a program's own handlers come back; Python's defaults do not
+            if callable(handler) and handler not in (signal.default_int_handler, _started_as_command_handler()):
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

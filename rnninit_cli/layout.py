@@ -24,9 +24,9 @@ ALL_GATES = ("i", "f", "g", "o", "r", "z", "n")
 KINDS = ("weight_ih", "weight_hh", "weight_hr", "bias_ih", "bias_hh")
 GATED_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
-_NAME = re.compile(
+_NAME = re.compile(  # \Z and DOTALL: a name may hold a newline anywhere, even at its end
     r"^(?P<prefix>(?:.*[./])?)(?P<kind>weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)"
-    r"(?:_l(?P<layer>\d+)(?P<reverse>_reverse)?)?$"
+    r"(?:_l(?P<layer>\d+)(?P<reverse>_reverse)?)?\Z", re.DOTALL
 )
 
 
@@ -296,7 +296,7 @@ def _declare_group(members: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     return " ".join(parts)
 
 
-_RECURRENT_HINT = re.compile(r"hh|h2h|p2g|recurr|hidden|(?:^|[._])u(?:$|[._])", re.IGNORECASE)
+_RECURRENT_HINT = re.compile(r"hh|h2h|p2g|recurr|hidden|(?:^|[._])u(?:\Z|[._])", re.IGNORECASE)
 
 
 def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Suspect]:

@@ -49,8 +49,22 @@ def one_thread_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
     try:
         yield pool
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _shut_down(pool)
         torch.set_num_threads(torch.get_num_threads())  # the caller's own count, stored again for new threads
+
+
+def _shut_down(pool: ThreadPoolExecutor) -> None:
+    """Cancel what has not started and wait for what has, through further Ctrl-Cs (re-raised once all is done):
+    a process that exits while a worker is inside torch aborts ("terminate called without an active exception")."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            break
+        except KeyboardInterrupt as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
 
 
 def at_one_thread(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     import torch
 
 _KIND = r"(?:weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)(?:_l\d+(?:_reverse)?)?"
-_PARAMETRIZED = re.compile(rf"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<kind>{_KIND})\.(?P<part>original[01]?)$")
-_OLD_FORM = re.compile(rf"^(?P<prefix>(?:.*\.)?)(?P<kind>{_KIND})_(?P<part>g|v|orig|u|raw)$")
+_PARAMETRIZED = re.compile(rf"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<kind>{_KIND})\.(?P<part>original[01]?)\Z",
+                           re.DOTALL)
+_OLD_FORM = re.compile(rf"^(?P<prefix>(?:.*\.)?)(?P<kind>{_KIND})_(?P<part>g|v|orig|u|raw)\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ def _raw_view(prefix: str, kind: str, raw: str, shapes: Mapping[str, tuple[int, 
 def is_parametrization_part(name: str, shapes: Mapping[str, Any]) -> bool:
     """Whether `name` is one part of a parametrized weight (weight_norm's g or v, spectral_norm's original...),
     whatever the weight is called: `P.parametrizations.W.original0`, or `P.W_g` beside `P.W_v`."""
-    if re.search(r"(?:^|\.)parametrizations\.[^.]+\.original\d*$", name):
+    if re.search(r"(?:^|\.)parametrizations\.[^.]+\.original\d*\Z", name):
         return True
     for own, others in (("_g", ("_v",)), ("_v", ("_g", "_orig")), ("_orig", ("_u", "_v")), ("_u", ("_orig",))):
         if name.endswith(own) and any(name[:-len(own)] + other in shapes for other in others):

@@ -1951,11 +1951,16 @@ def pickle_facts(data: bytes) -> tuple[set[str], set[str]]:
     return ops, found
 
 
+# plain values of a few more builtin types, a documented extension (README "Safety"): the oracle allows the real
+# types, so that torch builds the same values
+VALUE_TYPES = (frozenset, bytes, slice, range)
+VALUE_TYPE_NAMES = frozenset(f"{module}.{kind.__name__}" for module in ("builtins", "__builtin__")
+                             for kind in VALUE_TYPES)
+
 # globals rnninit builds into values (never inert records) that torch's weights-only allowlist lacks: torch's
 # refusal of them is a disagreement, not an extension
 RNNINIT_BUILDS = frozenset({
-    *(f"{module}.{name}" for module in ("builtins", "__builtin__")
-      for name in ("set", "frozenset", "bytearray", "bytes", "complex", "slice", "range")),
+    *(f"{module}.{name}" for module in ("builtins", "__builtin__") for name in ("set", "bytearray", "complex")),
     "_codecs.encode", "copyreg._reconstructor", "copy_reg._reconstructor", "torch.UntypedStorage",
     "torch._tensor.Tensor",
     *(f"torch.jit._pickle.{name}" for name in ("build_tensorlist", "build_intlist", "build_doublelist",
@@ -1981,7 +1986,8 @@ def foreign_globals(names: set[str]) -> set[str]:
         elif module in IMPORT_MAPPING:
             module = IMPORT_MAPPING[module]
         name = f"{module}.{attribute}"
-        if not module or not attribute or name in allowed or name in RNNINIT_BUILDS or dangerous(module, attribute):
+        if not module or not attribute or name in allowed or name in RNNINIT_BUILDS or name in VALUE_TYPE_NAMES \
+                or dangerous(module, attribute):
             continue
         found.add(name)
     return found
@@ -2020,7 +2026,7 @@ def torch_load(path: Path, data: bytes, foreign: set[str] | None = None, *, torc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with torch.serialization.safe_globals([(cls, cls.standin_name) for cls in stand_ins]):
+            with torch.serialization.safe_globals([*((cls, cls.standin_name) for cls in stand_ins), *VALUE_TYPES]):
                 return TorchResult("weights_only", torch.load(path, weights_only=True, map_location="cpu"))
         except Exception as error:
             first = f"{type(error).__name__}: {error}"
@@ -2180,8 +2186,11 @@ def leaf_form(value: Any) -> Any:
         return ("storage_class",)
     if isinstance(value, type) and issubclass(value, (torch.storage.TypedStorage, torch.UntypedStorage)):
         return ("storage_class",)
-    if isinstance(value, up._ForeignGlobal):
-        return ("global", f"{value.module}.{value.name}")
+    if isinstance(value, up._ForeignGlobal):  # a global named as a value: torch's own, or a foreign one
+        from torch import _weights_only_unpickler as wo
+
+        name = f"{value.module}.{value.name}"
+        return ("callable",) if name in wo._get_allowed_globals() else ("global", name)
     if isinstance(value, type) and issubclass(value, StandIn):
         return ("global", value.standin_name)
     if isinstance(value, (slice, range)):

@@ -8,6 +8,7 @@ refuses it or agrees with torch."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -623,3 +624,75 @@ def test_a_state_dicts_metadata_survives_a_whole_rewrite(tmp_path: Path, cli: Ca
         result = cli("apply", source, "--scheme", "keras", "--seed", "0", "-o", out, *extra)
         assert result.exit_code == 0, result.stderr
         assert torch.load(out, weights_only=True)["model"]._metadata == expected, extra
+
+
+def test_names_with_newlines_are_matched_like_any_character(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    """`$` matches before a final newline: "lstm.weight_ih_l0\\n" must not pass for lstm's weight_ih_l0."""
+    lstm = {f"lstm.{name}": value.detach() for name, value in torch.nn.LSTM(3, 4).state_dict().items()}
+    decoys = {f"{name}\n": torch.full_like(value, 7.0) for name, value in lstm.items()}
+    odd = {f"nl\nmod.{name.split('.')[1]}": value.clone() for name, value in lstm.items()}
+    source = tmp_path / "newlines.pt"
+    torch.save({**lstm, **decoys, **odd}, source)
+    result = cli("apply", source, "--scheme", "keras", "--seed", "0", "-o", tmp_path / "out.pt")
+    assert result.exit_code == 0, result.stderr
+    written = torch.load(tmp_path / "out.pt", weights_only=True)
+    for name in lstm:
+        assert not torch.equal(written[name], lstm[name]), name  # the real layer is rewritten
+        assert torch.equal(written[f"{name}\n"], decoys[f"{name}\n"]), name  # the look-alike is not
+    for name in odd:
+        assert not torch.equal(written[name], odd[name]), name  # a module name holding a newline is a layer too
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_narrow_output_encoding_degrades_instead_of_failing(encoding: str, tmp_path: Path) -> None:
+    """Under PYTHONIOENCODING=ascii the tables' →, σ and box drawing are escaped; apply succeeds, exit 0."""
+    source = tmp_path / "model.pt"
+    torch.save(torch.nn.LSTM(3, 4).state_dict(), source)
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    for args in (["inspect", str(source), "--wide"], ["apply", str(source), "--scheme", "keras", "--seed", "0",
+                                                      "-o", str(tmp_path / "out.pt")], ["schemes"]):
+        done = subprocess.run([sys.executable, "-m", "rnninit_cli", *args], capture_output=True, env=env,
+                              timeout=120)
+        assert done.returncode == 0, (args, done.stderr.decode(errors="replace"))
+        assert b"internal error" not in done.stderr and done.stdout, args
+
+
+def test_a_second_signal_while_unwinding_does_not_abort(tmp_path: Path) -> None:
+    """Ctrl-C, then SIGTERM 10 ms later, while `apply -o -` draws on worker threads: the second signal must not cut
+    the wait for those threads short (the process then aborted inside torch: exit -6, "terminate called...")."""
+    import signal
+    import time
+
+    source = tmp_path / "big.pt"
+    torch.save(torch.nn.LSTM(256, 1024, 2).state_dict(), source)
+    seen = []
+    for delay in (0.8, 1.2, 1.6, 2.0):
+        process = subprocess.Popen([sys.executable, "-m", "rnninit_cli", "apply", str(source), "--scheme", "keras",
+                                    "--seed", "0", "-o", "-"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        seen.append((delay, process.returncode, stderr.decode(errors="replace")))
+    for delay, code, stderr in seen:
+        assert code in (0, 130, 143), (delay, code, stderr)
+        assert stderr.strip() in ("", "error: interrupted"), (delay, stderr)
+
+
+def test_a_program_that_calls_main_gets_its_signal_handlers_back() -> None:
+    script = textwrap.dedent("""
+        import signal, sys
+        mine = lambda signum, frame: print("mine", signum)
+        signal.signal(signal.SIGINT, mine)
+        signal.signal(signal.SIGTERM, mine)
+        from rnninit_cli import cli
+        sys.argv = ["rnninit", "schemes", "--json"]
+        try:
+            cli.main()
+        except SystemExit:
+            pass
+        print(signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine, file=sys.stderr)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "True", done.stderr
