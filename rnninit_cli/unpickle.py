@@ -182,8 +182,17 @@ class DeviceRef:
 
     spec: tuple[Any, ...]
 
+    def _parts(self) -> tuple[str, int | None]:
+        kind, _, index = str(self.spec[0]).partition(":")
+        return kind, int(index) if index else (self.spec[1] if len(self.spec) > 1 else None)
+
+    def __str__(self) -> str:
+        kind, index = self._parts()
+        return kind if index is None else f"{kind}:{index}"
+
     def __repr__(self) -> str:
-        return ":".join(str(part) for part in self.spec)
+        kind, index = self._parts()
+        return f"device(type={kind!r})" if index is None else f"device(type={kind!r}, index={index})"
 
 
 class SizeRef(tuple):

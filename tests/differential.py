@@ -1549,7 +1549,7 @@ class PlanGen:
         """Globals torch's weights-only allowlist has that rnninit may not build the way torch does."""
         src = self.src
         kind = weighted(src, [(2, "counter"), (2, "param_newobj"), (1, "meta_tensor"), (1, "cpu_tensor"),
-                              (1, "tensor_class"), (1, "typed_storage")])
+                              (1, "tensor_class"), (1, "typed_storage"), (1, "untyped_class")])
         self.features.add(f"global_{kind}")
         if kind == "counter":
             return CallNode("collections", "Counter", [Map("dict", [(Lit("a"), Lit(1))])])
@@ -1567,6 +1567,8 @@ class PlanGen:
                             [self.tensor(), GlobalNode("torch", "float32"), Lit("cpu"), Lit(False)])
         if kind == "tensor_class":
             return GlobalNode("torch", src.choice(["Tensor", "FloatTensor"]))
+        if kind == "untyped_class":
+            return GlobalNode(src.choice(["torch", "torch.storage"]), "UntypedStorage")
         return GlobalNode("torch.storage", "TypedStorage")
 
     def foreign_object(self, depth: int) -> Node:
@@ -1961,7 +1963,7 @@ VALUE_TYPE_NAMES = frozenset(f"{module}.{kind.__name__}" for module in ("builtin
 # refusal of them is a disagreement, not an extension
 RNNINIT_BUILDS = frozenset({
     *(f"{module}.{name}" for module in ("builtins", "__builtin__") for name in ("set", "bytearray", "complex")),
-    "_codecs.encode", "copyreg._reconstructor", "copy_reg._reconstructor", "torch.UntypedStorage",
+    "_codecs.encode", "copyreg._reconstructor", "copy_reg._reconstructor",
     "torch._tensor.Tensor",
     *(f"torch.jit._pickle.{name}" for name in ("build_tensorlist", "build_intlist", "build_doublelist",
                                                "build_boollist", "build_genericlist", "restore_type_tag")),
@@ -2581,6 +2583,8 @@ KNOWN: tuple[Known, ...] = (
     Known("invalid_device_string", frozenset({"value_device"}),
           ("read:torch_refuses:*device*", "index:torch_refuses:*device*", "read:torch_refuses:*expected_one_of*",
            "index:torch_refuses:*expected_one_of*"), detail=r"[Dd]evice|Expected one of"),
+    Known("untyped_storage_class_as_a_value", frozenset({"global_untyped_class"}),
+          ("*:torch_refuses:*torch.UntypedStorage", "*:torch_refuses:*torch_untypedstorage*")),
     Known("walk_skips_entries_by_reused_ids", frozenset({"foreign_setitem", "foreign_setitems", "mutate_counter"}),
           ("*:names*", "*:leaf_names", "*:torch_refuses:*"), False, detail=r"__entries__|not reachable"),
     Known("non_string_keys_named_by_record", frozenset({"key_torch_value"}),

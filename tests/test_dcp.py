@@ -530,7 +530,7 @@ def _hostile_metadata(source: Path, markers: Path) -> dict[str, tuple[bytes, typ
         "unknown module": (b"\x80\x02" + _global(EVIL_MODULE, "run") + b"(" + _text("x") + b"tR.",
                            UnsafeCheckpointError, EVIL_MODULE),
         "whitelisted class applied twice": (b"\x80\x02" + _global("torch.distributed.checkpoint.metadata", "Metadata")
-                                            + b")R)R.", CheckpointError, "state_dict_metadata"),
+                                            + b")R)R.", CheckpointError, "not a constructor"),
         "torch.Size applied to its result": (b"\x80\x02" + _global("torch", "Size") + b")R)R.", CheckpointError,
                                              "not a constructor"),
         "truncated": (real[:len(real) // 2], CheckpointError, "truncated or damaged"),

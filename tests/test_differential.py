@@ -323,6 +323,13 @@ def test_known_disagreement_untyped_storage_global_name(folder: Path) -> None:
     assert_agrees(make_file(entries(w=make_tensor(storage, (4,), builder="v3", dtype="float32")), [storage]), folder)
 
 
+def test_known_disagreement_untyped_storage_class_as_a_value(folder: Path) -> None:
+    """torch.UntypedStorage named as a value (not in a persistent id): torch's allowlist has torch.storage's only."""
+    storage = make_storage()
+    root = entries(w=make_tensor(storage), g=GlobalNode("torch", "UntypedStorage"))
+    assert_agrees(make_file(root, [storage]), folder)
+
+
 def test_known_disagreement_constants_pkl_record(folder: Path) -> None:
     """An archive with a constants.pkl record is TorchScript to torch.load, which refuses it weights-only."""
     path = folder / "constants.pt"

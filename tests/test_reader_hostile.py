@@ -250,16 +250,23 @@ def test_huge_and_deep_pickles_are_refused_with_bounded_memory(name: str, suffix
 
 
 def test_foreign_calls_stay_records(hostile_env: dict[str, Any], tmp_path: Path) -> None:
-    """A global of a module not on the dangerous list, applied (REDUCE), then its result applied again and
-    BUILT on: inert records, never an import or a call (the module is importable here)."""
+    """A global of a module not on the dangerous list, applied (REDUCE): an inert record; that record applied
+    again: refused (torch's loader refuses calling an object too). Never an import or a call (the module is
+    importable here)."""
     body = (global_op(MODULE_NAME, "run") + b"(" + text("touch") + b"tR(" + text("again") + b"tR}"
             + text("__setstate__") + global_op(MODULE_NAME, "run") + b"sb")
     path = tmp_path / "foreign.pt"
     path.write_bytes(chain_archive(body))
     done = subprocess.run([sys.executable, "-m", "rnninit_cli", "inspect", str(path)], capture_output=True,
                           timeout=120, check=False, env={**os.environ, **hostile_env["env"]})
-    assert done.returncode == 0, done.stderr.decode()
-    assert f"holds objects of classes: {MODULE_NAME}.run" in (done.stdout + done.stderr).decode()
+    assert done.returncode == 1 and done.stderr.decode().startswith("error: "), done.stderr.decode()
+    assert "applies a Foreign" in done.stderr.decode()
+    assert not list(hostile_env["markers"].iterdir()), "the module was imported or called"
+    once = tmp_path / "once.pt"  # applied once, the global is an inert record the file may hold
+    once.write_bytes(chain_archive(global_op(MODULE_NAME, "run") + b"(" + text("touch") + b"tR"))
+    done = subprocess.run([sys.executable, "-m", "rnninit_cli", "inspect", str(once)], capture_output=True,
+                          timeout=120, check=False, env={**os.environ, **hostile_env["env"]})
+    assert f"holds objects of classes: {MODULE_NAME}.run" in (done.stdout + done.stderr).decode(), done.stderr
     assert not list(hostile_env["markers"].iterdir()), "the module was imported or called"
 
 
