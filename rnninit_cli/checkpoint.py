@@ -1011,11 +1011,18 @@ def atomic_write(output: str | Path, write: Callable[[BinaryIO], None], *,
     """
     out = Path(output)
     mode = _default_mode(out)
+    temp: Path | None = None
     try:
-        descriptor, temp = create_temporary_file(out.parent)
-    except OSError as error:
-        raise OutputError(f"cannot write in {out.parent}: {error.strerror or error}") from None
-    try:
+        while True:  # the name is known before the file exists: a Ctrl-C right after its creation removes it
+            temp = temporary_path(out.parent)
+            try:
+                descriptor = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                temp = None  # another writer's file
+            except OSError as error:
+                temp = None
+                raise OutputError(f"cannot write in {out.parent}: {error.strerror or error}") from None
         with os.fdopen(descriptor, "w+b") as sink:
             write(sink)
             sink.flush()
@@ -1028,6 +1035,8 @@ def atomic_write(output: str | Path, write: Callable[[BinaryIO], None], *,
             os.replace(temp, out)
             CommitLog.count += 1
     except BaseException as error:
+        if temp is None:
+            raise
         temp.unlink(missing_ok=True)
         failed = write_failure(error)
         if failed is not None:

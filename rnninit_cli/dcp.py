@@ -227,12 +227,12 @@ def _dtype(properties: Any, what: str) -> str:
     if isinstance(state, tuple) and len(state) == 5:  # TensorProperties.__getstate__: (dtype, layout, ...)
         dtype, layout = state[0], state[1]
     elif isinstance(state, dict):  # older torch: the dataclass' attributes
-        dtype, layout = state.get("dtype"), state.get("layout", DtypeRef("torch.strided"))
+        dtype, layout = state.get("dtype"), state.get("layout", DtypeRef("strided"))
     else:
         raise _Damaged(f"{what}'s properties are malformed")
     if not isinstance(dtype, DtypeRef) or dtype.name not in DTYPES:
         raise _Damaged(f"{what}'s dtype is not a torch dtype")
-    if not isinstance(layout, DtypeRef) or layout.name != "torch.strided":
+    if not isinstance(layout, DtypeRef) or layout.name != "strided":
         raise _Damaged(f"{what} is not a strided (dense) tensor")
     return dtype.name
 

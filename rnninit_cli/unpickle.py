@@ -362,7 +362,7 @@ class Builders:
         return SizeRef(dims)
 
     def layout(self, name: str) -> Any:
-        return DtypeRef(name)
+        return DtypeRef(name.removeprefix("torch."))  # written "torch.strided", as torch writes its layouts
 
 
 def _dims(value: Any, what: str) -> tuple[int, ...]:

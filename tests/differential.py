@@ -1796,6 +1796,7 @@ def _allowed_globals(stand_ins: list[type[StandIn]]) -> dict[str, Any]:
 
     allowed = dict(wo._get_allowed_globals())
     allowed.update({cls.standin_name: cls for cls in stand_ins})
+    allowed.update({f"builtins.{kind.__name__}": kind for kind in VALUE_TYPES})  # the documented value types
     return allowed
 
 

@@ -700,7 +700,8 @@ def test_a_program_that_calls_main_gets_its_signal_handlers_back() -> None:
 
 def test_torch_values_as_keys_are_named_as_torch_writes_them(tmp_path: Path) -> None:
     """A dtype, device or torch.Size as a dict key (alone or in a tuple) names its entry as str() of torch's own."""
-    keys = [torch.float32, torch.device("cuda", 1), torch.Size([2]), (torch.device("cpu"), 1), "plain"]
+    keys = [torch.float32, torch.device("cuda", 1), torch.Size([2]), (torch.device("cpu"), 1), torch.strided,
+            torch.per_tensor_affine, "plain"]
     source = tmp_path / "keys.pt"
     torch.save({"m": {key: torch.full((2,), float(index)) for index, key in enumerate(keys)}}, source)
     expected = {f"m/{key}" for key in keys}
