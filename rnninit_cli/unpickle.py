@@ -924,7 +924,9 @@ def _rebuild_qtensor(unpickler: RestrictedUnpickler) -> _Builder:
             _check_inside(storage, DTYPES[storage.dtype][0], shape, strides, storage_offset)
         ref = QTensorRef(storage, storage.dtype, shape, strides, storage_offset, quantizer=quantizer)
         make = getattr(unpickler.builders, "qtensor", None)
-        return ref if make is None else make(ref)
+        made = ref if make is None else make(ref)
+        unpickler.builders.made.append(made)  # like every tensor: refused where no name reaches it
+        return made
 
     return _Builder(rebuild)
 
