@@ -54,12 +54,17 @@ def one_thread_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
 
 
 def _shut_down(pool: ThreadPoolExecutor) -> None:
-    """Cancel what has not started and wait for what has, through further Ctrl-Cs (re-raised once all is done):
-    a process that exits while a worker is inside torch aborts ("terminate called without an active exception")."""
+    """Cancel what has not started and wait for what has (see `wait_through_interrupts`)."""
+    wait_through_interrupts(lambda: pool.shutdown(wait=True, cancel_futures=True))
+
+
+def wait_through_interrupts(wait: Callable[[], None]) -> None:
+    """Call `wait` until it returns, through Ctrl-Cs (the last re-raised once it has): a process that exits
+    while a worker thread is inside torch aborts ("terminate called without an active exception")."""
     interrupted: KeyboardInterrupt | None = None
     while True:
         try:
-            pool.shutdown(wait=True, cancel_futures=True)
+            wait()
             break
         except KeyboardInterrupt as error:
             interrupted = error

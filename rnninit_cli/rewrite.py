@@ -41,6 +41,7 @@ from .dcp import DcpFolder, is_dcp_folder, open_dcp
 from .errors import CheckpointError, OutputError, UsageError
 from .folders import ModelFolder, open_folder
 from .layout import Layer, Skipped, Suspect, discover
+from .onethread import wait_through_interrupts
 from .planning import (
     Plan,
     PlanEntry,
@@ -425,22 +426,10 @@ def _copy_while(
     try:
         draw()
     finally:
-        _wait_for(copier)  # the sink must not be closed under the copy, even on Ctrl-C
+        wait_through_interrupts(copier.join)  # the sink must not be closed under the copy, even on Ctrl-C
     if failure:
         raise failure[0]
     opened.patch(sink, updates, metadata)
-
-
-def _wait_for(thread: threading.Thread) -> None:
-    """Join `thread` even through Ctrl-C (then re-raise it once the thread is done)."""
-    interrupted: KeyboardInterrupt | None = None
-    while thread.is_alive():
-        try:
-            thread.join()
-        except KeyboardInterrupt as error:
-            interrupted = error
-    if interrupted is not None:
-        raise interrupted
 
 
 def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) -> None:

@@ -916,7 +916,7 @@ def _rebuild_qtensor(unpickler: RestrictedUnpickler) -> _Builder:
         unpickler.builders.inside.update(id(part) for part in quantizer[1:3])  # per-channel scales, zero points
         if storage.dtype in _PACKED_QUANTIZED:  # sizes count values, the storage bytes: only plain views are read
             per_byte = 2 if storage.dtype == "quint4x2" else 4
-            if storage_offset != 0 or strides != tuple(_contiguous(shape)) or \
+            if storage_offset != 0 or not is_contiguous(shape, strides) or \
                     -(-math.prod(shape) // per_byte) > storage.nbytes:
                 raise DamagedPickle(f"a {storage.dtype} tensor that is not a plain view of its whole storage (torch "
                                     "then reads past the storage); rnninit reads plain packed tensors only")
@@ -929,15 +929,6 @@ def _rebuild_qtensor(unpickler: RestrictedUnpickler) -> _Builder:
         return made
 
     return _Builder(rebuild)
-
-
-def _contiguous(shape: tuple[int, ...]) -> list[int]:
-    """Row-major strides of `shape`, as torch gives a contiguous tensor."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return strides[::-1]
 
 
 def _quantizer(params: Any, shape: tuple[int, ...], builders: Builders) -> tuple[Any, ...]:
