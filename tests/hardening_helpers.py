@@ -19,8 +19,8 @@
                                   (the input's bytes copied, the new tensors not yet written);
         HARDENING_BARRIER=DIR     atomic_write touches DIR/ready-PID and waits for DIR/go before it
                                   starts, so that two processes write at the same moment;
-        HARDENING_SAFETY=MOMENT   (tests/test_safety_writes.py) touch HARDENING_SAFETY_READY=FILE and sleep
-                                  HARDENING_SAFETY_SECONDS (default 3) at MOMENT: `committed` (a file's
+        HARDENING_SAFETY=MOMENT   (tests/test_safety_writes.py) touch HARDENING_SAFETY_READY=FILE and wait for
+                                  FILE.signalled, at most HARDENING_SAFETY_SECONDS (default 3), at MOMENT: `committed` (a file's
                                   output just renamed into place), `held` (a model folder's swap about to
                                   happen, SIGINT/SIGTERM held), `atexit` (the interpreter shutting down).
 """
@@ -161,8 +161,11 @@ def _safety_hooks() -> None:
     seconds = float(os.environ.get("HARDENING_SAFETY_SECONDS", "3"))
 
     def pause() -> None:
+        # until the test has sent its signal (it touches READY.signalled then), at most `seconds`
         ready.touch()
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while not ready.with_name(ready.name + ".signalled").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     if moment == "committed":
         name = "fsync_folder" if hasattr(checkpoint, "fsync_folder") else "_fsync_folder"  # (before issue 9)

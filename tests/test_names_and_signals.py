@@ -336,8 +336,11 @@ PAUSING_ENTRY = textwrap.dedent("""
     where, ready = os.environ["PAUSE_AT"], Path(os.environ["PAUSE_READY"])
 
     def pause(seconds):
+        # until the test has sent its signal (a fixed sleep raced a busy machine), at most `seconds`
         ready.touch()
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while not (ready.parent / "signalled").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     if where == "call":  # in a command, outside any import: a library that turns the interruption into an error
         import rnninit_cli.rewrite as rewrite
@@ -389,6 +392,7 @@ def signal_at(script: Path, args: list[str], where: str, signum: int, tmp_path: 
             time.sleep(0.005)
         assert ready.exists(), process.communicate()[1].decode()
         process.send_signal(signum)
+        (tmp_path / "signalled").touch()
         stdout, stderr = process.communicate(timeout=90)
     finally:
         process.kill()
@@ -415,7 +419,7 @@ def test_signal_while_checkpoint_is_half_imported(signum: int, pausing_entry: Pa
     """The reported case: a signal while rnninit_cli.checkpoint is in sys.modules without its CommitLog yet. The
     import is let finish (an import cut short leaves half-made modules behind), then the command stops."""
     result = signal_at(pausing_entry, ["apply", surrogate_pt.name, *SCHEME, "-o", "out.pt"],
-                       "inside:rnninit_cli.checkpoint", signum, tmp_path, seconds=1)
+                       "inside:rnninit_cli.checkpoint", signum, tmp_path)
     assert_interrupted(result, signum)
     assert (tmp_path / "resumed").exists(), "the import was cut short"
     assert not (tmp_path / "out.pt").exists() and temp_leftovers(tmp_path) == []

@@ -475,6 +475,7 @@ def run_paused(command: list[str], moment: str, ready: Path, signum: int) -> tup
         wait_until(lambda: ready.exists() or process.poll() is not None, 120, moment)
         assert process.poll() is None, process.communicate()[1].decode()
         process.send_signal(signum)
+        ready.with_name(ready.name + ".signalled").touch()
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
