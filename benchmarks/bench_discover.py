@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from rnninit_cli.layout import discover
+from rnninit_cli.layouts.discovery import discover
 
 
 @dataclass(frozen=True)

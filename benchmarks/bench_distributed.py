@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import rnninit_cli
-from rnninit_cli import planning
+from rnninit_cli.init import planning
 
 WORLD = 2
 SEED = 0

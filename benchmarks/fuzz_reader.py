@@ -108,9 +108,9 @@ def atheris_worker(args: argparse.Namespace) -> None:
 
     warnings.simplefilter("ignore")
     with atheris.instrument_imports(include=["rnninit_cli"]):
-        import rnninit_cli.checkpoint
-        import rnninit_cli.tensorfile
-        import rnninit_cli.unpickle  # noqa: F401
+        import rnninit_cli.formats.checkpoint
+        import rnninit_cli.formats.tensorfile
+        import rnninit_cli.formats.unpickle  # noqa: F401
     import io
     import zipfile
 

@@ -44,21 +44,19 @@ from typing import Any  # noqa: E402
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "find_layers": "layout", "Layer": "layout", "Block": "layout", "GATES": "layout", "discover": "layout",
-    "Discovery": "layout", "RnnInitWarning": "planning", "LayoutDeclarationError": "errors",
-    "parse_layout": "declared", "load_layout_file": "declared", "BUILTIN_LAYOUTS": "declared",
-    "plan": "planning", "init_": "planning", "apply_plan": "planning", "Plan": "planning",
-    "PlanEntry": "planning",
-    "SCHEMES": "schemes", "Scheme": "schemes", "Rule": "schemes", "get_scheme": "schemes",
-    "register_scheme": "schemes", "parse_rule": "schemes",
-    "INITIALIZERS": "initializers", "get_initializer": "initializers",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "Checkpoint": "checkpoint",
-    "RnnInitError": "errors", "UsageError": "errors", "LayoutError": "errors", "DtypeError": "errors",
-    "RuleError": "errors",
-    "SchemeError": "errors", "NothingToDoError": "errors", "CheckpointError": "errors",
-    "UnsafeCheckpointError": "errors", "OutputError": "errors",
+_EXPORTED_FROM = {  # module → the names the package exports from it
+    "layouts.discovery": ("find_layers", "Layer", "Block", "GATES", "discover", "Discovery"),
+    "init.planning": ("RnnInitWarning", "plan", "init_", "apply_plan", "Plan", "PlanEntry"),
+    "errors": (
+        "LayoutDeclarationError", "RnnInitError", "UsageError", "LayoutError", "DtypeError", "RuleError", "SchemeError",
+        "NothingToDoError", "CheckpointError", "UnsafeCheckpointError", "OutputError"
+    ),
+    "layouts.declared": ("parse_layout", "load_layout_file", "BUILTIN_LAYOUTS"),
+    "init.schemes": ("SCHEMES", "Scheme", "Rule", "get_scheme", "register_scheme", "parse_rule"),
+    "init.initializers": ("INITIALIZERS", "get_initializer"),
+    "formats.checkpoint": ("load_checkpoint", "save_checkpoint", "Checkpoint"),
 }
+_EXPORTS = {name: module for module, names in _EXPORTED_FROM.items() for name in names}
 
 __all__ = ["__version__", *_EXPORTS]
 

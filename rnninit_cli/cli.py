@@ -6,6 +6,10 @@ Progress, warnings, notes and errors go to standard error. Off a terminal nothin
 a table row stays one line, so grep finds it.
 torch is imported only by the commands that draw values (apply, new): inspect, verify, diff and schemes read
 every checkpoint with numpy and never import it.
+
+Longer than 600 lines because the seven commands' options live here (Typer reads them from the signatures)
+beside what only the process that runs a command may do: signal handlers, a closed standard output, exit codes.
+The work itself is the library's.
 """
 
 from __future__ import annotations
@@ -61,9 +65,9 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _commit_count() -> int:
-    """How many outputs this process has renamed into place (0 while rnninit_cli.checkpoint is not yet, or
+    """How many outputs this process has renamed into place (0 while rnninit_cli.formats.atomic is not yet, or
     only partly, imported: a signal can arrive in the middle of that import)."""
-    log = getattr(sys.modules.get("rnninit_cli.checkpoint"), "CommitLog", None)
+    log = getattr(sys.modules.get("rnninit_cli.formats.atomic"), "CommitLog", None)
     return 0 if log is None else log.count
 
 
@@ -237,7 +241,7 @@ def _layouts(layout: list[str] | None, layout_file: list[str] | None) -> list[An
     """The declarations given by --layout and --layout-file (none: no import)."""
     if not layout and not layout_file:
         return []
-    from .declared import layouts_from_options
+    from .layouts.declared import layouts_from_options
 
     return layouts_from_options(layout or (), layout_file or ())
 
@@ -534,7 +538,7 @@ def new(
 def schemes(as_json: JsonOption = False) -> None:
     """List the schemes: name and arguments, what each does, its rules in order, and its source."""
     with _errors():
-        from .schemes import SCHEMES
+        from .init.schemes import SCHEMES
 
         if as_json:
             _emit_json([{"name": s.name, "signature": s.signature, "description": s.description,

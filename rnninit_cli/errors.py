@@ -58,3 +58,9 @@ class MetaDeviceError(UsageError):
 
 class PlacementError(RnnInitError):
     """A distributed tensor (DTensor) placed in a way `init_` cannot write exactly (only Shard(0) and Replicate())."""
+
+
+def first_line(text: str) -> str:
+    """The first sentence of a library's error message, at most 200 characters, to quote in rnninit's own."""
+    line = (text.strip().splitlines() or ["unknown error"])[0]
+    return line.split(". ")[0][:200]

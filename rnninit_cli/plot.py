@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import atomic_write
 from .errors import UsageError
+from .formats.atomic import atomic_write
 from .terminal import visible
 
 if TYPE_CHECKING:

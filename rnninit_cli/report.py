@@ -17,10 +17,10 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from .layout import KINDS, Layer
-from .patterns import compile_user_pattern
-from .planning import Plan, PlanEntry
-from .stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias
+from .diagnostics.stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias
+from .init.planning import Plan, PlanEntry
+from .layouts.discovery import KINDS, Layer
+from .layouts.patterns import compile_user_pattern
 from .terminal import shown, visible
 
 if TYPE_CHECKING:

@@ -19,30 +19,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import __version__
-from .checkpoint import (
-    STDIO,
+from .diagnostics.stats import Stats
+from .errors import CheckpointError, OutputError, UsageError
+from .formats.atomic import FileIdentity, atomic_write, locked_input
+from .formats.checkpoint import (
     ArrayCheckpoint,
     Checkpoint,
-    FileIdentity,
-    atomic_write,
-    check_output,
     load_checkpoint,
-    locked_input,
-    output_format,
     read_checkpoint,
-    refuse_foreign_objects,
-    refuse_non_tensors,
     require_regular_file,
     save_checkpoint,
     save_whole,
-    script_objects,
 )
-from .dcp import DcpFolder, is_dcp_folder, open_dcp
-from .errors import CheckpointError, OutputError, UsageError
-from .folders import ModelFolder, open_folder
-from .layout import Layer, Skipped, Suspect, discover
-from .onethread import wait_through_interrupts
-from .planning import (
+from .formats.dcp import DcpFolder, is_dcp_folder, open_dcp
+from .formats.folders import ModelFolder, open_folder
+from .formats.kinds import STDIO
+from .formats.outputs import check_output, output_format, refuse_foreign_objects, refuse_non_tensors
+from .formats.tensorfile import CannotPatch, TensorFile, index_file, open_regular
+from .formats.unpickle.objects import script_objects
+from .init.onethread import wait_through_interrupts
+from .init.planning import (
     Plan,
     PlanEntry,
     apply_plan,
@@ -52,15 +48,15 @@ from .planning import (
     refuse_skipped,
     set_aside_quantized,
 )
-from .report import Stats, capture_stats
-from .tensorfile import CannotPatch, TensorFile, index_file, open_regular
+from .layouts.discovery import Layer, Skipped, Suspect, discover
+from .report import capture_stats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import torch
 
-    from .declared import Declaration
+    from .layouts.declared import Declaration
 
 Source = Checkpoint | TensorFile | ModelFolder | DcpFolder
 Folder = ModelFolder | DcpFolder

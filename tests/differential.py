@@ -1978,7 +1978,7 @@ def foreign_globals(names: set[str]) -> set[str]:
     from torch import _weights_only_unpickler as wo
     from torch._utils import IMPORT_MAPPING, NAME_MAPPING
 
-    from rnninit_cli.unpickle import dangerous
+    from rnninit_cli.formats.unpickle.machine import dangerous
 
     allowed = wo._get_allowed_globals()
     found = set()
@@ -2160,7 +2160,7 @@ def array_bytes(array: Any) -> bytes:
 
 def leaf_form(value: Any) -> Any:
     """A non-tensor value in a form both sides share (dtypes, devices, storages, foreign globals...)."""
-    from rnninit_cli import unpickle as up
+    from rnninit_cli.formats.unpickle import rebuilders, records
 
     if value is None or isinstance(value, (bool, int, str)):
         return (type(value).__name__, value)
@@ -2174,22 +2174,22 @@ def leaf_form(value: Any) -> Any:
         return (type(value).__name__, tuple(sorted(repr(leaf_form(item)) for item in value)))
     if isinstance(value, (torch.dtype, torch.layout, torch.qscheme)):
         return ("dtype", str(value).removeprefix("torch."))
-    if isinstance(value, up.DtypeRef):
+    if isinstance(value, records.DtypeRef):
         return ("dtype", value.name.removeprefix("torch."))
     if isinstance(value, torch.device):
         return ("device", str(value))
-    if isinstance(value, up.DeviceRef):
+    if isinstance(value, records.DeviceRef):
         try:
             return ("device", str(torch.device(*value.spec)))
         except Exception:
             return ("device", repr(value.spec))
-    if isinstance(value, (torch.storage.TypedStorage, torch.UntypedStorage, up.StorageRef)):
+    if isinstance(value, (torch.storage.TypedStorage, torch.UntypedStorage, records.StorageRef)):
         return ("storage",)
-    if isinstance(value, (up.StorageType, torch.serialization.StorageType)):
+    if isinstance(value, (records.StorageType, torch.serialization.StorageType)):
         return ("storage_class",)
     if isinstance(value, type) and issubclass(value, (torch.storage.TypedStorage, torch.UntypedStorage)):
         return ("storage_class",)
-    if isinstance(value, up._ForeignGlobal):  # a global named as a value: torch's own, or a foreign one
+    if isinstance(value, records._ForeignGlobal):  # a global named as a value: torch's own, or a foreign one
         from torch import _weights_only_unpickler as wo
 
         name = f"{value.module}.{value.name}"
@@ -2198,7 +2198,7 @@ def leaf_form(value: Any) -> Any:
         return ("global", value.standin_name)
     if isinstance(value, (slice, range)):
         return (type(value).__name__, repr(value))
-    if isinstance(value, up._Builder) or callable(value):  # an allowed function or class named as a value
+    if isinstance(value, rebuilders._Builder) or callable(value):  # an allowed function or class named as a value
         return ("callable",)
     return ("other", type(value).__name__)
 
@@ -2255,7 +2255,7 @@ def torch_read(result: TorchResult) -> Read:
 
 def _reader_errors() -> tuple[type[BaseException], ...]:
     from rnninit_cli.errors import CheckpointError, OutputError, UnsafeCheckpointError
-    from rnninit_cli.tensorfile import CannotPatch
+    from rnninit_cli.formats.tensorfile import CannotPatch
 
     return (CheckpointError, UnsafeCheckpointError, CannotPatch, OutputError)
 
@@ -2274,26 +2274,26 @@ def _guarded(read: Callable[[], Read]) -> Read:
 def _walked(root: Any) -> list[tuple[str, Any]]:
     """rnninit's walk of `root`, every leaf kept while walking (see test_known_disagreement_walk_skips_entries_...:
     what a caller allocates during the walk must not change what it yields)."""
-    from rnninit_cli.checkpoint import walk
+    from rnninit_cli.formats.unpickle.objects import walk
 
     return list(walk(root, ""))
 
 
 def _leaves(root: Any) -> dict[str, Any]:
-    from rnninit_cli.checkpoint import is_tensor
+    from rnninit_cli.formats.unpickle.objects import is_tensor
 
     return {path or "tensor": leaf_form(value) for path, value in _walked(root) if not is_tensor(value)}
 
 
 def _refs(root: Any) -> dict[str, Any]:
-    from rnninit_cli.unpickle import TensorRef
+    from rnninit_cli.formats.unpickle.records import TensorRef
 
     return {path or "tensor": value for path, value in _walked(root) if isinstance(value, TensorRef)}
 
 
 def read_load(path: Path) -> Read:
-    """rnninit_cli.checkpoint.load_checkpoint: the whole load (torch tensors, built as the pickle is read)."""
-    from rnninit_cli.checkpoint import load_checkpoint
+    """rnninit_cli.formats.checkpoint.load_checkpoint: the whole load (torch tensors, built as the pickle is read)."""
+    from rnninit_cli.formats.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(path)
     read = Read(leaves=_leaves(checkpoint.root))
@@ -2303,13 +2303,13 @@ def read_load(path: Path) -> Read:
 
 
 def read_read(path: Path) -> Read:
-    """rnninit_cli.checkpoint.read_checkpoint: the torch-free whole read (numpy arrays)."""
-    from rnninit_cli.checkpoint import read_checkpoint
+    """rnninit_cli.formats.checkpoint.read_checkpoint: the torch-free whole read (numpy arrays)."""
+    from rnninit_cli.formats.checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(path)
     refs = _refs(checkpoint.root)
     if checkpoint.torchscript:  # tensors named by state_dict paths
-        from rnninit_cli.unpickle import named_tensors, read_file
+        from rnninit_cli.formats.unpickle.files import named_tensors, read_file
 
         refs = named_tensors(read_file(path.read_bytes(), str(path)))
     read = Read(leaves=_leaves(checkpoint.root))
@@ -2326,8 +2326,8 @@ def read_read(path: Path) -> Read:
 
 
 def read_index(path: Path) -> Read:
-    """rnninit_cli.tensorfile.index_file: the patch path (`apply`): byte ranges, arrays and torch copies."""
-    from rnninit_cli.tensorfile import index_file
+    """rnninit_cli.formats.tensorfile.index_file: the patch path (`apply`): byte ranges, arrays and torch copies."""
+    from rnninit_cli.formats.tensorfile import index_file
 
     with index_file(path) as indexed:
         refs = _refs(indexed.root)

@@ -19,10 +19,11 @@
                                   (the input's bytes copied, the new tensors not yet written);
         HARDENING_BARRIER=DIR     atomic_write touches DIR/ready-PID and waits for DIR/go before it
                                   starts, so that two processes write at the same moment;
-        HARDENING_SAFETY=MOMENT   (tests/test_safety_writes.py) touch HARDENING_SAFETY_READY=FILE and wait for
-                                  FILE.signalled, at most HARDENING_SAFETY_SECONDS (default 3), at MOMENT: `committed` (a file's
-                                  output just renamed into place), `held` (a model folder's swap about to
-                                  happen, SIGINT/SIGTERM held), `atexit` (the interpreter shutting down).
+        HARDENING_SAFETY=MOMENT   (tests/test_safety_writes.py) touch HARDENING_SAFETY_READY=FILE and wait
+                                  for FILE.signalled, at most HARDENING_SAFETY_SECONDS (default 3), at
+                                  MOMENT: `committed` (a file's output just renamed into place), `held`
+                                  (a model folder's swap about to happen, SIGINT/SIGTERM held), `atexit`
+                                  (the interpreter shutting down).
 """
 
 from __future__ import annotations
@@ -100,13 +101,13 @@ def many(spec: Path) -> None:
 
 
 def run_rnninit(argv: list[str]) -> None:
-    import rnninit_cli.checkpoint as checkpoint
+    import rnninit_cli.formats.checkpoint as checkpoint
     import rnninit_cli.rewrite as rewrite
     from rnninit_cli.cli import main
 
     pause = os.environ.get("HARDENING_PAUSE")
     if pause and os.environ.get("HARDENING_PAUSE_AT") == "copy":
-        import rnninit_cli.tensorfile as tensorfile
+        import rnninit_cli.formats.tensorfile as tensorfile
 
         real_copy = tensorfile.copy_range
 
@@ -151,8 +152,8 @@ def _safety_hooks() -> None:
     """HARDENING_SAFETY: pause at one moment of a write, so that a test can send a signal then."""
     import atexit
 
-    import rnninit_cli.checkpoint as checkpoint
-    import rnninit_cli.folders as folders
+    import rnninit_cli.formats.atomic as atomic
+    import rnninit_cli.formats.folders as folders
 
     moment = os.environ.get("HARDENING_SAFETY")
     if not moment:
@@ -168,14 +169,13 @@ def _safety_hooks() -> None:
             time.sleep(0.005)
 
     if moment == "committed":
-        name = "fsync_folder" if hasattr(checkpoint, "fsync_folder") else "_fsync_folder"  # (before issue 9)
-        real_fsync_folder = getattr(checkpoint, name)
+        real_fsync_folder = atomic.fsync_folder
 
         def fsync_folder(folder: Path) -> None:  # atomic_write calls it right after the rename
             pause()
             real_fsync_folder(folder)
 
-        setattr(checkpoint, name, fsync_folder)
+        atomic.fsync_folder = fsync_folder
     elif moment == "held":
         real_refuse = folders.refuse_foreign_entries
 

@@ -332,7 +332,7 @@ def _check_only_patched(source: Path, output: Path, names: list[str]) -> None:
     """Bytes outside the rewritten chunks' elements and CRC-32 fields are the input's; patched archives are valid."""
     import numpy as np
 
-    from rnninit_cli.dcp import open_dcp
+    from rnninit_cli.formats.dcp import open_dcp
 
     allowed: dict[str, list[tuple[int, int]]] = {}
     with open_dcp(source) as folder:

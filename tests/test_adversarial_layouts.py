@@ -22,10 +22,10 @@ from torch.nn.utils import parametrizations
 from typer.testing import CliRunner, Result
 
 from rnninit_cli.cli import app
-from rnninit_cli.declared import load_layout_file, parse_layout
 from rnninit_cli.errors import LayoutDeclarationError, RnnInitError
-from rnninit_cli.layout import discover
-from rnninit_cli.planning import apply_plan, init_, plan
+from rnninit_cli.init.planning import apply_plan, init_, plan
+from rnninit_cli.layouts.declared import load_layout_file, parse_layout
+from rnninit_cli.layouts.discovery import discover
 
 runner = CliRunner()
 CELL_LAYOUT = r"cell=lstm weight_ih=(.*)\.x2g\.weight weight_hh=(.*)\.p2g\.weight bias_ih=(.*)\.x2g\.bias"

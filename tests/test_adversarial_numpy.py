@@ -32,10 +32,10 @@ from rnninit_cli.cli import app
 from rnninit_cli.diagnostics import diagnose, diff, verify
 from rnninit_cli.diagnostics.cache import _Cache
 from rnninit_cli.diagnostics.checks import check_uniform, check_uniform_fit, orthogonal_tolerance
+from rnninit_cli.diagnostics.stats import CHUNK, as_float64, summarize
 from rnninit_cli.errors import RnnInitError, RuleError
-from rnninit_cli.planning import _check_arguments, _try_arguments
-from rnninit_cli.schemes import parse_rule
-from rnninit_cli.stats import CHUNK, as_float64, summarize
+from rnninit_cli.init.arguments import _check_arguments, _try_arguments
+from rnninit_cli.init.schemes import parse_rule
 
 MODULE = [sys.executable, "-m", "rnninit_cli"]
 runner = CliRunner()

@@ -21,10 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from rnninit_cli.checkpoint import load_checkpoint
 from rnninit_cli.errors import CheckpointError, RnnInitError, UnsafeCheckpointError
-from rnninit_cli.tensorfile import index_file
-from rnninit_cli.unpickle import read_arrays, unpickle
+from rnninit_cli.formats.checkpoint import load_checkpoint
+from rnninit_cli.formats.tensorfile import index_file
+from rnninit_cli.formats.unpickle.files import read_arrays
+from rnninit_cli.formats.unpickle.machine import unpickle
 
 P2 = b"\x80\x02"
 
@@ -136,7 +137,7 @@ def test_deeply_nested_tuple_as_dict_key_is_refused_not_a_crash() -> None:
     script = textwrap.dedent("""
         import sys
         from rnninit_cli.errors import CheckpointError
-        from rnninit_cli.unpickle import unpickle
+        from rnninit_cli.formats.unpickle.machine import unpickle
         def no_storage(pid):
             raise AssertionError(pid)
         try:
@@ -157,7 +158,7 @@ def test_bytearray8_huge_declared_length_is_a_checkpoint_error() -> None:
 def test_bytearray8_declared_length_does_not_allocate() -> None:
     script = textwrap.dedent("""
         import struct
-        from rnninit_cli.unpickle import unpickle
+        from rnninit_cli.formats.unpickle.machine import unpickle
         def no_storage(pid):
             raise AssertionError(pid)
         try:
@@ -176,7 +177,7 @@ def test_bytearray8_declared_length_does_not_allocate() -> None:
 @pytest.mark.slow
 def test_code_record_of_blank_lines_is_read_in_linear_time() -> None:
     script = textwrap.dedent("""
-        from rnninit_cli.unpickle import script_modules
+        from rnninit_cli.formats.unpickle.torchscript import script_modules
         script_modules({"__torch__/evil.py": "class A(Module):\\n" + "\\n" * (1 << 20)})
         print("done")
     """)

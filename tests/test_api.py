@@ -12,7 +12,7 @@ from torch import nn
 
 import rnninit_cli
 from rnninit_cli.errors import NothingToDoError, UsageError
-from rnninit_cli.planning import Plan, PlanEntry, apply_plan, init_, plan
+from rnninit_cli.init.planning import Plan, PlanEntry, apply_plan, init_, plan
 
 SCHEMES = [
     "pytorch",
@@ -435,7 +435,7 @@ def test_lazy_exports() -> None:
 
 def test_importing_the_package_and_schemes_does_not_import_torch() -> None:
     code = (
-        "import rnninit_cli, rnninit_cli.schemes, sys; "
+        "import rnninit_cli, rnninit_cli.init.schemes, sys; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     result = subprocess.run(

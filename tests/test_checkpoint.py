@@ -20,17 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from rnninit_cli.checkpoint import (
-    Checkpoint,
-    atomic_write,
-    check_output,
-    detect_format,
-    load_checkpoint,
-    output_format,
-    save_checkpoint,
-    write_safetensors,
-)
 from rnninit_cli.errors import CheckpointError, OutputError, UnsafeCheckpointError, UsageError
+from rnninit_cli.formats.atomic import atomic_write
+from rnninit_cli.formats.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_safetensors
+from rnninit_cli.formats.kinds import detect_format
+from rnninit_cli.formats.outputs import check_output, output_format
 
 # --------------------------------------------------------------------------------------------
 # detect_format

@@ -860,7 +860,7 @@ def test_disk_full_leaves_output_intact(cli, request, tmp_path: Path, monkeypatc
 
 
 def test_crash_while_writing_leaves_output_intact(cli, model_pt: Path, tmp_path: Path, monkeypatch) -> None:
-    import rnninit_cli.tensorfile as tensorfile
+    import rnninit_cli.formats.tensorfile as tensorfile
 
     def crash(descriptor: int, _tensor, position: int) -> None:
         os.pwrite(descriptor, b"half a tensor", position)

@@ -37,7 +37,7 @@ from rnninit_cli.diagnostics import cache as cache_module
 from rnninit_cli.diagnostics import orthogonality
 from rnninit_cli.diagnostics.formatting import _at_rounding
 from rnninit_cli.diagnostics.orthogonality import _scaled_gram, rounding_level
-from rnninit_cli.initializers import orthogonal
+from rnninit_cli.init.initializers import orthogonal
 
 runner = CliRunner()
 
@@ -91,7 +91,7 @@ PATCHES = {
     "torch": lambda m: [perturb(m, "_weight_norm", nudge), perturb(m, "norm_except_dim", nudge)],
     "torch.linalg": lambda m: perturb(m, "qr", lambda result: (nudge(result[0]), result[1])),
     "numpy.linalg": lambda m: perturb(m, "eigvalsh", nudge),
-    "rnninit_cli.views": lambda m: perturb(m, "weight_norm", nudge),
+    "rnninit_cli.layouts.views": lambda m: perturb(m, "weight_norm", nudge),
     "rnninit_cli.diagnostics.orthogonality": lambda m: perturb(m, "_scaled_gram", gram),
 }
 

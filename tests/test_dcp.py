@@ -1,4 +1,4 @@
-"""torch.distributed.checkpoint folders (issue 14 §2, library side): rnninit_cli/dcp.py.
+"""torch.distributed.checkpoint folders (issue 14 §2, library side): rnninit_cli/formats/dcp.py.
 
 The folders are written by torch's own `torch.distributed.checkpoint.save`: in one process (no process group), and
 once by a 2-rank FSDP2 model (LSTM + GRU) on gloo, in a subprocess with a timeout. The values rnninit reads are
@@ -32,9 +32,11 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import FileSystemWriter, SerializationFormat
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from rnninit_cli import dcp as dcp_module
-from rnninit_cli.dcp import _TORCH_VALUES, METADATA_CLASSES, DcpFolder, open_dcp
 from rnninit_cli.errors import CheckpointError, OutputError, UnsafeCheckpointError
+from rnninit_cli.formats import dcp as dcp_module
+from rnninit_cli.formats import dcp_metadata
+from rnninit_cli.formats.dcp import DcpFolder, open_dcp
+from rnninit_cli.formats.dcp_metadata import _TORCH_VALUES, METADATA_CLASSES
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 FSDP_TIMEOUT = 180  # seconds for the 2-rank save (a hung rendezvous fails the test instead of hanging it)
@@ -561,7 +563,7 @@ def test_metadata_read_does_not_need_torch(plain: tuple[Path, dict[str, Any]]) -
                     raise ImportError("torch is blocked here")
         sys.meta_path.insert(0, Block())
         from pathlib import Path
-        from rnninit_cli.dcp import open_dcp
+        from rnninit_cli.formats.dcp import open_dcp
         with open_dcp(Path({str(plain[0])!r})) as folder:
             arrays = folder.arrays(list(folder.layout.tensors))
             import hashlib
@@ -745,7 +747,7 @@ def test_tiling_check_agrees_with_counting_every_element() -> None:
     """The signed-corner tiling check accepts exactly the chunk sets that store every element once (counted
     element by element here): random tilings of 1-4 dimensions, some with one chunk moved (then the element
     count still adds up, but some elements are stored twice and others never), some with an empty chunk."""
-    from rnninit_cli.dcp import Chunk, _check_tiling, _Damaged
+    from rnninit_cli.formats.dcp_metadata import Chunk, _check_tiling, _Damaged
 
     generator = np.random.default_rng(14)
     outcomes = {True: 0, False: 0}
@@ -776,7 +778,7 @@ def test_tiling_check_is_linear_in_memory(monkeypatch: pytest.MonkeyPatch) -> No
     beyond the corner limit a tensor is refused, not checked at any cost."""
     import time
 
-    from rnninit_cli.dcp import Chunk, _check_tiling, _Damaged
+    from rnninit_cli.formats.dcp_metadata import Chunk, _check_tiling, _Damaged
 
     count = 100_000
     chunks = [Chunk((index,), (1,), "f", 0, 0) for index in range(count)]
@@ -785,7 +787,7 @@ def test_tiling_check_is_linear_in_memory(monkeypatch: pytest.MonkeyPatch) -> No
     assert time.perf_counter() - began < 20
     with pytest.raises(_Damaged, match="overlap"):
         _check_tiling("x", (count,), [*chunks[:-2], Chunk((0,), (1,), "f", 0, 0), chunks[-1]])
-    monkeypatch.setattr(dcp_module, "TILING_CORNER_LIMIT", 1000)
+    monkeypatch.setattr(dcp_metadata, "TILING_CORNER_LIMIT", 1000)
     with pytest.raises(_Damaged, match="more corners than the 1000"):
         _check_tiling("x", (count,), chunks)
 
@@ -826,7 +828,7 @@ def test_one_file_under_several_names_meets_in_the_overlap_check(plain: tuple[Pa
 def test_force_replaces_an_earlier_output_only(plain: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     """--force may replace an earlier DCP output (the input's files plus rnninit.json); not a folder holding
     anything else, and a model folder's output holding an rnninit.json is still someone else's."""
-    from rnninit_cli.checkpoint import check_output
+    from rnninit_cli.formats.outputs import check_output
 
     source, output = plain[0], tmp_path / "out"
     with open_dcp(source) as folder:
@@ -879,7 +881,7 @@ def test_broadcast_chunks_are_refused_before_allocating(tmp_path: Path) -> None:
     refused before the declared tensor (4 TiB) is allocated."""
     from torch.distributed.checkpoint.metadata import MetadataIndex
 
-    from rnninit_cli.checkpoint import BROADCAST_LIMIT
+    from rnninit_cli.formats.unpickle.objects import BROADCAST_LIMIT
 
     large = _chunked(tmp_path / "large", (BROADCAST_LIMIT + 1,), [((0,), torch.ones(1).expand(BROADCAST_LIMIT + 1))])
     half = BROADCAST_LIMIT // 2 + 1

@@ -1,4 +1,4 @@
-"""Declared layouts (rnninit_cli.declared): parsing `--layout` / `--layout-file`, built-ins, name matching."""
+"""Declared layouts (rnninit_cli.layouts.declared): parsing `--layout` / `--layout-file`, built-ins, name matching."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import wild_models
 
-from rnninit_cli.declared import (
+from rnninit_cli.errors import LayoutDeclarationError, UsageError
+from rnninit_cli.layouts.declared import (
     BUILTIN_LAYOUTS,
     Declaration,
     DeclaredCell,
@@ -19,7 +20,6 @@ from rnninit_cli.declared import (
     match_declarations,
     parse_layout,
 )
-from rnninit_cli.errors import LayoutDeclarationError, UsageError
 
 I2H = r"weight_ih=(.*)\.i2h\.weight weight_hh=(.*)\.h2h\.weight"
 
@@ -430,7 +430,7 @@ def test_optional_groups_that_did_not_take_part_read_as_empty() -> None:
 def test_declared_is_torch_free() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from rnninit_cli.declared import layouts_from_options, match_declarations\n"
+        "from rnninit_cli.layouts.declared import layouts_from_options, match_declarations\n"
         "cells = match_declarations(['p.lstm_layers.0.x2g.weight', 'p.lstm_layers.0.p2g.weight'],"
         " layouts_from_options(['torchaudio-rnnt'], []))\n"
         "assert len(cells) == 1 and 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"

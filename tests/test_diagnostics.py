@@ -27,8 +27,8 @@ from rnninit_cli.diagnostics import (
     sparkline,
     verify,
 )
-from rnninit_cli.layout import find_layers
-from rnninit_cli.schemes import Scheme
+from rnninit_cli.init.schemes import Scheme
+from rnninit_cli.layouts.discovery import find_layers
 
 Tensors = dict[str, torch.Tensor]
 SCHEMES = ["torch", "pytorch", "keras", "keras-gate", "flax", "orthogonal", "irnn", "irnn(scale=0.5)",

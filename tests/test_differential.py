@@ -487,8 +487,9 @@ def test_known_disagreement_walk_skips_entries_by_reused_ids(folder: Path) -> No
     """checkpoint.walk remembers containers by id() without keeping them alive; Foreign.children() makes new lists
     each call, so a freed one's id, reused, made walk skip a foreign object's entries. Every walk of one root must
     name the same tensors, whatever its caller allocates meanwhile."""
-    from rnninit_cli.checkpoint import read_checkpoint, walk
-    from rnninit_cli.unpickle import TensorRef
+    from rnninit_cli.formats.checkpoint import read_checkpoint
+    from rnninit_cli.formats.unpickle.objects import walk
+    from rnninit_cli.formats.unpickle.records import TensorRef
 
     def namespace(key: Node, value: Node) -> Node:
         return MutateNode(CallNode("argparse", "Namespace", [], "newobj"), "setitem", [key, value])

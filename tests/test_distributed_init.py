@@ -59,7 +59,7 @@ def _gather(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _count_draws() -> list[int]:
     """Count the scopes this rank draws (planning._draw_scope is looked up at each call)."""
-    from rnninit_cli import planning
+    from rnninit_cli.init import planning
 
     counter = [0]
     original = planning._draw_scope
@@ -186,7 +186,7 @@ def _assert_same_as_one_process(results: list[dict[str, Any]]) -> None:
 
 
 def _single_process_draws(scheme: str) -> int:
-    from rnninit_cli import planning
+    from rnninit_cli.init import planning
 
     original = planning._draw_scope
     try:

@@ -31,7 +31,7 @@ import torch
 from typer.testing import Result
 
 from rnninit_cli import DtypeError, init_
-from rnninit_cli.initializers import FLOAT_FORMATS, cannot_hold
+from rnninit_cli.init.initializers import FLOAT_FORMATS, cannot_hold
 
 KINDS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 RNN = tuple(f"rnn.{kind}" for kind in KINDS)

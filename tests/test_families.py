@@ -22,7 +22,7 @@ from rnninit_cli.diagnostics.checks import (
     check_uniform_fit,
     uniform_ks_critical,
 )
-from rnninit_cli.layout import Block, find_layers
+from rnninit_cli.layouts.discovery import Block, find_layers
 
 Tensors = dict[str, torch.Tensor]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnninit_cli.errors import RuleError
-from rnninit_cli.initializers import INITIALIZERS, TRUNCATED_NORMAL_STD, get_initializer
+from rnninit_cli.init.initializers import INITIALIZERS, TRUNCATED_NORMAL_STD, get_initializer
 
 # 60 000 draws: a sample std is within ~0.5 % of the true one, the max of a uniform within 0.01 %.
 ROWS, COLS = 200, 300

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rnninit_cli.errors import LayoutError, RnnInitError
-from rnninit_cli.layout import Block, Layer, find_layers
+from rnninit_cli.layouts.discovery import Block, Layer, find_layers
 
 GATE_COUNT = {"rnn": 1, "gru": 3, "lstm": 4}
 MODULE_CLASS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -378,6 +378,6 @@ def test_layout_error_is_an_rnninit_error() -> None:
     ("11000-row", "an 11000-row"), ("orthogonal", "an orthogonal"), ("gate", "a gate"),
 ])
 def test_article_follows_how_the_word_is_read(word: str, expected: str) -> None:
-    from rnninit_cli.layout import article
+    from rnninit_cli.layouts.discovery import article
 
     assert article(word) == expected

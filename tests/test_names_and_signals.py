@@ -35,7 +35,7 @@ import torch
 from conftest import read_metadata, temp_leftovers
 from typer.testing import Result
 
-from rnninit_cli import planning
+from rnninit_cli.init import planning
 
 PREFIX = "enc\udcff.rnn."  # a byte 0xff read with surrogateescape
 ODD = "emb\ud800\x1b[31m"  # a lone high surrogate and an escape sequence, in a tensor that is not recurrent
@@ -416,10 +416,11 @@ def test_signal_while_typer_is_imported(signum: int, pausing_entry: Path, tmp_pa
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_while_checkpoint_is_half_imported(signum: int, pausing_entry: Path, surrogate_pt: Path,
                                                   tmp_path: Path) -> None:
-    """The reported case: a signal while rnninit_cli.checkpoint is in sys.modules without its CommitLog yet. The
-    import is let finish (an import cut short leaves half-made modules behind), then the command stops."""
+    """The reported case: a signal while rnninit_cli.formats.atomic (where CommitLog lives) is in sys.modules
+    without its CommitLog yet. The import is let finish (an import cut short leaves half-made modules behind), then
+    the command stops."""
     result = signal_at(pausing_entry, ["apply", surrogate_pt.name, *SCHEME, "-o", "out.pt"],
-                       "inside:rnninit_cli.checkpoint", signum, tmp_path)
+                       "inside:rnninit_cli.formats.atomic", signum, tmp_path)
     assert_interrupted(result, signum)
     assert (tmp_path / "resumed").exists(), "the import was cut short"
     assert not (tmp_path / "out.pt").exists() and temp_leftovers(tmp_path) == []

@@ -14,11 +14,11 @@ import torch
 from rnninit_cli import init_
 from rnninit_cli.diagnostics import diagnose
 from rnninit_cli.diagnostics.cache import _Cache
-from rnninit_cli.diagnostics.checks import GOF_SAMPLE, check_normal_fit, check_uniform_fit, gof_sample, summarize
+from rnninit_cli.diagnostics.checks import GOF_SAMPLE, check_normal_fit, check_uniform_fit, gof_sample
+from rnninit_cli.diagnostics.stats import summarize, to_array
 from rnninit_cli.errors import RuleError
-from rnninit_cli.planning import _check_arguments, _try_arguments
-from rnninit_cli.schemes import parse_rule
-from rnninit_cli.stats import to_array
+from rnninit_cli.init.arguments import _check_arguments, _try_arguments
+from rnninit_cli.init.schemes import parse_rule
 
 TOLERANCE = 1e-3
 
@@ -165,7 +165,7 @@ def test_arguments_a_draw_accepts_pass_without_torch_too(text: str) -> None:
 
 
 def test_summary_over_several_chunks_equals_exact_sums() -> None:
-    from rnninit_cli.stats import CHUNK
+    from rnninit_cli.diagnostics.stats import CHUNK
 
     rng = np.random.default_rng(11)
     values = (1e4 + rng.normal(0, 1e-3, 2 * CHUNK + CHUNK // 2 + 7)).astype(np.float32)  # |mean| ≫ std

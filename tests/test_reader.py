@@ -1,4 +1,4 @@
-"""The restricted reader (rnninit_cli/unpickle.py): every torch.save file and TorchScript archive, read
+"""The restricted reader (rnninit_cli/formats/unpickle.py): every torch.save file and TorchScript archive, read
 without torch, exactly as torch reads it (issue 10, part 4).
 
 - every kind of `.pt` file the suite builds, in every pickle protocol (2-5), zip and legacy, read in a
@@ -30,9 +30,9 @@ import torch
 from conftest import build_state
 from torch import nn
 
-from rnninit_cli.checkpoint import load_checkpoint
 from rnninit_cli.errors import OutputError
-from rnninit_cli.tensorfile import index_file
+from rnninit_cli.formats.checkpoint import load_checkpoint
+from rnninit_cli.formats.tensorfile import index_file
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,8 +139,8 @@ class NoTorch(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NoTorch())
 sys.modules["torch"] = None
-from rnninit_cli.unpickle import read_arrays
-from rnninit_cli.tensorfile import index_file
+from rnninit_cli.formats.unpickle.files import read_arrays
+from rnninit_cli.formats.tensorfile import index_file
 
 folder = Path(sys.argv[1])
 result = {}
@@ -414,7 +414,7 @@ def test_foreign_objects_whole_load_refuses_to_serialize(monkeypatch: pytest.Mon
     assert set(FOREIGN) <= set(loaded.foreign_classes)
     assert "model/decoder.rnn.weight_ih_l0" in loaded.tensors
     assert loaded.root["args"].state["arch"] == "lstm"  # an inert record of what the pickle says
-    from rnninit_cli.checkpoint import serialize
+    from rnninit_cli.formats.checkpoint import serialize
 
     with pytest.raises(OutputError, match=r"argparse\.Namespace"):
         serialize(loaded, "pt", {}, io.BytesIO())

@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import torch
 
-from rnninit_cli.checkpoint import load_checkpoint, read_checkpoint
 from rnninit_cli.errors import RnnInitError
-from rnninit_cli.tensorfile import index_file
-from rnninit_cli.unpickle import TENSOR_DESCRIPTORS, view_span
+from rnninit_cli.formats.checkpoint import load_checkpoint, read_checkpoint
+from rnninit_cli.formats.tensorfile import index_file
+from rnninit_cli.formats.unpickle.arrays import view_span
+from rnninit_cli.formats.unpickle.rebuilders import TENSOR_DESCRIPTORS
 
 # --- a tiny protocol-2 pickle assembler: the opcodes torch's weights-only reader knows -------------------
 
@@ -395,7 +396,7 @@ def test_a_wide_list_is_refused_before_its_paths_are_built() -> None:
     script = textwrap.dedent("""
         import os
         os.environ["RNNINIT_MAX_ENTRIES"] = "1000000"
-        from rnninit_cli.checkpoint import walk
+        from rnninit_cli.formats.checkpoint import walk
         from rnninit_cli.errors import CheckpointError
         wide = [0] * 4_000_000
         try:
@@ -414,7 +415,7 @@ def test_a_copying_builtin_applied_again_and_again_runs_out_of_budget() -> None:
     """A list of 50,000 items, then set(list) applied 2,000 times: 10**8 set entries from ~110 KB of pickle."""
     script = textwrap.dedent("""
         import struct
-        from rnninit_cli.unpickle import unpickle
+        from rnninit_cli.formats.unpickle.machine import unpickle
         from rnninit_cli.errors import CheckpointError
         items = b"".join(b"J" + struct.pack("<i", i) for i in range(50_000))
         body = b"\\x80\\x02]q\\x00(" + items + b"e"  # a list, memo 0

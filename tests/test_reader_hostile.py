@@ -22,7 +22,8 @@ from test_safety_reads import assert_clean_refusal, assert_one_error_line, bound
 from torch import nn
 
 from rnninit_cli.errors import CheckpointError, UnsafeCheckpointError
-from rnninit_cli.unpickle import RestrictedUnpickler, StorageRef, storage_from_id, unpickle
+from rnninit_cli.formats.unpickle.machine import RestrictedUnpickler, storage_from_id, unpickle
+from rnninit_cli.formats.unpickle.records import StorageRef
 
 SCHEME = ["--scheme", "keras"]
 MODULE_NAME = "rnninit_reader_hostile"

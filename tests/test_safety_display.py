@@ -33,9 +33,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import Result
 
 from rnninit_cli import DtypeError, apply_plan, init_, plan
-from rnninit_cli.checkpoint import Checkpoint, save_checkpoint
 from rnninit_cli.diagnostics import check_normal, check_truncated_normal, check_uniform
-from rnninit_cli.report import block_stats
+from rnninit_cli.diagnostics.stats import block_stats
+from rnninit_cli.formats.checkpoint import Checkpoint, save_checkpoint
 from rnninit_cli.terminal import shown, visible
 
 # numpy's overflow and invalid-value warnings on extreme values are noise on a user's terminal: none may escape

@@ -29,10 +29,10 @@ from hypothesis import strategies as st
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
-from rnninit_cli.checkpoint import load_checkpoint
 from rnninit_cli.errors import CheckpointError
-from rnninit_cli.safety import SAFETENSORS_BITS, read_stdin
-from rnninit_cli.tensorfile import index_file
+from rnninit_cli.formats.checkpoint import load_checkpoint
+from rnninit_cli.formats.safety import SAFETENSORS_BITS, read_stdin
+from rnninit_cli.formats.tensorfile import index_file
 
 HERE = Path(__file__).resolve().parent
 HELPER = str(HERE / "hardening_helpers.py")
@@ -598,7 +598,7 @@ def test_single_file_folder_whose_file_links_outside_is_refused(tmp_path: Path) 
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").symlink_to(outside)
-    from rnninit_cli.folders import open_folder
+    from rnninit_cli.formats.folders import open_folder
 
     with pytest.raises(CheckpointError, match="leads outside the folder"):
         open_folder(model)

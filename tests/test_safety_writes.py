@@ -41,11 +41,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
-import rnninit_cli.folders as folders
+import rnninit_cli.formats.folders as folders
 from rnninit_cli.cli import app
 from rnninit_cli.errors import RnnInitError
+from rnninit_cli.formats.tensorfile import TensorFile
 from rnninit_cli.rewrite import RewriteOptions, rewrite
-from rnninit_cli.tensorfile import TensorFile
 
 HERE = Path(__file__).resolve().parent
 HELPER = str(HERE / "hardening_helpers.py")

@@ -11,7 +11,7 @@ from torch import nn
 
 import rnninit_cli
 from rnninit_cli.errors import RnnInitError, RuleError, SchemeError, UsageError
-from rnninit_cli.schemes import SCHEMES, Rule, Scheme, get_scheme, parse_rule, register_scheme
+from rnninit_cli.init.schemes import SCHEMES, Rule, Scheme, get_scheme, parse_rule, register_scheme
 
 GATES = {"rnn": (None,), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
 ROUNDING = 1 + 1e-6  # float32 rounding of a float64 bound

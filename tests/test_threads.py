@@ -90,7 +90,7 @@ SET_NUM_THREADS = textwrap.dedent("""
     import hashlib, json, sys, threading
     import torch
     import rnninit_cli
-    from rnninit_cli.initializers import INITIALIZERS
+    from rnninit_cli.init.initializers import INITIALIZERS
 
     def digest(tensors):
         hasher = hashlib.sha256()

@@ -31,8 +31,8 @@ import torch
 import torch.distributed.checkpoint
 from safetensors.torch import save_file
 
-from rnninit_cli.safety import _torch_can_make
-from rnninit_cli.views import WeightNormView, weight_norm
+from rnninit_cli.formats.safety import _torch_can_make
+from rnninit_cli.layouts.views import WeightNormView, weight_norm
 
 MODULE = [sys.executable, "-m", "rnninit_cli"]
 TIMEOUT = 120
@@ -389,7 +389,7 @@ def test_tables_drop_padding_exactly_where_measuring_says_they_do_not_fit() -> N
     from rich.measure import Measurement
 
     from rnninit_cli import report
-    from rnninit_cli.layout import discover
+    from rnninit_cli.layouts.discovery import discover
 
     arrays = {name: tensor.numpy() for name, tensor in _state(_lstm(0)).items()}
     layer = discover(arrays).layers[0]

@@ -31,17 +31,17 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
 from rnninit_cli.cli import app
-from rnninit_cli.declared import (
+from rnninit_cli.errors import LayoutDeclarationError, UsageError
+from rnninit_cli.init.planning import plan
+from rnninit_cli.layouts.declared import (
     BUILTIN_LAYOUTS,
     LAYOUT_FILE_DECLARATIONS,
     LAYOUT_FILE_PATTERN_CHARS,
     load_layout_file,
     parse_layout,
 )
-from rnninit_cli.errors import LayoutDeclarationError, UsageError
-from rnninit_cli.layout import _pattern_for
-from rnninit_cli.patterns import MAX_PATTERN_CHARS, compile_user_pattern, sre_parse
-from rnninit_cli.planning import plan
+from rnninit_cli.layouts.discovery import _pattern_for
+from rnninit_cli.layouts.patterns import MAX_PATTERN_CHARS, compile_user_pattern, sre_parse
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -54,7 +54,7 @@ PYTHON_RE = bool(os.environ.get("RNNINIT_TEST_PYTHON_RE"))
 RUNNER = CliRunner()
 
 _MAIN = "from rnninit_cli.cli import main; sys.argv[0] = 'rnninit'; main()"
-_PYTHON_RE = ("from rnninit_cli import patterns; "
+_PYTHON_RE = ("from rnninit_cli.layouts import patterns; "
               "patterns.UserPattern.search = lambda self, name: re.search(self.pattern, name); "
               "patterns.UserPattern.fullmatch = lambda self, name: re.fullmatch(self.pattern, name); ")
 
@@ -352,8 +352,8 @@ def test_documented_patterns_match_as_with_python_re(pattern: str) -> None:
 
 
 def test_declared_cells_are_the_same_with_python_re(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rnninit_cli import patterns
-    from rnninit_cli.declared import match_declarations
+    from rnninit_cli.layouts import patterns
+    from rnninit_cli.layouts.declared import match_declarations
 
     names = corpus()
     layouts = [*BUILTIN_LAYOUTS.values(), *load_layout_file(REPO / "examples" / "layouts.toml")]

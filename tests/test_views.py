@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 import rnninit_cli
 from rnninit_cli.cli import app
 from rnninit_cli.errors import LayoutError
-from rnninit_cli.layout import discover
-from rnninit_cli.views import GateView, Piece, WeightNormView, weight_norm_dim
+from rnninit_cli.layouts.discovery import discover
+from rnninit_cli.layouts.views import GateView, Piece, WeightNormView, weight_norm_dim
 
 runner = CliRunner()
 

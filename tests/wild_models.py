@@ -684,7 +684,7 @@ KERAS_LSTM_LAYOUT = (
     r"cell=lstm gates=i,f,c,o transposed=weight_ih,weight_hh weight_ih=(.*lstm_cell)\.kernel "
     r"weight_hh=(.*lstm_cell)\.recurrent_kernel bias_ih=(.*lstm_cell)\.bias"
 )
-# bias_ih and bias_hh name the same (2, 3h) tensor: rows 0 and 1 (see rnninit_cli.declared).
+# bias_ih and bias_hh name the same (2, 3h) tensor: rows 0 and 1 (see rnninit_cli.layouts.declared).
 KERAS_GRU_LAYOUT = (
     r"cell=gru gates=z,r,h transposed=weight_ih,weight_hh weight_ih=(.*gru_cell)\.kernel "
     r"weight_hh=(.*gru_cell)\.recurrent_kernel bias_ih=(.*gru_cell)\.bias bias_hh=(.*gru_cell)\.bias"

@@ -5,6 +5,7 @@ JSON-serializable dict (non-finite floats become None).
 
 Modules, each importing only the ones above it:
 
+- stats: float64 block statistics without overflow, the effective bias (shared with the report);
 - formatting: numbers in messages and JSON-serializable values;
 - checks: the statistical tests and their bounds (the module docstring says how each decision is made);
 - orthogonality: Gram matrices, orthogonality checks and singular values;
@@ -13,7 +14,8 @@ Modules, each importing only the ones above it:
 - families: which known initializer a block looks like, without a plan;
 - recognition: which schemes a layer matches;
 - blocks: per-block and per-matrix statistics;
-- mistakes: the warnings (it names diagnosis.LayerDiagnosis for type checkers only);
+- layer_diagnosis: what a diagnosis found for one layer;
+- mistakes: the warnings;
 - diagnosis: `diagnose()`;
 - verification: `verify()`;
 - comparison: `diff()`.
@@ -33,9 +35,10 @@ from .checks import (
     orthogonal_tolerance,
 )
 from .comparison import BlockDiff, DiffReport, LayerDiff, diff
-from .diagnosis import Diagnosis, LayerDiagnosis, diagnose
+from .diagnosis import Diagnosis, diagnose
 from .entry_checks import check_entry
 from .families import UNDETERMINED, Family, classify_block
+from .layer_diagnosis import LayerDiagnosis
 from .mistakes import DiagnosticWarning, find_warnings
 from .orthogonality import check_orthogonal, gram
 from .recognition import UNKNOWN, SchemeMatch, recognize_layer

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from ..layout import Block, Layer
-from ..stats import Summary, as_float64, float64_chunks, quiet_floats, spread_sample, summarize
+from ..layouts.discovery import Block, Layer
 from .cache import _Cache
 from .families import Family, _classify
 from .formatting import _json
 from .orthogonality import _Gram, _spectrum, rounding_level, scaled_orthogonal_gain
+from .stats import Summary, as_float64, float64_chunks, quiet_floats, spread_sample, summarize
 
 _BARS = "▁▂▃▄▅▆▇█"
 SPARKLINE_SAMPLE = 1 << 18  # larger blocks are drawn from this many of their values (stats.spread_sample)

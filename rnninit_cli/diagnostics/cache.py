@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import Summary, as_float64, combine, dtype_name, safe_scale, summarize, to_array
 from .checks import Verdict, _unit_roundoff, check_constant
 from .orthogonality import (
     _Gram,
@@ -21,6 +20,7 @@ from .orthogonality import (
     rounding_level,
     scaled_orthogonal_gain,
 )
+from .stats import Summary, as_float64, combine, dtype_name, safe_scale, summarize, to_array
 
 _Key = tuple[str, int | None, int | None]
 

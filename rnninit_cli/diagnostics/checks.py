@@ -60,7 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import (
+from .formatting import _fmt
+from .stats import (
     Summary,
     as_float64,
     numpy_float_dtype,
@@ -71,7 +72,6 @@ from ..stats import (
     summarize,
     to_array,
 )
-from .formatting import _fmt
 
 ALPHA = 1e-6
 MIN_SAMPLES = 16

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import NothingToDoError
-from ..layout import Block, Layer, find_layers
-from ..stats import float64_chunks, quiet_floats, to_array
+from ..layouts.discovery import Block, Layer, find_layers
 from .blocks import value_stats
 from .cache import _Cache, worker_count
 from .diagnosis import _select_layers
 from .formatting import _json
+from .stats import float64_chunks, quiet_floats, to_array
 
 
 @dataclass(frozen=True)

@@ -7,43 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NothingToDoError
-from ..layout import KINDS, Layer, find_layers
-from ..patterns import compile_user_pattern
-from ..schemes import Scheme
-from ..stats import effective_bias, quiet_floats
-from .blocks import BlockStats, MatrixStats, _block_stats, _geometry
+from ..init.schemes import Scheme
+from ..layouts.discovery import KINDS, Layer, find_layers
+from ..layouts.patterns import compile_user_pattern
+from .blocks import MatrixStats, _block_stats, _geometry
 from .cache import _Cache
-from .formatting import _json
+from .layer_diagnosis import LayerDiagnosis
 from .mistakes import DiagnosticWarning, layer_warnings, scheme_warnings
 from .orthogonality import rounding_level
-from .recognition import SchemeMatch, _recognize
+from .recognition import _recognize
+from .stats import effective_bias, quiet_floats
 
 _WEIGHTS = ("weight_ih", "weight_hh", "weight_hr")
-
-
-@dataclass(frozen=True)
-class LayerDiagnosis:
-    """One layer (direction) or cell: its blocks, whole matrices, effective bias and the schemes it matches."""
-
-    layer: Layer
-    blocks: tuple[BlockStats, ...]
-    matrices: tuple[MatrixStats, ...]
-    effective_bias: tuple[dict[str, Any], ...]
-    scheme: SchemeMatch
-
-    @property
-    def title(self) -> str:
-        return self.layer.title
-
-    def as_dict(self) -> dict[str, Any]:
-        layer = self.layer
-        return _json({
-            "title": layer.title, "prefix": layer.prefix, "cell": layer.cell, "is_cell": layer.is_cell,
-            "layer": layer.layer, "direction": layer.direction, "input_size": layer.input_size,
-            "hidden_size": layer.hidden_size, "proj_size": layer.proj_size, "bias": layer.bias,
-            "blocks": [b.as_dict() for b in self.blocks], "matrices": [m.as_dict() for m in self.matrices],
-            "effective_bias": list(self.effective_bias), "scheme": self.scheme.as_dict(),
-        })
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ..initializers import TRUNCATED_NORMAL_STD, _gain
-from ..layout import article
-from ..planning import KEEP, PlanEntry
-from ..stats import as_float64, quiet_floats
+from ..init.initializers import TRUNCATED_NORMAL_STD, _gain
+from ..init.planning import PlanEntry
+from ..init.schemes import KEEP
+from ..layouts.discovery import article
 from .cache import _Cache
 from .checks import (
     MIN_SAMPLES,
-    Summary,
     Verdict,
     _chi2_bounds,
     _nonfinite,
@@ -31,6 +30,7 @@ from .checks import (
 )
 from .formatting import _fmt
 from .orthogonality import orthogonality_decidable
+from .stats import Summary, as_float64, quiet_floats
 
 
 @dataclass(frozen=True)

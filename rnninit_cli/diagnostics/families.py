@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..initializers import TRUNCATED_NORMAL_STD
-from ..layout import Block, Layer
-from ..stats import as_float64, quiet_floats
+from ..init.initializers import TRUNCATED_NORMAL_STD
+from ..layouts.discovery import Block, Layer
 from .cache import _Cache
 from .checks import (
     MIN_SAMPLES,
@@ -26,6 +25,7 @@ from .checks import (
 )
 from .formatting import _fmt
 from .orthogonality import orthogonality_decidable
+from .stats import as_float64, quiet_floats
 
 UNDETERMINED = "undetermined"
 _LARGEST_LOG = 709.0  # math.exp overflows (OverflowError) just above 709.78

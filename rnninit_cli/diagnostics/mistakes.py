@@ -8,16 +8,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..layout import Layer
-from ..stats import as_float64, quiet_floats
+from ..layouts.discovery import Layer
 from .cache import _Cache
 from .checks import MIN_SAMPLES, check_uniform, orthogonal_tolerance
 from .families import UNDETERMINED
 from .formatting import _fmt
 from .orthogonality import orthogonality_decidable
+from .stats import as_float64, quiet_floats
 
 if TYPE_CHECKING:
-    from .diagnosis import LayerDiagnosis
+    from .layer_diagnosis import LayerDiagnosis
 
 
 

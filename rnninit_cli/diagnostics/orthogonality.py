@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import CHUNK, as_float64, power_of_two_scale, quiet_floats, safe_scale
 from .checks import Verdict, _unit_roundoff
 from .formatting import _at_rounding, _fmt
+from .stats import CHUNK, as_float64, power_of_two_scale, quiet_floats, safe_scale
 
 _FLOAT32_U = 2.0**-24
 

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import RuleError, SchemeError
-from ..layout import Block, Layer
-from ..planning import PlanEntry, plan
-from ..schemes import SCHEMES, Scheme, format_value, parse_call
-from ..stats import as_float64, numpy_float_dtype, quiet_floats
+from ..init.planning import PlanEntry, plan
+from ..init.schemes import SCHEMES, Scheme, format_value, parse_call
+from ..layouts.discovery import Block, Layer
 from .cache import _Cache
 from .entry_checks import _first_failure
 from .families import _LARGEST_LOG, UNDETERMINED
 from .formatting import _json
+from .stats import as_float64, numpy_float_dtype, quiet_floats
 
 # Not "trained": a fresh layer drawn by an initializer outside the registry (speechbrain's uniform input weights
 # beside an orthogonal recurrent matrix) matches no built-in scheme either.

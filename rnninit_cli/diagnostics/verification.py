@@ -6,14 +6,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..initializers import cannot_hold
-from ..layout import Layer
-from ..planning import plan
-from ..schemes import Rule, Scheme
-from ..stats import quiet_floats
+from ..init.initializers import cannot_hold
+from ..init.planning import plan
+from ..init.schemes import Rule, Scheme
+from ..layouts.discovery import Layer
 from .cache import _Cache
 from .entry_checks import _check_all
 from .families import _classify
+from .stats import quiet_floats
 
 
 @dataclass(frozen=True)

@@ -21,24 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .checkpoint import (
+from ..errors import CheckpointError, OutputError
+from .atomic import (
     OLD_SUFFIX,
     CommitLog,
-    TensorShape,
     create_temporary_file,
     create_temporary_folder,
     current_umask,
     fsync_folder,
-    output_kind,
     refuse_changed,
-    refuse_foreign_entries,
-    refuse_unreplaceable,
-    save_whole,
     signals_held,
     temporary_path,
     write_failure,
 )
-from .errors import CheckpointError, OutputError
+from .checkpoint import TensorShape, save_whole
+from .outputs import output_kind, refuse_foreign_entries, refuse_unreplaceable
 from .tensorfile import CannotPatch, TensorFile, copy_range, index_file
 
 if TYPE_CHECKING:

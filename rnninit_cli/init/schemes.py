@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .errors import RuleError, SchemeError
-from .layout import KINDS
+from ..errors import RuleError, SchemeError
+from ..layouts.discovery import KINDS
 
 Value = bool | int | float | str
 TARGET_KINDS: dict[str, tuple[str, ...]] = {
@@ -21,6 +21,7 @@ TARGET_KINDS: dict[str, tuple[str, ...]] = {
     "bias": ("bias_ih", "bias_hh"),
 }
 
+KEEP = "keep"  # the initializer name of a rule that leaves its blocks as they are
 _CALL = re.compile(r"^\s*(?P<name>[A-Za-z_][\w-]*)\s*(?:\((?P<args>[^()]*)\))?\s*$")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _IDENT = re.compile(r"^[A-Za-z_]\w*$")

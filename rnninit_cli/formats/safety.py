@@ -22,7 +22,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .ziplayout import check_zip_layout
 
 # --- limits (README "Safety" documents them) ---------------------------------------------------------

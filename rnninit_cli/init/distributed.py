@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import MetaDeviceError, PlacementError, UsageError
+from ..errors import MetaDeviceError, PlacementError, UsageError
 
 if TYPE_CHECKING:
     import torch

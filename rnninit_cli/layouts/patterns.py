@@ -27,7 +27,7 @@ from typing import Any
 
 import re2
 
-from .errors import RnnInitError, UsageError
+from ..errors import RnnInitError, UsageError
 
 if sys.version_info >= (3, 11):
     from re import _constants as sre_constants

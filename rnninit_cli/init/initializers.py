@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import RuleError
+from ..errors import RuleError
 from .onethread import at_one_thread
 
 if TYPE_CHECKING:

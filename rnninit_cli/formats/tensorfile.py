@@ -27,24 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from ..errors import CheckpointError, UnsafeCheckpointError, first_line
+from .atomic import FileIdentity
 from .checkpoint import (
-    METADATA_RECORD,
-    FileIdentity,
     TensorShape,
     append_metadata_record,
-    detect_format,
-    first_line,
-    is_tensor,
     merge_metadata,
     metadata_payload,
-    optimizer_state_paths,
-    refuse_broadcast,
     safetensors_header_json,
     string_map,
     unsafe_message,
-    walk,
 )
-from .errors import CheckpointError, UnsafeCheckpointError
+from .kinds import METADATA_RECORD, detect_format
 from .safety import (
     SAFETENSORS_TORCH_DTYPES,
     check_zip_records,
@@ -52,21 +46,12 @@ from .safety import (
     safetensors_header_size,
     validate_safetensors_header,
 )
-from .unpickle import (
-    DTYPES,
-    QUANTIZED_DTYPES,
-    Builders,
-    QTensorRef,
-    TensorRef,
-    array_from_bytes,
-    is_contiguous,
-    read_code,
-    script_tensors,
-    storage_from_id,
-    unpickle,
-    view_span,
-)
-from .unpickle import foreign_classes as find_foreign_classes
+from .unpickle.arrays import array_from_bytes, is_contiguous, view_span
+from .unpickle.machine import storage_from_id, unpickle
+from .unpickle.objects import is_tensor, optimizer_state_paths, refuse_broadcast, walk
+from .unpickle.records import DTYPES, QUANTIZED_DTYPES, Builders, QTensorRef, TensorRef
+from .unpickle.records import foreign_classes as find_foreign_classes
+from .unpickle.torchscript import read_code, script_tensors
 from .ziplayout import check_storage_record, check_torch_records
 
 if TYPE_CHECKING:

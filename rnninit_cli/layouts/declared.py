@@ -60,7 +60,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import LayoutDeclarationError
+from ..errors import LayoutDeclarationError
 from .patterns import UserPattern, compile_user_pattern
 
 if sys.version_info >= (3, 11):

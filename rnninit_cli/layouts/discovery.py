@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import LayoutDeclarationError, LayoutError
+from ..errors import LayoutDeclarationError, LayoutError
 from .patterns import compile_user_pattern
 from .views import GateView, Piece, View, effective_shapes, find_views, is_parametrization_part, shape_of
 

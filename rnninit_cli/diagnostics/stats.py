@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from .layout import Layer
+    from ..layouts.discovery import Layer
 
 _Params = ParamSpec("_Params")
 _Result = TypeVar("_Result")

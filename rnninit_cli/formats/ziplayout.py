@@ -23,7 +23,7 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import BinaryIO
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 _END = struct.Struct("<4sHHHHIIH")  # end of central directory, 22 bytes
 _LOCATOR = struct.Struct("<4sIQI")  # zip64 end of central directory locator, 20 bytes

@@ -1,0 +1,7 @@
+"""Layout knowledge: which tensors are recurrent, how their gates lie, and the names a user matches.
+
+- patterns: user regexes (`--only`, layout files), matched in linear time;
+- views: effective parameters assembled from the tensors a file stores (weight norm, split or fused gates);
+- discovery: recurrent layers found by their names and shapes (torch.nn and the built-in layouts), and their blocks;
+- declared: layouts of hand-written cells, declared by the user (`--layout`, layout files) or built in.
+"""
