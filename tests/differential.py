@@ -20,7 +20,8 @@ included), dtype, shape, stride, storage offset and storage sharing.
   misaligned, renamed records, prefixes, zip64, comments...) or in the legacy format.
 - Comparison. `evaluate(data, folder)` runs the oracle and the three readers and returns the disagreements, each
   with a kind ("read:values", "index:torch_refuses:global_frozenset"...); `explain` names the known class a
-  disagreement belongs to (`KNOWN`, each reproduced by a `test_known_disagreement_*` in tests/test_differential.py).
+  disagreement belongs to (`KNOWN`, each reproduced by a `test_known_disagreement_*` in
+  tests/formats/test_differential.py).
 - Seed corpus. `build_corpus(folder)`: every kind of file the test suite builds, the starting point of `mutate_file`.
 
 Everything here runs in-process on small files (at most 64 elements a storage); `benchmarks/fuzz_reader.py`
@@ -2528,7 +2529,7 @@ def entries(**values: Node) -> Map:
 
 @dataclass(frozen=True)
 class Known:
-    """A disagreement class found by this harness, reproduced by tests/test_differential.py's
+    """A disagreement class found by this harness, reproduced by tests/formats/test_differential.py's
     `test_known_disagreement_<name>` (which fails until rnninit refuses or agrees). A generated file's
     disagreement is this class when its kind matches `kinds` and the file has one of `features` (or, for a
     `specific` class, whose kind names its cause alone, when the file is a mutation)."""
@@ -2711,7 +2712,7 @@ def _corpus_objects() -> Iterator[tuple[str, Any, dict[str, Any]]]:
     import argparse
     import collections
 
-    from conftest import build_state
+    from builders import build_state
 
     state = build_state()
     yield "tiny_model", state, {}

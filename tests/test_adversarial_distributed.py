@@ -2,10 +2,11 @@
 
 Inputs made up here, not by the code's authors. Defects are `xfail(strict=True)` tests that state what should
 happen; the other tests are attacks that found nothing but cover what tests/test_distributed_init.py and
-tests/test_dcp.py do not: 3 ranks (rows split unevenly, one rank with no rows), different thread counts per rank,
-chrono's shared draws and per=matrix rules on shards, DTensors mixed with plain parameters, weight_norm under FSDP2,
-a 2-D (HSDP) mesh on 4 ranks, parameters partly on the meta device; DCP folders written one file per item or by
-several threads, parametrized and declared (transposed) layers in a DCP folder, symbolic links and FIFOs inside it.
+tests/formats/test_dcp.py do not: 3 ranks (rows split unevenly, one rank with no rows), different thread counts per
+rank, chrono's shared draws and per=matrix rules on shards, DTensors mixed with plain parameters, weight_norm under
+FSDP2, a 2-D (HSDP) mesh on 4 ranks, parameters partly on the meta device; DCP folders written one file per item or
+by several threads, parametrized and declared (transposed) layers in a DCP folder, symbolic links and FIFOs inside
+it.
 
 The ranks are this file run as a script (`python test_adversarial_distributed.py RANK WORLD STORE OUT CASES`), each
 under a deadline and a memory limit; subprocesses that read hostile folders run under an address-space limit, so a

@@ -1,6 +1,6 @@
 """Checkpoint IO: read `torch.save` and `.safetensors` files safely, write them atomically.
 
-`.pt` files are read by rnninit's restricted unpickler (`unpickle.py`), which accepts what
+`.pt` files are read by rnninit's restricted unpickler (`unpickle/`), which accepts what
 `torch.load(weights_only=True)` accepts and more (pickle protocols 4 and 5, TorchScript archives, objects
 of other classes as inert records) while calling nothing a file names; a file that names a known-dangerous
 callable is refused. Tensors nested in containers (training checkpoints) are found and named by their path,

@@ -6,7 +6,7 @@
 - `check_zip_records`: no zip record is decompressed beyond a small bound (zip bombs), tensor records
   are stored as `torch.save` writes them.
 - `read_stdin`: standard input is recognised from its first bytes and read with a bound.
-- `MAX_NESTING`, `max_entries`: the bounds of the checkpoint's object graph (see `checkpoint.walk`);
+- `MAX_NESTING`, `max_entries`: the bounds of the checkpoint's object graph (see `unpickle.objects.walk`);
   `pickle_budget`: the bound on the objects unpickling builds (see `unpickle.RestrictedUnpickler`).
 """
 

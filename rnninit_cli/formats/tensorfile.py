@@ -3,7 +3,7 @@
 For large checkpoints rnninit never loads the untouched tensors. A `.safetensors` header gives every
 tensor's byte range; a `.pt` written by `torch.save` is a zip archive whose tensor records are stored
 uncompressed, and its `data.pkl` says which record (and offset) backs each tensor. That pickle is read
-only by rnninit's restricted unpickler (`unpickle.py`: no torch, nothing the file names is imported or
+only by rnninit's restricted unpickler (`unpickle/`: no torch, nothing the file names is imported or
 called, tensors are records of where their bytes lie), so indexing reads no tensor data. TorchScript
 archives are read the same way, their tensors named as `module.state_dict()` names them. An output is
 then the input's bytes copied by the kernel, with only the rewritten tensors' byte ranges overwritten

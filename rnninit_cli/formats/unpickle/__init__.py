@@ -15,7 +15,7 @@ four per entry that RNNINIT_MAX_ENTRIES allows plus a floor; a tensor costs abou
 unit per 16 bytes), so a few MiB of pickle cannot build gigabytes of objects, and no declared length is
 allocated beyond the bytes the pickle holds. Tuples (hashed as dict keys and set items, recursively) nested
 deeper than MAX_NESTING are refused as they are built; other containers nested too deeply are refused where
-the object graph is walked (`checkpoint.walk`).
+the object graph is walked (`objects.walk`).
 
 Callers that have torch (the whole-load path) pass `Builders` that turn the records into torch objects
 as the pickle is read, so that sharing between tensors is exactly the pickle's.

@@ -203,7 +203,7 @@ class Foreign:
         self.entries.append((key, value))
 
     def children(self) -> list[tuple[str, Any]]:
-        """What `checkpoint.walk` descends into: the state's attributes, then arguments and items."""
+        """What `objects.walk` descends into: the state's attributes, then arguments and items."""
         found: list[tuple[str, Any]] = []
         state = self.state
         if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)) \
@@ -286,10 +286,10 @@ def foreign_classes(root: Any) -> list[str]:
 
 
 class Builders:
-    """How the allowed globals are built. This default builds inert records; the whole-load path
-    (checkpoint._load_pt) overrides the methods to build torch objects instead. Every tensor built is kept, so
-    that one the walk cannot reach by a name (a dict key, a set member, an attribute) is refused: rewriting a
-    tensor that shares its storage would change it unseen (`refuse_hidden`)."""
+    """How the allowed globals are built. This default builds inert records; the whole-load path (`torch_builders`)
+    overrides the methods to build torch objects instead. Every tensor built is kept, so that one the walk cannot
+    reach by a name (a dict key, a set member, an attribute) is refused: rewriting a tensor that shares its storage
+    would change it unseen (`refuse_hidden`)."""
 
     def __init__(self) -> None:
         self.made: list[Any] = []  # every tensor built, in order

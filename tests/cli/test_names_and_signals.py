@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import read_metadata, temp_leftovers
+from builders import read_metadata, temp_leftovers
 from typer.testing import Result
 
 from rnninit_cli.init import planning

@@ -1,4 +1,4 @@
-"""The restricted reader (rnninit_cli/formats/unpickle.py): every torch.save file and TorchScript archive, read
+"""The restricted reader (rnninit_cli/formats/unpickle/): every torch.save file and TorchScript archive, read
 without torch, exactly as torch reads it (issue 10, part 4).
 
 - every kind of `.pt` file the suite builds, in every pickle protocol (2-5), zip and legacy, read in a
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import build_state
+from builders import build_state
 from torch import nn
 
 from rnninit_cli.errors import OutputError
@@ -35,7 +35,7 @@ from rnninit_cli.formats.checkpoint import load_checkpoint
 from rnninit_cli.formats.tensorfile import index_file
 
 PYTHON = sys.executable
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = [PYTHON, "-m", "rnninit_cli"]
 SCHEME = ["--scheme", "keras"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_state, read_metadata, read_tensor_bytes, temp_leftovers
+from builders import build_state, read_metadata, read_tensor_bytes, temp_leftovers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open

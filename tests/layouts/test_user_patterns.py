@@ -7,7 +7,7 @@
     the names, with the same groups, that Python's `re` matched, and so do random patterns (but for the documented
     groups inside a repetition whose body can match the empty string);
 (d) the broken variant: the same run with the matcher switched back to Python's `re` (in the child process only)
-    does not finish. `RNNINIT_TEST_PYTHON_RE=1 pytest tests/test_user_patterns.py -k hostile` runs (a) so, to
+    does not finish. `RNNINIT_TEST_PYTHON_RE=1 pytest tests/layouts/test_user_patterns.py -k hostile` runs (a) so, to
     see it fail.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import build_state
+from builders import build_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -43,7 +43,7 @@ from rnninit_cli.layouts.declared import (
 from rnninit_cli.layouts.discovery import _pattern_for
 from rnninit_cli.layouts.patterns import MAX_PATTERN_CHARS, compile_user_pattern, sre_parse
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 GIB = 1 << 30
 HOSTILE = "(x+x+)+y"

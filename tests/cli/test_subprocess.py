@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_metadata, read_tensor_bytes, read_tensors, stats, temp_leftovers
+from builders import read_metadata, read_tensor_bytes, read_tensors, stats, temp_leftovers
 from typer.testing import CliRunner
 
 import rnninit_cli

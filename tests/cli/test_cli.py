@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
+from builders import (
     GRU_HIDDEN,
     GRU_INPUT,
     LSTM_HIDDEN,

@@ -484,7 +484,7 @@ def test_known_disagreement_invalid_device_string(spec: list[object], folder: Pa
 
 
 def test_known_disagreement_walk_skips_entries_by_reused_ids(folder: Path) -> None:
-    """checkpoint.walk remembers containers by id() without keeping them alive; Foreign.children() makes new lists
+    """objects.walk remembers containers by id() without keeping them alive; Foreign.children() makes new lists
     each call, so a freed one's id, reused, made walk skip a foreign object's entries. Every walk of one root must
     name the same tensors, whatever its caller allocates meanwhile."""
     from rnninit_cli.formats.checkpoint import read_checkpoint
