@@ -60,21 +60,22 @@ def read_tensors(path: Path | str) -> dict[str, torch.Tensor]:
 def read_tensor_bytes(data: bytes) -> dict[str, torch.Tensor]:
     if data.startswith(b"PK"):
         root = torch.load(io.BytesIO(data), weights_only=True)
-        return dict(_flatten(root, ""))
+        return dict(flat_tensors(root))
     from safetensors.torch import load
 
     return load(data)
 
 
-def _flatten(node: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+def flat_tensors(node: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(path, tensor) of every tensor in nested dicts, lists and tuples, named as rnninit names them."""
     if isinstance(node, torch.Tensor):
         yield prefix or "tensor", node
     elif isinstance(node, dict):
         for key, value in node.items():
-            yield from _flatten(value, f"{prefix}/{key}" if prefix else str(key))
+            yield from flat_tensors(value, f"{prefix}/{key}" if prefix else str(key))
     elif isinstance(node, (list, tuple)):
         for index, value in enumerate(node):
-            yield from _flatten(value, f"{prefix}/{index}" if prefix else str(index))
+            yield from flat_tensors(value, f"{prefix}/{index}" if prefix else str(index))
 
 
 def file_format(path: Path | str) -> str:

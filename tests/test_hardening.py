@@ -52,6 +52,7 @@ from typing import Any
 
 import pytest
 import torch
+from builders import flat_tensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load as safetensors_load
@@ -122,17 +123,6 @@ def assert_failed_cleanly(result: Result, folder: Path, output: Path | None = No
     return line
 
 
-def flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(node, torch.Tensor):
-        yield prefix or "tensor", node
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            yield from flatten(value, f"{prefix}/{key}" if prefix else str(key))
-    elif isinstance(node, (list, tuple)):
-        for index, value in enumerate(node):
-            yield from flatten(value, f"{prefix}/{index}" if prefix else str(index))
-
-
 def read_back(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a written file, read by torch / safetensors themselves (never rnninit)."""
     if data.startswith(b"PK\x03\x04"):
@@ -140,7 +130,7 @@ def read_back(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             records = [n for n in archive.namelist() if n.endswith("/rnninit.json")]
             metadata = json.loads(archive.read(records[0])) if records else {}
-        return dict(flatten(root)), metadata
+        return dict(flat_tensors(root)), metadata
     (header_size,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + header_size])
     return safetensors_load(data), header.get("__metadata__", {})

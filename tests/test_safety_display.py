@@ -11,18 +11,12 @@ shows on a terminal.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import math
-import os
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from terminals import address_space_limit, run_on_terminal, terminal_environment
 from typer.testing import Result
 
 from rnninit_cli import DtypeError, apply_plan, init_, plan
@@ -411,43 +406,15 @@ for argv in json.loads(sys.argv[1]):
 
 
 def _environment() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-    return env | {"TERM": "xterm-256color", "COLUMNS": "120", "PYTHONIOENCODING": "utf-8"}
+    return terminal_environment(TERM="xterm-256color", COLUMNS="120")
 
 
-def _limits() -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+_limits = address_space_limit(16)
 
 
 def on_terminal(argv: list[str], cwd: Path) -> str:
     """Run `python ARGV` with a pseudo-terminal (120 columns) as its standard input, output and error."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
-    process = subprocess.Popen([sys.executable, *argv], stdin=slave, stdout=slave, stderr=slave, cwd=cwd,
-                               env=_environment(), start_new_session=True, preexec_fn=_limits)
-    os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, "timed out"
-            try:
-                chunk = os.read(master, 1 << 16)
-            except OSError:  # EIO: the last writer closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        os.close(master)
-    return b"".join(chunks).decode("utf-8", errors="replace")
+    return run_on_terminal(argv, columns=120, cwd=cwd, env=_environment(), preexec_fn=_limits)
 
 
 _CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # what Rich itself writes on a terminal: colours, cursor, erase

@@ -9,23 +9,17 @@ Real subprocesses (`python -m rnninit_cli`) on a pipe, a file redirect, and a ps
 
 from __future__ import annotations
 
-import fcntl
-import io
 import json
-import os
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from rich.cells import cell_len
 from safetensors.torch import load, save_file
+from terminals import address_space_limit, run_on_terminal, terminal_environment
 
 MODULE = [sys.executable, "-m", "rnninit_cli"]
 # long enough that a table of it is wider than the 160 columns pipes used to get
@@ -34,16 +28,8 @@ TABLE_RULE = re.compile(r"[┃│]")
 STYLING = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)")
 
 
-def _environment(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-    return env | {"PYTHONIOENCODING": "utf-8"} | extra
-
-
-def _limits() -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+_environment = terminal_environment
+_limits = address_space_limit(8)
 
 
 def rnninit(*args: object, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.CompletedProcess:
@@ -147,31 +133,8 @@ def test_apply_report_on_stdout_unless_stdout_carries_the_checkpoint(checkpoints
 
 def on_terminal(argv: list[str], columns: int = 80, cwd: Path | None = None) -> str:
     """Run `python ARGV` with a pseudo-terminal of `columns` columns as its standard input, output and error."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    process = subprocess.Popen([sys.executable, *argv], stdin=slave, stdout=slave, stderr=slave,
-                               cwd=cwd, env=_environment(TERM="xterm-256color"), start_new_session=True,
-                               preexec_fn=_limits)
-    os.close(slave)
-    chunks = io.BytesIO()
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, "timed out"
-            try:
-                chunk = os.read(master, 1 << 16)
-            except OSError:  # EIO: the last writer closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.write(chunk)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        os.close(master)
-    return chunks.getvalue().decode("utf-8", errors="replace").replace("\r\n", "\n")
+    return run_on_terminal(argv, columns=columns, cwd=cwd, env=_environment(TERM="xterm-256color"),
+                           preexec_fn=_limits).replace("\r\n", "\n")
 
 
 def test_inspect_on_an_80_column_terminal_fits_and_cuts_nothing(checkpoints: dict) -> None:

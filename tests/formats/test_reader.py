@@ -20,14 +20,13 @@ import subprocess
 import sys
 import types
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from builders import build_state
+from builders import build_state, flat_tensors
 from torch import nn
 
 from rnninit_cli.errors import OutputError
@@ -107,17 +106,6 @@ def torch_reference(data: bytes) -> Any:
         return torch.load(io.BytesIO(data), weights_only=True)
     except pickle.UnpicklingError:
         return torch.load(io.BytesIO(data), weights_only=False)
-
-
-def flat_tensors(node: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(node, torch.Tensor):
-        yield prefix or "tensor", node
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            yield from flat_tensors(value, f"{prefix}/{key}" if prefix else str(key))
-    elif isinstance(node, (list, tuple)):
-        for index, value in enumerate(node):
-            yield from flat_tensors(value, f"{prefix}/{index}" if prefix else str(index))
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
