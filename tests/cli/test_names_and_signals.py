@@ -433,11 +433,23 @@ def test_an_error_that_the_signal_caused_ends_as_interrupted(pausing_entry: Path
                        signal.SIGINT)
 
 
-def test_a_program_that_imports_rnninit_keeps_its_signals() -> None:
-    probe = ("import signal, sys, rnninit_cli, rnninit_cli.cli\n"
-             "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)\n"
-             "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGTERM)\n")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120, check=False)
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_program_that_imports_rnninit_keeps_its_signals(sigint: str) -> None:
+    """Whatever the program started with: Python's own SIGINT handler, or SIGINT ignored (a job that a
+    non-interactive shell started in the background with `&` inherits SIG_IGN)."""
+    probe = ("import signal\n"
+             "before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)\n"
+             f"assert before[0] is {'signal.SIG_IGN' if sigint == 'ignored' else 'signal.default_int_handler'}\n"
+             "import rnninit_cli, rnninit_cli.cli\n"
+             "after = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)\n"
+             "assert after == before, (before, after)\n")
+    disposition = signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL  # this process's may be either
+
+    def start_with_it() -> None:
+        signal.signal(signal.SIGINT, disposition)
+
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120, check=False,
+                            preexec_fn=start_with_it)
     assert result.returncode == 0, result.stderr.decode()
 
 
