@@ -1,7 +1,8 @@
 """Diagnostics: per-block statistics, initializer-family and scheme recognition, warnings, verify, diff.
 
 Library code only (no printing, no exit codes). Every result is a dataclass with `as_dict()` giving a
-JSON-serializable dict (non-finite floats become None).
+JSON-serializable dict (non-finite floats become None). The package's names are imported lazily, so that a
+module that needs one part (the report needs `stats`) does not load them all.
 
 Modules, each importing only the ones above it:
 
@@ -21,64 +22,38 @@ Modules, each importing only the ones above it:
 - comparison: `diff()`.
 """
 
-from .blocks import BlockStats, MatrixStats, block_statistics, sparkline, value_stats
-from .checks import (
-    ALPHA,
-    MIN_SAMPLES,
-    Verdict,
-    check_chrono,
-    check_constant,
-    check_identity,
-    check_normal,
-    check_truncated_normal,
-    check_uniform,
-    orthogonal_tolerance,
-)
-from .comparison import BlockDiff, DiffReport, LayerDiff, diff
-from .diagnosis import Diagnosis, diagnose
-from .entry_checks import check_entry
-from .families import UNDETERMINED, Family, classify_block
-from .layer_diagnosis import LayerDiagnosis
-from .mistakes import DiagnosticWarning, find_warnings
-from .orthogonality import check_orthogonal, gram
-from .recognition import UNKNOWN, SchemeMatch, recognize_layer
-from .verification import VerifyBlock, VerifyReport, verify
+from __future__ import annotations
 
-__all__ = [
-    "ALPHA",
-    "MIN_SAMPLES",
-    "UNDETERMINED",
-    "UNKNOWN",
-    "BlockDiff",
-    "BlockStats",
-    "Diagnosis",
-    "DiagnosticWarning",
-    "DiffReport",
-    "Family",
-    "LayerDiagnosis",
-    "LayerDiff",
-    "MatrixStats",
-    "SchemeMatch",
-    "Verdict",
-    "VerifyBlock",
-    "VerifyReport",
-    "block_statistics",
-    "check_chrono",
-    "check_constant",
-    "check_entry",
-    "check_identity",
-    "check_normal",
-    "check_orthogonal",
-    "check_truncated_normal",
-    "check_uniform",
-    "classify_block",
-    "diagnose",
-    "diff",
-    "find_warnings",
-    "gram",
-    "orthogonal_tolerance",
-    "recognize_layer",
-    "sparkline",
-    "value_stats",
-    "verify",
-]
+import importlib
+from typing import Any
+
+_EXPORTED_FROM = {  # module → the names the package exports from it
+    "blocks": ("BlockStats", "MatrixStats", "block_statistics", "sparkline", "value_stats"),
+    "checks": (
+        "ALPHA", "MIN_SAMPLES", "Verdict", "check_chrono", "check_constant", "check_identity", "check_normal",
+        "check_truncated_normal", "check_uniform", "orthogonal_tolerance"
+    ),
+    "comparison": ("BlockDiff", "DiffReport", "LayerDiff", "diff"),
+    "diagnosis": ("Diagnosis", "diagnose"),
+    "entry_checks": ("check_entry",),
+    "families": ("UNDETERMINED", "Family", "classify_block"),
+    "layer_diagnosis": ("LayerDiagnosis",),
+    "mistakes": ("DiagnosticWarning", "find_warnings"),
+    "orthogonality": ("check_orthogonal", "gram"),
+    "recognition": ("UNKNOWN", "SchemeMatch", "recognize_layer"),
+    "verification": ("VerifyBlock", "VerifyReport", "verify"),
+}
+_EXPORTS = {name: module for module, names in _EXPORTED_FROM.items() for name in names}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -7,7 +7,7 @@
   are stored as `torch.save` writes them.
 - `read_stdin`: standard input is recognised from its first bytes and read with a bound.
 - `MAX_NESTING`, `max_entries`: the bounds of the checkpoint's object graph (see `unpickle.objects.walk`);
-  `pickle_budget`: the bound on the objects unpickling builds (see `unpickle.RestrictedUnpickler`).
+  `pickle_budget`: the bound on the objects unpickling builds (see `unpickle.machine.RestrictedUnpickler`).
 """
 
 from __future__ import annotations
