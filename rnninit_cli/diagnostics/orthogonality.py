@@ -169,6 +169,3 @@ def diagonal_rules_out_orthogonal(diagonal: np.ndarray, tolerance: float) -> boo
     if not mean > 0:
         return False  # decided by the Gram matrix itself
     return float(np.abs(diagonal / mean - 1).max()) > tolerance * (1 + 1e-9) + 1e-12
-
-
-_scaled_orthogonal = scaled_orthogonal_gain

@@ -36,7 +36,6 @@ DEFAULT_STDIN_LIMIT = 4 << 30
 SMALL_RECORD_LIMIT = 64 << 10  # byteorder, version, serialization_id, rnninit.json... (rnninit's is 4 KiB)
 PICKLE_RECORD_LIMIT = 64 << 20  # data.pkl: ~200 bytes a tensor, so about 300,000 tensors
 CODE_RECORD_LIMIT = 16 << 20  # a TorchScript archive's code/ record (source or debug pickle), each
-PICKLE_RATIO_LIMIT = 64  # a compressed data.pkl: declared size / compressed size (pickles of names compress ~10x)
 SMALL_RECORDS = frozenset({"byteorder", "version", ".data/version", ".data/serialization_id", ".format_version",
                            ".storage_alignment", "rnninit.json"})  # a torch.save archive's records besides data
 

@@ -20,9 +20,7 @@ if TYPE_CHECKING:
 
 GATES: dict[str, tuple[str, ...]] = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
 CELL_BY_GATE_COUNT = {1: "rnn", 3: "gru", 4: "lstm"}
-ALL_GATES = ("i", "f", "g", "o", "r", "z", "n")
 KINDS = ("weight_ih", "weight_hh", "weight_hr", "bias_ih", "bias_hh")
-GATED_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 _NAME = re.compile(  # \Z and DOTALL: a name may hold a newline anywhere, even at its end
     r"^(?P<prefix>(?:.*[./])?)(?P<kind>weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)"

@@ -136,10 +136,6 @@ def read_legacy(data: bytes, source: str, builders: Builders | None = None) -> P
 
 
 
-def _legacy_storage(pid: Any, storages: dict[str, StorageRef]) -> StorageRef:
-    return storage_from_id(pid, storages, legacy=True)
-
-
 
 def read_zip(data: bytes, source: str, builders: Builders | None = None) -> PickledFile:
     """A zip torch.save archive or TorchScript archive held in memory (the whole-load path)."""
