@@ -10,8 +10,10 @@ Names are imported lazily so that `import rnninit_cli` (and `rnninit --help`) do
 
 from __future__ import annotations
 
+# modules the interpreter has loaded before any script runs: a signal during their import statements runs no
+# import machinery, so from here on only the few bytecodes before the handlers below can still miss it
+import _signal
 import os
-import signal
 import sys
 
 _SCRIPT_NAMES = {"rnninit", "rnninit-script.py", "rnninit-script.pyw"}
@@ -35,8 +37,8 @@ def _stop_at_once(signum: int, _frame: object) -> None:
 
 
 if _started_as_command():  # as early as rnninit's own code can: the imports of typer, rich and torch come later
-    signal.signal(signal.SIGINT, _stop_at_once)
-    signal.signal(signal.SIGTERM, _stop_at_once)
+    _signal.signal(_signal.SIGINT, _stop_at_once)
+    _signal.signal(_signal.SIGTERM, _stop_at_once)
 
 # after the handlers: a signal during these imports must not print a traceback either
 import importlib  # noqa: E402

@@ -33,6 +33,7 @@ from rich.console import Console
 
 from . import __version__, _stop_at_once
 from .errors import RnnInitError, UsageError
+from .interruption import CommitLog, Stop, reset_stop
 from .terminal import shown, visible
 
 app = typer.Typer(
@@ -60,21 +61,14 @@ def _make_console(*, stderr: bool) -> Console:
 
 console = _make_console(stderr=True)  # messages: progress, warnings, notes, errors
 answer = _make_console(stderr=False)  # the answer: tables and reports
-_state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False, "signal": None}
+_state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _commit_count() -> int:
-    """How many outputs this process has renamed into place (0 while rnninit_cli.formats.atomic is not yet, or
-    only partly, imported: a signal can arrive in the middle of that import)."""
-    log = getattr(sys.modules.get("rnninit_cli.formats.atomic"), "CommitLog", None)
-    return 0 if log is None else log.count
 
 
 def _committed() -> bool:
     """Whether the running command has already renamed its output into place: then it has succeeded,
     and a Ctrl-C or SIGTERM that arrives later changes nothing (exit status 0)."""
-    return _commit_count() > _state["commits"]
+    return CommitLog.count > _state["commits"]
 
 
 class Format(str, Enum):
@@ -97,7 +91,8 @@ def _errors(trouble: int = 1) -> Iterator[None]:
     `trouble` is the status for errors other than usage errors (verify and diff use 1 for their answer).
     A Ctrl-C (SIGTERM) before the output is renamed into place exits 130 (143); after it, the command has
     succeeded (0)."""
-    _state["commits"], _state["signal"], _state["unwinding"] = _commit_count(), None, False
+    _state["commits"] = CommitLog.count
+    reset_stop()
     _handle_signals(_interrupt)
     try:
         try:
@@ -105,7 +100,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
         except typer.Exit:
             raise
         except Exception:
-            if _state["signal"] is not None:  # the signal cut a call short: this error is its echo
+            if Stop.signum is not None:  # the signal cut a call short: this error is its echo
                 raise KeyboardInterrupt from None
             raise
         finally:
@@ -127,7 +122,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
         if _committed():
             return
         console.print("[bold red]error:[/] interrupted", soft_wrap=True)
-        raise typer.Exit(128 + (_state["signal"] or signal.SIGINT)) from None
+        raise typer.Exit(128 + (Stop.signum or signal.SIGINT)) from None
     except typer.Exit:
         raise
     except OSError as error:  # e.g. standard output on a full disk (`-o - > /dev/full`) or closed
@@ -561,18 +556,19 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     output is already in place; during an import, once the import is done."""
     if _committed():  # after the output's rename there is nothing left to stop
         return
-    if _state.get("unwinding"):
+    if Stop.unwinding:
         return  # a second Ctrl-C must not cut the cleanup short (the wait for worker threads inside torch)
-    _state["signal"] = signum
+    Stop.signum = signum  # from now on no output is renamed into place (interruption.refuse_commit_if_stopping)
     if _importing(frame):
         # an exception raised inside an import leaves the module half made, C extensions print it as they fail,
         # and one raised inside code that an extension runs with PyRun_String makes the interpreter kill itself
-        # with SIGINT at exit: the signal comes back until it finds the import done
+        # with SIGINT at exit: the signal comes back until it finds the import done. The retry may come late
+        # (another thread must get the interpreter's lock to send it); the stop recorded above still holds
         retry = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
         retry.daemon = True
         retry.start()
         return
-    _state["unwinding"] = True
+    Stop.unwinding = True
     raise KeyboardInterrupt
 
 
@@ -625,6 +621,7 @@ def main() -> None:
     finally:
         _handle_signals(signal.SIG_IGN)  # the exit status is decided (see _errors)
         _state["signals"] = False
+        reset_stop()  # a program that goes on after main() writes its own outputs
         for signum, handler in previous.items():  # a program's own handlers come back; Python's defaults do not
             if callable(handler) and handler not in (signal.default_int_handler, _started_as_command_handler()):
                 signal.signal(signum, handler)

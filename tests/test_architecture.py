@@ -18,15 +18,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rnninit_cli"
 MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),
     "terminal": set(),
-    "formats": {"errors"},
+    "interruption": set(),
+    "formats": {"errors", "interruption"},
     "layouts": {"errors"},
     "init": {"errors", "layouts", "formats"},
     "diagnostics": {"errors", "layouts", "init"},
     "report": {"errors", "terminal", "layouts", "init", "diagnostics"},
     "plot": {"errors", "terminal", "formats", "diagnostics"},
     "rewrite": {"errors", "formats", "layouts", "init", "diagnostics", "report", "rnninit_cli"},
-    "cli": {"errors", "terminal", "formats", "layouts", "init", "diagnostics", "report", "plot", "rewrite",
-            "rnninit_cli"},
+    "cli": {"errors", "terminal", "interruption", "formats", "layouts", "init", "diagnostics", "report", "plot",
+            "rewrite", "rnninit_cli"},
     "__main__": {"cli"},
     "rnninit_cli": set(),  # the package's __init__: its public names are imported lazily, by importlib
 }

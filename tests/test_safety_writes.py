@@ -560,3 +560,46 @@ def test_full_or_closed_standard_output_is_one_error_line(tmp_path: Path) -> Non
     assert lines == ["error: No space left on device", "1",
                      "error: standard output is closed; redirect it to a file or a pipe", "1",
                      "error: standard output is closed; redirect it to a file or a pipe", "1"], result.stderr
+
+
+@pytest.mark.parametrize("thread", ["main", "worker"])
+@pytest.mark.parametrize("kind", ["file", "new folder", "replaced folder"])
+def test_a_stop_asked_for_earlier_keeps_every_output_out_of_place(kind: str, thread: str, tmp_path: Path) -> None:
+    """A signal the CLI could not act on at once (it came during an import) is recorded; however late it is
+    delivered again, no rename happens after it: the write ends with KeyboardInterrupt, nothing lands and no
+    temporary file or folder is left. Without a recorded stop the same write lands."""
+    from rnninit_cli.formats.atomic import atomic_write
+    from rnninit_cli.interruption import Stop, reset_stop
+
+    output = tmp_path / ("out.pt" if kind == "file" else "out")
+    if kind == "replaced folder":
+        output.mkdir()
+        (output / "model.safetensors").write_bytes(b"old")
+
+    def write() -> None:
+        if kind == "file":
+            atomic_write(output, lambda sink: sink.write(b"new"))
+        else:
+            folders.build_folder(output, tmp_path / "input", lambda staging: (staging / "model.safetensors")
+                                 .write_bytes(b"new"))
+
+    def in_thread() -> BaseException | None:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(write).exception()
+
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    Stop.signum = signal.SIGTERM
+    try:
+        if thread == "main":
+            with pytest.raises(KeyboardInterrupt):
+                write()
+        else:
+            assert isinstance(in_thread(), KeyboardInterrupt)
+        assert Stop.unwinding  # a second signal now leaves the cleanup alone
+    finally:
+        reset_stop()
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert leftovers(tmp_path) == []
+    write() if thread == "main" else in_thread()
+    landed = output if kind == "file" else output / "model.safetensors"
+    assert landed.read_bytes() == b"new"

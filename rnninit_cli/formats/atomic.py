@@ -13,15 +13,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import CheckpointError, OutputError
+from ..interruption import CommitLog, refuse_commit_if_stopping
 from .outputs import refuse_unreplaceable
 
-if TYPE_CHECKING:
-    pass
-
-
+__all__ = ["CommitLog"]  # the writers here and in folders.py count their renames in it
 
 def current_umask() -> int:
     """The process umask (reading it means setting it, so it is set straight back)."""
@@ -30,27 +28,22 @@ def current_umask() -> int:
     return umask
 
 
-
 def _default_mode(existing: Path) -> int:
     if existing.exists():
         return existing.stat().st_mode & 0o7777
     return 0o666 & ~current_umask()
 
 
-
 TEMP_SUFFIX = ".rnninit-tmp"  # a temporary file or folder being written
 
 
-
 OLD_SUFFIX = ".rnninit-old"  # a replaced model folder on its way out (where a folder swap is not atomic)
-
 
 
 def temporary_path(folder: Path, suffix: str = TEMP_SUFFIX) -> Path:
     """A fresh name in `folder` of fixed length, whatever OUTPUT's name: a dot, 12 random hex digits and
     `suffix` (25 bytes), so a 255-byte OUTPUT name still works and a leftover is recognisable."""
     return folder / f".{secrets.token_hex(6)}{suffix}"
-
 
 
 def create_temporary_file(folder: Path) -> tuple[int, Path]:
@@ -63,7 +56,6 @@ def create_temporary_file(folder: Path) -> tuple[int, Path]:
             continue
 
 
-
 def create_temporary_folder(folder: Path) -> Path:
     while True:
         path = temporary_path(folder)
@@ -72,7 +64,6 @@ def create_temporary_folder(folder: Path) -> Path:
         except FileExistsError:
             continue
         return path
-
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,6 @@ class FileIdentity:
         return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
-
 def refuse_changed(path: Path, expected: FileIdentity) -> None:
     """--in-place: refuse to replace INPUT if another writer changed or replaced it since it was read."""
     try:
@@ -98,7 +88,6 @@ def refuse_changed(path: Path, expected: FileIdentity) -> None:
         now = None
     if now != expected:
         raise OutputError(f"{path} changed while rnninit was rewriting it (another writer?); nothing was written")
-
 
 
 @contextmanager
@@ -135,25 +124,17 @@ def locked_input(path: Path) -> Iterator[int]:
         os.close(descriptor)
 
 
-
-class CommitLog:
-    """How many outputs this process has renamed into place. The CLI reads it: a Ctrl-C that arrives
-    after its command's output is in place comes too late to stop anything, so the command succeeded."""
-
-    count = 0
-
-
-
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
 
 
 @contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM (their handlers run when the block ends) while outputs are renamed into
     place, so an interruption lands before the renames (nothing written) or after them (all written),
-    never between. Only the main thread can change handlers; elsewhere this holds nothing."""
+    never between; a stop asked for earlier (see interruption.py) raises KeyboardInterrupt before any rename.
+    Only the main thread can change handlers; elsewhere this holds nothing."""
     if threading.current_thread() is not threading.main_thread():
+        refuse_commit_if_stopping()
         yield
         return
     received: list[int] = []
@@ -166,6 +147,7 @@ def signals_held() -> Iterator[None]:
         if signal.getsignal(signum) is not None:  # None: installed outside Python, leave it alone
             previous[signum] = signal.signal(signum, hold)
     try:
+        refuse_commit_if_stopping()
         yield
     finally:
         for signum, handler in previous.items():
@@ -176,7 +158,6 @@ def signals_held() -> Iterator[None]:
                 handler(signum, None)
             elif handler == signal.SIG_DFL:
                 signal.raise_signal(signum)
-
 
 
 def atomic_write(output: str | Path, write: Callable[[BinaryIO], None], *,
@@ -222,7 +203,6 @@ def atomic_write(output: str | Path, write: Callable[[BinaryIO], None], *,
     fsync_folder(out.parent)
 
 
-
 def write_failure(error: BaseException) -> OSError | None:
     """The OSError behind a failed write (a full disk, a file size limit...): the error itself, or the
     one that torch.save's zip writer turned into a RuntimeError ("unexpected pos ...")."""
@@ -231,7 +211,6 @@ def write_failure(error: BaseException) -> OSError | None:
     if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
         return error.__context__
     return None
-
 
 
 def fsync_folder(folder: Path) -> None:

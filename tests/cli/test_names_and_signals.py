@@ -355,7 +355,7 @@ PAUSING_ENTRY = textwrap.dedent("""
     else:  # at an import: PAUSE_AT names the module, or `inside:MODULE` (any import while MODULE is half made)
         def now(name):
             module = sys.modules.get(where.removeprefix("inside:"))
-            return name == where or (module is not None and not hasattr(module, "CommitLog"))
+            return name == where or getattr(getattr(module, "__spec__", None), "_initializing", False)
 
         class Pause:
             def find_spec(self, name, path=None, target=None):
@@ -366,8 +366,11 @@ PAUSING_ENTRY = textwrap.dedent("""
                 return None
 
         sys.meta_path.insert(0, Pause())
-    from rnninit_cli.cli import main
-    sys.exit(main())
+    import rnninit_cli.cli
+
+    if "RETRY_S" in os.environ:  # how late a signal deferred during an import comes back
+        rnninit_cli.cli._RETRY_S = float(os.environ["RETRY_S"])
+    sys.exit(rnninit_cli.cli.main())
 """)
 
 
@@ -381,9 +384,11 @@ def pausing_entry(tmp_path: Path) -> Path:
 
 
 def signal_at(script: Path, args: list[str], where: str, signum: int, tmp_path: Path,
-              seconds: float = 60) -> subprocess.CompletedProcess:
+              seconds: float = 60, retry_s: float | None = None) -> subprocess.CompletedProcess:
     ready = tmp_path / "ready"
     env = os.environ | {"PAUSE_AT": where, "PAUSE_READY": str(ready), "PAUSE_SECONDS": str(seconds)}
+    if retry_s is not None:
+        env["RETRY_S"] = str(retry_s)
     process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=env, cwd=tmp_path)
     try:
@@ -406,6 +411,37 @@ def assert_interrupted(result: subprocess.CompletedProcess, signum: int) -> None
     assert stderr == "error: interrupted\n", stderr
 
 
+FIRST_LINES_PROBE = textwrap.dedent("""
+    import _signal, sys
+
+    imported_first = []
+
+    class Record:  # every import that runs the import machinery while rnninit_cli has no handlers yet
+        def find_spec(self, name, path=None, target=None):
+            package = sys.modules.get("rnninit_cli")
+            if package is not None and _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
+                imported_first.append(name)
+            return None
+
+    sys.meta_path.insert(0, Record())
+    import rnninit_cli
+
+    assert _signal.getsignal(_signal.SIGTERM) is rnninit_cli._stop_at_once
+    print(imported_first)
+""")
+
+
+def test_rnninit_cli_takes_the_signals_before_any_import_runs(tmp_path: Path) -> None:
+    """Between rnninit_cli's first line and its handlers only modules the interpreter already holds are named:
+    an import that ran there (`import signal` once did) was a window in which a signal printed a traceback
+    through rnninit_cli's frames, or SIGTERM killed the process silently."""
+    script = tmp_path / "rnninit"  # the console script's name: only the command takes the signals over
+    script.write_text(FIRST_LINES_PROBE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_while_typer_is_imported(signum: int, pausing_entry: Path, tmp_path: Path) -> None:
     """Start-up: the CLI module is importing typer; nothing of the command has run."""
@@ -413,14 +449,16 @@ def test_signal_while_typer_is_imported(signum: int, pausing_entry: Path, tmp_pa
     assert not (tmp_path / "resumed").exists()
 
 
+@pytest.mark.parametrize("retry_s", [None, 30.0], ids=["prompt-retry", "late-retry"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_while_checkpoint_is_half_imported(signum: int, pausing_entry: Path, surrogate_pt: Path,
-                                                  tmp_path: Path) -> None:
-    """The reported case: a signal while rnninit_cli.formats.atomic (where CommitLog lives) is in sys.modules
-    without its CommitLog yet. The import is let finish (an import cut short leaves half-made modules behind), then
-    the command stops."""
+def test_signal_while_checkpoint_is_half_imported(signum: int, retry_s: float | None, pausing_entry: Path,
+                                                  surrogate_pt: Path, tmp_path: Path) -> None:
+    """The reported case: a signal while rnninit_cli.formats.atomic (the atomic writes) is half imported. The
+    import is let finish (an import cut short leaves half-made modules behind), then the command stops, before its
+    output is renamed into place however late the deferred signal comes back: a retry that came after the rename
+    (it needs the interpreter's lock, which a busy main thread holds) once let the command succeed."""
     result = signal_at(pausing_entry, ["apply", surrogate_pt.name, *SCHEME, "-o", "out.pt"],
-                       "inside:rnninit_cli.formats.atomic", signum, tmp_path)
+                       "inside:rnninit_cli.formats.atomic", signum, tmp_path, retry_s=retry_s)
     assert_interrupted(result, signum)
     assert (tmp_path / "resumed").exists(), "the import was cut short"
     assert not (tmp_path / "out.pt").exists() and temp_leftovers(tmp_path) == []
