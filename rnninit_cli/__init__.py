@@ -19,12 +19,36 @@ import sys
 _SCRIPT_NAMES = {"rnninit", "rnninit-script.py", "rnninit-script.pyw"}
 
 
+_COMMAND_MODULES = {"rnninit_cli", "rnninit_cli.__main__", "rnninit_cli.cli"}
+
+
 def _started_as_command() -> bool:
     """Whether this interpreter runs the `rnninit` command (its console script, or `python -m rnninit_cli`)
     rather than a program that imports the library: only the command may take over SIGINT and SIGTERM."""
-    if sys.argv[:1] == ["-m"]:  # `python -m` is still locating its module, one of this package's
-        return any(arg.endswith(("rnninit_cli", "rnninit_cli.__main__", "rnninit_cli.cli")) for arg in sys.orig_argv)
+    if sys.argv[:1] == ["-m"]:  # `python -m MODULE` is still locating MODULE: is it one of this package's?
+        return _module_run_by_dash_m() in _COMMAND_MODULES
     return os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "") in _SCRIPT_NAMES
+
+
+def _module_run_by_dash_m() -> str | None:
+    """MODULE of `python [options] -m MODULE ...` (`-m` alone or closing a cluster of flags such as `-Im`)."""
+    arguments = iter(getattr(sys, "orig_argv", [])[1:])
+    for argument in arguments:
+        if argument == "--check-hash-based-pycs":
+            next(arguments, None)  # its value
+            continue
+        if not argument.startswith("-") or argument in ("-", "--") or argument.startswith("--"):
+            return None  # the script, or standard input: the interpreter's options are over
+        flags = argument[1:]
+        for position, flag in enumerate(flags):
+            if flag in "cmXW":  # the rest of the cluster, or the next argument, is this option's value
+                value = flags[position + 1:] or next(arguments, None)
+                if flag == "m":
+                    return value
+                if flag == "c":
+                    return None  # -c CODE: what follows is the program's own arguments
+                break
+    return None
 
 
 def _stop_at_once(signum: int, _frame: object) -> None:
@@ -36,9 +60,11 @@ def _stop_at_once(signum: int, _frame: object) -> None:
         os._exit(128 + signum)
 
 
-if _started_as_command():  # as early as rnninit's own code can: the imports of typer, rich and torch come later
-    _signal.signal(_signal.SIGINT, _stop_at_once)
-    _signal.signal(_signal.SIGTERM, _stop_at_once)
+_AS_COMMAND = _started_as_command()
+if _AS_COMMAND:  # as early as rnninit's own code can: the imports of typer, rich and torch come later
+    for _signum in (_signal.SIGINT, _signal.SIGTERM):
+        if _signal.getsignal(_signum) != _signal.SIG_IGN:  # ignored when started (`&` in a script): stays so
+            _signal.signal(_signum, _stop_at_once)
 
 # after the handlers: a signal during these imports must not print a traceback either
 import importlib  # noqa: E402

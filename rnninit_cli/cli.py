@@ -61,8 +61,13 @@ def _make_console(*, stderr: bool) -> Console:
 
 console = _make_console(stderr=True)  # messages: progress, warnings, notes, errors
 answer = _make_console(stderr=False)  # the answer: tables and reports
-_state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False}
+_state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False, "ignored": set()}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stopped_before_done() -> bool:
+    """Whether a signal asked the command to stop before its output was in place."""
+    return Stop.signum is not None and not _committed()
 
 
 def _committed() -> bool:
@@ -98,16 +103,22 @@ def _errors(trouble: int = 1) -> Iterator[None]:
         try:
             yield
         except typer.Exit:
+            if _stopped_before_done():
+                raise KeyboardInterrupt from None
             raise
         except Exception:
             if Stop.signum is not None:  # the signal cut a call short: this error is its echo
                 raise KeyboardInterrupt from None
             raise
+        else:
+            if _stopped_before_done():  # deferred during an import, and nothing since has acted on it
+                raise KeyboardInterrupt
         finally:
             # the command is over and its exit status about to be decided: a later signal (while an error is
             # printed, during the interpreter's shutdown: torch's atexit handlers) must neither print a traceback
             # nor change the status
             _handle_signals(signal.SIG_IGN)
+            _cancel_retry()
     except RnnInitError as error:
         if _state["debug"]:
             console.print_exception()
@@ -558,18 +569,38 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
         return
     if Stop.unwinding:
         return  # a second Ctrl-C must not cut the cleanup short (the wait for worker threads inside torch)
-    Stop.signum = signum  # from now on no output is renamed into place (interruption.refuse_commit_if_stopping)
+    if Stop.signum is None:  # the first signal decides the exit status
+        Stop.signum = signum  # from now on no output is put in place (interruption.refuse_commit_if_stopping)
     if _importing(frame):
         # an exception raised inside an import leaves the module half made, C extensions print it as they fail,
         # and one raised inside code that an extension runs with PyRun_String makes the interpreter kill itself
         # with SIGINT at exit: the signal comes back until it finds the import done. The retry may come late
-        # (another thread must get the interpreter's lock to send it); the stop recorded above still holds
-        retry = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
-        retry.daemon = True
-        retry.start()
+        # (another thread must get the interpreter's lock to send it); the stop recorded above still holds, and
+        # the command's end acts on it if nothing else did
+        _retry_later(Stop.signum)
         return
     Stop.unwinding = True
     raise KeyboardInterrupt
+
+
+def _retry_later(signum: int) -> None:
+    """Send `signum` to this process again in _RETRY_S, unless a retry is already on its way."""
+    pending = _state.get("retry")
+    if pending is not None and pending.is_alive():
+        return
+    retry = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
+    retry.daemon = True
+    _state["retry"] = retry
+    retry.start()
+
+
+def _cancel_retry() -> None:
+    """The command is over (signals ignored by now): a retry still on its way must not reach what runs next, a
+    program that called main() or the next command."""
+    pending = _state.pop("retry", None)
+    if pending is not None:
+        pending.cancel()
+        pending.join()
 
 
 def _importing(frame: FrameType | None) -> bool:
@@ -582,10 +613,13 @@ def _importing(frame: FrameType | None) -> bool:
 
 
 def _handle_signals(handler: Callable[[int, Any], None] | signal.Handlers) -> None:
-    """Give SIGINT and SIGTERM to `handler` while `main` runs a command (never under a program that imports the CLI)."""
+    """Give SIGINT and SIGTERM to `handler` while `main` runs a command (never under a program that imports the
+    CLI); a signal that was ignored when main() started stays ignored, as Python leaves it (a job started in the
+    background with `&` ignores SIGINT)."""
     if _state["signals"]:
         for signum in _SIGNALS:
-            signal.signal(signum, handler)
+            if signum not in _state["ignored"]:
+                signal.signal(signum, handler)
 
 
 def _tolerate_narrow_encodings() -> None:
@@ -599,18 +633,12 @@ def _tolerate_narrow_encodings() -> None:
                 reconfigure(errors="backslashreplace")
 
 
-def _started_as_command_handler() -> Any:
-    """The handler the package installs on its first line when it runs as the `rnninit` command (else None)."""
-    import rnninit_cli
-
-    return getattr(rnninit_cli, "_stop_at_once", None)
-
-
 def main() -> None:
     """Console-script entry point."""
     # the package took the signals over on its first line when started as the command; a program that calls
-    # main() itself gets the same while it runs, and its own handlers back afterwards
+    # main() itself gets the same while it runs, and exactly its own handlers back afterwards
     previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    _state["ignored"] = {signum for signum, handler in previous.items() if handler == signal.SIG_IGN}
     _state["signals"] = True
     _handle_signals(_stop_at_once)
     if sys.stdout is None:
@@ -620,11 +648,15 @@ def main() -> None:
         app()
     finally:
         _handle_signals(signal.SIG_IGN)  # the exit status is decided (see _errors)
+        _cancel_retry()
         _state["signals"] = False
         reset_stop()  # a program that goes on after main() writes its own outputs
-        for signum, handler in previous.items():  # a program's own handlers come back; Python's defaults do not
-            if callable(handler) and handler not in (signal.default_int_handler, _started_as_command_handler()):
-                signal.signal(signum, handler)
+        from . import _AS_COMMAND  # read now: a script standing in for the console script may set it
+
+        if not _AS_COMMAND:  # a program that called main() goes on; the command's process exits, still ignoring
+            for signum, handler in previous.items():
+                if handler is not None:  # None: installed outside Python
+                    signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def many(spec: Path) -> None:
 
 
 def run_rnninit(argv: list[str]) -> None:
+    import rnninit_cli
     import rnninit_cli.formats.checkpoint as checkpoint
     import rnninit_cli.rewrite as rewrite
     from rnninit_cli.cli import main
@@ -145,6 +146,7 @@ def run_rnninit(argv: list[str]) -> None:
 
     _safety_hooks()
     sys.argv = ["rnninit", *argv]
+    rnninit_cli._AS_COMMAND = True  # this script stands in for the console script: its process ends with main()
     main()
 
 

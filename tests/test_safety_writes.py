@@ -562,44 +562,114 @@ def test_full_or_closed_standard_output_is_one_error_line(tmp_path: Path) -> Non
                      "error: standard output is closed; redirect it to a file or a pipe", "1"], result.stderr
 
 
-@pytest.mark.parametrize("thread", ["main", "worker"])
 @pytest.mark.parametrize("kind", ["file", "new folder", "replaced folder"])
-def test_a_stop_asked_for_earlier_keeps_every_output_out_of_place(kind: str, thread: str, tmp_path: Path) -> None:
+def test_a_stop_asked_for_earlier_keeps_every_output_out_of_place(kind: str, tmp_path: Path) -> None:
     """A signal the CLI could not act on at once (it came during an import) is recorded; however late it is
     delivered again, no rename happens after it: the write ends with KeyboardInterrupt, nothing lands and no
-    temporary file or folder is left. Without a recorded stop the same write lands."""
-    from rnninit_cli.formats.atomic import atomic_write
+    temporary file or folder is left. A program's other thread writing meanwhile is not the command: its write
+    lands. Without a recorded stop the main thread's write lands too."""
     from rnninit_cli.interruption import Stop, reset_stop
 
     output = tmp_path / ("out.pt" if kind == "file" else "out")
     if kind == "replaced folder":
         output.mkdir()
         (output / "model.safetensors").write_bytes(b"old")
-
-    def write() -> None:
-        if kind == "file":
-            atomic_write(output, lambda sink: sink.write(b"new"))
-        else:
-            folders.build_folder(output, tmp_path / "input", lambda staging: (staging / "model.safetensors")
-                                 .write_bytes(b"new"))
-
-    def in_thread() -> BaseException | None:
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(write).exception()
-
     before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     Stop.signum = signal.SIGTERM
     try:
-        if thread == "main":
-            with pytest.raises(KeyboardInterrupt):
-                write()
-        else:
-            assert isinstance(in_thread(), KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            write_output(kind, output, tmp_path)
         assert Stop.unwinding  # a second signal now leaves the cleanup alone
+        assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        assert leftovers(tmp_path) == []
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(write_output, kind, output, tmp_path, b"thread").exception() is None
+        assert landed(kind, output) == b"thread"
     finally:
         reset_stop()
-    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
-    assert leftovers(tmp_path) == []
-    write() if thread == "main" else in_thread()
-    landed = output if kind == "file" else output / "model.safetensors"
-    assert landed.read_bytes() == b"new"
+    write_output(kind, output, tmp_path)
+    assert landed(kind, output) == b"new"
+
+
+def write_output(kind: str, output: Path, tmp_path: Path, content: bytes = b"new") -> None:
+    """Write CONTENT atomically at OUTPUT: a file, or a folder holding model.safetensors."""
+    from rnninit_cli.formats.atomic import atomic_write
+
+    if kind == "file":
+        atomic_write(output, lambda sink: sink.write(content))
+    else:
+        folders.build_folder(output, tmp_path / "input",
+                             lambda staging: (staging / "model.safetensors").write_bytes(content))
+
+
+def landed(kind: str, output: Path) -> bytes:
+    return (output if kind == "file" else output / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["file", "new folder"])
+def test_a_signal_during_a_failed_writes_cleanup_does_not_cut_it_short(kind: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk fails the write; a Ctrl-C arrives while its temporary file or folder is being removed. The
+    signal waits for the removal (KeyboardInterrupt afterwards), so nothing is left behind."""
+    output = tmp_path / ("out.pt" if kind == "file" else "out")
+    real_unlink, real_rmtree = Path.unlink, shutil.rmtree
+
+    def ctrl_c_then_unlink(self: Path, *args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_unlink(self, *args, **kwargs)
+
+    def ctrl_c_then_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_rmtree(path, *args, **kwargs)
+
+    def full_disk(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "unlink", ctrl_c_then_unlink)
+    monkeypatch.setattr(shutil, "rmtree", ctrl_c_then_rmtree)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if kind == "file":
+                from rnninit_cli.formats.atomic import atomic_write
+
+                atomic_write(output, full_disk)
+            else:
+                folders.build_folder(output, tmp_path / "input", full_disk)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert leftovers(tmp_path) == [] and not output.exists()
+
+
+def test_held_signals_put_every_handler_back_even_if_one_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGINT that arrives right after its handler was put back raises KeyboardInterrupt between the two
+    restores: SIGTERM's handler is put back all the same (it was left as the internal holder, so one SIGTERM was
+    swallowed for the rest of the process)."""
+    from rnninit_cli.formats.atomic import signals_held
+
+    real_signal = signal.signal
+    fired: list[bool] = []
+
+    def signal_then_ctrl_c(signum: int, handler: Any) -> Any:
+        previous = real_signal(signum, handler)
+        if signum == signal.SIGINT and getattr(handler, "__name__", "") != "hold" and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # its handler, just put back, runs at the next bytecode
+        return previous
+
+    def mine(signum: int, frame: Any) -> None:
+        pass
+
+    before = real_signal(signal.SIGINT, signal.default_int_handler), real_signal(signal.SIGTERM, mine)
+    try:
+        monkeypatch.setattr(signal, "signal", signal_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt), signals_held():
+            pass
+        monkeypatch.undo()
+        assert fired
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        monkeypatch.undo()
+        real_signal(signal.SIGINT, before[0])
+        real_signal(signal.SIGTERM, before[1])

@@ -19,7 +19,6 @@ from ..errors import CheckpointError, OutputError
 from ..interruption import CommitLog, refuse_commit_if_stopping
 from .outputs import refuse_unreplaceable
 
-__all__ = ["CommitLog"]  # the writers here and in folders.py count their renames in it
 
 def current_umask() -> int:
     """The process umask (reading it means setting it, so it is set straight back)."""
@@ -128,13 +127,13 @@ _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def signals_held() -> Iterator[None]:
+def signals_held(*, commit: bool = True) -> Iterator[None]:
     """Hold SIGINT and SIGTERM (their handlers run when the block ends) while outputs are renamed into
     place, so an interruption lands before the renames (nothing written) or after them (all written),
-    never between; a stop asked for earlier (see interruption.py) raises KeyboardInterrupt before any rename.
+    never between; with `commit`, a stop asked for earlier (see interruption.py) raises KeyboardInterrupt before
+    any rename. The cleanup after a failure holds them with commit=False, so that a signal cannot cut it short.
     Only the main thread can change handlers; elsewhere this holds nothing."""
     if threading.current_thread() is not threading.main_thread():
-        refuse_commit_if_stopping()
         yield
         return
     received: list[int] = []
@@ -143,21 +142,45 @@ def signals_held() -> Iterator[None]:
     def hold(signum: int, _frame: object) -> None:
         received.append(signum)
 
-    for signum in _HELD_SIGNALS:
-        if signal.getsignal(signum) is not None:  # None: installed outside Python, leave it alone
-            previous[signum] = signal.signal(signum, hold)
     try:
-        refuse_commit_if_stopping()
+        for signum in _HELD_SIGNALS:
+            if signal.getsignal(signum) is not None:  # None: installed outside Python, leave it alone
+                previous[signum] = signal.signal(signum, hold)
+        if commit:
+            refuse_commit_if_stopping()
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore_handlers(previous)
         for signum in dict.fromkeys(received):
             handler = previous[signum]
             if callable(handler):
                 handler(signum, None)
             elif handler == signal.SIG_DFL:
                 signal.raise_signal(signum)
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    """Put every handler of `previous` back. A handler already put back can run between two of these calls and
+    raise (a program's SIGTERM handler raising SystemExit): the others are put back all the same, then its
+    exception goes on."""
+    raised: BaseException | None = None
+    while True:
+        try:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            break
+        except BaseException as error:  # re-raised below, once every handler is back
+            raised = raised or error
+    if raised is not None:
+        raise raised
+
+
+@contextmanager
+def cleanup_held() -> Iterator[None]:
+    """A failed write's cleanup: signals held (not re-checking for a stop), so that none leaves a temporary
+    file or folder behind."""
+    with signals_held(commit=False):
+        yield
 
 
 def atomic_write(output: str | Path, write: Callable[[BinaryIO], None], *,
@@ -191,11 +214,12 @@ def atomic_write(output: str | Path, write: Callable[[BinaryIO], None], *,
             if expect is not None:
                 refuse_changed(out, expect)
             os.replace(temp, out)
-            CommitLog.count += 1
+            CommitLog.record()
     except BaseException as error:
         if temp is None:
             raise
-        temp.unlink(missing_ok=True)
+        with cleanup_held():
+            temp.unlink(missing_ok=True)
         failed = write_failure(error)
         if failed is not None:
             raise OutputError(f"cannot write {out}: {failed.strerror or failed}") from None

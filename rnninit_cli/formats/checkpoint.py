@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import CheckpointError, OutputError, first_line
+from ..interruption import refuse_commit_if_stopping
 from .atomic import FileIdentity, atomic_write
 from .kinds import METADATA_RECORD, METADATA_RECORD_SIZE, STDIO, detect_format
 from .outputs import refuse_foreign_objects, refuse_non_tensors
@@ -458,5 +459,7 @@ def save_checkpoint(
     buffer = io.BytesIO()
     serialize(checkpoint, fmt, metadata, buffer, tensors_only=tensors_only)
     sink = sys.stdout.buffer if str(output) == STDIO else output
+    if sink is sys.stdout.buffer:
+        refuse_commit_if_stopping()  # standard output is where this output lands: nothing goes out after a stop
     sink.write(buffer.getvalue())  # type: ignore[union-attr]
     sink.flush()  # type: ignore[union-attr]

@@ -22,9 +22,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import CheckpointError, OutputError
+from ..interruption import CommitLog
 from .atomic import (
     OLD_SUFFIX,
-    CommitLog,
+    cleanup_held,
     create_temporary_file,
     create_temporary_folder,
     current_umask,
@@ -177,10 +178,11 @@ class ModelFolder:
                         refuse_changed(shard.path, shard.identity)
                 for name, temp in temporary.items():
                     os.replace(temp, self.shards[name].path)
-                CommitLog.count += 1
+                CommitLog.record()
         except BaseException as error:
-            for temp in temporary.values():
-                temp.unlink(missing_ok=True)
+            with cleanup_held():
+                for temp in temporary.values():
+                    temp.unlink(missing_ok=True)
             failed = write_failure(error)
             if failed is not None:
                 raise OutputError(f"cannot write in {self.path}: {failed.strerror or failed}") from None
@@ -216,7 +218,8 @@ def build_folder(output: Path, source: Path, fill: Callable[[Path], None]) -> No
         fill(staging)
         _replace_folder(staging, output, source)
     except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
+        with cleanup_held():
+            shutil.rmtree(staging, ignore_errors=True)
         failed = write_failure(error)
         if failed is not None:
             raise OutputError(f"cannot write {output}: {failed.strerror or failed}") from None
@@ -235,7 +238,7 @@ def _replace_folder(staging: Path, output: Path, source: Path) -> None:
         if kind == "absent":
             if not _renameat2(staging, output, _RENAME_NOREPLACE):
                 os.rename(staging, output)
-            CommitLog.count += 1
+            CommitLog.record()
             fsync_folder(output.parent)
             return
         if kind != "a folder" or output.is_symlink():
@@ -254,7 +257,7 @@ def _replace_folder(staging: Path, output: Path, source: Path) -> None:
             except BaseException:
                 os.rename(old, output)
                 raise
-        CommitLog.count += 1
+        CommitLog.record()
         fsync_folder(output.parent)
         shutil.rmtree(old, ignore_errors=True)
 

@@ -35,6 +35,7 @@ import torch
 from builders import read_metadata, temp_leftovers
 from typer.testing import Result
 
+import rnninit_cli
 from rnninit_cli.init import planning
 
 PREFIX = "enc\udcff.rnn."  # a byte 0xff read with surrogateescape
@@ -383,20 +384,24 @@ def pausing_entry(tmp_path: Path) -> Path:
     return script
 
 
-def signal_at(script: Path, args: list[str], where: str, signum: int, tmp_path: Path,
-              seconds: float = 60, retry_s: float | None = None) -> subprocess.CompletedProcess:
+def signal_at(script: Path, args: list[str], where: str, signum: int | tuple[int, ...], tmp_path: Path,
+              seconds: float = 60, retry_s: float | None = None,
+              preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """Run the pausing `rnninit` with ARGS, send `signum` (or each of several, in order) at the pause WHERE."""
     ready = tmp_path / "ready"
     env = os.environ | {"PAUSE_AT": where, "PAUSE_READY": str(ready), "PAUSE_SECONDS": str(seconds)}
     if retry_s is not None:
         env["RETRY_S"] = str(retry_s)
     process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=env, cwd=tmp_path)
+                               env=env, cwd=tmp_path, preexec_fn=preexec_fn)
     try:
         deadline = time.monotonic() + 120
         while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert ready.exists(), process.communicate()[1].decode()
-        process.send_signal(signum)
+        for each in (signum,) if isinstance(signum, int) else signum:
+            process.send_signal(each)
+            time.sleep(0.01)
         (tmp_path / "signalled").touch()
         stdout, stderr = process.communicate(timeout=90)
     finally:
@@ -462,6 +467,107 @@ def test_signal_while_checkpoint_is_half_imported(signum: int, retry_s: float | 
     assert_interrupted(result, signum)
     assert (tmp_path / "resumed").exists(), "the import was cut short"
     assert not (tmp_path / "out.pt").exists() and temp_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("args", "where"), [
+    (["schemes", "--json"], "inside:rnninit_cli.init.schemes"),
+    (["inspect", "{source}", "--json"], "inside:rnninit_cli.rewrite"),
+    (["apply", "{source}", *SCHEME, "-o", "-"], "inside:rnninit_cli.rewrite"),
+], ids=["schemes", "inspect", "apply-to-stdout"])
+def test_a_deferred_signal_stops_a_command_that_renames_nothing(args: list[str], where: str, pausing_entry: Path,
+                                                                surrogate_pt: Path, tmp_path: Path) -> None:
+    """A signal during an import whose retry comes only after the command is over (nothing is renamed into place,
+    so no rename refuses it): the command still ends as interrupted, and a checkpoint bound for standard output is
+    not written there. It used to exit 0 with the whole answer."""
+    args = [surrogate_pt.name if arg == "{source}" else arg for arg in args]
+    result = signal_at(pausing_entry, args, where, signal.SIGINT, tmp_path, retry_s=30.0)
+    assert_interrupted(result, signal.SIGINT)
+    if "-o" in args:
+        assert result.stdout == b""
+
+
+def test_the_first_signal_decides_the_exit_status(pausing_entry: Path, surrogate_pt: Path, tmp_path: Path) -> None:
+    """SIGINT, then SIGTERM, both while an import is under way: 130, as when the command is not importing."""
+    result = signal_at(pausing_entry, ["apply", surrogate_pt.name, *SCHEME, "-o", "out.pt"],
+                       "inside:rnninit_cli.formats.atomic", (signal.SIGINT, signal.SIGTERM), tmp_path)
+    assert_interrupted(result, signal.SIGINT)
+    assert not (tmp_path / "out.pt").exists() and temp_leftovers(tmp_path) == []
+
+
+def test_a_signal_ignored_at_start_stays_ignored(pausing_entry: Path, surrogate_pt: Path, tmp_path: Path) -> None:
+    """A job a script starts in the background (`rnninit ... &`) ignores SIGINT, as Python leaves it: the SIGINT is
+    ignored and the command completes; SIGTERM still stops it."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    result = signal_at(pausing_entry, ["apply", surrogate_pt.name, *SCHEME, "-q", "-o", "out.pt"],
+                       "inside:rnninit_cli.formats.atomic", signal.SIGINT, tmp_path, preexec_fn=ignore_sigint)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr.decode()
+    assert (tmp_path / "out.pt").exists()
+    (tmp_path / "out.pt").unlink()
+    for marker in ("ready", "signalled", "resumed"):
+        (tmp_path / marker).unlink(missing_ok=True)
+    result = signal_at(pausing_entry, ["apply", surrogate_pt.name, *SCHEME, "-q", "-o", "out.pt"],
+                       "inside:rnninit_cli.formats.atomic", signal.SIGTERM, tmp_path, preexec_fn=ignore_sigint)
+    assert_interrupted(result, signal.SIGTERM)
+    assert not (tmp_path / "out.pt").exists()
+
+
+HOST_PROGRAM = textwrap.dedent("""
+    import os, signal, sys, time
+    import rnninit_cli.cli as cli
+
+    received = []
+    mine = lambda signum, frame: received.append(signum)
+    signal.signal(signal.SIGINT, mine)  # SIGTERM keeps SIG_DFL: it must come back too
+
+    class CtrlCDuringAnImport:  # the program's own Ctrl-C, while main() imports the scheme registry
+        def find_spec(self, name, path=None, target=None):
+            if name == "rnninit_cli.init.schemes":
+                sys.meta_path.remove(self)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the retries come back while the import is still under way
+            return None
+
+    sys.meta_path.insert(0, CtrlCDuringAnImport())
+    cli._RETRY_S = 0.05
+    statuses = []
+    for _ in range(2):
+        sys.argv = ["rnninit", "schemes", "--json"]
+        try:
+            cli.main()
+        except SystemExit as done:
+            statuses.append(done.code)
+        time.sleep(0.3)  # a retry still on its way would arrive now
+    print(statuses, received, signal.getsignal(signal.SIGINT) is mine,
+          signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+""")
+
+
+def test_a_program_that_calls_main_twice_survives_a_deferred_signal() -> None:
+    """The first main() ends as interrupted; no retry of its signal reaches the program afterwards (its handler
+    got one once; a second main() was killed by it), and the program's handlers, Python's SIG_DFL included, are
+    back."""
+    done = subprocess.run([sys.executable, "-c", HOST_PROGRAM], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "[130, 0] [] True True", (done.stdout[-300:], done.stderr)
+
+
+@pytest.mark.parametrize(("arguments", "module"), [
+    (["-m", "rnninit_cli", "schemes"], "rnninit_cli"),
+    (["-Im", "rnninit_cli.cli"], "rnninit_cli.cli"),
+    (["-X", "importtime", "-m", "rnninit_cli"], "rnninit_cli"),
+    (["-m", "tools", "--save-to", "./rnninit_cli"], "tools"),
+    (["-c", "import rnninit_cli", "-m", "x"], None),
+    (["script.py", "rnninit_cli"], None),
+])
+def test_which_module_python_dash_m_runs(arguments: list[str], module: str | None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only `python -m rnninit_cli` (or its __main__/cli) is the command; a program whose arguments merely end in
+    rnninit_cli, or `-c` code, is not."""
+    monkeypatch.setattr(sys, "orig_argv", ["python", *arguments])
+    assert rnninit_cli._module_run_by_dash_m() == module
 
 
 def test_an_error_that_the_signal_caused_ends_as_interrupted(pausing_entry: Path, surrogate_pt: Path,
