@@ -237,8 +237,8 @@ def _width(cell: Cell) -> int:
 def _stacked(header: Sequence[tuple[str, str]], groups: Sequence[tuple[Text, Sequence[Sequence[Cell]]]], *,
              dense: bool = False, prose: bool = True, split: str | None = None, show_header: bool = True) -> Group:
     """A narrow terminal's layout: the columns' header once, then per parameter its name (and facts) on a line of its
-    own and its blocks' rows keyed by gate. Every column but the last has the same width in every parameter's rows,
-    so they line up, and never wraps; the last, `prose`, wraps at words. With `split` the last column leaves the
+    own and its blocks' rows keyed by gate. Columns have the same width in every parameter's rows, so they line up,
+    and never wrap, but for a last `prose` column, which wraps at words. With `split` the last column leaves the
     table: its text follows each parameter's rows as lines (`split: text` once when every row says the same)."""
     columns = header[:-1] if split else header
     widths = [max([cell_len(title) if show_header else 0] + [_width(row[index]) for _, rows in groups for row in rows])
@@ -247,10 +247,9 @@ def _stacked(header: Sequence[tuple[str, str]], groups: Sequence[tuple[Text, Seq
     def table(*, show_header: bool) -> Table:
         made = Table(show_edge=False, pad_edge=False, show_header=show_header, padding=(0, 0) if dense else (0, 1))
         for index, (title, justify) in enumerate(columns):
-            last = index == len(columns) - 1
-            wraps = last and prose and not split
+            wraps = index == len(columns) - 1 and prose and not split
             made.add_column(title, justify=justify,  # type: ignore[arg-type]
-                            width=None if last else widths[index], no_wrap=not wraps,
+                            width=None if wraps else widths[index], no_wrap=not wraps,
                             overflow="fold" if wraps else "ellipsis")
         return made
 
@@ -434,13 +433,12 @@ def verify_table(report: VerifyReport) -> _Fitted:
     def groups() -> list[tuple[Text, list[list[str]]]]:
         return [(Text.from_markup(name, style="bold"),
                  [cells for gate, span, expected, found, why in members
-                  for cells in ([gate, f"rows {span}", "expected", expected], ["", "", "found", found],
-                                ["", "", "why", why])])
+                  for cells in ([f"{gate}, rows {span}", "expected", expected], ["", "found", found],
+                                ["", "why", why])])
                 for name, members in _by_name(rows)]
 
-    header = [("gate", "left"), ("rows", "left"), ("", "left"), ("", "left")]
-    return _Fitted(lambda: full(False), lambda: full(True), lambda: _stacked(header, groups(), show_header=False),
-                   lambda: _stacked(header, groups(), show_header=False, dense=True))
+    header = [("block", "left"), ("", "left"), ("", "left")]
+    return _Fitted(lambda: full(False), lambda: full(True), lambda: _stacked(header, groups(), show_header=False))
 
 
 def _by_name(rows: Iterable[Sequence[str]]) -> list[tuple[str, list[Sequence[str]]]]:

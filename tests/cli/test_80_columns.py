@@ -209,3 +209,20 @@ def test_pipes_keep_one_line_per_block(piped: dict[str, str]) -> None:
     assert re.search(r"^encoder\.rnn\.weight_ih_l0_reverse\s+│ r\s+│", piped["diff"], re.M)
     assert re.search(r"^weight_hr_l2_reverse\s+│ -\s+│ weight_hr=xavier_uniform", piped["apply"], re.M)
     assert re.search(r"^weight_hh_l1_reverse\s+│ i\s+│ 192x24\s+│ float32", piped["inspect --wide"], re.M)
+
+
+def _separators(line: str) -> list[int]:
+    return [cell_len(line[:index]) for index, char in enumerate(line) if char in "│┃╇"]
+
+
+@pytest.mark.parametrize("command", ["inspect", "inspect --wide", "diff", "apply"])
+def test_stacked_rows_line_up_under_their_header(terminal: tuple[int, dict[str, str]], command: str) -> None:
+    """Where the layout stacks per parameter, every parameter's rows keep the columns of the one header above."""
+    _, outputs = terminal
+    for section in outputs[command].replace("\r\n", "\n").split("\n\n"):
+        rows = [line for line in section.split("\n") if re.match(r"[a-z-] *[│┃]", line)]
+        headers = [line for line in section.split("\n") if line.startswith("gate")]
+        if headers:  # stacked: the gate first on its line
+            columns = _separators(headers[0])
+            misaligned = [row for row in rows if not set(_separators(row)) <= set(columns)]
+            assert rows and not misaligned, section
