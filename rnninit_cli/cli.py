@@ -274,7 +274,7 @@ def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, q
     if the_plan.seed is not None:
         summary += f", seed {the_plan.seed}"
     summary += f"; wrote {_shown(output)}" if output else "; dry run, nothing written"
-    report.print(visible(summary), soft_wrap=True, markup=False)
+    report.print(visible(summary), markup=False)  # wrapped at words on a terminal, one line elsewhere
 
 
 @app.command()
@@ -360,7 +360,9 @@ def inspect(
         "(needs matplotlib: pip install 'rnninit[plot]').")] = None,
     wide: Annotated[bool, typer.Option(
         "--wide", help="Every column: also shape, dtype, the orthogonality error and the singular values' "
-        "range. Without it a table fits 80 columns: gate, mean, std, min, max, family, histogram.")] = False,
+        "range of each gate block and whole matrix. Without it: gate, mean, std, min, max, family, histogram. "
+        "Where a block's row is wider than the terminal, each parameter's name gets a line of its own (with its "
+        "shape and dtype) and the family may move below its rows; no number is ever cut.")] = False,
     layout: LayoutOption = None,
     layout_file: LayoutFileOption = None,
     strict: StrictOption = False,
@@ -450,7 +452,7 @@ def verify(
             verdict = "consistent" if report.ok else f"{len(report.failures)} NOT consistent"
             answer.print(visible(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: ")
                          + verdict + weak,
-                         markup=False, soft_wrap=True)
+                         markup=False)  # wrapped at words on a terminal, one line elsewhere
         if not report.ok:
             raise typer.Exit(1)
 
@@ -499,7 +501,7 @@ def diff(
             if not report.layers and (report.only_in_a or report.only_in_b):
                 summary = (f"no layer in common ({len(report.only_in_a)} only in {a}, "
                            f"{len(report.only_in_b)} only in {b})")
-            answer.print(visible(f"{a} vs {b}: {summary}"), markup=False, soft_wrap=True)
+            answer.print(visible(f"{a} vs {b}: {summary}"), markup=False)  # wrapped at words on a terminal
         if not report.identical:
             raise typer.Exit(1)
 

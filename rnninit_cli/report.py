@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -176,45 +177,145 @@ def layer_heading(layer: Layer) -> str:
     return visible(f"{layer.title}  ({sizes})")
 
 
-def titled(layer: Layer, table: Table) -> Group:
-    """The layer's heading on its own line (a table title would wrap at the table's width), then the table."""
-    return Group(Text(layer_heading(layer), style="bold"), table)  # Text: names are not markup
+_UNBOUNDED = 1 << 20  # a width no table reaches: where a layout is measured at its natural width
 
 
-class _Dense:
-    """A table that drops its cells' padding when its natural width exceeds the width at hand (a narrow
-    terminal), so that only its wrappable columns wrap; where it fits (pipes, logs, wide terminals) it is as built."""
+def _table_width_bound(table: Table) -> int | None:
+    """An upper bound of a table's natural width, from its cells' text: each column as wide as its widest text
+    (markup only narrows it), plus padding and a rule; None when a cell is no text or a column has set widths."""
+    _, right, _, left = table.padding
+    total = 1  # the edge's rule, if it has one
+    for column in table.columns:
+        if column.width is not None or column.min_width is not None:
+            return None
+        widest = 0
+        for cell in (column.header, *column.cells):
+            text = cell.plain if isinstance(cell, Text) else cell
+            if not isinstance(text, str):
+                return None
+            widest = max(widest, *(cell_len(line) for line in text.split("\n")))
+        total += widest + left + right + 1
+    return total
 
-    def __init__(self, table: Table) -> None:
-        self.table = table
+
+class _Fitted:
+    """The first of several layouts of the same rows whose natural width fits the width at hand, else the last one
+    (which may wrap its prose at words). Off a terminal the width is unbounded and the first layout, the plain table
+    with one line per row, always fits; a narrow terminal gets a denser or a stacked layout in which no parameter name
+    and no number is ever split across lines. Layouts are built only when tried."""
+
+    def __init__(self, *layouts: Callable[[], RenderableType]) -> None:
+        self.layouts = layouts
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        bound = self._width_bound()
-        if bound is None or bound > options.max_width:  # measuring costs as much as drawing: only where it may not fit
-            natural = Measurement.get(console, options.update_width(1 << 20), self.table).maximum
-            if natural > options.max_width:
-                self.table.padding = (0, 0)
-        yield self.table
+        for build in self.layouts[:-1]:
+            layout = build()
+            if self._fits(console, options, layout):
+                yield layout
+                return
+        yield self.layouts[-1]()
 
-    def _width_bound(self) -> int | None:
-        """An upper bound of the table's natural width, from its cells' text: each column as wide as its widest text
-        (markup only narrows it), plus padding and a rule; None when a cell is no text or a column has set widths."""
-        _, right, _, left = self.table.padding
-        total = 1  # the edge's rule, if it has one
-        for column in self.table.columns:
-            if column.width is not None or column.min_width is not None:
-                return None
-            widest = 0
-            for cell in (column.header, *column.cells):
-                text = cell.plain if isinstance(cell, Text) else cell
-                if not isinstance(text, str):
-                    return None
-                widest = max(widest, *(cell_len(line) for line in text.split("\n")))
-            total += widest + left + right + 1
-        return total
+    @staticmethod
+    def _fits(console: Console, options: ConsoleOptions, layout: RenderableType) -> bool:
+        bound = _table_width_bound(layout) if isinstance(layout, Table) else None
+        if bound is not None and bound <= options.max_width:  # measuring costs as much as drawing: only where needed
+            return True
+        return Measurement.get(console, options.update_width(_UNBOUNDED), layout).maximum <= options.max_width
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        return Measurement.get(console, options, self.table)
+        return Measurement.get(console, options, self.layouts[0]())
+
+
+Cell = str | Text  # a table cell: Rich markup (names escaped by `shown`) or Text
+
+
+def _width(cell: Cell) -> int:
+    text = cell if isinstance(cell, Text) else Text.from_markup(cell)
+    return max((cell_len(line) for line in text.plain.split("\n")), default=0)
+
+
+def _stacked(header: Sequence[tuple[str, str]], groups: Sequence[tuple[Text, Sequence[Sequence[Cell]]]], *,
+             dense: bool = False, prose: bool = True, split: str | None = None, show_header: bool = True) -> Group:
+    """A narrow terminal's layout: the columns' header once, then per parameter its name (and facts) on a line of its
+    own and its blocks' rows keyed by gate. Columns have the same width in every parameter's rows, so they line up,
+    and never wrap, but for a last `prose` column, which wraps at words. With `split` the last column leaves the
+    table: its text follows each parameter's rows as lines (`split: text` once when every row says the same)."""
+    columns = header[:-1] if split else header
+    widths = [max([cell_len(title) if show_header else 0] + [_width(row[index]) for _, rows in groups for row in rows])
+              for index, (title, _) in enumerate(columns)]
+
+    def table(*, show_header: bool) -> Table:
+        made = Table(show_edge=False, pad_edge=False, show_header=show_header, padding=(0, 0) if dense else (0, 1))
+        for index, (title, justify) in enumerate(columns):
+            wraps = index == len(columns) - 1 and prose and not split
+            made.add_column(title, justify=justify,  # type: ignore[arg-type]
+                            width=None if wraps else widths[index], no_wrap=not wraps,
+                            overflow="fold" if wraps else "ellipsis")
+        return made
+
+    parts: list[RenderableType] = [table(show_header=True)] if show_header else []
+    for title, rows in groups:
+        body = table(show_header=False)
+        for row in rows:
+            body.add_row(*row[:len(columns)])
+        parts += [title, body]
+        if split:
+            texts = {str(row[-1]) for row in rows}
+            if len(texts) == 1:
+                parts += [_prose(f"{split}: ", rows[0][-1])] if texts != {""} else []
+            else:
+                parts += [_prose(f"{row[0]}: ", row[-1]) for row in rows if row[-1]]
+    return Group(*parts)
+
+
+def _prose(label: str, cell: Cell) -> Text:
+    """A line of prose after a stacked table's rows, wrapped at words, a word longer than the line folded."""
+    text = Text(label)
+    text.append_text(cell if isinstance(cell, Text) else Text.from_markup(cell))
+    text.overflow = "fold"
+    return text
+
+
+def _ladder(full: Callable[[bool], Table], header: Sequence[tuple[str, str]],
+            groups: Callable[[], Sequence[tuple[Text, Sequence[Sequence[Cell]]]]], *, prose: str | None) -> _Fitted:
+    """The layouts tried, widest first: the full table, without its cells' padding, stacked per parameter (padded,
+    dense), and with `prose` (the last column: family, rule) split out of the stacked rows onto lines of its own."""
+    cached: list[Sequence[tuple[Text, Sequence[Sequence[Cell]]]]] = []
+
+    def rows() -> Sequence[tuple[Text, Sequence[Sequence[Cell]]]]:
+        if not cached:
+            cached.append(groups())
+        return cached[0]
+
+    layouts: list[Callable[[], RenderableType]] = [
+        lambda: full(False), lambda: full(True),
+        lambda: _stacked(header, rows(), prose=prose is not None),
+        lambda: _stacked(header, rows(), dense=True, prose=prose is not None)]
+    if prose is not None:
+        layouts += [lambda: _stacked(header, rows(), split=prose),
+                    lambda: _stacked(header, rows(), dense=True, split=prose)]
+    return _Fitted(*layouts, lambda: _records(header, rows()))
+
+
+def _records(header: Sequence[tuple[str, str]], groups: Sequence[tuple[Text, Sequence[Sequence[Cell]]]]) -> Group:
+    """The narrowest layout: per parameter its name on a line, then each block as a line of `label value` pairs,
+    wrapped at spaces (so a number or a name may move to the next line, but is never split)."""
+    parts: list[RenderableType] = []
+    for title, rows in groups:
+        parts.append(title)
+        for gate, *cells in rows:
+            line = Text(f"{_plain(gate)}:")
+            for (label, _), cell in zip(header[1:], cells, strict=True):
+                if _plain(cell):
+                    line.append(f"  {label} " if label != "values" else "  ")
+                    line.append_text(cell if isinstance(cell, Text) else Text.from_markup(cell))
+            line.overflow = "fold"
+            parts.append(Padding(line, (0, 0, 0, 2), expand=False))
+    return Group(*parts)
+
+
+def _plain(cell: Cell) -> str:
+    return (cell if isinstance(cell, Text) else Text.from_markup(cell)).plain
 
 
 def _small(value: float | None) -> str:
@@ -235,22 +336,19 @@ def inspect_table(
 ) -> Group:
     """Per gate block: mean, std, min, max; with a diagnosis also the initializer family and a histogram of the
     values. `wide` adds shape and dtype, max|BᵀB − I| (orth), the singular values' range (σ) and the whole
-    matrices' lines. Only the family may wrap (on a narrow terminal): every other cell stays on its row's line."""
-    table = Table(show_edge=False, pad_edge=False)
+    matrices' lines. On a terminal too narrow for one line per block the layout stacks (`_ladder`): no name and
+    no number is ever split or cut."""
     shape_columns = ("shape", "dtype") if wide else ()
     extra = ((("orth err", "σ min–max") if wide else ()) + ("family", "values")) if diagnosis else ()
-    for column in ("parameter", "gate", *shape_columns, *STAT_NAMES, *extra):
-        table.add_column(column, justify="right" if column in STAT_NAMES else "left", no_wrap=column != "family")
     found = {} if diagnosis is None else {(b.name, b.start): b for b in diagnosis.blocks}
     known = known_stats(diagnosis)
+    # per parameter: its short name, shape and dtype, and per block: gate, statistics, [orth, σ], [family, values]
+    params: list[tuple[str, str, str, list[list[str]]]] = []
     for kind in kinds:
         doc = param_document(layer, kind, tensors, known, as_json=False)  # inf shown as inf, not as a missing value
-        for index, (block, spec) in enumerate(zip(doc["blocks"], layer.blocks(kind), strict=True)):
-            first = index == 0
-            cells = [shown(_short(doc["name"], layer)) if first else "", block["gate"] or "-"]
-            if wide:
-                cells += ["x".join(map(str, doc["shape"])) if first else "", doc["dtype"] if first else ""]
-            cells += [_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES]
+        rows = []
+        for block, spec in zip(doc["blocks"], layer.blocks(kind), strict=True):
+            cells = [block["gate"] or "-", *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES)]
             stats = found.get((spec.name, spec.start))
             if stats is not None:
                 nonfinite = f" [bold red]{stats.nan} NaN {stats.inf} Inf[/]" if stats.nan or stats.inf else ""
@@ -258,12 +356,40 @@ def inspect_table(
                     span = "" if stats.sv_min is None else f"{_fixed(stats.sv_min, 2)}–{_fixed(stats.sv_max or 0, 2)}"
                     cells += [_error(stats.orthogonality_error, stats.dtype, stats.shape), span]
                 cells += [shown(stats.family.label) + nonfinite, stats.histogram]
-            table.add_row(*cells)
-    for index, (gate, stats) in enumerate(effective_bias(layer, tensors)):
-        label = Text("effective bias", style="bold") if index == 0 else ""
-        shape_cells = ["ih + hh" if index == 0 else "", ""] if wide else []
-        table.add_row(label, gate or "-", *shape_cells, *(_num(stats[s], s) for s in STAT_NAMES))
-    parts: list[Any] = [_Dense(table)]
+            rows.append(cells)
+        params.append((shown(_short(doc["name"], layer)), "x".join(map(str, doc["shape"])), doc["dtype"], rows))
+    bias_rows = [[gate or "-", *(_num(stats[s], s) for s in STAT_NAMES)] + [""] * len(extra)
+                 for gate, stats in effective_bias(layer, tensors)]
+
+    def full(dense: bool) -> Table:
+        table = Table(show_edge=False, pad_edge=False, padding=(0, 0) if dense else (0, 1))
+        for column in ("parameter", "gate", *shape_columns, *STAT_NAMES, *extra):
+            table.add_column(column, justify="right" if column in STAT_NAMES else "left", no_wrap=column != "family")
+        for name, shape, dtype, rows in params:
+            for index, (gate, *cells) in enumerate(rows):
+                first = index == 0
+                facts = [shape if first else "", dtype if first else ""] if wide else []
+                table.add_row(name if first else "", gate, *facts, *cells)
+        for index, (gate, *cells) in enumerate(bias_rows):
+            label = Text("effective bias", style="bold") if index == 0 else ""
+            facts = ["ih + hh" if index == 0 else "", ""] if wide else []
+            table.add_row(label, gate, *facts, *cells)
+        return table
+
+    def groups() -> list[tuple[Text, list[list[str]]]]:
+        """Stacked, shape and dtype join the name's line, and the family moves last (it alone wraps)."""
+        def swapped(cells: list[str]) -> list[str]:
+            return [*cells[:-2], cells[-1], cells[-2]] if diagnosis else cells
+        made = [(Text.from_markup(f"{name}  {shape} {dtype}" if wide else name, style="bold"),
+                 [swapped(row) for row in rows]) for name, shape, dtype, rows in params]
+        if bias_rows:
+            made.append((Text("effective bias" + ("  ih + hh" if wide else ""), style="bold"),
+                         [swapped(row) for row in bias_rows]))
+        return made
+
+    stacked_columns = ["gate", *STAT_NAMES, *((*extra[:-2], "values", "family") if diagnosis else ())]
+    header = [(column, "right" if column in STAT_NAMES else "left") for column in stacked_columns]
+    parts: list[Any] = [_ladder(full, header, groups, prose="family" if diagnosis else None)]
     if diagnosis is not None:
         for matrix in diagnosis.matrices if wide else ():
             if matrix.orthogonality_error is not None:
@@ -290,28 +416,63 @@ def scheme_line(diagnosis: LayerDiagnosis) -> str:
     return line
 
 
-def verify_table(report: VerifyReport) -> Table:
-    """The failing blocks: what the scheme would draw, what was found, and the numbers that decided."""
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("parameter", "gate", "rows", "expected", "found", "why"):
-        table.add_column(column, overflow="fold")
-    for block in report.failures:
-        table.add_row(shown(block.name), block.gate or "-", f"{block.start}:{block.stop}", shown(block.expected),
-                      shown(block.found), shown(block.detail))
-    return table
+def verify_table(report: VerifyReport) -> _Fitted:
+    """The failing blocks: what the scheme would draw, what was found, and the numbers that decided. Where a row
+    does not fit on one line, each parameter's name gets a line and each block three rows: expected, found, why."""
+    rows = [(shown(block.name), block.gate or "-", f"{block.start}:{block.stop}", shown(block.expected),
+             shown(block.found), shown(block.detail)) for block in report.failures]
+
+    def full(dense: bool) -> Table:
+        table = Table(show_edge=False, pad_edge=False, padding=(0, 0) if dense else (0, 1))
+        for column in ("parameter", "gate", "rows", "expected", "found", "why"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+    def groups() -> list[tuple[Text, list[list[str]]]]:
+        return [(Text.from_markup(name, style="bold"),
+                 [cells for gate, span, expected, found, why in members
+                  for cells in ([f"{gate}, rows {span}", "expected", expected], ["", "found", found],
+                                ["", "why", why])])
+                for name, members in _by_name(rows)]
+
+    header = [("block", "left"), ("", "left"), ("", "left")]
+    return _Fitted(lambda: full(False), lambda: full(True), lambda: _stacked(header, groups(), show_header=False))
 
 
-def diff_table(report: DiffReport) -> Table:
+def _by_name(rows: Iterable[Sequence[str]]) -> list[tuple[str, list[Sequence[str]]]]:
+    """Rows grouped by their first cell (a parameter's name), in order, the name left out of each row."""
+    grouped: dict[str, list[Sequence[str]]] = {}
+    for name, *cells in rows:
+        grouped.setdefault(name, []).append(cells)
+    return list(grouped.items())
+
+
+def diff_table(report: DiffReport) -> _Fitted:
     """Changed gate blocks: max |Δ|, how many values changed, mean and std before → after."""
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("parameter", "gate", "changed", "max |Δ|", "mean a → b", "std a → b"):
-        table.add_column(column, justify="right" if column in ("changed", "max |Δ|") else "left")
+    columns = ("parameter", "gate", "changed", "max |Δ|", "mean a → b", "std a → b")
+    justify = {column: "right" if column in ("changed", "max |Δ|") else "left" for column in columns}
+    rows = []
     for block in report.changed_blocks:
         before, after = block.before, block.after
-        table.add_row(shown(block.name), block.gate or "-", f"{block.changed_count}/{before['count']}",
-                      f"{block.max_abs_delta:.3g}", f"{_num(before['mean'])} → {_num(after['mean'])}",
-                      f"{_num(before['std'], 'std')} → {_num(after['std'], 'std')}")
-    return table
+        rows.append((shown(block.name), block.gate or "-", f"{block.changed_count}/{before['count']}",
+                     f"{block.max_abs_delta:.3g}", f"{_num(before['mean'])} → {_num(after['mean'])}",
+                     f"{_num(before['std'], 'std')} → {_num(after['std'], 'std')}"))
+
+    def full(dense: bool) -> Table:
+        table = Table(show_edge=False, pad_edge=False, padding=(0, 0) if dense else (0, 1))
+        for column in columns:
+            table.add_column(column, justify=justify[column])  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+    def groups() -> list[tuple[Text, list[list[str]]]]:
+        return [(Text.from_markup(name, style="bold"), [list(cells) for cells in members])
+                for name, members in _by_name(rows)]
+
+    return _ladder(full, [(column, justify[column]) for column in columns[1:]], groups, prose=None)
 
 
 def _short(name: str, layer: Layer) -> str:
@@ -322,42 +483,77 @@ def apply_table(
     layer: Layer, entries: Iterable[PlanEntry], tensors: Mapping[str, torch.Tensor] | None,
     before: Mapping[tuple[str, int], Stats] | None,
 ) -> Group:
-    """Per block: parameter, gate, rule, and mean/std before → after (the plan alone without tensors)."""
-    table = Table(show_edge=False, pad_edge=False)
-    table.add_column("parameter", no_wrap=True)
-    table.add_column("gate")
-    table.add_column("rule", overflow="fold")
+    """Per block: parameter, gate, rule, and mean/std before → after (the plan alone without tensors). Stacked on a
+    narrow terminal: the parameter's name on a line, its blocks keyed by gate, the rule last (or on lines below)."""
     with_stats = tensors is not None and before is not None
-    if with_stats:
-        table.add_column("mean before → after", justify="right", no_wrap=True)
-        table.add_column("std before → after", justify="right", no_wrap=True)
-    last = None
+    rows: list[list[str]] = []  # per block: short name, gate, rule, [mean, std]
     for entry in entries:
-        cells = [shown(_short(entry.name, layer)) if entry.name != last else "", entry.gate or "-", shown(entry.rule)]
-        last = entry.name
+        cells = [shown(_short(entry.name, layer)), entry.gate or "-", shown(entry.rule)]
         if with_stats:
             old = before[(entry.name, entry.start)]
             new = block_stats(tensors[entry.name][entry.start:entry.stop])
             cells += [f"{_num(old['mean'])} → {_num(new['mean'])}",
                       f"{_num(old['std'], 'std')} → {_num(new['std'], 'std')}"]
-        table.add_row(*cells)
-    return titled(layer, table)
+        rows.append(cells)
+
+    def full(dense: bool) -> Table:
+        table = Table(show_edge=False, pad_edge=False, padding=(0, 0) if dense else (0, 1))
+        table.add_column("parameter", no_wrap=True)
+        table.add_column("gate")
+        table.add_column("rule", overflow="fold")
+        if with_stats:
+            table.add_column("mean before → after", justify="right", no_wrap=True)
+            table.add_column("std before → after", justify="right", no_wrap=True)
+        last = None
+        for name, *cells in rows:
+            table.add_row(name if name != last else "", *cells)
+            last = name
+        return table
+
+    def groups() -> list[tuple[Text, list[list[str]]]]:
+        return [(Text.from_markup(name, style="bold"), [[gate, *stats, rule] for gate, rule, *stats in members])
+                for name, members in _by_name(rows)]
+
+    stats_header = [("mean before → after", "right"), ("std before → after", "right")] if with_stats else []
+    header = [("gate", "left"), *stats_header, ("rule", "left")]
+    return Group(Text(layer_heading(layer), style="bold"), _ladder(full, header, groups, prose="rule"))
 
 
-def schemes_table(schemes: Iterable[Any]) -> Table:
-    """One row per scheme, its name on the row's first line (grep finds it). Descriptions and references are
-    prose, wrapped at words in columns of their own width, the same on a terminal, in a pipe and in a log."""
-    table = Table(show_lines=True)
-    table.add_column("scheme", no_wrap=True)
-    # a word longer than its column (a rule, a dotted name) folds, on a narrow terminal only, and is never cut
-    table.add_column("description", max_width=48, min_width=16, overflow="fold")
-    table.add_column("rules (in order; later rules win)", overflow="fold")
-    table.add_column("reference", max_width=48, min_width=12, overflow="fold")
-    for scheme in schemes:
-        # a template's placeholder shows as the argument's name: identity(scale), not identity({scale})
-        rules = "\n".join(re.sub(r"\{(\w+)\}", r"\1", rule) for rule in scheme.rules)
-        table.add_row(*(escape(text) for text in (scheme.signature, scheme.description, rules, scheme.reference)))
-    return table
+def schemes_table(schemes: Iterable[Any]) -> _Fitted:
+    """One row per scheme, its name on the row's first line (grep finds it), one rule a line. Off a terminal
+    nothing wraps: the description and the reference each stay one line. On a terminal they wrap at words in
+    columns of at most 48 characters; where even that does not fit, each scheme is a paragraph of its own."""
+    rows = [(escape(scheme.signature), escape(scheme.description),
+             # a template's placeholder shows as the argument's name: identity(scale), not identity({scale})
+             "\n".join(escape(re.sub(r"\{(\w+)\}", r"\1", rule)) for rule in scheme.rules), escape(scheme.reference))
+            for scheme in schemes]
+
+    def table(prose_width: int | None) -> Table:
+        made = Table(show_lines=True)
+        made.add_column("scheme", no_wrap=True)
+        made.add_column("description", max_width=prose_width)
+        made.add_column("rules (in order; later rules win)", no_wrap=True)
+        made.add_column("reference", max_width=prose_width)
+        for row in rows:
+            made.add_row(*row)
+        return made
+
+    def paragraphs() -> Group:
+        parts: list[RenderableType] = []
+        for signature, description, rules, reference in rows:
+            parts += [Text.from_markup(signature, style="bold"), _indented(description),
+                      _indented("rules (in order; later rules win):"),
+                      *(_indented(rule, 4) for rule in rules.split("\n")), _indented("reference: " + reference), ""]
+        return Group(*parts[:-1])
+
+    return _Fitted(lambda: table(None), lambda: table(48), paragraphs)
+
+
+def _indented(markup: str, by: int = 2) -> Padding:
+    """Prose indented under its heading, wrapped at words (a word longer than the line folded, never cut)."""
+    text = Text.from_markup(markup)
+    text.overflow = "fold"
+    return Padding(text, (0, 0, 0, by), expand=False)
 
 
 def provenance(metadata: Mapping[str, str]) -> str | None:

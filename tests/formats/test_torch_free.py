@@ -382,9 +382,9 @@ def test_empty_shapes_torch_cannot_make_are_told_without_torch() -> None:
 
 # --- rendering: the width check that spares measuring a table where it surely fits -----------------------------
 
-def test_tables_drop_padding_exactly_where_measuring_says_they_do_not_fit() -> None:
-    """`_Dense` measures a table (as costly as drawing it) only when a bound from its cells' text says it may not fit;
-    at every width around the table's natural width, what it draws is what it draws when it always measures."""
+def test_tables_change_layout_exactly_where_measuring_says_they_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_Fitted` measures a layout (as costly as drawing it) only when a bound from its cells' text says it may not
+    fit; at every width around the table's natural width, what it draws is what it draws when it always measures."""
     from rich.console import Console
     from rich.measure import Measurement
 
@@ -394,20 +394,15 @@ def test_tables_drop_padding_exactly_where_measuring_says_they_do_not_fit() -> N
     arrays = {name: tensor.numpy() for name, tensor in _state(_lstm(0)).items()}
     layer = discover(arrays).layers[0]
 
-    class Measured(report._Dense):
-        def _width_bound(self) -> int | None:
-            return None
-
-    def drawn(wrapper: type[report._Dense], width: int) -> str:
-        table = report.inspect_table(layer, arrays, ["weight_ih", "bias_ih"])
-        dense = next(part for part in table.renderables if isinstance(part, report._Dense))
-        table.renderables[table.renderables.index(dense)] = wrapper(dense.table)
+    def drawn(width: int) -> str:
         console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
-        console.print(table)
+        console.print(report.inspect_table(layer, arrays, ["weight_ih", "bias_ih"]))
         return console.export_text()
 
-    plain = next(part for part in report.inspect_table(layer, arrays, ["weight_ih", "bias_ih"]).renderables
-                 if isinstance(part, report._Dense))
-    natural = Measurement.get(Console(width=1000), Console(width=1000).options, plain.table).maximum
-    for width in range(natural - 3, natural + 4):
-        assert drawn(report._Dense, width) == drawn(Measured, width), width
+    fitted = next(part for part in report.inspect_table(layer, arrays, ["weight_ih", "bias_ih"]).renderables
+                  if isinstance(part, report._Fitted))
+    natural = Measurement.get(Console(width=1000), Console(width=1000).options, fitted.layouts[0]()).maximum
+    bounded = {width: drawn(width) for width in range(natural - 3, natural + 4)}
+    monkeypatch.setattr(report, "_table_width_bound", lambda table: None)
+    for width, text in bounded.items():
+        assert text == drawn(width), width
