@@ -131,11 +131,18 @@ class DcpLayout:
             {item.file for item in self.objects.values()}
 
     def optimizer_prefixes(self) -> list[str]:
-        """Names of the saved optimizer state dicts ({"state", "param_groups"}), from the planner's paths."""
+        """Names of the saved optimizer state dicts, from the planner's paths: {"state", "param_groups"} (torch's,
+        also keyed by parameter names as `get_optimizer_state_dict` saves them), {"state", "hypers"} (fastai's), or a
+        "state" whose every key is a parameter id (an int) holding that parameter's buffers."""
         children: set[tuple[tuple[Any, ...], Any]] = set()
         for path in self.planner_paths.values():
             children.update((path[:index], key) for index, key in enumerate(path))
-        found = {prefix for prefix, key in children if key == "state" and (prefix, "param_groups") in children}
+        by_id: dict[tuple[Any, ...], bool] = {}
+        for prefix, key in children:
+            if prefix and prefix[-1] == "state":
+                by_id[prefix[:-1]] = by_id.get(prefix[:-1], True) and isinstance(key, int)
+        found = {prefix for prefix, key in children if key == "state" and (
+            (prefix, "param_groups") in children or (prefix, "hypers") in children or by_id.get(prefix, False))}
         return sorted("/".join(map(key_text, prefix)) for prefix in found)
 
 

@@ -39,12 +39,23 @@ def refuse_broadcast(name: str, count: int, stored: int) -> None:
 
 
 def _is_optimizer_state(node: Any) -> bool:
-    return isinstance(node, dict) and "state" in node and "param_groups" in node
+    """torch's `Optimizer.state_dict()` ({"state", "param_groups"}), fastai's ({"state", "hypers"}), or any mapping
+    whose "state" maps parameter ids (ints) to per-parameter dicts of buffers (a hand-rolled optimizer's)."""
+    if not isinstance(node, dict) or "state" not in node:
+        return False
+    if "param_groups" in node or "hypers" in node:
+        return True
+    state = node["state"]
+    return isinstance(state, dict) and bool(state) and all(
+        isinstance(key, int) and isinstance(value, dict) and value
+        and all(isinstance(name, str) and "." not in name and not isinstance(item, (dict, list, tuple))
+                for name, item in value.items())
+        for key, value in state.items())
 
 
 
 def optimizer_state_paths(root: Any) -> list[str]:
-    """Paths of optimizer state dicts ({"state", "param_groups"}); a list of them (Lightning's
+    """Paths of optimizer state dicts (see `_is_optimizer_state`); a list of them (Lightning's
     `optimizer_states`) is named as the list itself. Each container is looked at once (see walk)."""
     found = []
     seen: set[int] = set()
