@@ -2,6 +2,9 @@
 
 Works from names and shapes alone (no model code). PyTorch stores the G gates of a layer stacked on
 dim 0: an LSTM's `weight_ih_l0` is (W_ii|W_if|W_ig|W_io), a GRU's is (W_ir|W_iz|W_in).
+
+Longer than 600 lines because the look-alike search checks each `--layout` hint it gives by building the layers
+that hint declares, with the same builders `discover` uses: split in two, the modules would import each other.
 """
 
 from __future__ import annotations
