@@ -247,10 +247,21 @@ def _shared_warnings(opened: Source, written: Iterable[str]) -> list[str]:
             raise CheckpointError(f"{name} and {clash} overlap in memory without being the same tensor: rewriting "
                                   "one would overwrite part of the other. Save the checkpoint with each "
                                   "parameter .clone()d, or leave one out with --only")
+        others = [other for other in others if not _flat_weight_of(name, other)]
         if others:
             messages.append(f"{name} shares its storage with {', '.join(others)} (tied weights): "
                             "rewriting it changed those too")
     return messages
+
+
+def _flat_weight_of(name: str, other: str) -> bool:
+    """Whether `other` is the pickled nn.RNN/GRU/LSTM's own list of its parameters (`_flat_weights`) holding
+    `name`: a second name the module keeps, not a weight tied to another."""
+    module, found, _ = name.rpartition("_parameters/")
+    if not found or (module and not module.endswith("/")):
+        return False
+    index = other.removeprefix(f"{module}_flat_weights/")
+    return index != other and index.isdigit()
 
 
 class _SpanIndex:
