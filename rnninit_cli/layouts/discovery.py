@@ -385,9 +385,8 @@ def _builtin_suspects(shapes: Mapping[str, tuple[int, ...]], used: Collection[st
             taken.update(cell.names)
             (recurrent, _), = cell.pieces["weight_hh"][:1]
             (partner, _), = cell.pieces["weight_ih"][:1]
-            note = (f"its names and shapes are those of the built-in layout {name} ({declaration.title} cell, "
-                    f"{len(layer.gates)} gates, hidden size {layer.hidden_size}, input weight {partner}); it is not "
-                    "named like a torch.nn layer, so rnninit left it alone")
+            note = (f"named and shaped like the built-in layout {name} ({declaration.title} cell, hidden size "
+                    f"{layer.hidden_size}, input weight {partner}), which rnninit uses only when asked")
             found.append(Suspect(recurrent, shapes[recurrent], note, name))
     return found, taken
 
