@@ -158,6 +158,12 @@ def hand_rolled() -> dict[str, Any]:
                                                            for p, s in optimizer.state.items()}, "lr": 1e-3}}
 
 
+def hand_rolled_beside_model() -> dict[str, Any]:
+    """The same state saved beside the model, at the top of the checkpoint: only that entry is optimizer state."""
+    saved = hand_rolled()
+    return {"model": saved["model"], "state": saved["opt"]["state"], "epoch": 3}
+
+
 CHECKPOINTS: dict[str, tuple[Callable[[], Any], bool]] = {  # builder, whether it holds moments of the LSTM
     "adam": (lambda: script(adam), True),
     "sgd-momentum": (lambda: script(lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)), True),
@@ -168,6 +174,7 @@ CHECKPOINTS: dict[str, tuple[Callable[[], Any], bool]] = {  # builder, whether i
     "fastai-sgd": (lambda: fastai(momentum=False), False),
     "opennmt": (opennmt, False),
     "hand-rolled": (hand_rolled, True),
+    "hand-rolled-beside-model": (hand_rolled_beside_model, True),
     "whole-module": (lambda: trained(adam, layers=2, bidirectional=True)[0], False),
 }
 
@@ -204,7 +211,7 @@ def test_stale_warning_exactly_when_the_optimizer_holds_buffers_of_a_rewritten_p
         assert "--drop-optimizer-state" in stale[0]
     touched = changed(path, output)
     assert touched and all(re.search(r"(weight|bias)_(ih|hh)_l\d|_flat_weights/\d+$", name) for name in touched)
-    assert not any(name.startswith(("optimizer", "opt/", "optim/")) for name in touched)
+    assert not any(name.startswith(("optimizer", "opt/", "optim/", "state/")) for name in touched)
 
 
 def test_a_layout_cannot_reach_into_optimizer_state(tmp_path: Path) -> None:
@@ -216,12 +223,14 @@ def test_a_layout_cannot_reach_into_optimizer_state(tmp_path: Path) -> None:
     assert not output.exists()
 
 
-def test_dcp_optimizer_entries_are_no_look_alikes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer_key", ["optim", "hand-rolled"])
+def test_dcp_optimizer_entries_are_no_look_alikes(tmp_path: Path, optimizer_key: str) -> None:
     import torch.distributed.checkpoint as dcp
 
     model, optimizer = trained(adam)
+    state = optimizer.state_dict() if optimizer_key == "optim" else {"state": hand_rolled()["opt"]["state"]}
     folder = tmp_path / "dcp"
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=folder, no_dist=True)
+    dcp.save({"model": model.state_dict(), optimizer_key: state}, checkpoint_id=folder, no_dist=True)
     inspected = cli("inspect", folder)
     assert inspected.exit_code == 0, inspected.stderr
     assert look_alike_lines(inspected.stderr) == [], inspected.stderr

@@ -132,17 +132,20 @@ class DcpLayout:
 
     def optimizer_prefixes(self) -> list[str]:
         """Names of the saved optimizer state dicts, from the planner's paths: {"state", "param_groups"} (torch's,
-        also keyed by parameter names as `get_optimizer_state_dict` saves them), {"state", "hypers"} (fastai's), or a
-        "state" whose every key is a parameter id (an int) holding that parameter's buffers."""
+        also keyed by parameter names as `get_optimizer_state_dict` saves them) or {"state", "hypers"} (fastai's);
+        and of each "state" that holds only parameter ids (numbers) with their buffers (a hand-rolled optimizer's)."""
         children: set[tuple[tuple[Any, ...], Any]] = set()
+        by_id: dict[tuple[Any, ...], bool] = {}
         for path in self.planner_paths.values():
             children.update((path[:index], key) for index, key in enumerate(path))
-        by_id: dict[tuple[Any, ...], bool] = {}
-        for prefix, key in children:
-            if prefix and prefix[-1] == "state":
-                by_id[prefix[:-1]] = by_id.get(prefix[:-1], True) and isinstance(key, int)
+            for index, key in enumerate(path):
+                if key == "state":
+                    # DCP keeps an int key as its text
+                    buffer = len(path) == index + 3 and str(path[index + 1]).isdigit()
+                    by_id[path[:index + 1]] = by_id.get(path[:index + 1], True) and buffer
         found = {prefix for prefix, key in children if key == "state" and (
-            (prefix, "param_groups") in children or (prefix, "hypers") in children or by_id.get(prefix, False))}
+            (prefix, "param_groups") in children or (prefix, "hypers") in children)}
+        found |= {prefix for prefix, only_ids in by_id.items() if only_ids and prefix[:-1] not in found}
         return sorted("/".join(map(key_text, prefix)) for prefix in found)
 
 
