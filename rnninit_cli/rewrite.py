@@ -407,9 +407,9 @@ def _rewrite(
     try:
         the_plan = plan(unpacked, scheme, rules=rules, only=only, layouts=layouts, strict=strict, skipped=packed)
     except NothingToDoError as error:
-        suspects = discover(unpacked, layouts=layouts, identities=_identities(opened)).suspects
-        if suspects:  # the hints `inspect` gives
-            raise NotRecognisedError(str(error), suspects) from None
+        everything = discover(unpacked, layouts=layouts, identities=_identities(opened))
+        if not everything.layers and everything.suspects:  # nothing found: the hints `inspect` gives
+            raise NotRecognisedError(str(error), everything.suspects) from None
         raise
     notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
     tensors = opened.load(the_plan.sources)
