@@ -32,7 +32,7 @@ import typer
 from rich.console import Console
 
 from . import __version__, _stop_at_once
-from .errors import RnnInitError, UsageError
+from .errors import NotRecognisedError, RnnInitError, UsageError
 from .interruption import CommitLog, Stop, reset_stop
 from .terminal import shown, visible
 
@@ -317,7 +317,11 @@ def apply(
                                  drop_optimizer_state=drop_optimizer_state, report_before=as_json or not quiet,
                                  layouts=tuple(_layouts(layout, layout_file)), strict=strict)
         with _progress(quiet or as_json) as on_entry:
-            result = rewrite(input, output, scheme, options, on_entry=on_entry)
+            try:
+                result = rewrite(input, output, scheme, options, on_entry=on_entry)
+            except NotRecognisedError as error:  # the hints inspect gives, then the error
+                _print_warnings(f"not recognised: {item}" for item in error.suspects)
+                raise
         if not quiet:
             for line in result.warnings:
                 console.print(f"[bold yellow]warning:[/] {shown(line)}", soft_wrap=True)

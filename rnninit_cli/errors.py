@@ -40,6 +40,14 @@ class NothingToDoError(RnnInitError):
     """No recurrent parameter found, or none selected by `only`."""
 
 
+class NotRecognisedError(NothingToDoError):
+    """Nothing recurrent found, but tensors that look like a cell's weights: `suspects` say how to declare them."""
+
+    def __init__(self, message: str, suspects: tuple[object, ...]) -> None:
+        super().__init__(message)
+        self.suspects = suspects
+
+
 class CheckpointError(RnnInitError):
     """A file that is missing, unreadable, truncated or not a checkpoint."""
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import __version__
 from .diagnostics.stats import Stats
-from .errors import CheckpointError, OutputError, UsageError
+from .errors import CheckpointError, NothingToDoError, NotRecognisedError, OutputError, UsageError
 from .formats.atomic import FileIdentity, atomic_write, locked_input
 from .formats.checkpoint import (
     ArrayCheckpoint,
@@ -153,6 +153,44 @@ def set_aside_packed(opened: Any, tensors: dict[str, Any]) -> tuple[dict[str, An
     return kept, tuple(skipped)
 
 
+def optimizer_tensors(opened: Any, names: Iterable[str]) -> list[str]:
+    """The tensors of `names` that are optimizer state (Adam's moments, SGD's momentum...: see
+    `optimizer_state_paths`), in order."""
+    paths = getattr(opened, "optimizer_paths", [])
+    if "" in paths:
+        return list(names)  # the file is one optimizer's state
+    inside = tuple(f"{path}/" for path in paths)
+    return [name for name in names if name.startswith(inside)] if inside else []
+
+
+def model_tensors(opened: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    """`tensors` without optimizer state: it is never a layer, a look-alike, or rewritten."""
+    optimizer = set(optimizer_tensors(opened, tensors))
+    return {name: tensor for name, tensor in tensors.items() if name not in optimizer} if optimizer else tensors
+
+
+def _identities(opened: Any) -> dict[str, Any] | None:
+    """Where each tensor's bytes lie, so that two names of one tensor are known as one (None: not known)."""
+    spans = getattr(opened, "storage_spans", None)
+    return None if spans is None else spans()
+
+
+def stale_optimizer_warning(opened: Any, shapes: dict[str, Any], written: Iterable[str]) -> str | None:
+    """A warning when the optimizer state holds per-parameter tensors (moments, momentum buffers) shaped like a
+    rewritten parameter: they describe the old values. Optimizer state without such tensors (plain SGD) is not
+    stale."""
+    rewritten = {tuple(shapes[name].shape) for name in written}
+    stale = [name for name in optimizer_tensors(opened, shapes)
+             if len(shapes[name].shape) and tuple(shapes[name].shape) in rewritten]
+    if not stale:
+        return None
+    written = list(written)
+    paths = ", ".join(path or "(the whole file)" for path in opened.optimizer_paths)
+    return (f"the checkpoint holds optimizer state ({paths}) with {len(stale)} per-parameter buffer(s) shaped like "
+            f"the {len(written)} rewritten parameter(s) ({stale[0]}{', ...' if len(stale) > 1 else ''}); they are "
+            "now stale. Pass --drop-optimizer-state to remove it, or reset the optimizer when resuming")
+
+
 def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequence[Declaration] = (),
                        strict: bool = False) -> Inspection:
     """Find the recurrent layers of a checkpoint and read their parameters (and nothing else), as numpy arrays
@@ -164,9 +202,9 @@ def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequenc
     opened = open_source(source, load=read_checkpoint)
     try:
         shapes = opened.shape_records()
-        unpacked, packed = set_aside_packed(opened, shapes)
+        unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
         kept, quantized = set_aside_quantized(unpacked, layouts=layouts, only=only)
-        found = discover(kept, layouts=layouts, only=only)
+        found = discover(kept, layouts=layouts, only=only, identities=_identities(opened))
         skipped = [*packed, *quantized, *found.skipped]
         if strict:
             refuse_skipped(skipped)
@@ -209,10 +247,21 @@ def _shared_warnings(opened: Source, written: Iterable[str]) -> list[str]:
             raise CheckpointError(f"{name} and {clash} overlap in memory without being the same tensor: rewriting "
                                   "one would overwrite part of the other. Save the checkpoint with each "
                                   "parameter .clone()d, or leave one out with --only")
+        others = [other for other in others if not _flat_weight_of(name, other)]
         if others:
             messages.append(f"{name} shares its storage with {', '.join(others)} (tied weights): "
                             "rewriting it changed those too")
     return messages
+
+
+def _flat_weight_of(name: str, other: str) -> bool:
+    """Whether `other` is the pickled nn.RNN/GRU/LSTM's own list of its parameters (`_flat_weights`) holding
+    `name`: a second name the module keeps, not a weight tied to another."""
+    module, found, _ = name.rpartition("_parameters/")
+    if not found or (module and not module.endswith("/")):
+        return False
+    index = other.removeprefix(f"{module}_flat_weights/")
+    return index != other and index.isdigit()
 
 
 class _SpanIndex:
@@ -354,8 +403,14 @@ def _rewrite(
         refuse_non_tensors(opened.root, tensors_only)
 
     shapes = opened.shapes()
-    unpacked, packed = set_aside_packed(opened, shapes)
-    the_plan = plan(unpacked, scheme, rules=rules, only=only, layouts=layouts, strict=strict, skipped=packed)
+    unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
+    try:
+        the_plan = plan(unpacked, scheme, rules=rules, only=only, layouts=layouts, strict=strict, skipped=packed)
+    except NothingToDoError as error:
+        everything = discover(unpacked, layouts=layouts, identities=_identities(opened))
+        if not everything.layers and everything.suspects:  # nothing found: the hints `inspect` gives
+            raise NotRecognisedError(str(error), everything.suspects) from None
+        raise
     notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
     tensors = opened.load(the_plan.sources)
     discovery = the_plan.discovery
@@ -363,11 +418,9 @@ def _rewrite(
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
     warnings = [str(item) for item in the_plan.skipped] + _shared_warnings(opened, written)
-    optimizer = opened.optimizer_paths
-    if optimizer and written:
-        warnings.append(f"the checkpoint holds optimizer state ({', '.join(optimizer)}); its moment "
-                        f"buffers for the {len(written)} rewritten parameter(s) are now stale. Pass "
-                        "--drop-optimizer-state to remove it, or reset the optimizer when resuming")
+    stale = stale_optimizer_warning(opened, shapes, written)
+    if stale:
+        warnings.append(stale)
     result = RewriteResult(the_plan, discovery.effective(tensors), before, opened.format, target_format, None,
                            warnings, notes)
     if dry_run or output is None:

@@ -272,6 +272,10 @@ class ArrayCheckpoint:
     def foreign_classes(self) -> list[str]:
         return [] if self.root is None else foreign_classes(self.root)
 
+    @property
+    def optimizer_paths(self) -> list[str]:
+        return [] if self.root is None or self.torchscript else optimizer_state_paths(self.root)
+
     def shape_records(self) -> dict[str, TensorShape]:
         return dict(self.records)
 

@@ -131,11 +131,21 @@ class DcpLayout:
             {item.file for item in self.objects.values()}
 
     def optimizer_prefixes(self) -> list[str]:
-        """Names of the saved optimizer state dicts ({"state", "param_groups"}), from the planner's paths."""
+        """Names of the saved optimizer state dicts, from the planner's paths: {"state", "param_groups"} (torch's,
+        also keyed by parameter names as `get_optimizer_state_dict` saves them) or {"state", "hypers"} (fastai's);
+        and of each "state" that holds only parameter ids (numbers) with their buffers (a hand-rolled optimizer's)."""
         children: set[tuple[tuple[Any, ...], Any]] = set()
+        by_id: dict[tuple[Any, ...], bool] = {}
         for path in self.planner_paths.values():
             children.update((path[:index], key) for index, key in enumerate(path))
-        found = {prefix for prefix, key in children if key == "state" and (prefix, "param_groups") in children}
+            for index, key in enumerate(path):
+                if key == "state":
+                    # DCP keeps an int key as its text
+                    buffer = len(path) == index + 3 and str(path[index + 1]).isdigit()
+                    by_id[path[:index + 1]] = by_id.get(path[:index + 1], True) and buffer
+        found = {prefix for prefix, key in children if key == "state" and (
+            (prefix, "param_groups") in children or (prefix, "hypers") in children)}
+        found |= {prefix for prefix, only_ids in by_id.items() if only_ids and prefix[:-1] not in found}
         return sorted("/".join(map(key_text, prefix)) for prefix in found)
 
 

@@ -267,9 +267,9 @@ BUILTIN_LAYOUTS: dict[str, Declaration] = {
             "torchaudio-rnnt",
             cell="lstm",
             gates="i,f,g,o",
-            weight_ih=r"((?:.*\.)?lstm_layers\.\d+)\.x2g\.weight",
-            bias_ih=r"((?:.*\.)?lstm_layers\.\d+)\.x2g\.bias",
-            weight_hh=r"((?:.*\.)?lstm_layers\.\d+)\.p2g\.weight",
+            weight_ih=r"((?:.*[./])?lstm_layers\.\d+)\.x2g\.weight",
+            bias_ih=r"((?:.*[./])?lstm_layers\.\d+)\.x2g\.bias",
+            weight_hh=r"((?:.*[./])?lstm_layers\.\d+)\.p2g\.weight",
         ),
         # speechbrain's Light GRU (speechbrain.nnet.RNN.LiGRU, also SLiGRU): `LiGRU.rnn` is an nn.ModuleList of
         # `LiGRU_Layer`, each with `w = Linear(input_size, 2h, bias=False)` and `u = Linear(h, 2h, bias=False)`
@@ -282,8 +282,8 @@ BUILTIN_LAYOUTS: dict[str, Declaration] = {
             cell="custom",
             title="LiGRU",
             gates="a,z",
-            weight_ih=r"((?:.*\.)?rnn\.\d+)\.w\.weight",
-            weight_hh=r"((?:.*\.)?rnn\.\d+)\.u\.weight",
+            weight_ih=r"((?:.*[./])?rnn\.\d+)\.w\.weight",
+            weight_hh=r"((?:.*[./])?rnn\.\d+)\.u\.weight",
         ),
     )
 }

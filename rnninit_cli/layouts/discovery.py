@@ -2,12 +2,16 @@
 
 Works from names and shapes alone (no model code). PyTorch stores the G gates of a layer stacked on
 dim 0: an LSTM's `weight_ih_l0` is (W_ii|W_if|W_ig|W_io), a GRU's is (W_ir|W_iz|W_in).
+
+Longer than 600 lines because the look-alike search checks each `--layout` hint it gives by building the layers
+that hint declares, with the same builders `discover` uses: split in two, the modules would import each other.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import shlex
+from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +138,8 @@ class Suspect:
     declare: str
 
     def __str__(self) -> str:
-        return f"{self.name} {list(self.shape)}: {self.note}; declare it with --layout '{self.declare}'"
+        hint = f"; declare it with --layout {shlex.quote(self.declare)}" if self.declare else ""
+        return f"{self.name} {list(self.shape)}: {self.note}{hint}"
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ def discover(
     *,
     layouts: Sequence[Declaration] = (),
     only: str | None = None,
+    identities: Mapping[str, Hashable] | None = None,
 ) -> Discovery:
     """Every recurrent layer or cell of `tensors` (names → anything with a `.shape`), in order of first appearance.
 
@@ -189,7 +195,8 @@ def discover(
     matches (the effective name, `weight_hh_l0` of a weight-normalized layer, or a stored one; run by RE2, see
     `patterns`), before anything is checked, so an odd group it leaves out never matters. A group
     that cannot be understood is skipped (`Discovery.skipped` says why); a declared cell whose shapes do not fit
-    raises LayoutDeclarationError."""
+    raises LayoutDeclarationError. `identities` (name → where its bytes lie) tells which names are one tensor: a
+    second name of a tensor a layer uses (a pickled module's `_flat_weights`) is no look-alike."""
     pattern = compile_user_pattern(only, "--only") if only is not None else None
 
     def wanted(names: Sequence[str]) -> bool:
@@ -271,38 +278,131 @@ def discover(
         views.extend(view_of[name] for name, _ in members.values() if name in view_of)
 
     layers.sort(key=lambda pair: pair[0])
-    return Discovery(tuple(layer for _, layer in layers), tuple(views), tuple(skipped),
-                     tuple(_suspects(shapes, used | {s for v in auto_views for s in v.sources})))
+    used |= {source for view in auto_views for source in view.sources}
+    if identities is not None:
+        taken = {identities[name] for name in used if name in identities}
+        used |= {name for name, identity in identities.items() if identity in taken and name in shapes}
+    skipped = [replace(item, declare=_working_hint(item.declare, shapes, used, set(item.names))) for item in skipped]
+    return Discovery(tuple(layer for _, layer in layers), tuple(views), tuple(skipped), tuple(_suspects(shapes, used)))
 
 
 def _pattern_for(name: str) -> str:
-    """A regex for `name` whose numbered path parts match any number, so one declaration covers every layer."""
-    parts = [r"(\d+)" if part.isdigit() else re.escape(part) for part in name.split(".")]
-    return r"\.".join(parts)
+    """A regex for `name` whose numbered path parts (between dots or slashes) match any number, so one declaration
+    covers every layer."""
+    return "".join(r"(\d+)" if part.isdigit() else re.escape(part) for part in re.split(r"([./])", name))
+
+
+def _literal_pattern(name: str) -> str:
+    """A regex for `name` alone: a declaration of this one cell."""
+    return re.escape(name)
 
 
 def _declare_group(members: dict[str, tuple[str, tuple[int, ...]]]) -> str:
-    """A --layout value naming the group's tensors by kind, to be completed by the user (the cell kind)."""
-    weights = [members[k][1] for k in ("weight_ih", "weight_hh") if k in members and len(members[k][1]) == 2]
-    cell = "lstm"
-    if weights and weights[0][1]:
-        rows, columns = weights[0]
-        cell = CELL_BY_GATE_COUNT.get(rows // columns, "lstm") if "weight_hh" in members else cell
-    parts = [f"cell={cell}"] + [f"{kind}={_pattern_for(name)}" for kind, (name, _) in members.items()]
-    missing = [kind for kind in ("weight_ih", "weight_hh") if kind not in members]
-    parts += [f"{kind}=REGEX" for kind in missing]
-    return " ".join(parts)
+    """A --layout value naming the group's tensors by kind, or "" when the group is no 1-, 3- or 4-gate cell with
+    both weights (the caller keeps it only if it works when fed back)."""
+    if not all(k in members and len(members[k][1]) == 2 and members[k][1][1] for k in ("weight_ih", "weight_hh")):
+        return ""
+    rows, columns = members["weight_hh"][1]
+    cell = CELL_BY_GATE_COUNT.get(rows // columns) if rows % columns == 0 else None
+    if cell is None:
+        return ""
+    return " ".join([f"cell={cell}"] + [f"{kind}={_pattern_for(name)}" for kind, (name, _) in members.items()])
 
 
-_RECURRENT_HINT = re.compile(r"hh|h2h|p2g|recurr|hidden|(?:^|[._])u(?:\Z|[._])", re.IGNORECASE)
+class _Hints:
+    """Checks `--layout` values by feeding them back as `discover` would read them, each value once."""
+
+    LIMIT = 64  # distinct values checked; each costs one match over every name
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], used: Collection[str]) -> None:
+        self.shapes = shapes
+        self.used = used
+        self.checked: dict[str, list[DeclaredCell] | None] = {}
+
+    def cells(self, declare: str) -> list[DeclaredCell] | None:
+        """The cells `declare` declares when given with --layout, or None when it would be refused."""
+        if declare in self.checked:
+            return self.checked[declare]
+        if not declare or len(self.checked) >= self.LIMIT:
+            return None
+        from .declared import match_declarations, parse_layout
+
+        try:
+            cells: list[DeclaredCell] | None = match_declarations(list(self.shapes), parse_layout(declare, "hint"))
+            for cell in cells or ():
+                _declared_layer(cell, self.shapes)
+        except (LayoutDeclarationError, LayoutError):
+            cells = None
+        self.checked[declare] = cells
+        return cells
+
+    def works(self, declare: str, own: Collection[str] = (), pair: tuple[str, str] | None = None) -> bool:
+        """Whether `declare` is accepted, takes no tensor a layer already uses (but `own`), and, given `pair`
+        (input weight, recurrent weight), declares a cell of exactly those two."""
+        cells = self.cells(declare)
+        if cells is None:
+            return False
+        if any(name in self.used and name not in own for cell in cells for name in cell.names):
+            return False
+        return pair is None or any(
+            [name for name, _ in cell.pieces.get("weight_ih", ())] == [pair[0]]
+            and [name for name, _ in cell.pieces.get("weight_hh", ())] == [pair[1]] for cell in cells)
+
+
+def _working_hint(declare: str, shapes: Mapping[str, tuple[int, ...]], used: Collection[str],
+                  own: Collection[str]) -> str:
+    """`declare` if it works when fed back (see `_Hints.works`), else ""."""
+    return declare if declare and _Hints(shapes, used).works(declare, own) else ""
+
+
+_RECURRENT_HINT = re.compile(r"hh|h2h|p2g|recurr|hidden|(?:^|[._/])(?:u|h|uh|wh|w_h)(?:\Z|[._/])", re.IGNORECASE)
+_INPUT_HINT = re.compile(r"ih|i2h|x2h|x2g|i2g|input|(?:^|[._/])(?:w|x|wx|w_x|kernel)(?:\Z|[._/])", re.IGNORECASE)
+
+
+def _recurrent_score(name: str, position: int) -> tuple[int, int]:
+    """How much `name` looks like the recurrent weight of a pair: its name first, then its place (torch and
+    hand-written cells alike define the input weight first)."""
+    last = name.rsplit("/", 1)[-1]
+    return (_RECURRENT_HINT.search(last) is not None) - (_INPUT_HINT.search(last) is not None), position
+
+
+def _builtin_suspects(shapes: Mapping[str, tuple[int, ...]], used: Collection[str],
+                      hints: _Hints) -> tuple[list[Suspect], set[str]]:
+    """Look-alikes whose names and shapes a built-in layout declares: the hint is its name."""
+    from .declared import BUILTIN_LAYOUTS
+
+    found: list[Suspect] = []
+    taken: set[str] = set()
+    free = [name for name in shapes if name not in used]
+    for name, declaration in BUILTIN_LAYOUTS.items():
+        recurrent_pattern = declaration.patterns["weight_hh"]
+        if not any(recurrent_pattern.fullmatch(tensor) for tensor in free) or not hints.works(name):
+            continue  # the first test is cheap: most checkpoints have no such names
+        for cell in hints.cells(name) or ():
+            if taken.intersection(cell.names):
+                continue
+            layer, _ = _declared_layer(cell, shapes)
+            taken.update(cell.names)
+            (recurrent, _), = cell.pieces["weight_hh"][:1]
+            (partner, _), = cell.pieces["weight_ih"][:1]
+            note = (f"named and shaped like the built-in layout {name} ({declaration.title} cell, hidden size "
+                    f"{layer.hidden_size}, input weight {partner}), which rnninit uses only when asked")
+            found.append(Suspect(recurrent, shapes[recurrent], note, name))
+    return found, taken
 
 
 def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Suspect]:
-    """2-D tensors shaped like the recurrent weight of a GRU or LSTM, (G·h, h) or transposed (h, G·h), beside a
-    tensor of the same module or its parent with G·h rows (or columns) too, that no layer uses. Parts of a
-    parametrization (weight_norm's g and v...) are not weights of their own and are left out."""
+    """Tensors no layer uses that a built-in layout declares, then 2-D tensors shaped like the recurrent weight of
+    a GRU or LSTM, (G·h, h) or transposed (h, G·h), beside a tensor of the same module or its parent with G·h rows
+    (or columns) too. Parts of a parametrization (weight_norm's g and v...) are not weights of their own and are
+    left out. Each comes with the --layout value that declares it, checked by feeding it back (none if none
+    works)."""
+    hints = _Hints(shapes, used)
+    found, taken = _builtin_suspects(shapes, used, hints)
     free = {name: shape for name, shape in shapes.items()
-            if name not in used and len(shape) == 2 and 0 not in shape and not is_parametrization_part(name, shapes)}
+            if name not in used and name not in taken and len(shape) == 2 and 0 not in shape
+            and not is_parametrization_part(name, shapes)}
+    position = {name: index for index, name in enumerate(shapes)}
     # the first two names of each shape, by (module path above them, G·h, orientation): partners in O(1)
     index: dict[tuple[str, int, bool], dict[tuple[int, ...], list[str]]] = {}
     for name, shape in free.items():
@@ -326,32 +426,38 @@ def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Sus
             partner = next((names[0] for other, names in by_shape.items() if other != shape), None)
             if partner is None:
                 partner = next((other for other in by_shape.get(shape, ()) if other != name), None)
-                if partner is None or (_RECURRENT_HINT.search(partner) is not None,
-                                       name) > (_RECURRENT_HINT.search(name) is not None, partner):
+                if partner is None or _recurrent_score(partner, position[partner]) > _recurrent_score(
+                        name, position[name]):
                     continue  # two same-shaped weights: the one named like a recurrent weight (or the later) is it
             candidates[name] = (partner, gates, columns, transposed)
             break
-    found = []
     for name, (partner, gates, hidden, transposed) in candidates.items():
-        if partner in candidates and candidates[partner][0] == name and (
-                _RECURRENT_HINT.search(name) is not None, partner) < (_RECURRENT_HINT.search(partner) is not None,
-                                                                      name):
+        if partner in candidates and candidates[partner][0] == name and _recurrent_score(
+                partner, position[partner]) > _recurrent_score(name, position[name]):
             continue  # each could be the other's recurrent weight: the one named like one (or the later) is it
         rows = gates * hidden
         cell = CELL_BY_GATE_COUNT[gates]
-        declare = f"cell={cell} weight_ih={_pattern_for(partner)} weight_hh={_pattern_for(name)}"
+        weights = f"cell={cell} weight_ih={{}} weight_hh={{}}"
+        biases = []
         bias = partner.rsplit(".", 1)[0] + ".bias" if "." in partner else ""
         if shapes.get(bias) == (rows,) and bias not in used:
-            declare += f" bias_ih={_pattern_for(bias)}"
+            biases.append(("bias_ih", bias))
         own_bias = name.rsplit(".", 1)[0] + ".bias" if "." in name else ""
         if shapes.get(own_bias) == (rows,) and own_bias != bias and own_bias not in used:
-            declare += f" bias_hh={_pattern_for(own_bias)}"
-        if transposed:
-            declare += " transposed=weight_ih,weight_hh"
+            biases.append(("bias_hh", own_bias))
+        tail = " transposed=weight_ih,weight_hh" if transposed else ""
+        declare = ""
+        for pattern in (_pattern_for, _literal_pattern):  # every layer at once, else this cell alone
+            text = (weights.format(pattern(partner), pattern(name))
+                    + "".join(f" {kind}={pattern(tensor)}" for kind, tensor in biases) + tail)
+            if hints.works(text, pair=(partner, name)):
+                declare = text
+                break
         note = (f"looks like the recurrent weight of {article(cell.upper())} with hidden size {hidden}"
                 f"{' stored transposed' if transposed else ''} (its input weight would be {partner}); it is not "
                 "named like a torch.nn layer, so rnninit left it alone")
         found.append(Suspect(name, shapes[name], note, declare))
+    found.sort(key=lambda suspect: position[suspect.name])
     return found
 
 

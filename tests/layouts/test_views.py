@@ -195,7 +195,8 @@ def test_an_odd_group_is_skipped_and_the_rest_rewritten(tmp_path: Path) -> None:
     result = cli("apply", source, "-s", "keras", "--seed", "1", "-o", output)
     assert result.exit_code == 0, result.stderr
     skipped = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
-    assert len(skipped) == 1 and "weight_hh_l0" in skipped[0] and "--layout '" in skipped[0]
+    assert len(skipped) == 1 and "weight_hh_l0" in skipped[0]
+    assert "--layout" not in skipped[0]  # 30 rows fit no cell of hidden size 7: no declaration would be accepted
     before, after = torch.load(source, weights_only=True), torch.load(output, weights_only=True)
     for key in before:
         assert torch.equal(before[key], after[key]) == key.endswith("_l0"), key

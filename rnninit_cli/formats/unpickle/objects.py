@@ -39,13 +39,26 @@ def refuse_broadcast(name: str, count: int, stored: int) -> None:
 
 
 def _is_optimizer_state(node: Any) -> bool:
-    return isinstance(node, dict) and "state" in node and "param_groups" in node
+    """torch's `Optimizer.state_dict()` ({"state", "param_groups"}) or fastai's ({"state", "hypers"})."""
+    return isinstance(node, dict) and "state" in node and ("param_groups" in node or "hypers" in node)
+
+
+
+def _is_per_parameter_state(node: Any) -> bool:
+    """A mapping of parameter ids (ints) to each parameter's buffers ({"exp_avg": tensor, "step": 3}): the state
+    of an optimizer saved without its param_groups (a hand-rolled one's)."""
+    return isinstance(node, dict) and bool(node) and all(
+        isinstance(key, int) and isinstance(value, dict) and value
+        and all(isinstance(name, str) and "." not in name and not isinstance(item, (dict, list, tuple))
+                for name, item in value.items())
+        for key, value in node.items())
 
 
 
 def optimizer_state_paths(root: Any) -> list[str]:
-    """Paths of optimizer state dicts ({"state", "param_groups"}); a list of them (Lightning's
-    `optimizer_states`) is named as the list itself. Each container is looked at once (see walk)."""
+    """Paths of optimizer state dicts (see `_is_optimizer_state`); a list of them (Lightning's
+    `optimizer_states`) is named as the list itself; a "state" entry that maps parameter ids to their buffers is
+    named by itself (`opt/state`). Each container is looked at once (see walk)."""
     found = []
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", root)]
@@ -57,7 +70,10 @@ def optimizer_state_paths(root: Any) -> list[str]:
         if _is_optimizer_state(node) or (not isinstance(node, dict) and any(map(_is_optimizer_state, node))):
             found.append(path)
             continue
-        children = node.items() if isinstance(node, dict) else enumerate(node)
+        children = list(node.items() if isinstance(node, dict) else enumerate(node))
+        if isinstance(node, dict) and _is_per_parameter_state(node.get("state")):
+            found.append(join(path, "state"))
+            children = [(key, value) for key, value in children if key != "state"]
         stack.extend(reversed([(join(path, key), value) for key, value in children]))
     return found
 
