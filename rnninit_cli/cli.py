@@ -111,7 +111,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
     except RnnInitError as error:
         if _state["debug"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {shown(error)}", markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {shown(error.cli_message or error)}", markup=True, soft_wrap=True)
         raise typer.Exit(error.exit_code if error.exit_code != 1 else trouble) from None
     except BrokenPipeError:
         # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
@@ -428,6 +428,10 @@ def verify(
         from .rewrite import inspect_checkpoint
 
         found = inspect_checkpoint(input, only, layouts=_layouts(layout, layout_file), strict=strict)
+        if found.unselected:
+            from .init.planning import only_matches_nothing
+
+            raise only_matches_nothing(only, found.unselected)
         report = verify_tensors(found.tensors, scheme, rules=rule or (), only=only, layers=found.layers)
         if as_json:
             _emit_json({"input": input, **report.as_dict(), "skipped": _discovery_document(found)["skipped"]})

@@ -89,7 +89,7 @@ def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str], known: 
 
 
 def selected_kinds(layer: Layer, only: str | None) -> list[str]:
-    pattern = compile_user_pattern(only, "--only") if only else None
+    pattern = compile_user_pattern(only, "only") if only else None
     return [kind for kind in KINDS if kind in layer.params
             and (pattern is None or pattern.search(layer.params[kind]))]
 

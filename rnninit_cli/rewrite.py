@@ -131,6 +131,7 @@ class Inspection:
     views: list[str] = field(default_factory=list)  # how parameters stored in another form were read
     foreign_classes: list[str] = field(default_factory=list)  # objects of other classes the file holds
     quantized: list[str] = field(default_factory=list)  # quantized tensors no recurrent layer holds: "name (dtype)"
+    unselected: list[str] = field(default_factory=list)  # when `only` selects no layer: the recurrent parameters
 
 
 def set_aside_packed(opened: Any, tensors: dict[str, Any]) -> tuple[dict[str, Any], tuple[Skipped, ...]]:
@@ -174,9 +175,12 @@ def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequenc
         listed = [f"{name} ({record.dtype})" for name, record in unpacked.items() if name not in kept
                   and name not in held]
         tensors = found.effective(opened.arrays(found.sources))
+        unselected = [name for layer in discover(kept, layouts=layouts).layers for name in layer.params.values()] \
+            if only is not None and not found.layers else []
         return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
                           skipped, list(found.suspects), [view.describe for view in found.views],
-                          foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed)
+                          foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed,
+                          unselected=unselected)
     finally:
         close_source(opened)
 

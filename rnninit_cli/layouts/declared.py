@@ -60,7 +60,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import LayoutDeclarationError
+from ..errors import LayoutDeclarationError, resolve_name, suggestion
 from .patterns import UserPattern, compile_user_pattern
 
 if sys.version_info >= (3, 11):
@@ -311,14 +311,12 @@ def parse_layout(text: str, where: str) -> list[Declaration]:
     if not stripped:
         raise _fail(where, f"empty layout: give a built-in name ({', '.join(BUILTIN_LAYOUTS)}) or key=value settings")
     if "=" not in stripped and _BUILTIN_NAME.fullmatch(stripped):
-        builtin = BUILTIN_LAYOUTS.get(stripped)
-        if builtin is None:
-            raise _fail(
-                where,
-                f"no built-in layout named {stripped!r}: the built-in layouts are {', '.join(BUILTIN_LAYOUTS)}; "
-                "or declare one, e.g. cell=lstm weight_ih=REGEX weight_hh=REGEX",
-            )
-        return [replace(builtin, source=where)]
+        name = resolve_name(stripped, BUILTIN_LAYOUTS)
+        if name is None:
+            hint = suggestion(stripped, BUILTIN_LAYOUTS) or f": the built-in layouts are {', '.join(BUILTIN_LAYOUTS)}"
+            raise _fail(where, f"no built-in layout named {stripped!r}{hint} (or declare one, e.g. cell=lstm "
+                        "weight_ih=REGEX weight_hh=REGEX)")
+        return [replace(BUILTIN_LAYOUTS[name], source=where)]
     return [_declaration(_split_inline(stripped, where), where, where)]
 
 

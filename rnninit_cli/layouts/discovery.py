@@ -190,7 +190,7 @@ def discover(
     `patterns`), before anything is checked, so an odd group it leaves out never matters. A group
     that cannot be understood is skipped (`Discovery.skipped` says why); a declared cell whose shapes do not fit
     raises LayoutDeclarationError."""
-    pattern = compile_user_pattern(only, "--only") if only is not None else None
+    pattern = compile_user_pattern(only, "only") if only is not None else None
 
     def wanted(names: Sequence[str]) -> bool:
         return pattern is None or any(pattern.search(name) for name in names)
