@@ -197,6 +197,7 @@ class RewriteResult:
     output: str | None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warning_codes: list[str] = field(default_factory=list)  # one per warning, for --json: what kind of warning
 
 
 def _shared_warnings(opened: Source, written: Iterable[str]) -> list[str]:
@@ -366,14 +367,17 @@ def _rewrite(
     before = capture_stats(the_plan, discovery.effective(tensors)) if report_before else {}
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
-    warnings = [str(item) for item in the_plan.skipped] + _shared_warnings(opened, written)
+    shared = _shared_warnings(opened, written)
+    warnings = [str(item) for item in the_plan.skipped] + shared
+    codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
     optimizer = opened.optimizer_paths
     if optimizer and written:
         warnings.append(f"the checkpoint holds optimizer state ({', '.join(optimizer)}); its moment "
                         f"buffers for the {len(written)} rewritten parameter(s) are now stale. Pass "
                         "--drop-optimizer-state to remove it, or reset the optimizer when resuming")
+        codes.append("stale-optimizer-state")
     result = RewriteResult(the_plan, discovery.effective(tensors), before, opened.format, target_format, None,
-                           warnings, notes)
+                           warnings, notes, codes)
     if dry_run or output is None:
         result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
         return result

@@ -263,14 +263,14 @@ def _hits_nothing(rule: Rule, selected: Sequence[tuple[Layer, Sequence[str]]]) -
     kinds = sorted({kind for _, layer_kinds in selected for kind in layer_kinds})
     if not set(rule.kinds) & set(kinds):
         return f"rule {rule} hits no block: no selected layer has {rule.target}; they have {', '.join(kinds)}"
-    gates = sorted({block.gate for layer, layer_kinds in selected for kind in layer_kinds if kind in rule.kinds
-                    for block in layer.blocks(kind) if block.gate})
+    gates = list(dict.fromkeys(block.gate for layer, layer_kinds in selected for kind in layer_kinds
+                               if kind in rule.kinds for block in layer.blocks(kind) if block.gate))
     if not gates:
         return f"rule {rule} hits no block: the selected {rule.target} blocks have no gates; write {rule.target}=INIT"
     word = GATE_WORDS.get((rule.gate or "").casefold())
     hint = f"; did you mean {rule.target}.{word}?" if word in gates else suggestion(rule.gate or "", gates)
-    return f"rule {rule} hits no block: no selected {rule.target} block has gate {rule.gate!r}{hint} " \
-           f"(their gates: {' '.join(gates)})"
+    return (f"rule {rule} hits no block: no selected {rule.target} block has gate {rule.gate!r}{hint} (they are "
+            + ", ".join(f"{rule.target}.{gate}" for gate in gates) + ")")
 
 
 def no_layers_message(found: Discovery) -> str:
