@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -200,6 +201,21 @@ class RewriteResult:
     warning_codes: list[str] = field(default_factory=list)  # one per warning, for --json: what kind of warning
 
 
+def _rewrite_warnings(opened: Source, the_plan: Plan) -> tuple[list[str], list[str]]:
+    """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state."""
+    written = the_plan.written_sources
+    shared = _shared_warnings(opened, written)
+    warnings = [str(item) for item in the_plan.skipped] + shared
+    codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
+    optimizer = opened.optimizer_paths
+    if optimizer and written:
+        warnings.append(f"the checkpoint holds optimizer state ({', '.join(optimizer)}); its moment "
+                        f"buffers for the {len(written)} rewritten parameter(s) are now stale. Pass "
+                        "--drop-optimizer-state to remove it, or reset the optimizer when resuming")
+        codes.append("stale-optimizer-state")
+    return warnings, codes
+
+
 def _shared_warnings(opened: Source, written: Iterable[str]) -> list[str]:
     spans = opened.storage_spans()
     overlapping = _SpanIndex(spans)
@@ -337,6 +353,10 @@ def _rewrite(
                              "loading it instead")
     if output is not None and not dry_run:
         check_output(source, output, force=force, in_place=in_place)
+    if dry_run:
+        planned = _plan_without_torch(source, output, scheme, options)
+        if planned is not None:
+            return planned
 
     opened, expect = _open_input(cleanup, source, output, in_place=in_place, dry_run=dry_run)
     target_format = output_format(output or "", fmt, opened.format) if output else opened.format
@@ -367,15 +387,7 @@ def _rewrite(
     before = capture_stats(the_plan, discovery.effective(tensors)) if report_before else {}
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
-    shared = _shared_warnings(opened, written)
-    warnings = [str(item) for item in the_plan.skipped] + shared
-    codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
-    optimizer = opened.optimizer_paths
-    if optimizer and written:
-        warnings.append(f"the checkpoint holds optimizer state ({', '.join(optimizer)}); its moment "
-                        f"buffers for the {len(written)} rewritten parameter(s) are now stale. Pass "
-                        "--drop-optimizer-state to remove it, or reset the optimizer when resuming")
-        codes.append("stale-optimizer-state")
+    warnings, codes = _rewrite_warnings(opened, the_plan)
     result = RewriteResult(the_plan, discovery.effective(tensors), before, opened.format, target_format, None,
                            warnings, notes, codes)
     if dry_run or output is None:
@@ -409,6 +421,60 @@ def _rewrite(
                             expect=expect)
     result.output = output
     return result
+
+
+class _Strided:
+    """A stored tensor's shape and strides, as `refuse_overlapping` reads them from a tensor (no torch needed)."""
+
+    def __init__(self, shape: tuple[int, ...], strides: tuple[int, ...]) -> None:
+        self.shape, self._strides = shape, strides
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def stride(self) -> tuple[int, ...]:
+        return self._strides
+
+
+def _strided(opened: TensorFile | Folder) -> dict[str, _Strided]:
+    """Shape and strides of every tensor of an indexed file or model folder (DCP stores each tensor on its own)."""
+    files = [opened] if isinstance(opened, TensorFile) else \
+        list(opened.shards.values()) if isinstance(opened, ModelFolder) else []
+    return {name: _Strided(loc.shape, loc.stride) for file in files for name, loc in file.locations.items()}
+
+
+def _plan_without_torch(source: str, output: str | None, scheme: str, options: RewriteOptions) -> RewriteResult | None:
+    """`apply --dry-run` without torch: the plan from the shapes and dtypes the file records, rule arguments checked
+    without drawing, the values before read as numpy arrays (only for a report that shows them); the same plan,
+    warnings and errors as the run that writes. None where the file must be read whole (standard input, a legacy
+    .pt, a change of format, standard output, dropping optimizer state): the torch path plans those."""
+    opened = open_source(source, load=read_checkpoint)
+    try:
+        if isinstance(opened, ArrayCheckpoint):
+            return None
+        if isinstance(opened, (ModelFolder, DcpFolder)):
+            _check_folder_output(opened, output, options.fmt)
+            target_format = opened.format
+        else:
+            target_format = output_format(output, options.fmt, opened.format) if output else opened.format
+            if target_format != opened.format or output == STDIO or options.drop_optimizer_state:
+                return None
+        shapes = opened.shape_records()
+        unpacked, packed = set_aside_packed(opened, shapes)
+        the_plan = plan(unpacked, scheme, rules=options.rules, only=options.only, layouts=options.layouts,
+                        strict=options.strict, skipped=packed, probe=False)
+        notes = [f"effective parameter: {view.describe}" for view in the_plan.views]
+        discovery = the_plan.discovery
+        tensors = discovery.effective(opened.arrays(the_plan.sources)) if options.report_before else {}
+        before = capture_stats(the_plan, tensors) if options.report_before else {}
+        written = the_plan.written_sources
+        strided = _strided(opened)
+        refuse_overlapping(strided, [name for name in written if name in strided])
+        warnings, codes = _rewrite_warnings(opened, the_plan)
+        seeded = the_plan if options.seed is None else replace(the_plan, seed=options.seed)
+        return RewriteResult(seeded, tensors, before, opened.format, target_format, None, warnings, notes, codes)
+    finally:
+        close_source(opened)
 
 
 def _copy_while(

@@ -161,6 +161,7 @@ def plan(
     strict: bool = False,
     layers: Sequence[Layer] | None = None,
     skipped: Sequence[Skipped] = (),
+    probe: bool = True,
 ) -> Plan:
     """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors` (stored tensors by
     name: parameters stored in another form, such as weight_norm's g and v, are planned as the effective parameter,
@@ -172,13 +173,14 @@ def plan(
     `layers`: plan these (found before, e.g. by `discover`) instead of searching; `tensors` then holds their
     parameters by the names the layers give (effective parameters). `skipped`: what the caller already left alone
     (packed weights), reported and refused by `strict` with the rest. Quantized tensors are never planned: those a
-    recurrent layer would hold are skipped too (see `set_aside_quantized`)."""
+    recurrent layer would hold are skipped too (see `set_aside_quantized`). `probe=False` checks the rules' arguments
+    without drawing (no torch: a dry run), as `for_writing=False` does."""
     scheme_obj, scheme_rules = get_scheme(scheme)
     user_rules = parse_rules(rules)
     all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
     for rule, _ in all_rules:
         _check_dims(rule)
-        if for_writing:
+        if for_writing and probe:
             _try_arguments(rule)
         else:  # checking values only: no torch needed, and no draw to fail
             _check_arguments(rule)
@@ -354,7 +356,10 @@ def refuse_non_floating(tensors: Mapping[str, Any], names: Iterable[str]) -> Non
     wrong = []
     for name in dict.fromkeys(names):
         dtype = getattr(tensors[name], "dtype", None)
-        if getattr(dtype, "is_floating_point", None) is False:  # a torch.dtype: False for complex dtypes too
+        # a torch.dtype: False for complex dtypes too; a shape record's dtype is torch's name ("bfloat16")
+        floating = dtype.startswith(("float", "bfloat")) if isinstance(dtype, str) else \
+            getattr(dtype, "is_floating_point", None)
+        if floating is False:
             wrong.append(f"{name} ({str(dtype).removeprefix('torch.')})")
     if wrong:
         raise naming_arguments(DtypeError, f"{len(wrong)} parameter(s) to rewrite are not floating point: "
