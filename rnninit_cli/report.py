@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .diagnostics.stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias
+from .errors import UsageError, unknown_name
 from .init.planning import Plan, PlanEntry
 from .layouts.discovery import KINDS, Layer
 from .layouts.patterns import compile_user_pattern
@@ -183,6 +184,19 @@ def schemes_document(schemes: Iterable[Any]) -> list[dict[str, Any]]:
     """The `schemes --json` document (schema: `schemas/schemes.json`): one object per registered scheme."""
     return [{"name": s.name, "signature": s.signature, "description": s.description, "rules": list(s.rules),
              "params": dict(s.params), "reference": s.reference, "cells": sorted(s.cells)} for s in schemes]
+
+
+SCHEMA_NAMES = ("inspect", "apply", "new", "verify", "diff", "schemes", "error")
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) shipped for a document: a command's name, or `error`."""
+    import json
+    from importlib.resources import files
+
+    if name not in SCHEMA_NAMES:
+        raise UsageError(unknown_name("JSON Schema", name, SCHEMA_NAMES))
+    return json.loads(files(__package__).joinpath("schemas", f"{name}.json").read_text(encoding="utf-8"))
 
 
 def error_document(source: str, message: str, exit_status: int) -> dict[str, Any]:
