@@ -448,6 +448,8 @@ def _plan_without_torch(source: str, output: str | None, scheme: str, options: R
     without drawing, the values before read as numpy arrays (only for a report that shows them); the same plan,
     warnings and errors as the run that writes. None where the file must be read whole (standard input, a legacy
     .pt, a change of format, standard output, dropping optimizer state): the torch path plans those."""
+    if source == STDIO:  # read whole, once: by the torch path
+        return None
     opened = open_source(source, load=read_checkpoint)
     try:
         if isinstance(opened, ArrayCheckpoint):
