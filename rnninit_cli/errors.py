@@ -74,9 +74,9 @@ def first_line(text: str) -> str:
 _Error = TypeVar("_Error", bound=RnnInitError)
 # How a message names what the caller set: the Python API's argument, or the command line's flag
 _API_TERMS = {"{only=}": "only=", "{only}": "only", "{rules}": "rules", "{layouts}": "layouts",
-              "{strict}": "strict=True"}
+              "{strict}": "strict=True", "{tensors_only}": "tensors_only=True"}
 _CLI_TERMS = {"{only=}": "--only ", "{only}": "--only", "{rules}": "--rule", "{layouts}": "--layout",
-              "{strict}": "--strict"}
+              "{strict}": "--strict", "{tensors_only}": "--tensors-only"}
 
 
 def _worded(template: str, terms: dict[str, str]) -> str:

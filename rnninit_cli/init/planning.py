@@ -546,8 +546,10 @@ def _declarations(layouts: Sequence[Declaration | str] | str) -> list[Declaratio
     from ..layouts.declared import layouts_from_options
 
     items = [layouts] if isinstance(layouts, str) else list(layouts)
+    texts = [i for i in items if isinstance(i, str)]
     result: list[Declaration] = []
-    for item in [*layouts_from_options([i for i in items if isinstance(i, str)], ()),
+    named = "layouts" if isinstance(layouts, str) else "layouts[{}]"  # how messages name a text: the argument
+    for item in [*layouts_from_options(texts, (), named=named, first=0),
                  *(i for i in items if not isinstance(i, str))]:
         if not any(item.same_layout(kept) for kept in result):
             result.append(item)

@@ -375,10 +375,12 @@ def load_layout_file(path: str | Path) -> list[Declaration]:
     return declarations
 
 
-def layouts_from_options(layouts: Sequence[str], files: Sequence[str]) -> list[Declaration]:
-    """The declarations of `--layout` values (numbered from 1 in messages) then of `--layout-file`s, each
-    distinct layout once (the same built-in given twice is one declaration)."""
-    declarations = [d for index, text in enumerate(layouts, 1) for d in parse_layout(text, f"--layout {index}")]
+def layouts_from_options(layouts: Sequence[str], files: Sequence[str], *, named: str = "--layout {}",
+                         first: int = 1) -> list[Declaration]:
+    """The declarations of `--layout` values (named in messages by `named` with their position, counted from
+    `first`: the Python API says `layouts[0]`) then of `--layout-file`s, each distinct layout once (the same
+    built-in given twice is one declaration)."""
+    declarations = [d for index, text in enumerate(layouts, first) for d in parse_layout(text, named.format(index))]
     declarations += [d for path in files for d in load_layout_file(path)]
     distinct: list[Declaration] = []
     for declaration in declarations:

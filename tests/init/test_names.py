@@ -138,11 +138,24 @@ def test_api_errors_name_the_api_arguments(tmp_path: Path) -> None:
     assert str(caught.value).startswith("only=a(?=b) "), caught.value
 
 
+def test_api_layout_and_save_errors_name_the_api_arguments(tmp_path: Path) -> None:
+    with pytest.raises(rnninit_cli.LayoutDeclarationError) as caught:
+        rnninit_cli.init_(nn.LSTM(3, 4), "keras", layouts=["speechbrain-ligru", "torchaudio-rnn"], seed=0)
+    assert str(caught.value).startswith("layouts[1]: no built-in layout named 'torchaudio-rnn'"), caught.value
+    from rnninit_cli.formats.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint("pt", {"w": torch.zeros(2), "epoch": 3}, {"w": torch.zeros(2)})
+    with pytest.raises(rnninit_cli.OutputError) as caught:
+        rnninit_cli.save_checkpoint(checkpoint, tmp_path / "out.safetensors", "safetensors")
+    assert "tensors_only=True" in str(caught.value) and "--tensors-only" not in str(caught.value)
+
+
 def test_the_cli_names_its_flags_instead(cli: Callable[..., Any], tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     state = {**_many_layers(30), "bad.bias_ih_l0": torch.zeros(15), "bad.weight_ih_l0": torch.zeros(16, 2),
              "bad.weight_hh_l0": torch.zeros(16, 4)}
     torch.save(state, path)
+    torch.save({"model": nn.GRU(2, 3).state_dict(), "epoch": 3}, tmp_path / "train.pt")
     line = _error_line(cli("apply", path, "--scheme", "keras", "--dry-run", "--only", "encodr"))
     assert line.startswith("error: --only 'encodr' matches none of the 120 recurrent parameter(s)"), line
     assert "did you mean 'encoder'?" in line and len(line) < 300
@@ -150,6 +163,8 @@ def test_the_cli_names_its_flags_instead(cli: Callable[..., Any], tmp_path: Path
     assert "--only 'encodr' matches none" in line and "did you mean 'encoder'?" in line
     line = _error_line(cli("apply", path, "--scheme", "keras", "--dry-run", "--strict"))
     assert "(--strict)" in line and "strict=True" not in line
+    line = _error_line(cli("apply", tmp_path / "train.pt", "--scheme", "keras", "-o", tmp_path / "out.safetensors"))
+    assert "pass --tensors-only" in line and "tensors_only" not in line
     line = _error_line(cli("inspect", path, "--only", "a(?=b)"))
     assert line.startswith("error: --only a(?=b) "), line
 
