@@ -233,6 +233,6 @@ def compile_user_pattern(text: str, where: str, error: type[RnnInitError] = Usag
             raise _Refused(f"has {groups} groups, but RE2 counts {regexp.groups}: {_RE2_SYNTAX}")
     except _Refused as refused:
         if where == "only":  # the Python API's argument, or the command line's flag
-            raise naming_arguments(error, f"{{only=}}{_shown(text)} {refused}") from None
+            raise naming_arguments(error, f"{{only}}={_shown(text)} {refused}") from None
         raise error(f"{where}={_shown(text)} {refused}") from None
     return UserPattern(text, groups, MappingProxyType(dict(names)), regexp)
