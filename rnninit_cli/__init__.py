@@ -77,7 +77,8 @@ _EXPORTED_FROM = {  # module → the names the package exports from it
     "init.planning": ("RnnInitWarning", "plan", "init_", "apply_plan", "Plan", "PlanEntry"),
     "errors": (
         "LayoutDeclarationError", "RnnInitError", "UsageError", "LayoutError", "DtypeError", "RuleError", "SchemeError",
-        "NothingToDoError", "CheckpointError", "UnsafeCheckpointError", "OutputError"
+        "NothingToDoError", "CheckpointError", "UnsafeCheckpointError", "OutputError", "MetaDeviceError",
+        "PlacementError",
     ),
     "layouts.declared": ("parse_layout", "load_layout_file", "BUILTIN_LAYOUTS"),
     "init.schemes": ("SCHEMES", "Scheme", "Rule", "get_scheme", "register_scheme", "parse_rule"),

@@ -122,7 +122,7 @@ def _errors(trouble: int = 1) -> Iterator[None]:
     except RnnInitError as error:
         if _state["debug"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {shown(error)}", markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {shown(error.cli_message or error)}", markup=True, soft_wrap=True)
         raise typer.Exit(error.exit_code if error.exit_code != 1 else trouble) from None
     except BrokenPipeError:
         # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
@@ -254,10 +254,10 @@ def _layouts(layout: list[str] | None, layout_file: list[str] | None) -> list[An
 
 def _discovery_document(found: Any) -> dict[str, Any]:
     """What a command left alone, for --json: skipped groups and unrecognised look-alikes."""
-    return {"skipped": [{"names": list(item.names), "reason": item.reason, "declare": item.declare}
-                        for item in getattr(found, "skipped", ())],
-            "suspects": [{"name": item.name, "shape": list(item.shape), "note": item.note, "declare": item.declare}
-                         for item in getattr(found, "suspects", ())]}
+    from .report import skipped_document, suspects_document
+
+    return {"skipped": skipped_document(getattr(found, "skipped", ())),
+            "suspects": suspects_document(getattr(found, "suspects", ()))}
 
 
 def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, quiet: bool) -> None:
@@ -328,10 +328,10 @@ def apply(
             for line in result.notes:
                 console.print(visible(line), markup=False, soft_wrap=True)
         if as_json:
-            document = apply_document(result.plan, result.tensors, result.before, source=input,
-                                      fmt=result.output_format, output=result.output)
-            document |= {"skipped": _discovery_document(result.plan)["skipped"]}
-            _emit_json(document | ({"dry_run": True} if dry_run else {}))
+            _emit_json(apply_document(result.plan, result.tensors, result.before, source=input,
+                                      fmt=result.output_format, output=result.output, dry_run=dry_run,
+                                      warnings=zip(result.warning_codes, result.warnings, strict=True),
+                                      notes=result.notes))
         elif not quiet:
             _show_result(result.plan, None if dry_run else result.tensors, result.before, result.output, quiet)
 
@@ -441,13 +441,17 @@ def verify(
     training script initialized what it claims."""
     with _errors(trouble=2):
         from .diagnostics import verify as verify_tensors
-        from .report import verify_table
+        from .report import verify_document, verify_table
         from .rewrite import inspect_checkpoint
 
         found = inspect_checkpoint(input, only, layouts=_layouts(layout, layout_file), strict=strict)
+        if found.unselected:
+            from .init.planning import only_matches_nothing
+
+            raise only_matches_nothing(only, found.unselected)
         report = verify_tensors(found.tensors, scheme, rules=rule or (), only=only, layers=found.layers)
         if as_json:
-            _emit_json({"input": input, **report.as_dict(), "skipped": _discovery_document(found)["skipped"]})
+            _emit_json(verify_document(input, report, found.skipped))
         else:
             if report.failures:
                 answer.print(verify_table(report))
@@ -475,7 +479,7 @@ def diff(
     Exit 0 when identical, 1 when different, 2 on trouble (like diff)."""
     with _errors(trouble=2):
         from .diagnostics import diff as diff_tensors
-        from .report import diff_table
+        from .report import diff_document, diff_table
         from .rewrite import inspect_checkpoint
 
         if a == "-" and b == "-":
@@ -486,9 +490,8 @@ def diff(
         report = diff_tensors(found_a.tensors, found_b.tensors, only=only, layers_a=found_a.layers,
                               layers_b=found_b.layers)
         if as_json:
-            _emit_json({"a": a, "b": b, **report.as_dict(), "skipped": [
-                {"file": which, **item} for which, found in ((a, found_a), (b, found_b))
-                for item in _discovery_document(found)["skipped"]]})
+            _emit_json(diff_document(a, b, report, [(which, item) for which, found in ((a, found_a), (b, found_b))
+                                                    for item in found.skipped]))
         else:
             if report.changed_blocks:
                 answer.print(diff_table(report))
@@ -553,9 +556,9 @@ def schemes(as_json: JsonOption = False) -> None:
         from .init.schemes import SCHEMES
 
         if as_json:
-            _emit_json([{"name": s.name, "signature": s.signature, "description": s.description,
-                         "rules": list(s.rules), "params": dict(s.params), "reference": s.reference,
-                         "cells": sorted(s.cells)} for s in SCHEMES.values()])
+            from .report import schemes_document
+
+            _emit_json(schemes_document(SCHEMES.values()))
             return
         from .report import schemes_table
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypeVar
+
 
 class RnnInitError(Exception):
     """Base class: every error rnninit raises on purpose. The message says what to do next."""
 
     exit_code = 1
+    # the message in the command line's words (`--only` where the Python API says `only=`), where they differ
+    cli_message: str | None = None
 
 
 class UsageError(RnnInitError):
@@ -72,3 +77,57 @@ def first_line(text: str) -> str:
     """The first sentence of a library's error message, at most 200 characters, to quote in rnninit's own."""
     line = (text.strip().splitlines() or ["unknown error"])[0]
     return line.split(". ")[0][:200]
+
+
+_Error = TypeVar("_Error", bound=RnnInitError)
+# How a message names what the caller set: the Python API's argument, or the command line's flag
+_API_TERMS = {"{only=}": "only=", "{only}": "only", "{rules}": "rules", "{layouts}": "layouts",
+              "{strict}": "strict=True", "{tensors_only}": "tensors_only=True"}
+_CLI_TERMS = {"{only=}": "--only ", "{only}": "--only", "{rules}": "--rule", "{layouts}": "--layout",
+              "{strict}": "--strict", "{tensors_only}": "--tensors-only"}
+
+
+def _worded(template: str, terms: dict[str, str]) -> str:
+    for placeholder, term in terms.items():
+        template = template.replace(placeholder, term)
+    return template
+
+
+def naming_arguments(cls: type[_Error], template: str) -> _Error:
+    """`cls(message)` whose {only=}, {only}, {rules}, {layouts} and {strict} name the Python API's arguments
+    (`only=`, `strict=True`), with `cli_message` naming the command line's flags instead (`--only `, `--strict`)."""
+    error = cls(_worded(template, _API_TERMS))
+    error.cli_message = _worded(template, _CLI_TERMS)
+    return error
+
+
+def resolve_name(name: str, known: Iterable[str]) -> str | None:
+    """`name` as `known` spells it: the name itself, or the one known name it equals ignoring case (None when there
+    is none, or several: then case decides)."""
+    known = list(known)
+    if name in known:
+        return name
+    folded = [candidate for candidate in known if candidate.casefold() == name.casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def suggestion(name: str, known: Iterable[str]) -> str:
+    """`; did you mean 'keras'?` for the known names closest to `name` (difflib), or '' when none is close."""
+    import difflib  # only when a name is unknown: the command's start stays light
+
+    known = list(known)
+    by_folded = {candidate.casefold(): candidate for candidate in known}
+    close = difflib.get_close_matches(name.casefold(), list(by_folded), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(by_folded[match]) for match in close) + "?"
+
+
+def unknown_name(what: str, name: str, known: Iterable[str], *, listed_by: str = "") -> str:
+    """`unknown scheme 'kears'; did you mean 'keras'?`; without a close name, the known names when they are few,
+    else where they are listed (`listed_by`)."""
+    known = list(known)
+    hint = suggestion(name, known)
+    if not hint:
+        hint = f"; known: {', '.join(known)}" if len(known) <= 16 or not listed_by else f"; {listed_by} lists them"
+    return f"unknown {what} {name!r}{hint}"

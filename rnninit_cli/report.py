@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .diagnostics.stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias
+from .errors import UsageError, unknown_name
 from .init.planning import Plan, PlanEntry
 from .layouts.discovery import KINDS, Layer
 from .layouts.patterns import compile_user_pattern
@@ -90,7 +91,7 @@ def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str], known: 
 
 
 def selected_kinds(layer: Layer, only: str | None) -> list[str]:
-    pattern = compile_user_pattern(only, "--only") if only else None
+    pattern = compile_user_pattern(only, "only") if only else None
     return [kind for kind in KINDS if kind in layer.params
             and (pattern is None or pattern.search(layer.params[kind]))]
 
@@ -120,10 +121,9 @@ def inspect_document(
             doc["matrices"] = [m.as_dict() for m in found.matrices]
             doc["scheme"] = found.scheme.as_dict()
         docs.append(doc)
-    document = {"input": source, "format": fmt, "metadata": dict(metadata or {}), "layers": docs}
-    if diagnosis is not None:
-        document["warnings"] = [w.as_dict() for w in diagnosis.warnings]
-    return document
+    # `warnings` is there without a diagnosis too (no layer found): a document's keys never depend on the data
+    return {"input": source, "format": fmt, "metadata": dict(metadata or {}), "layers": docs,
+            "warnings": [w.as_dict() for w in diagnosis.warnings] if diagnosis is not None else []}
 
 
 def capture_stats(the_plan: Plan, tensors: Mapping[str, torch.Tensor]) -> dict[tuple[str, int], Stats]:
@@ -133,10 +133,12 @@ def capture_stats(the_plan: Plan, tensors: Mapping[str, torch.Tensor]) -> dict[t
 
 def apply_document(
     the_plan: Plan, tensors: Mapping[str, torch.Tensor], before: Mapping[tuple[str, int], Stats], *,
-    source: str, fmt: str, output: str | None,
+    source: str, fmt: str, output: str | None, dry_run: bool = False,
+    warnings: Iterable[tuple[str, str]] = (), notes: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The `apply --json` / `new --json` document: the inspect schema plus scheme, rules, seed,
-    output, and per block the rule and initializer applied and the statistics before."""
+    """The `apply --json` / `new --json` document (schema: `schemas/apply.json`): the layers as inspect shows them
+    plus scheme, rules, seed, output, what was skipped, warnings as (code, message) and notes, and per block the rule
+    and initializer applied and the statistics before."""
     entries = {(e.name, e.start): e for e in the_plan.entries}
     planned = {name for name, _ in entries}
     layers = []
@@ -152,7 +154,55 @@ def apply_document(
                 block["before"] = _json_stats(before[(spec.name, spec.start)]) if entry else None
         layers.append(doc)
     return {"input": source, "format": fmt, "scheme": the_plan.scheme, "rules": list(the_plan.rules),
-            "seed": the_plan.seed, "only": the_plan.only, "output": output, "layers": layers}
+            "seed": the_plan.seed, "only": the_plan.only, "output": output, "dry_run": dry_run, "layers": layers,
+            "skipped": skipped_document(the_plan.skipped),
+            "warnings": [{"code": code, "message": message} for code, message in warnings], "notes": list(notes)}
+
+
+def skipped_document(skipped: Iterable[Any]) -> list[dict[str, Any]]:
+    """Groups that looked recurrent and were left alone: their tensors' names, why, and a `--layout` to declare."""
+    return [{"names": list(item.names), "reason": item.reason, "declare": item.declare} for item in skipped]
+
+
+def suspects_document(suspects: Iterable[Any]) -> list[dict[str, Any]]:
+    """Tensors named like recurrent ones that no layer holds: name, shape, why, and a `--layout` to declare."""
+    return [{"name": item.name, "shape": list(item.shape), "note": item.note, "declare": item.declare}
+            for item in suspects]
+
+
+def verify_document(source: str, report: VerifyReport, skipped: Iterable[Any]) -> dict[str, Any]:
+    """The `verify --json` document for one input (schema: `schemas/verify.json`)."""
+    return {"input": source, **report.as_dict(), "skipped": skipped_document(skipped)}
+
+
+def diff_document(a: str, b: str, report: DiffReport, skipped: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The `diff --json` document (schema: `schemas/diff.json`); `skipped` pairs each group with its file."""
+    return {"a": a, "b": b, **report.as_dict(),
+            "skipped": [{"file": which, **skipped_document([item])[0]} for which, item in skipped]}
+
+
+def schemes_document(schemes: Iterable[Any]) -> list[dict[str, Any]]:
+    """The `schemes --json` document (schema: `schemas/schemes.json`): one object per registered scheme."""
+    return [{"name": s.name, "signature": s.signature, "description": s.description, "rules": list(s.rules),
+             "params": dict(s.params), "reference": s.reference, "cells": sorted(s.cells)} for s in schemes]
+
+
+SCHEMA_NAMES = ("inspect", "apply", "new", "verify", "diff", "schemes", "error")
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) shipped for a document: a command's name, or `error`."""
+    import json
+    from importlib.resources import files
+
+    if name not in SCHEMA_NAMES:
+        raise UsageError(unknown_name("JSON Schema", name, SCHEMA_NAMES))
+    return json.loads(files(__package__).joinpath("schemas", f"{name}.json").read_text(encoding="utf-8"))
+
+
+def error_document(source: str, message: str, exit_status: int) -> dict[str, Any]:
+    """The document of an input that failed, in a command's JSON Lines (schema: `schemas/error.json`)."""
+    return {"input": source, "error": message, "exit_status": exit_status}
 
 
 def _fixed(value: float, digits: int = 3, *, signed: bool = False) -> str:

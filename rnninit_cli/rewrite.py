@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -131,6 +132,7 @@ class Inspection:
     views: list[str] = field(default_factory=list)  # how parameters stored in another form were read
     foreign_classes: list[str] = field(default_factory=list)  # objects of other classes the file holds
     quantized: list[str] = field(default_factory=list)  # quantized tensors no recurrent layer holds: "name (dtype)"
+    unselected: list[str] = field(default_factory=list)  # when `only` selects no layer: the recurrent parameters
 
 
 def set_aside_packed(opened: Any, tensors: dict[str, Any]) -> tuple[dict[str, Any], tuple[Skipped, ...]]:
@@ -212,9 +214,12 @@ def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequenc
         listed = [f"{name} ({record.dtype})" for name, record in unpacked.items() if name not in kept
                   and name not in held]
         tensors = found.effective(opened.arrays(found.sources))
+        unselected = [name for layer in discover(kept, layouts=layouts).layers for name in layer.params.values()] \
+            if only is not None and not found.layers else []
         return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
                           skipped, list(found.suspects), [view.describe for view in found.views],
-                          foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed)
+                          foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed,
+                          unselected=unselected)
     finally:
         close_source(opened)
 
@@ -231,6 +236,31 @@ class RewriteResult:
     output: str | None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warning_codes: list[str] = field(default_factory=list)  # one per warning, for --json: what kind of warning
+
+
+def _plan_or_hints(opened: Source, unpacked: dict[str, Any], scheme: str, **options: Any) -> Plan:
+    """The plan; when it finds no layer at all, the look-alikes `inspect` would hint at come with the error."""
+    try:
+        return plan(unpacked, scheme, **options)
+    except NothingToDoError as error:
+        everything = discover(unpacked, layouts=options.get("layouts", ()), identities=_identities(opened))
+        if not everything.layers and everything.suspects:  # nothing found: the hints `inspect` gives
+            raise NotRecognisedError(str(error), everything.suspects) from None
+        raise
+
+
+def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state."""
+    written = the_plan.written_sources
+    shared = _shared_warnings(opened, written)
+    warnings = [str(item) for item in the_plan.skipped] + shared
+    codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
+    stale = stale_optimizer_warning(opened, shapes, written)
+    if stale:
+        warnings.append(stale)
+        codes.append("stale-optimizer-state")
+    return warnings, codes
 
 
 def _shared_warnings(opened: Source, written: Iterable[str]) -> list[str]:
@@ -381,6 +411,10 @@ def _rewrite(
                              "loading it instead")
     if output is not None and not dry_run:
         check_output(source, output, force=force, in_place=in_place)
+    if dry_run:
+        planned = _plan_without_torch(source, output, scheme, options)
+        if planned is not None:
+            return planned
 
     opened, expect = _open_input(cleanup, source, output, in_place=in_place, dry_run=dry_run)
     target_format = output_format(output or "", fmt, opened.format) if output else opened.format
@@ -404,25 +438,17 @@ def _rewrite(
 
     shapes = opened.shapes()
     unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
-    try:
-        the_plan = plan(unpacked, scheme, rules=rules, only=only, layouts=layouts, strict=strict, skipped=packed)
-    except NothingToDoError as error:
-        everything = discover(unpacked, layouts=layouts, identities=_identities(opened))
-        if not everything.layers and everything.suspects:  # nothing found: the hints `inspect` gives
-            raise NotRecognisedError(str(error), everything.suspects) from None
-        raise
+    the_plan = _plan_or_hints(opened, unpacked, scheme, rules=rules, only=only, layouts=layouts, strict=strict,
+                              skipped=packed)
     notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
     tensors = opened.load(the_plan.sources)
     discovery = the_plan.discovery
     before = capture_stats(the_plan, discovery.effective(tensors)) if report_before else {}
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
-    warnings = [str(item) for item in the_plan.skipped] + _shared_warnings(opened, written)
-    stale = stale_optimizer_warning(opened, shapes, written)
-    if stale:
-        warnings.append(stale)
+    warnings, codes = _rewrite_warnings(opened, the_plan, shapes)
     result = RewriteResult(the_plan, discovery.effective(tensors), before, opened.format, target_format, None,
-                           warnings, notes)
+                           warnings, notes, codes)
     if dry_run or output is None:
         result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
         return result
@@ -454,6 +480,62 @@ def _rewrite(
                             expect=expect)
     result.output = output
     return result
+
+
+class _Strided:
+    """A stored tensor's shape and strides, as `refuse_overlapping` reads them from a tensor (no torch needed)."""
+
+    def __init__(self, shape: tuple[int, ...], strides: tuple[int, ...]) -> None:
+        self.shape, self._strides = shape, strides
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def stride(self) -> tuple[int, ...]:
+        return self._strides
+
+
+def _strided(opened: TensorFile | Folder) -> dict[str, _Strided]:
+    """Shape and strides of every tensor of an indexed file or model folder (DCP stores each tensor on its own)."""
+    files = [opened] if isinstance(opened, TensorFile) else \
+        list(opened.shards.values()) if isinstance(opened, ModelFolder) else []
+    return {name: _Strided(loc.shape, loc.stride) for file in files for name, loc in file.locations.items()}
+
+
+def _plan_without_torch(source: str, output: str | None, scheme: str, options: RewriteOptions) -> RewriteResult | None:
+    """`apply --dry-run` without torch: the plan from the shapes and dtypes the file records, rule arguments checked
+    without drawing, the values before read as numpy arrays (only for a report that shows them); the same plan,
+    warnings and errors as the run that writes. None where the file must be read whole (standard input, a legacy
+    .pt, a change of format, standard output, dropping optimizer state): the torch path plans those."""
+    if source == STDIO:  # read whole, once: by the torch path
+        return None
+    opened = open_source(source, load=read_checkpoint)
+    try:
+        if isinstance(opened, ArrayCheckpoint):
+            return None
+        if isinstance(opened, (ModelFolder, DcpFolder)):
+            _check_folder_output(opened, output, options.fmt)
+            target_format = opened.format
+        else:
+            target_format = output_format(output, options.fmt, opened.format) if output else opened.format
+            if target_format != opened.format or output == STDIO or options.drop_optimizer_state:
+                return None
+        shapes = opened.shape_records()
+        unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
+        the_plan = _plan_or_hints(opened, unpacked, scheme, rules=options.rules, only=options.only,
+                                  layouts=options.layouts, strict=options.strict, skipped=packed, probe=False)
+        notes = [f"effective parameter: {view.describe}" for view in the_plan.views]
+        discovery = the_plan.discovery
+        tensors = discovery.effective(opened.arrays(the_plan.sources)) if options.report_before else {}
+        before = capture_stats(the_plan, tensors) if options.report_before else {}
+        written = the_plan.written_sources
+        strided = _strided(opened)
+        refuse_overlapping(strided, [name for name in written if name in strided])
+        warnings, codes = _rewrite_warnings(opened, the_plan, shapes)
+        seeded = the_plan if options.seed is None else replace(the_plan, seed=options.seed)
+        return RewriteResult(seeded, tensors, before, opened.format, target_format, None, warnings, notes, codes)
+    finally:
+        close_source(opened)
 
 
 def _copy_while(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from builders import (
     RunsCode,
     build_state,
 )
+from json_contract import check_json_output
 from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
@@ -122,13 +124,17 @@ def code_running_pickle(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def cli() -> Callable[..., Result]:
-    """cli(*args, input=bytes|None) runs the Typer app in-process; stdout and stderr are separate."""
+    """cli(*args, input=bytes|None) runs the Typer app in-process; stdout and stderr are separate. Every --json
+    document it prints is checked against its shipped JSON Schema (tests/json_contract.py)."""
     from rnninit_cli.cli import app
 
     runner = CliRunner()
 
     def invoke(*args: Any, input: bytes | str | None = None, env: dict[str, str] | None = None) -> Result:
-        return runner.invoke(app, [str(a) for a in args], input=input, env=env)
+        result = runner.invoke(app, [str(a) for a in args], input=input, env=env)
+        with contextlib.suppress(ValueError):  # stdout is not text: a checkpoint written to `-o -`
+            check_json_output([str(a) for a in args], result.stdout)  # every --json document meets its schema
+        return result
 
     return invoke
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NothingToDoError
+from ..init.planning import only_matches_nothing
 from ..init.schemes import Scheme
 from ..layouts.discovery import KINDS, Layer, find_layers
 from ..layouts.patterns import compile_user_pattern
@@ -35,7 +36,7 @@ class Diagnosis:
 
 def _select_layers(layers: Iterable[Layer], only: str | None) -> list[tuple[Layer, list[str]]]:
     """(layer, kinds whose parameter name matches `only`) for each layer with at least one such kind."""
-    pattern = compile_user_pattern(only, "--only") if only is not None else None
+    pattern = compile_user_pattern(only, "only") if only is not None else None
     selected = []
     for layer in layers:
         kinds = [k for k in KINDS if k in layer.params and (pattern is None or pattern.search(layer.params[k]))]
@@ -64,7 +65,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
                                "bias_ih_l0 of nn.RNN/GRU/LSTM, or weight_ih/weight_hh of a cell)")
     selected = _select_layers(layers, only)
     if not selected:
-        raise NothingToDoError(f"--only {only!r} matches no recurrent parameter")
+        raise only_matches_nothing(only, [name for layer in layers for name in layer.params.values()])
     cache = _Cache(tensors)
     candidate_list = None if candidates is None else list(candidates)
     results: list[LayerDiagnosis] = []

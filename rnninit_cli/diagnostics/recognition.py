@@ -52,8 +52,12 @@ class SchemeMatch:
         return tuple(parse_call(spec, "scheme")[0] for spec in self.matches)
 
     def as_dict(self) -> dict[str, Any]:
+        # lists of objects, not objects keyed by scheme: a document's keys never depend on the data
         return _json({"primary": self.primary, "matches": list(self.matches), "undetermined": list(self.undetermined),
-                      "estimated": self.estimated, "rejected": self.rejected})
+                      "estimated": [{"scheme": parse_call(spec, "scheme")[0], "tried": spec, "arguments": arguments}
+                                    for spec, arguments in self.estimated.items()],
+                      "rejected": [{"scheme": parse_call(spec, "scheme")[0], "tried": spec, "reason": reason}
+                                   for spec, reason in self.rejected.items()]})
 
 
 def _estimate_chrono(layer: Layer, cache: _Cache) -> dict[str, float] | None:

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OutputError, UsageError
+from ..errors import OutputError, UsageError, naming_arguments
 from .kinds import FORMATS, METADATA_RECORD, PT_EXTENSIONS, STDIO
 from .unpickle.objects import is_tensor, walk
 
@@ -173,5 +173,5 @@ def refuse_non_tensors(root: Any, tensors_only: bool) -> None:
                           "Write .pt instead")
     if non_tensor_paths and not tensors_only:
         shown = ", ".join(non_tensor_paths[:5]) + (", ..." if len(non_tensor_paths) > 5 else "")
-        raise OutputError(f"the checkpoint holds non-tensor entries ({shown}) that safetensors cannot "
-                          "store; write .pt, or pass --tensors-only to keep only the tensors")
+        raise naming_arguments(OutputError, f"the checkpoint holds non-tensor entries ({shown}) that safetensors "
+                               "cannot store; write .pt, or pass {tensors_only} to keep only the tensors")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RuleError
+from ..errors import RuleError, resolve_name, unknown_name
 from .onethread import at_one_thread
 
 if TYPE_CHECKING:
@@ -71,12 +71,12 @@ def _register(
 
 
 def get_initializer(name: str) -> InitializerSpec:
-    """The registered initializer `name`; `RuleError` listing the known ones otherwise."""
-    try:
-        return INITIALIZERS[name]
-    except KeyError:
-        known = ", ".join(["keep", *INITIALIZERS])
-        raise RuleError(f"unknown initializer {name!r}; known initializers: {known}") from None
+    """The registered initializer `name` (any case, where that is unambiguous); a `RuleError` suggesting the closest
+    otherwise."""
+    known = resolve_name(name, INITIALIZERS)
+    if known is None:
+        raise RuleError(unknown_name("initializer", name, ["keep", *INITIALIZERS]))
+    return INITIALIZERS[known]
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:

@@ -8,7 +8,9 @@ parameters, nor on the thread count (blocks are drawn at one torch thread each, 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import re
 import secrets
 import warnings
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -16,7 +18,17 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DtypeError, LayoutError, NothingToDoError, RuleError, SchemeError, UsageError
+from ..errors import (
+    DtypeError,
+    LayoutError,
+    NothingToDoError,
+    RuleError,
+    SchemeError,
+    UsageError,
+    naming_arguments,
+    resolve_name,
+    suggestion,
+)
 from ..layouts.discovery import Discovery, Layer, Skipped, article, discover
 from ..layouts.patterns import UserPattern, compile_user_pattern
 from ..layouts.views import View
@@ -29,7 +41,7 @@ from .distributed import (
     shard_rows,
 )
 from .onethread import one_thread_pool
-from .schemes import KEEP, Rule, Scheme, Value, format_value, get_scheme, parse_rules
+from .schemes import GATE_WORDS, KEEP, Rule, Scheme, Value, format_value, get_scheme, parse_rules, scheme_label
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -126,20 +138,16 @@ class Plan:
         return "\n".join(lines)
 
 
-def _scheme_label(scheme: str | Scheme) -> str:
-    return scheme.name if isinstance(scheme, Scheme) else scheme.strip()
-
-
 def _select(layer: Layer, pattern: UserPattern | None) -> list[str]:
     return [kind for kind, name in layer.params.items()
             if pattern is None or any(pattern.search(n) for n in (name, *layer.sources.get(kind, ())))]
 
 
 def refuse_skipped(skipped: Sequence[Skipped]) -> None:
-    """LayoutError listing every skipped group (for --strict)."""
+    """LayoutError listing every skipped group (for `strict`)."""
     if skipped:
-        raise LayoutError(f"{len(skipped)} group(s) of tensors could not be understood (--strict): "
-                          + "; ".join(str(item) for item in skipped))
+        raise naming_arguments(LayoutError, f"{len(skipped)} group(s) of tensors could not be understood ({{strict}}): "
+                               + "; ".join(str(item) for item in skipped))
 
 
 def plan(
@@ -153,6 +161,7 @@ def plan(
     strict: bool = False,
     layers: Sequence[Layer] | None = None,
     skipped: Sequence[Skipped] = (),
+    probe: bool = True,
 ) -> Plan:
     """Resolve `scheme` and then `rules` (later rules win) on every recurrent block of `tensors` (stored tensors by
     name: parameters stored in another form, such as weight_norm's g and v, are planned as the effective parameter,
@@ -164,13 +173,14 @@ def plan(
     `layers`: plan these (found before, e.g. by `discover`) instead of searching; `tensors` then holds their
     parameters by the names the layers give (effective parameters). `skipped`: what the caller already left alone
     (packed weights), reported and refused by `strict` with the rest. Quantized tensors are never planned: those a
-    recurrent layer would hold are skipped too (see `set_aside_quantized`)."""
+    recurrent layer would hold are skipped too (see `set_aside_quantized`). `probe=False` checks the rules' arguments
+    without drawing (no torch: a dry run), as `for_writing=False` does."""
     scheme_obj, scheme_rules = get_scheme(scheme)
     user_rules = parse_rules(rules)
     all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
     for rule, _ in all_rules:
         _check_dims(rule)
-        if for_writing:
+        if for_writing and probe:
             _try_arguments(rule)
         else:  # checking values only: no torch needed, and no draw to fail
             _check_arguments(rule)
@@ -182,17 +192,17 @@ def plan(
         found = replace(found, skipped=(*skipped, *found.skipped))
     if strict:
         refuse_skipped(found.skipped)
-    pattern = compile_user_pattern(only, "--only") if only is not None else None
+    pattern = compile_user_pattern(only, "only") if only is not None else None
     if not found.layers:
         every = discover(tensors, layouts=layouts).layers if only is not None and layers is None else ()
         if every:
-            names = ", ".join(name for layer in every for name in layer.params.values())
-            raise NothingToDoError(f"--only {only!r} matches no recurrent parameter; they are: {names}")
-        raise NothingToDoError(no_layers_message(found))
+            raise only_matches_nothing(only, [name for layer in every for name in layer.params.values()])
+        raise naming_arguments(NothingToDoError, no_layers_message(found))
     selected = [(layer, kinds) for layer in found.layers if (kinds := _select(layer, pattern))]
     if not selected:
-        names = ", ".join(name for layer in found.layers for name in layer.params.values())
-        raise NothingToDoError(f"--only {only!r} matches no recurrent parameter; they are: {names}")
+        raise only_matches_nothing(only, [name for layer in found.layers for name in layer.params.values()])
+    user_rules = tuple(_gate_as_spelled(rule, selected) for rule in user_rules)
+    all_rules = [(rule, "scheme") for rule in scheme_rules] + [(rule, "rule") for rule in user_rules]
 
     entries: list[PlanEntry] = []
     hit = [False] * len(user_rules)
@@ -214,17 +224,55 @@ def plan(
                                          rule.initializer, args, per, str(rule), source))
     for rule, was_hit in zip(user_rules, hit, strict=False):
         if not was_hit:
-            present = sorted({f"{k}.{b.gate}" if b.gate else k for lay, kinds in selected
-                              for k in kinds for b in lay.blocks(k)})
-            raise RuleError(f"rule {rule} hits no block; the selected blocks are: {', '.join(present)}")
+            raise RuleError(_hits_nothing(rule, selected))
     chosen = tuple(layer for layer, _ in selected)
     used = {name for layer in chosen for name in layer.params.values()}
-    result = Plan(_scheme_label(scheme), tuple(str(r) for r in user_rules), only, chosen, tuple(entries),
+    result = Plan(scheme_label(scheme), tuple(str(r) for r in user_rules), only, chosen, tuple(entries),
                   views=tuple(view for view in found.views if view.name in used), skipped=found.skipped)
     if for_writing:
         refuse_non_floating(tensors, result.written_sources)
         refuse_unholdable(result, tensors)
     return result
+
+
+ONLY_EXAMPLES = 3  # parameter names an error about `only` quotes
+
+
+def only_matches_nothing(only: str | None, names: Sequence[str]) -> NothingToDoError:
+    """`only='enc'` matches none of the N recurrent parameters: a few of them, and the closest part of a name."""
+    parts = {part for name in names for part in re.split(r"[./]", name) if part}
+    close = difflib.get_close_matches(only or "", sorted({*parts, *names}), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    examples = ", ".join(names[:ONLY_EXAMPLES]) + (", ..." if len(names) > ONLY_EXAMPLES else "")
+    return naming_arguments(NothingToDoError, f"{{only=}}{only!r} matches none of the {len(names)} recurrent "
+                                              f"parameter(s) ({examples}){hint}")
+
+
+def _gate_as_spelled(rule: Rule, selected: Sequence[tuple[Layer, Sequence[str]]]) -> Rule:
+    """`rule` with its gate spelled as the selected layers spell it, where only case differs (`bias_ih.F`)."""
+    if rule.gate is None:
+        return rule
+    gates = {block.gate for layer, kinds in selected for kind in kinds if kind in rule.kinds
+             for block in layer.blocks(kind) if block.gate}
+    if rule.gate in gates:
+        return rule
+    spelled = resolve_name(rule.gate, sorted(gates))
+    return rule if spelled is None else replace(rule, gate=spelled)
+
+
+def _hits_nothing(rule: Rule, selected: Sequence[tuple[Layer, Sequence[str]]]) -> str:
+    """Why a rule hits no selected block: no such parameter, or no such gate (with the closest gate)."""
+    kinds = sorted({kind for _, layer_kinds in selected for kind in layer_kinds})
+    if not set(rule.kinds) & set(kinds):
+        return f"rule {rule} hits no block: no selected layer has {rule.target}; they have {', '.join(kinds)}"
+    gates = list(dict.fromkeys(block.gate for layer, layer_kinds in selected for kind in layer_kinds
+                               if kind in rule.kinds for block in layer.blocks(kind) if block.gate))
+    if not gates:
+        return f"rule {rule} hits no block: the selected {rule.target} blocks have no gates; write {rule.target}=INIT"
+    word = GATE_WORDS.get((rule.gate or "").casefold())
+    hint = f"; did you mean {rule.target}.{word}?" if word in gates else suggestion(rule.gate or "", gates)
+    return (f"rule {rule} hits no block: no selected {rule.target} block has gate {rule.gate!r}{hint} (they are "
+            + ", ".join(f"{rule.target}.{gate}" for gate in gates) + ")")
 
 
 def no_layers_message(found: Discovery) -> str:
@@ -233,16 +281,16 @@ def no_layers_message(found: Discovery) -> str:
         return (f"no recurrent layer could be understood; skipped {len(found.skipped)} group(s): "
                 + "; ".join(str(item) for item in found.skipped))
     return ("no recurrent parameters found (names like weight_ih_l0, weight_hh_l0, bias_ih_l0 of nn.RNN/GRU/LSTM, "
-            "or weight_ih/weight_hh of a cell; other layouts can be declared with --layout)")
+            "or weight_ih/weight_hh of a cell; other layouts can be declared with {layouts})")
 
 
 def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
     if layer.cell == "custom":
         return  # a declared cell with its own gates: the scheme's rules apply by kind, gate rules where gates match
     if layer.cell not in scheme.cells:
-        raise SchemeError(f"scheme {scheme.name} applies to {'/'.join(sorted(scheme.cells)).upper()} "
-                          f"layers, but {layer.title} is {article(layer.cell.upper())}; select other layers "
-                          "with --only or choose another scheme")
+        raise naming_arguments(SchemeError, f"scheme {scheme.name} applies to {'/'.join(sorted(scheme.cells)).upper()} "
+                               f"layers, but {layer.title} is {article(layer.cell.upper())}; select other layers "
+                               "with {only} or choose another scheme")
     if scheme.needs_bias and "bias_ih" not in layer.params:  # the scheme's gate biases go into bias_ih
         why = "has no bias_ih (its layout declares none)" if layer.declared else "has no bias (bias=False)"
         raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} {why}")
@@ -308,13 +356,17 @@ def refuse_non_floating(tensors: Mapping[str, Any], names: Iterable[str]) -> Non
     wrong = []
     for name in dict.fromkeys(names):
         dtype = getattr(tensors[name], "dtype", None)
-        if getattr(dtype, "is_floating_point", None) is False:  # a torch.dtype: False for complex dtypes too
+        # a torch.dtype: False for complex dtypes too; a shape record's dtype is torch's name ("bfloat16")
+        floating = dtype.startswith(("float", "bfloat")) if isinstance(dtype, str) else \
+            getattr(dtype, "is_floating_point", None)
+        if floating is False:
             wrong.append(f"{name} ({str(dtype).removeprefix('torch.')})")
     if wrong:
-        raise DtypeError(f"{len(wrong)} parameter(s) to rewrite are not floating point: {', '.join(wrong)}; "
+        raise naming_arguments(DtypeError, f"{len(wrong)} parameter(s) to rewrite are not floating point: "
+                         f"{', '.join(wrong)}; "
                          "their dtype cannot hold the drawn values (integers and bools would truncate them, "
                          "complex numbers would lose a part), so nothing was written. Convert them to a float "
-                         "dtype first, or leave them out with --only REGEX or a rule such as weight_hh=keep")
+                         "dtype first, or leave them out with {only} or a rule such as weight_hh=keep")
 
 
 def _dtype_name(tensor: Any) -> str:
@@ -343,9 +395,10 @@ def refuse_unholdable(the_plan: Plan, tensors: Mapping[str, Any]) -> None:
                 refused[source] = None
     if found:
         listed = "; ".join(f"{', '.join(whats)}: {reason}" for reason, whats in found.items())
-        raise DtypeError(f"{len(refused)} parameter(s) to rewrite cannot hold the values their rules draw, so nothing "
+        raise naming_arguments(DtypeError, f"{len(refused)} parameter(s) to rewrite cannot hold the values their "
+                               "rules draw, so nothing "
                          f"was written: {listed}. Convert them to a wider float dtype first, choose another rule, or "
-                         "leave them out with --only REGEX or a rule such as weight_hh=keep")
+                         "leave them out with {only} or a rule such as weight_hh=keep")
 
 
 def set_aside_quantized(tensors: Mapping[str, Any], *, layouts: Sequence[Declaration] = (),
@@ -493,8 +546,10 @@ def _declarations(layouts: Sequence[Declaration | str] | str) -> list[Declaratio
     from ..layouts.declared import layouts_from_options
 
     items = [layouts] if isinstance(layouts, str) else list(layouts)
+    texts = [i for i in items if isinstance(i, str)]
     result: list[Declaration] = []
-    for item in [*layouts_from_options([i for i in items if isinstance(i, str)], ()),
+    named = "layouts" if isinstance(layouts, str) else "layouts[{}]"  # how messages name a text: the argument
+    for item in [*layouts_from_options(texts, (), named=named, first=0),
                  *(i for i in items if not isinstance(i, str))]:
         if not any(item.same_layout(kept) for kept in result):
             result.append(item)

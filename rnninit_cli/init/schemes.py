@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import RuleError, SchemeError
+from ..errors import RuleError, SchemeError, resolve_name, suggestion, unknown_name
 from ..layouts.discovery import KINDS
 
 Value = bool | int | float | str
@@ -21,6 +21,9 @@ TARGET_KINDS: dict[str, tuple[str, ...]] = {
     "bias": ("bias_ih", "bias_hh"),
 }
 
+# what people call the gates, for suggestions: a rule's gate is the letter (LSTM i f g o, GRU r z n)
+GATE_WORDS = {"input": "i", "forget": "f", "cell": "g", "output": "o", "reset": "r", "update": "z", "new": "n",
+              "candidate": "n"}
 KEEP = "keep"  # the initializer name of a rule that leaves its blocks as they are
 _CALL = re.compile(r"^\s*(?P<name>[A-Za-z_][\w-]*)\s*(?:\((?P<args>[^()]*)\))?\s*$")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -101,10 +104,11 @@ def parse_rule(text: str | Rule) -> Rule:
     target_text, equals, init_text = text.partition("=")
     if not equals or not init_text.strip():
         raise RuleError(f"rule {text!r} is not of the form TARGET=INIT, e.g. bias_ih.f=constant(1)")
-    kind, _, gate = target_text.strip().partition(".")
-    if kind not in TARGET_KINDS:
-        raise RuleError(f"rule {text!r}: unknown target {kind!r}; targets are "
-                        f"{', '.join(TARGET_KINDS)}, optionally with .GATE")
+    kind_text, _, gate = target_text.strip().partition(".")
+    kind = resolve_name(kind_text, TARGET_KINDS)
+    if kind is None:
+        hint = suggestion(kind_text, TARGET_KINDS) or f"; targets are {', '.join(TARGET_KINDS)}"
+        raise RuleError(f"rule {text!r}: unknown target {kind_text!r}{hint} (optionally with .GATE)")
     if gate and kind == "weight_hr":
         raise RuleError(f"rule {text!r}: weight_hr has no gates; write weight_hr=INIT")
     if gate and not _IDENT.match(gate):
@@ -114,6 +118,9 @@ def parse_rule(text: str | Rule) -> Rule:
         name, args, kwargs = parse_call(init_text, "initializer")
     except ValueError as error:
         raise RuleError(f"rule {text!r}: {error}") from None
+    from .initializers import INITIALIZERS  # torch-free; registered there, after this module
+
+    name = resolve_name(name, [KEEP, *INITIALIZERS]) or name  # an unknown name is refused when the rule is planned
     return Rule(kind, gate or None, name, args, kwargs)
 
 
@@ -132,10 +139,13 @@ class Scheme:
     def resolve(self, **arguments: Value) -> tuple[Rule, ...]:
         """The scheme's rules with its arguments filled in."""
         defaults = dict(self.params)
-        unknown = set(arguments) - set(defaults)
+        arguments = {resolve_name(key, defaults) or key: value for key, value in arguments.items()}
+        unknown = sorted(set(arguments) - set(defaults))
         if unknown:
-            raise SchemeError(f"scheme {self.name!r} has no argument {sorted(unknown)[0]!r}; "
-                              f"it takes: {self.signature}")
+            takes = f"it takes: {self.signature}" if self.params else "it takes no arguments"
+            hint = suggestion(unknown[0], defaults)
+            raise SchemeError(f"scheme {self.name!r} has no argument {unknown[0]!r}"
+                              + (f"{hint} ({takes})" if hint else f"; {takes}"))
         values = {**defaults, **arguments}
         missing = [k for k, v in values.items() if v is None]
         if missing:
@@ -174,14 +184,26 @@ def get_scheme(spec: str | Scheme) -> tuple[Scheme, tuple[Rule, ...]]:
         name, args, kwargs = parse_call(spec, "scheme")
     except ValueError as error:
         raise SchemeError(str(error)) from None
-    if name not in SCHEMES:
-        raise SchemeError(f"unknown scheme {name!r}; known schemes: {', '.join(SCHEMES)}")
-    scheme = SCHEMES[name]
+    known = resolve_name(name, SCHEMES)
+    if known is None:
+        raise SchemeError(unknown_name("scheme", name, SCHEMES))
+    name, scheme = known, SCHEMES[known]
     if len(args) > len(scheme.params):
         raise SchemeError(f"scheme {name!r} takes at most {len(scheme.params)} positional "
                           f"argument(s): {scheme.signature}")
     positional = {key: value for (key, _), value in zip(scheme.params, args, strict=False)}
     return scheme, scheme.resolve(**positional, **dict(kwargs))
+
+
+def scheme_label(spec: str | Scheme) -> str:
+    """How plans and outputs record `spec`: as written, with the scheme's name spelled as registered (`Keras` →
+    `keras`)."""
+    if isinstance(spec, Scheme):
+        return spec.name
+    text = spec.strip()
+    match = _CALL.match(text)
+    known = resolve_name(match["name"], SCHEMES) if match else None
+    return known + text[len(match["name"]):] if match and known else text
 
 
 def parse_rules(rules: Iterable[str | Rule]) -> tuple[Rule, ...]:

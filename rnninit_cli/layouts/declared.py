@@ -60,7 +60,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import LayoutDeclarationError
+from ..errors import LayoutDeclarationError, resolve_name, suggestion
 from .patterns import UserPattern, compile_user_pattern
 
 if sys.version_info >= (3, 11):
@@ -311,14 +311,12 @@ def parse_layout(text: str, where: str) -> list[Declaration]:
     if not stripped:
         raise _fail(where, f"empty layout: give a built-in name ({', '.join(BUILTIN_LAYOUTS)}) or key=value settings")
     if "=" not in stripped and _BUILTIN_NAME.fullmatch(stripped):
-        builtin = BUILTIN_LAYOUTS.get(stripped)
-        if builtin is None:
-            raise _fail(
-                where,
-                f"no built-in layout named {stripped!r}: the built-in layouts are {', '.join(BUILTIN_LAYOUTS)}; "
-                "or declare one, e.g. cell=lstm weight_ih=REGEX weight_hh=REGEX",
-            )
-        return [replace(builtin, source=where)]
+        name = resolve_name(stripped, BUILTIN_LAYOUTS)
+        if name is None:
+            hint = suggestion(stripped, BUILTIN_LAYOUTS) or f": the built-in layouts are {', '.join(BUILTIN_LAYOUTS)}"
+            raise _fail(where, f"no built-in layout named {stripped!r}{hint} (or declare one, e.g. cell=lstm "
+                        "weight_ih=REGEX weight_hh=REGEX)")
+        return [replace(BUILTIN_LAYOUTS[name], source=where)]
     return [_declaration(_split_inline(stripped, where), where, where)]
 
 
@@ -377,10 +375,12 @@ def load_layout_file(path: str | Path) -> list[Declaration]:
     return declarations
 
 
-def layouts_from_options(layouts: Sequence[str], files: Sequence[str]) -> list[Declaration]:
-    """The declarations of `--layout` values (numbered from 1 in messages) then of `--layout-file`s, each
-    distinct layout once (the same built-in given twice is one declaration)."""
-    declarations = [d for index, text in enumerate(layouts, 1) for d in parse_layout(text, f"--layout {index}")]
+def layouts_from_options(layouts: Sequence[str], files: Sequence[str], *, named: str = "--layout {}",
+                         first: int = 1) -> list[Declaration]:
+    """The declarations of `--layout` values (named in messages by `named` with their position, counted from
+    `first`: the Python API says `layouts[0]`) then of `--layout-file`s, each distinct layout once (the same
+    built-in given twice is one declaration)."""
+    declarations = [d for index, text in enumerate(layouts, first) for d in parse_layout(text, named.format(index))]
     declarations += [d for path in files for d in load_layout_file(path)]
     distinct: list[Declaration] = []
     for declaration in declarations:

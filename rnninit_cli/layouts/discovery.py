@@ -197,7 +197,7 @@ def discover(
     that cannot be understood is skipped (`Discovery.skipped` says why); a declared cell whose shapes do not fit
     raises LayoutDeclarationError. `identities` (name → where its bytes lie) tells which names are one tensor: a
     second name of a tensor a layer uses (a pickled module's `_flat_weights`) is no look-alike."""
-    pattern = compile_user_pattern(only, "--only") if only is not None else None
+    pattern = compile_user_pattern(only, "only") if only is not None else None
 
     def wanted(names: Sequence[str]) -> bool:
         return pattern is None or any(pattern.search(name) for name in names)

@@ -27,7 +27,7 @@ from typing import Any
 
 import re2
 
-from ..errors import RnnInitError, UsageError
+from ..errors import RnnInitError, UsageError, naming_arguments
 
 if sys.version_info >= (3, 11):
     from re import _constants as sre_constants
@@ -232,5 +232,7 @@ def compile_user_pattern(text: str, where: str, error: type[RnnInitError] = Usag
         if regexp.groups != groups:
             raise _Refused(f"has {groups} groups, but RE2 counts {regexp.groups}: {_RE2_SYNTAX}")
     except _Refused as refused:
+        if where == "only":  # the Python API's argument, or the command line's flag
+            raise naming_arguments(error, f"{{only}}={_shown(text)} {refused}") from None
         raise error(f"{where}={_shown(text)} {refused}") from None
     return UserPattern(text, groups, MappingProxyType(dict(names)), regexp)

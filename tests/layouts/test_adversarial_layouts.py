@@ -327,7 +327,7 @@ def test_apply_is_deterministic_and_verify_agrees(odd_file: Path, tmp_path: Path
     ("cell='lstm' weight_ih=a weight_hh=b", "not a cell kind"),
     ("=", "not a key=value setting"),
     ("torchaudio-rnn", "no built-in layout named"),
-    ("Torchaudio-RNNT", "no built-in layout named"),
+    ("Torchaudio-RNN", "no built-in layout named 'Torchaudio-RNN'; did you mean 'torchaudio-rnnt'?"),
     ("célula=lstm weight_ih=a weight_hh=b", "unknown setting"),
     ("cell=lstm weight_ih=a weight_ih=b weight_hh=c", "set twice"),
 ])
@@ -510,7 +510,7 @@ def test_parametrized_modules_through_init_() -> None:
         the_plan = init_(module, "keras", seed=0)
     assert [layer.layer for layer in the_plan.layers] == [0]
     assert orthonormal_columns_error(module.weight_hh_l0) < 1e-5
-    with pytest.raises(RnnInitError, match="--strict"):
+    with pytest.raises(RnnInitError, match=r"strict=True"):  # the API's argument, not the flag
         init_(module, "keras", seed=0, strict=True)
     with pytest.raises(RnnInitError, match="not a valid regular expression"):
         init_(module, "keras", seed=0, only="((")

@@ -134,10 +134,11 @@ def test_builtin_by_name_keeps_name_and_records_where() -> None:
 
 
 def test_unknown_builtin_lists_the_builtins() -> None:
-    message = refused("torchaudio-rnn")
-    assert "no built-in layout named 'torchaudio-rnn'" in message
+    message = refused("keras-lstm")  # far from every built-in name: they are listed
+    assert "no built-in layout named 'keras-lstm'" in message
     for name in BUILTIN_LAYOUTS:
         assert name in message
+    assert "did you mean 'torchaudio-rnnt'?" in refused("torchaudio-rnn")  # close to one: that one
 
 
 def test_builtins_exist_with_the_checked_gate_orders() -> None:
