@@ -78,7 +78,7 @@ _EXPORTED_FROM = {  # module → the names the package exports from it
     "errors": (
         "LayoutDeclarationError", "RnnInitError", "UsageError", "LayoutError", "DtypeError", "RuleError", "SchemeError",
         "NothingToDoError", "CheckpointError", "UnsafeCheckpointError", "OutputError", "MetaDeviceError",
-        "PlacementError",
+        "PlacementError", "NotRecognisedError",
     ),
     "layouts.declared": ("parse_layout", "load_layout_file", "BUILTIN_LAYOUTS"),
     "init.schemes": ("SCHEMES", "Scheme", "Rule", "get_scheme", "register_scheme", "parse_rule"),
