@@ -12,13 +12,14 @@ import bisect
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import __version__
+from .diagnostics.progress import OnProgress, Tally, rows_bytes
 from .diagnostics.stats import Stats
 from .errors import CheckpointError, OutputError, UsageError
 from .formats.atomic import FileIdentity, atomic_write, locked_input
@@ -34,7 +35,13 @@ from .formats.checkpoint import (
 from .formats.dcp import DcpFolder, is_dcp_folder, open_dcp
 from .formats.folders import ModelFolder, open_folder
 from .formats.kinds import STDIO
-from .formats.outputs import check_output, output_format, refuse_foreign_objects, refuse_non_tensors
+from .formats.outputs import (
+    check_output,
+    check_output_name,
+    output_format,
+    refuse_foreign_objects,
+    refuse_non_tensors,
+)
 from .formats.tensorfile import CannotPatch, TensorFile, index_file, open_regular
 from .formats.unpickle.objects import script_objects
 from .init.onethread import wait_through_interrupts
@@ -277,14 +284,16 @@ def rewrite(
     options: RewriteOptions = RewriteOptions(),
     *,
     on_entry: Callable[[PlanEntry], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> RewriteResult:
     """Apply `scheme` (then `options.rules`) to every recurrent parameter of `source`; write `output`.
-    `on_entry` is called after each block is written (a progress bar).
+    `on_entry` is called after each block is written; `on_progress(done, total)` with the bytes of the blocks
+    written so far and in all (a progress bar).
 
     With --in-place, INPUT is locked (flock) for the whole run, so concurrent in-place runs take turns,
     and it is checked right before the rename: if another writer changed it meanwhile, nothing is written."""
     with ExitStack() as cleanup:
-        return _rewrite(cleanup, source, output, scheme, options, on_entry)
+        return _rewrite(cleanup, source, output, scheme, options, on_entry, on_progress)
 
 
 def _open_input(cleanup: ExitStack, source: str, output: str | None, *, in_place: bool,
@@ -311,6 +320,7 @@ def _rewrite(
     scheme: str,
     options: RewriteOptions,
     on_entry: Callable[[PlanEntry], None] | None,
+    on_progress: OnProgress | None = None,
 ) -> RewriteResult:
     rules, only, seed, fmt, dry_run = options.rules, options.only, options.seed, options.fmt, options.dry_run
     in_place, force, tensors_only = options.in_place, options.force, options.tensors_only
@@ -330,11 +340,13 @@ def _rewrite(
             raise UsageError(f"{source} is a torch.distributed.checkpoint folder: --drop-optimizer-state cannot "
                              "remove entries from it (its .metadata lists them); drop the optimizer state when "
                              "loading it instead")
+    if output is not None:
+        check_output_name(source, output, fmt)
     if output is not None and not dry_run:
         check_output(source, output, force=force, in_place=in_place)
 
     opened, expect = _open_input(cleanup, source, output, in_place=in_place, dry_run=dry_run)
-    target_format = output_format(output or "", fmt, opened.format) if output else opened.format
+    target_format = output_format(output or "", fmt, opened.format, source) if output else opened.format
     if isinstance(opened, (ModelFolder, DcpFolder)):
         _check_folder_output(opened, output, fmt)
         target_format = opened.format
@@ -359,7 +371,10 @@ def _rewrite(
     notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
     tensors = opened.load(the_plan.sources)
     discovery = the_plan.discovery
-    before = capture_stats(the_plan, discovery.effective(tensors)) if report_before else {}
+    effective = discovery.effective(tensors)
+    # the total is known from here on: a bar shows it while the old values' statistics are taken
+    written_entry = _counting(the_plan.writes, effective, on_entry, None if dry_run or output is None else on_progress)
+    before = capture_stats(the_plan, effective) if report_before else {}
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
     warnings = [str(item) for item in the_plan.skipped] + _shared_warnings(opened, written)
@@ -379,7 +394,7 @@ def _rewrite(
     updates = {name: tensors[name] for name in written}
 
     def draw() -> None:
-        result.plan = apply_plan(the_plan, tensors, on_entry=on_entry)
+        result.plan = apply_plan(the_plan, tensors, on_entry=written_entry)
         result.tensors = discovery.effective(tensors)  # what the layers now compute with
 
     if isinstance(opened, TensorFile):
@@ -401,6 +416,23 @@ def _rewrite(
                             expect=expect)
     result.output = output
     return result
+
+
+def _counting(entries: Sequence[PlanEntry], tensors: Mapping[str, Any], on_entry: Callable[[PlanEntry], None] | None,
+              on_progress: OnProgress | None) -> Callable[[PlanEntry], None] | None:
+    """`on_entry`, also reporting to `on_progress` the bytes of the blocks written so far out of all of `entries`
+    (`tensors`: the parameters they are written into, by the entries' names)."""
+    if on_progress is None:
+        return on_entry
+    sizes = {id(entry): rows_bytes(tensors[entry.name], entry.start, entry.stop) for entry in entries}
+    tally = Tally(sum(sizes.values()), on_progress)
+
+    def written(entry: PlanEntry) -> None:
+        tally.add(sizes.get(id(entry), 0))
+        if on_entry is not None:
+            on_entry(entry)
+
+    return written
 
 
 def _copy_while(
@@ -490,8 +522,11 @@ def create(
     seed: int | None = None,
     fmt: str | None = None,
     force: bool = False,
+    on_progress: OnProgress | None = None,
 ) -> RewriteResult:
-    """Build a `torch.nn` recurrent layer, initialize it by `scheme`, and write its state_dict."""
+    """Build a `torch.nn` recurrent layer, initialize it by `scheme`, and write its state_dict.
+    `on_progress(done, total)`: the bytes of the blocks drawn so far and in all."""
+    check_output_name(STDIO, output, fmt)
     check_output(STDIO, output, force=force, in_place=False)
     seed = draw_seed() if seed is None else seed
     state = build_module_state(cell, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
@@ -501,7 +536,7 @@ def create(
     tensors = {prefix + name: tensor for name, tensor in state.items()}
     the_plan = plan(tensors, scheme, rules=rules)
     before = capture_stats(the_plan, tensors)
-    the_plan = apply_plan(the_plan, tensors, seed=seed)
+    the_plan = apply_plan(the_plan, tensors, seed=seed, on_entry=_counting(the_plan.writes, tensors, None, on_progress))
     target_format = output_format(output, fmt, "pt")
     save_checkpoint(Checkpoint(target_format, tensors, tensors), output, target_format,
                     metadata=recorded_metadata(the_plan))
