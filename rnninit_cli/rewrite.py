@@ -36,6 +36,7 @@ from .formats.dcp import DcpFolder, is_dcp_folder, open_dcp
 from .formats.folders import ModelFolder, open_folder
 from .formats.kinds import STDIO
 from .formats.outputs import (
+    check_folder_output_name,
     check_output,
     check_output_name,
     output_format,
@@ -346,13 +347,14 @@ def _rewrite(
         check_output(source, output, force=force, in_place=in_place)
 
     opened, expect = _open_input(cleanup, source, output, in_place=in_place, dry_run=dry_run)
-    target_format = output_format(output or "", fmt, opened.format, source) if output else opened.format
     if isinstance(opened, (ModelFolder, DcpFolder)):
         _check_folder_output(opened, output, fmt)
         target_format = opened.format
-    elif isinstance(opened, TensorFile) and (target_format != opened.format or output == STDIO
-                                             or drop_optimizer_state):
-        opened = load_checkpoint(source, opened.read_all())
+    else:
+        target_format = output_format(output or "", fmt, opened.format, source) if output else opened.format
+        if isinstance(opened, TensorFile) and (target_format != opened.format or output == STDIO
+                                               or drop_optimizer_state):
+            opened = load_checkpoint(source, opened.read_all())
     if isinstance(opened, Checkpoint) and output is not None and not dry_run:
         refuse_foreign_objects(opened)  # it is written whole: objects read as records cannot be pickled again
 
@@ -464,6 +466,8 @@ def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) ->
     kind = "torch.distributed.checkpoint folder" if isinstance(folder, DcpFolder) else "model folder"
     if output == STDIO:
         raise UsageError(f"{folder.path} is a {kind}; its output must be a folder, not -")
+    if output is not None:
+        check_folder_output_name(folder.path, output, kind)
     if fmt is not None and fmt != folder.format:
         raise UsageError(f"{folder.path} holds {folder.format} shards; a {kind} keeps its format "
                          "(drop --format)")

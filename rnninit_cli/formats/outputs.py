@@ -53,19 +53,20 @@ def named_format(output: str | Path, source: str | Path | None = None) -> str | 
 
 
 def check_output_name(source: str | Path, output: str | Path, requested: str | None) -> None:
-    """Before any work: OUTPUT's name must agree with what will be written there. A file's extension must name
-    a format rnninit writes, the one `--format` asks for (see `output_format`); a folder's output is a folder of
-    the same kind, so it must not be named like a checkpoint file (`-o out.safetensors` would be a folder)."""
-    if str(output) == STDIO:
+    """Before any work: a file OUTPUT's extension must name a format rnninit writes, the one `--format` asks for
+    (see `output_format`). A folder's output is checked once the folder is known to be a checkpoint
+    (`check_folder_output_name`)."""
+    if str(output) == STDIO or (str(source) != STDIO and Path(str(source)).is_dir()):
         return
-    folder = Path(str(source))
-    if str(source) == STDIO or not folder.is_dir():
-        output_format(output, requested, FORMATS[0], source)
-        return
+    output_format(output, requested, FORMATS[0], source)
+
+
+def check_folder_output_name(folder: Path, output: str | Path, kind: str) -> None:
+    """A folder's output is a folder of the same kind: OUTPUT must not be named like a checkpoint file
+    (`-o out.safetensors` would be a folder named `out.safetensors`)."""
     suffix = Path(str(output)).suffix.lower()
     if (suffix == ".safetensors" or suffix in PT_EXTENSIONS) and Path(str(output)).resolve() != folder.resolve():
-        kind = "torch.distributed.checkpoint folder" if (folder / ".metadata").is_file() else "model folder"
-        raise UsageError(f"{source} is a {kind}, so its output is a folder of the same kind, but {output} is named "
+        raise UsageError(f"{folder} is a {kind}, so its output is a folder of the same kind, but {output} is named "
                          f"like a checkpoint file; name the output folder without {suffix} (e.g. "
                          f"{Path(str(output)).with_suffix('')})")
 
