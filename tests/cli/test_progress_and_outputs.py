@@ -26,6 +26,7 @@ from tests.terminals import run_on_terminal, terminal_environment
 SCHEME = ["-s", "keras", "--seed", "3"]
 # a count of bytes out of a known total, as the bar shows it ("1.2/4.5 MB"): determinate, never "0/?"
 DETERMINATE = re.compile(r"\d+(\.\d+)?/\d+(\.\d+)? (bytes|kB|MB|GB)")
+TOTAL = re.compile(r"(\d+(\.\d+)?)/(\d+(\.\d+)? (bytes|kB|MB|GB))")
 # the CLI with the bar's delay set to 0, so that a small checkpoint shows it (the real delay is 1 s)
 NO_DELAY = "import sys, rnninit_cli.cli as cli; cli.PROGRESS_DELAY_S = 0; sys.argv[0] = 'rnninit'; cli.main()"
 
@@ -152,6 +153,8 @@ def test_plot_with_an_unknown_extension_is_refused(name: str, cli: Callable[...,
     assert ".png" in line and ".svg" in line and ".pdf" in line
     assert list(out.iterdir()) == []
     assert one_error(cli("inspect", lstm_pt, "--plot", out / name, "--json"), 2)
+    # found before the checkpoint is read: a usage error, not the missing file's
+    assert ".svg" in one_error(cli("inspect", tmp_path / "missing.pt", "--plot", out / name), 2)
     assert list(out.iterdir()) == []
 
 
@@ -250,6 +253,8 @@ def test_a_determinate_bar_on_a_terminal(command: str, lstm_pt: Path, tmp_path: 
     plain = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in bars]
     assert all(DETERMINATE.search(line) and "ETA" in line for line in plain), plain
     assert "?" not in "".join(plain)  # never a count without a total
+    totals = {match.group(3) for line in plain if (match := TOTAL.search(line))}
+    assert len(totals) == 1 and not totals.pop().startswith("0 "), plain  # one total, known from the first frame
     assert "error:" not in shown, shown
     if command in ("apply", "new"):
         written = tmp_path / argv[argv.index("-o") + 1]
