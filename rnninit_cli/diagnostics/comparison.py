@@ -157,7 +157,8 @@ def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: st
     """Compare the recurrent layers of two checkpoints gate block by gate block (a = before, b = after).
 
     Layers are matched by (prefix, cell or layer index, direction); `only` (regex on parameter names) selects.
-    `on_progress(done, total)`: the bytes of both sides' compared parameters gone through (twice each).
+    `on_progress(done, total)`: the bytes of both sides' compared parameters gone through (twice each: summaries,
+    then the comparison; each pass counts half).
     Raises NothingToDoError when neither side has a selected recurrent layer.
     """
     found_a = find_layers(tensors_a) if layers_a is None else layers_a
@@ -168,9 +169,9 @@ def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: st
         raise NothingToDoError("no recurrent parameters found (or selected) in either checkpoint")
     a, b = _Cache(tensors_a), _Cache(tensors_b)
     common = [(key, layer_a, kinds_a, *side_b[key]) for key, (layer_a, kinds_a) in side_a.items() if key in side_b]
-    sizes = [2 * sum(byte_size(tensors_a[layer_a.params[kind]]) + byte_size(tensors_b[layer_b.params[kind]])
+    sizes = [sum(byte_size(tensors_a[layer_a.params[kind]]) + byte_size(tensors_b[layer_b.params[kind]])
                      for kind in kinds_a if kind in kinds_b) for _, layer_a, kinds_a, layer_b, kinds_b in common]
-    tally = Tally(sum(sizes), on_progress)
+    tally = Tally(sum(sizes), on_progress, passes=2)
     done = 0
     layers = []
     for (_key, layer_a, kinds_a, layer_b, kinds_b), size in zip(common, sizes, strict=True):
@@ -185,7 +186,7 @@ def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: st
             blocks += _block_diffs(list(layer_a.blocks(kind)), a, b, tally)
         a.forget(layer_a.params.values())  # one layer's float64 copies at a time
         b.forget(layer_b.params.values())
-        done += size
+        done += 2 * size
         tally.reach(done)
         layers.append(LayerDiff(layer_a.title, tuple(blocks),
                                 tuple(layer_a.params[k] for k in kinds_a if k not in kinds_b),

@@ -58,7 +58,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     `geometry`: also every block's and weight's orthogonality error and singular values (a Gram matrix and its
     eigenvalues each: `inspect --wide`); without it they are None, and Gram matrices are formed only for blocks
     whose column norms leave orthogonality possible. `on_progress(done, total)`: the bytes of the layers' values
-    gone through (each is read twice: a summary pass, then the checks).
+    gone through (twice each: a summary pass, then the checks; each pass counts half).
     """
     layers = find_layers(tensors) if layers is None else list(layers)
     if not layers:
@@ -72,7 +72,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     results: list[LayerDiagnosis] = []
     warnings: list[DiagnosticWarning] = []
     layer_bytes = [sum(byte_size(tensors[name]) for name in layer.params.values()) for layer, _ in selected]
-    tally = Tally(2 * sum(layer_bytes), on_progress)
+    tally = Tally(sum(layer_bytes), on_progress, passes=2)
     done = 0
     for (layer, kinds), size in zip(selected, layer_bytes, strict=True):
         cache.prefetch(((block.name, block.start, block.stop) for kind in layer.params for block in layer.blocks(kind)),

@@ -37,14 +37,17 @@ def rows_bytes(values: Any, start: int, stop: int) -> int:
 
 
 class Tally:
-    """Bytes done out of a known total, reported to `on_progress` (None: nothing is reported) as they grow."""
+    """Bytes done out of a known total, reported to `on_progress` (None: nothing is reported) as they grow.
+    `passes`: how many times the work goes through each of the `total` bytes (a summary pass, then the checks):
+    `add` and `reach` count every pass, the report says bytes of values, so that the total is the values' size."""
 
-    def __init__(self, total: int, on_progress: OnProgress | None) -> None:
-        self.total = max(int(total), 0)
+    def __init__(self, total: int, on_progress: OnProgress | None, passes: int = 1) -> None:
+        self.total = max(int(total), 0) * passes
         self.done = 0
+        self._passes = passes
         self._report = on_progress
         if on_progress is not None:
-            on_progress(0, self.total)
+            on_progress(0, self.total // passes)
 
     def add(self, count: int) -> None:
         """`count` more bytes done."""
@@ -56,4 +59,4 @@ class Tally:
         if done != self.done:
             self.done = done
             if self._report is not None:
-                self._report(done, self.total)
+                self._report(done // self._passes, self.total // self._passes)

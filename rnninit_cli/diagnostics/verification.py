@@ -72,7 +72,8 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
            only: str | None = None, layers: Sequence[Layer] | None = None,
            on_progress: OnProgress | None = None) -> VerifyReport:
     """Plan `scheme` (+ `rules`, `only`) with planning.plan and check each planned block against its initializer.
-    `on_progress(done, total)`: the bytes of the planned blocks gone through (twice each: summaries, then checks).
+    `on_progress(done, total)`: the bytes of the planned blocks gone through (twice each: summaries, then checks;
+    each pass counts half).
 
     Raises what plan() raises (SchemeError, RuleError, NothingToDoError, LayoutError).
     """
@@ -80,7 +81,7 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
     cache = _Cache(tensors)
     sizes = {(entry.name, entry.start, entry.stop): rows_bytes(tensors[entry.name], entry.start, entry.stop)
              for entry in the_plan.entries}
-    tally = Tally(2 * sum(sizes.values()), on_progress)
+    tally = Tally(sum(sizes.values()), on_progress, passes=2)
     cache.prefetch(sizes, on_summary=lambda key: tally.add(sizes[key]))
     tally.reach(sum(sizes.values()))  # summaries not computed ahead are computed with the checks
     layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}

@@ -366,3 +366,25 @@ def test_ctrl_c_while_the_bar_shows(command: list[str], large_pt: Path) -> None:
     assert "error: interrupted" in tail and "Traceback" not in shown
     assert "parameter" not in tail  # no answer printed after the interruption
     assert not (large_pt.parent / "out.pt").exists() and temp_leftovers(large_pt.parent) == []
+
+
+def test_the_reports_grow_from_zero_to_the_total(lstm_pt: Path, tmp_path: Path) -> None:
+    """What the bar is drawn from: (bytes done, bytes in all), never shrinking, from 0 to the parameters' size."""
+    from rnninit_cli.diagnostics import diagnose, diff, verify
+    from rnninit_cli.rewrite import inspect_checkpoint, rewrite
+
+    found = inspect_checkpoint(str(lstm_pt))
+    size = sum(values.nbytes for values in found.tensors.values())
+    runs = {"inspect": (lambda report: diagnose(found.tensors, layers=found.layers, on_progress=report), size),
+            "verify": (lambda report: verify(found.tensors, "pytorch", layers=found.layers, on_progress=report), size),
+            "diff": (lambda report: diff(found.tensors, found.tensors, layers_a=found.layers, layers_b=found.layers,
+                                         on_progress=report), 2 * size),
+            "apply": (lambda report: rewrite(str(lstm_pt), str(tmp_path / "out.pt"), "keras", on_progress=report),
+                      size)}
+    for name, (run, total) in runs.items():
+        reports: list[tuple[int, int]] = []
+        run(lambda done, whole, reports=reports: reports.append((done, whole)))
+        assert reports[0] == (0, total) and reports[-1] == (total, total), (name, reports)
+        assert all(whole == total for _, whole in reports), name
+        assert [done for done, _ in reports] == sorted({done for done, _ in reports}), (name, reports)
+        assert len(reports) > 4, name  # block by block, not one jump
