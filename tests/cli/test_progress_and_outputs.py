@@ -376,6 +376,9 @@ def test_the_reports_grow_from_zero_to_the_total(lstm_pt: Path, tmp_path: Path) 
     found = inspect_checkpoint(str(lstm_pt))
     size = sum(values.nbytes for values in found.tensors.values())
     runs = {"inspect": (lambda report: diagnose(found.tensors, layers=found.layers, on_progress=report), size),
+            # a layer's whole parameters are read (scheme recognition), also those --only leaves out of the table
+            "inspect --only": (lambda report: diagnose(found.tensors, layers=found.layers, only="weight_hh",
+                                                       on_progress=report), size),
             "verify": (lambda report: verify(found.tensors, "pytorch", layers=found.layers, on_progress=report), size),
             "diff": (lambda report: diff(found.tensors, found.tensors, layers_a=found.layers, layers_b=found.layers,
                                          on_progress=report), 2 * size),
