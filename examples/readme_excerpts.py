@@ -166,7 +166,7 @@ def run(command: str, *, status: int = 0, rows: int | None = None, keep: str | N
 
 
 METAVARS = {"--scheme": "SCHEME", "--output": "OUTPUT", "--seed": "N", "--rule": "TARGET=INIT",
-            "--only": "REGEX", "--plot": "PNG", "--input-size": "N", "--hidden-size": "N", "--num-layers": "N",
+            "--only": "REGEX", "--plot": "IMAGE", "--input-size": "N", "--hidden-size": "N", "--num-layers": "N",
             "--proj-size": "N", "--prefix": "P", "--layout-file": "TOML"}
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import Enum
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -47,6 +47,8 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+_Result = TypeVar("_Result")
 
 UNFOLDED = 100_000  # the width of a pipe or a file: wide enough that no table row is ever folded
 
@@ -182,6 +184,17 @@ def _one_stdout_user(as_json: bool, output: str | None) -> None:
         raise UsageError("--json and -o - both want standard output; choose one")
 
 
+def _refuse_binary_on_terminal(output: str | None) -> None:
+    """`-o -` on a terminal would dump a binary checkpoint on the screen: refused, as `gzip -c` does."""
+    try:
+        on_terminal = output == "-" and os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # closed or replaced standard output: not a terminal
+        on_terminal = False
+    if on_terminal:
+        raise UsageError("standard output is a terminal: the checkpoint is binary and is not written there; "
+                         "redirect it (-o - > FILE, or | another command) or give -o FILE")
+
+
 def _emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
     sys.stdout.flush()
@@ -307,6 +320,8 @@ def apply(
     error); declare other layouts with --layout."""
     with _errors():
         _one_stdout_user(as_json, output)
+        if not dry_run:
+            _refuse_binary_on_terminal(output)
         from .report import apply_document
         from .rewrite import RewriteOptions, rewrite
 
@@ -316,9 +331,9 @@ def apply(
                                  dry_run=dry_run, in_place=in_place, force=force, tensors_only=tensors_only,
                                  drop_optimizer_state=drop_optimizer_state, report_before=as_json or not quiet,
                                  layouts=tuple(_layouts(layout, layout_file)), strict=strict)
-        with _progress(quiet or as_json) as on_entry:
+        with _progress("initializing", quiet) as on_progress:
             try:
-                result = rewrite(input, output, scheme, options, on_entry=on_entry)
+                result = rewrite(input, output, scheme, options, on_progress=on_progress)
             except NotRecognisedError as error:  # the hints inspect gives, then the error
                 _print_warnings(f"not recognised: {item}" for item in error.suspects)
                 raise
@@ -336,17 +351,100 @@ def apply(
             _show_result(result.plan, None if dry_run else result.tensors, result.before, result.output, quiet)
 
 
+PROGRESS_DELAY_S = 1.0  # a run that ends sooner shows no bar at all
+
+
 @contextmanager
-def _progress(silent: bool) -> Iterator[Callable[[Any], None] | None]:
-    """A progress bar on a terminal's standard error; nothing elsewhere."""
-    if silent or not console.is_terminal:
+def _progress(description: str, silent: bool = False) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar of bytes done out of a known total, with the time left, on a terminal's standard error, once
+    the work has run for PROGRESS_DELAY_S; nothing elsewhere, nothing with `silent`. Yields the library's
+    `on_progress(done, total)` callback (None: nothing to report to)."""
+    if silent or not _stderr_is_terminal():
         yield None
         return
-    from rich.progress import Progress
+    bar = _DelayedBar(description, PROGRESS_DELAY_S)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
 
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("initializing", total=None)
-        yield lambda _entry: progress.advance(task)
+
+def _interruptibly(work: Callable[[], _Result]) -> _Result:
+    """`work()` on a daemon thread while this one waits, so that a Ctrl-C lands at once even while numpy is inside
+    one long call (a Gram matrix, eigenvalues), which no signal interrupts. Only for the commands that read:
+    they write nothing, and a process may exit under a thread inside numpy (not under one inside torch)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the waiting thread, which raises it there
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="rnninit-read", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)  # a short wait: the signal handler runs between two
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _stderr_is_terminal() -> bool:
+    """Standard error itself is a terminal (FORCE_COLOR and TTY_COMPATIBLE, which Rich obeys, do not count)."""
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class _DelayedBar:
+    """A Rich progress bar on standard error that appears `delay` seconds after it is made (from a timer thread,
+    so that a long step with no report still shows it), then follows `update`; `close` removes it."""
+
+    def __init__(self, description: str, delay: float) -> None:
+        self._description = description
+        self._done, self._total = 0, 0
+        self._lock = threading.RLock()  # RLock: a Ctrl-C inside `update` must not lock `close` out
+        self._progress: Any = None
+        self._task: Any = None
+        self._closed = False
+        self._due = False  # the delay is over: show the bar at the first report with a total
+        self._timer = threading.Timer(delay, self._show)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def update(self, done: int, total: int) -> None:
+        with self._lock:
+            self._done, self._total = done, total
+            if self._progress is not None:
+                self._progress.update(self._task, completed=done, total=total)
+            elif self._due:
+                self._show()
+
+    def _show(self) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with self._lock:
+            if self._closed:
+                return
+            if not self._total:  # no total known yet: a bar without one could only pulse; it waits for the first
+                self._due = True
+                return
+            # standard output is left alone (no redirection): the answer is printed after the bar is gone
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=None),
+                                      DownloadColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                      console=console, transient=True, redirect_stdout=False, redirect_stderr=False)
+            self._task = self._progress.add_task(self._description, total=self._total, completed=self._done)
+            self._progress.start()
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
 
 
 def _shown(output: str | None) -> str | None:
@@ -360,8 +458,9 @@ def inspect(
     only: OnlyOption = None,
     as_json: JsonOption = False,
     plot: Annotated[str | None, typer.Option(
-        "--plot", help="Also draw value histograms and singular-value spectra per gate block into this PNG "
-        "(needs matplotlib: pip install 'rnninit[plot]').")] = None,
+        "--plot", help="Also draw value histograms and singular-value spectra per gate block into this image: "
+        ".png, .svg or .pdf, by its extension (needs matplotlib: pip install 'rnninit[plot]').")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing --plot file.")] = False,
     wide: Annotated[bool, typer.Option(
         "--wide", help="Every column: also shape, dtype, the orthogonality error and the singular values' "
         "range of each gate block and whole matrix. Without it: gate, mean, std, min, max, family, histogram. "
@@ -378,9 +477,19 @@ def inspect(
         from .report import inspect_document, inspect_table, provenance, selected_kinds
         from .rewrite import inspect_checkpoint
 
-        found = inspect_checkpoint(input, only, layouts=_layouts(layout, layout_file), strict=strict)
-        diagnosis = diagnose(found.tensors, only=only, layers=found.layers, geometry=wide or plot is not None) \
-            if found.layers else None
+        if plot is not None:
+            from .plot import check_plot_output
+
+            check_plot_output(plot, force=force, source=input)
+        layouts = _layouts(layout, layout_file)
+
+        def read_and_diagnose(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any]:
+            found = inspect_checkpoint(input, only, layouts=layouts, strict=strict)
+            return found, diagnose(found.tensors, only=only, layers=found.layers, geometry=wide or plot is not None,
+                                   on_progress=on_progress) if found.layers else None
+
+        with _progress("inspecting") as on_progress:
+            found, diagnosis = _interruptibly(lambda: read_and_diagnose(on_progress))
         if plot is not None and diagnosis is not None:
             from .plot import plot_diagnosis
 
@@ -444,12 +553,19 @@ def verify(
         from .report import verify_document, verify_table
         from .rewrite import inspect_checkpoint
 
-        found = inspect_checkpoint(input, only, layouts=_layouts(layout, layout_file), strict=strict)
-        if found.unselected:
-            from .init.planning import only_matches_nothing
+        layouts = _layouts(layout, layout_file)
 
-            raise only_matches_nothing(only, found.unselected)
-        report = verify_tensors(found.tensors, scheme, rules=rule or (), only=only, layers=found.layers)
+        def read_and_verify(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any]:
+            found = inspect_checkpoint(input, only, layouts=layouts, strict=strict)
+            if found.unselected:
+                from .init.planning import only_matches_nothing
+
+                raise only_matches_nothing(only, found.unselected)
+            return found, verify_tensors(found.tensors, scheme, rules=rule or (), only=only, layers=found.layers,
+                                         on_progress=on_progress)
+
+        with _progress("verifying") as on_progress:
+            found, report = _interruptibly(lambda: read_and_verify(on_progress))
         if as_json:
             _emit_json(verify_document(input, report, found.skipped))
         else:
@@ -485,10 +601,15 @@ def diff(
         if a == "-" and b == "-":
             raise UsageError("only one of A and B can be standard input")
         layouts = _layouts(layout, layout_file)
-        found_a = inspect_checkpoint(a, only, layouts=layouts, strict=strict)
-        found_b = inspect_checkpoint(b, only, layouts=layouts, strict=strict)
-        report = diff_tensors(found_a.tensors, found_b.tensors, only=only, layers_a=found_a.layers,
-                              layers_b=found_b.layers)
+        def read_and_compare(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any, Any]:
+            found_a = inspect_checkpoint(a, only, layouts=layouts, strict=strict)
+            found_b = inspect_checkpoint(b, only, layouts=layouts, strict=strict)
+            return found_a, found_b, diff_tensors(found_a.tensors, found_b.tensors, only=only,
+                                                  layers_a=found_a.layers, layers_b=found_b.layers,
+                                                  on_progress=on_progress)
+
+        with _progress("comparing") as on_progress:
+            found_a, found_b, report = _interruptibly(lambda: read_and_compare(on_progress))
         if as_json:
             _emit_json(diff_document(a, b, report, [(which, item) for which, found in ((a, found_a), (b, found_b))
                                                     for item in found.skipped]))
@@ -535,13 +656,15 @@ def new(
     """Build a recurrent layer from flags and write its initialized weights (a state_dict)."""
     with _errors():
         _one_stdout_user(as_json, output)
+        _refuse_binary_on_terminal(output)
         from .report import apply_document
         from .rewrite import create
 
-        result = create(cell.value, output, scheme, input_size=input_size, hidden_size=hidden_size,
-                        num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
-                        bias=not no_bias, prefix=prefix, rules=rule or (), seed=seed,
-                        fmt=fmt.value if fmt else None, force=force)
+        with _progress("initializing", quiet) as on_progress:
+            result = create(cell.value, output, scheme, input_size=input_size, hidden_size=hidden_size,
+                            num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
+                            bias=not no_bias, prefix=prefix, rules=rule or (), seed=seed,
+                            fmt=fmt.value if fmt else None, force=force, on_progress=on_progress)
         if as_json:
             _emit_json(apply_document(result.plan, result.tensors, result.before, source=f"new {cell.value}",
                                       fmt=result.output_format, output=output))
@@ -642,6 +765,15 @@ def _tolerate_narrow_encodings() -> None:
                 reconfigure(errors="backslashreplace")
 
 
+def _leave_at_once(status: int) -> None:
+    """End the interrupted command now: what it wrote is flushed and its temporary files are gone, and the
+    interpreter's own shutdown (collecting torch's objects: seconds on a busy machine) would only delay the prompt."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a closed or broken stream: nothing more to show there
+            stream.flush()
+    os._exit(status)
+
+
 def main() -> None:
     """Console-script entry point."""
     # the package took the signals over on its first line when started as the command; a program that calls
@@ -655,6 +787,12 @@ def main() -> None:
     _tolerate_narrow_encodings()
     try:
         app()
+    except SystemExit as ended:
+        from . import _AS_COMMAND  # read now: a script standing in for the console script may set it
+
+        if _AS_COMMAND and Stop.signum is not None and ended.code == 128 + Stop.signum:
+            _leave_at_once(ended.code)  # only the command's own process: a program that called main() goes on
+        raise
     finally:
         _handle_signals(signal.SIG_IGN)  # the exit status is decided (see _errors)
         _cancel_retry()

@@ -1,6 +1,7 @@
 """`inspect --plot`: value histograms and singular-value spectra of every gate block, one row per layer.
 
-matplotlib is an optional extra (`pip install 'rnninit[plot]'`); without it the command says so.
+matplotlib is an optional extra (`pip install 'rnninit[plot]'`); without it the command says so. The file's
+extension chooses its format (`.png`, `.svg`, `.pdf`); the same diagnosis gives the same bytes in each.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .formats.atomic import atomic_write
+from .formats.outputs import output_kind
 from .terminal import visible
 
 if TYPE_CHECKING:
@@ -20,9 +22,43 @@ if TYPE_CHECKING:
     from .diagnostics import Diagnosis
 
 
+PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}  # what matplotlib writes, by extension
+
+
+# matplotlib stamps the date (and, in SVG, random element ids) into these formats unless told not to
+_NO_DATES = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}
+
+
+def plot_format(output: str | Path) -> str:
+    """The image format OUTPUT's extension names; a UsageError for any other name."""
+    suffix = Path(str(output)).suffix.lower()
+    if suffix not in PLOT_FORMATS:
+        raise UsageError(f"--plot {visible(str(output))}: name the file .png, .svg or .pdf (the format follows the "
+                         "extension)")
+    return PLOT_FORMATS[suffix]
+
+
+def check_plot_output(output: str | Path, *, force: bool, source: str | Path) -> None:
+    """Before any work: OUTPUT names a known image format, and is a new file, or with `force` a regular file
+    that is not the checkpoint being read."""
+    plot_format(output)
+    out = Path(str(output))
+    kind = output_kind(out)
+    if kind not in ("absent", "a regular file"):
+        raise OutputError(f"--plot {visible(str(out))} is {kind}; give a file name for the plot")
+    if kind != "absent" and Path(str(source)).exists() and out.samefile(source):
+        raise OutputError(f"--plot {visible(str(out))} is the checkpoint being inspected; choose another name")
+    if kind != "absent" and not force:
+        raise OutputError(f"{visible(str(out))} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise OutputError(f"{visible(str(out.parent))} does not exist; create the folder first")
+
+
 def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str | Path) -> None:
-    """Draw per layer: a histogram of each gate block's values and, for weights, its singular values.
+    """Draw per layer: a histogram of each gate block's values and, for weights, its singular values, into OUTPUT
+    in the format its extension names (see `plot_format`).
     `tensors`: numpy arrays (any float dtype, bfloat16 and float8 through ml_dtypes) or torch tensors."""
+    image_format = plot_format(output)
     try:
         import matplotlib
 
@@ -74,7 +110,9 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
             else:
                 top.axis("off")
                 bottom.axis("off")
-    atomic_write(output, lambda sink: figure.savefig(sink, format="png", dpi=90))
+    with matplotlib.rc_context({"svg.hashsalt": "rnninit"}):  # SVG element ids from a fixed salt, not random
+        atomic_write(output, lambda sink: figure.savefig(sink, format=image_format, dpi=90,
+                                                         metadata=_NO_DATES[image_format]))
     pyplot.close(figure)
 
 

@@ -13,13 +13,14 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import __version__
+from .diagnostics.progress import OnProgress, Tally, rows_bytes
 from .diagnostics.stats import Stats
 from .errors import CheckpointError, NothingToDoError, NotRecognisedError, OutputError, UsageError
 from .formats.atomic import FileIdentity, atomic_write, locked_input
@@ -35,7 +36,14 @@ from .formats.checkpoint import (
 from .formats.dcp import DcpFolder, is_dcp_folder, open_dcp
 from .formats.folders import ModelFolder, open_folder
 from .formats.kinds import STDIO
-from .formats.outputs import check_output, output_format, refuse_foreign_objects, refuse_non_tensors
+from .formats.outputs import (
+    check_folder_output_name,
+    check_output,
+    check_output_name,
+    output_format,
+    refuse_foreign_objects,
+    refuse_non_tensors,
+)
 from .formats.tensorfile import CannotPatch, TensorFile, index_file, open_regular
 from .formats.unpickle.objects import script_objects
 from .init.onethread import wait_through_interrupts
@@ -356,14 +364,16 @@ def rewrite(
     options: RewriteOptions = RewriteOptions(),
     *,
     on_entry: Callable[[PlanEntry], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> RewriteResult:
     """Apply `scheme` (then `options.rules`) to every recurrent parameter of `source`; write `output`.
-    `on_entry` is called after each block is written (a progress bar).
+    `on_entry` is called after each block is written; `on_progress(done, total)` with the bytes of the blocks
+    written so far and in all (a progress bar).
 
     With --in-place, INPUT is locked (flock) for the whole run, so concurrent in-place runs take turns,
     and it is checked right before the rename: if another writer changed it meanwhile, nothing is written."""
     with ExitStack() as cleanup:
-        return _rewrite(cleanup, source, output, scheme, options, on_entry)
+        return _rewrite(cleanup, source, output, scheme, options, on_entry, on_progress)
 
 
 def _open_input(cleanup: ExitStack, source: str, output: str | None, *, in_place: bool,
@@ -390,6 +400,7 @@ def _rewrite(
     scheme: str,
     options: RewriteOptions,
     on_entry: Callable[[PlanEntry], None] | None,
+    on_progress: OnProgress | None = None,
 ) -> RewriteResult:
     rules, only, seed, fmt, dry_run = options.rules, options.only, options.seed, options.fmt, options.dry_run
     in_place, force, tensors_only = options.in_place, options.force, options.tensors_only
@@ -409,6 +420,8 @@ def _rewrite(
             raise UsageError(f"{source} is a torch.distributed.checkpoint folder: --drop-optimizer-state cannot "
                              "remove entries from it (its .metadata lists them); drop the optimizer state when "
                              "loading it instead")
+    if output is not None:
+        check_output_name(source, output, fmt)
     if output is not None and not dry_run:
         check_output(source, output, force=force, in_place=in_place)
     if dry_run:
@@ -417,13 +430,14 @@ def _rewrite(
             return planned
 
     opened, expect = _open_input(cleanup, source, output, in_place=in_place, dry_run=dry_run)
-    target_format = output_format(output or "", fmt, opened.format) if output else opened.format
     if isinstance(opened, (ModelFolder, DcpFolder)):
         _check_folder_output(opened, output, fmt)
         target_format = opened.format
-    elif isinstance(opened, TensorFile) and (target_format != opened.format or output == STDIO
-                                             or drop_optimizer_state):
-        opened = load_checkpoint(source, opened.read_all())
+    else:
+        target_format = output_format(output or "", fmt, opened.format, source) if output else opened.format
+        if isinstance(opened, TensorFile) and (target_format != opened.format or output == STDIO
+                                               or drop_optimizer_state):
+            opened = load_checkpoint(source, opened.read_all())
     if isinstance(opened, Checkpoint) and output is not None and not dry_run:
         refuse_foreign_objects(opened)  # it is written whole: objects read as records cannot be pickled again
 
@@ -443,7 +457,10 @@ def _rewrite(
     notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
     tensors = opened.load(the_plan.sources)
     discovery = the_plan.discovery
-    before = capture_stats(the_plan, discovery.effective(tensors)) if report_before else {}
+    effective = discovery.effective(tensors)
+    # the total is known from here on: a bar shows it while the old values' statistics are taken
+    written_entry = _counting(the_plan.writes, effective, on_entry, None if dry_run or output is None else on_progress)
+    before = capture_stats(the_plan, effective) if report_before else {}
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
     warnings, codes = _rewrite_warnings(opened, the_plan, shapes)
@@ -458,7 +475,7 @@ def _rewrite(
     updates = {name: tensors[name] for name in written}
 
     def draw() -> None:
-        result.plan = apply_plan(the_plan, tensors, on_entry=on_entry)
+        result.plan = apply_plan(the_plan, tensors, on_entry=written_entry)
         result.tensors = discovery.effective(tensors)  # what the layers now compute with
 
     if isinstance(opened, TensorFile):
@@ -517,7 +534,7 @@ def _plan_without_torch(source: str, output: str | None, scheme: str, options: R
             _check_folder_output(opened, output, options.fmt)
             target_format = opened.format
         else:
-            target_format = output_format(output, options.fmt, opened.format) if output else opened.format
+            target_format = output_format(output, options.fmt, opened.format, source) if output else opened.format
             if target_format != opened.format or output == STDIO or options.drop_optimizer_state:
                 return None
         shapes = opened.shape_records()
@@ -536,6 +553,23 @@ def _plan_without_torch(source: str, output: str | None, scheme: str, options: R
         return RewriteResult(seeded, tensors, before, opened.format, target_format, None, warnings, notes, codes)
     finally:
         close_source(opened)
+
+
+def _counting(entries: Sequence[PlanEntry], tensors: Mapping[str, Any], on_entry: Callable[[PlanEntry], None] | None,
+              on_progress: OnProgress | None) -> Callable[[PlanEntry], None] | None:
+    """`on_entry`, also reporting to `on_progress` the bytes of the blocks written so far out of all of `entries`
+    (`tensors`: the parameters they are written into, by the entries' names)."""
+    if on_progress is None:
+        return on_entry
+    sizes = {id(entry): rows_bytes(tensors[entry.name], entry.start, entry.stop) for entry in entries}
+    tally = Tally(sum(sizes.values()), on_progress)
+
+    def written(entry: PlanEntry) -> None:
+        tally.add(sizes.get(id(entry), 0))
+        if on_entry is not None:
+            on_entry(entry)
+
+    return written
 
 
 def _copy_while(
@@ -567,6 +601,8 @@ def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) ->
     kind = "torch.distributed.checkpoint folder" if isinstance(folder, DcpFolder) else "model folder"
     if output == STDIO:
         raise UsageError(f"{folder.path} is a {kind}; its output must be a folder, not -")
+    if output is not None:
+        check_folder_output_name(folder.path, output, kind)
     if fmt is not None and fmt != folder.format:
         raise UsageError(f"{folder.path} holds {folder.format} shards; a {kind} keeps its format "
                          "(drop --format)")
@@ -625,8 +661,11 @@ def create(
     seed: int | None = None,
     fmt: str | None = None,
     force: bool = False,
+    on_progress: OnProgress | None = None,
 ) -> RewriteResult:
-    """Build a `torch.nn` recurrent layer, initialize it by `scheme`, and write its state_dict."""
+    """Build a `torch.nn` recurrent layer, initialize it by `scheme`, and write its state_dict.
+    `on_progress(done, total)`: the bytes of the blocks drawn so far and in all."""
+    check_output_name(STDIO, output, fmt)
     check_output(STDIO, output, force=force, in_place=False)
     seed = draw_seed() if seed is None else seed
     state = build_module_state(cell, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
@@ -636,7 +675,7 @@ def create(
     tensors = {prefix + name: tensor for name, tensor in state.items()}
     the_plan = plan(tensors, scheme, rules=rules)
     before = capture_stats(the_plan, tensors)
-    the_plan = apply_plan(the_plan, tensors, seed=seed)
+    the_plan = apply_plan(the_plan, tensors, seed=seed, on_entry=_counting(the_plan.writes, tensors, None, on_progress))
     target_format = output_format(output, fmt, "pt")
     save_checkpoint(Checkpoint(target_format, tensors, tensors), output, target_format,
                     metadata=recorded_metadata(the_plan))

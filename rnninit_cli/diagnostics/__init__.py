@@ -6,6 +6,7 @@ module that needs one part (the report needs `stats`) does not load them all.
 
 Modules, each importing only the ones above it:
 
+- progress: reports of (bytes done, bytes in all) to a caller's callback (the CLI's bar);
 - stats: float64 block statistics without overflow, the effective bias (shared with the report);
 - formatting: numbers in messages and JSON-serializable values;
 - checks: the statistical tests and their bounds (the module docstring says how each decision is made);

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -71,22 +71,29 @@ class _Cache:
             self._summaries[key] = known or summarize(self._values(name, start, stop))
         return self._summaries[key]
 
-    def prefetch(self, keys: Iterable[_Key]) -> None:
+    def prefetch(self, keys: Iterable[_Key], on_summary: Callable[[_Key], None] | None = None) -> None:
         """Summaries of these row ranges, and the column (row) norms of the 2-D ones and of their whole parameters,
         computed on up to four threads at once (numpy releases the GIL on large arrays; each result is computed
-        alone, so the values do not depend on the thread count)."""
+        alone, so the values do not depend on the thread count). `on_summary(key)` is called (on this thread) as
+        each range's summary is known; a Ctrl-C cancels what has not started."""
         keys = list(dict.fromkeys(keys))
         missing = [key for key in keys if key not in self._summaries]
         workers = worker_count()
         if len(missing) < 2 or workers < 2:
             return
-        with ThreadPoolExecutor(workers, thread_name_prefix="rnninit-summary") as pool:
-            results = list(pool.map(lambda key: summarize(self._values(*key)), missing))
-            self._summaries.update(zip(missing, results, strict=True))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="rnninit-summary")
+        try:
+            for key, result in zip(missing, pool.map(lambda key: summarize(self._values(*key)), missing),
+                                   strict=True):
+                self._summaries[key] = result
+                if on_summary is not None:
+                    on_summary(key)
             matrices = [key for key in keys if self._values(*key).ndim == 2]
             matrices += list(dict.fromkeys((name, None, None) for name, _, _ in matrices))
             wanted = [key for key in matrices if key not in self._diagonals and not self.summary(*key).nonfinite]
             self._diagonals.update(zip(wanted, pool.map(self._diagonal, wanted), strict=True))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # after an error or Ctrl-C: only what runs is waited for
 
     def _whole_from_blocks(self, name: str) -> Summary | None:
         """The whole parameter's Summary merged from its blocks' when they cover its rows (no second pass)."""

@@ -16,6 +16,7 @@ from .blocks import value_stats
 from .cache import _Cache, worker_count
 from .diagnosis import _select_layers
 from .formatting import _json
+from .progress import OnProgress, Tally, byte_size, rows_bytes
 from .stats import float64_chunks, quiet_floats, to_array
 
 
@@ -119,24 +120,45 @@ def _block_diff(block: Block, a: _Cache, b: _Cache) -> BlockDiff:
                      a.dtype(block.name), b.dtype(block.name))
 
 
-def _block_diffs(blocks: list[Block], a: _Cache, b: _Cache) -> list[BlockDiff]:
-    """`_block_diff` of each block, on up to four threads (each block alone: the results do not depend on it)."""
+def _block_diffs(blocks: list[Block], a: _Cache, b: _Cache, tally: Tally) -> list[BlockDiff]:
+    """`_block_diff` of each block, on up to four threads (each block alone: the results do not depend on it);
+    `tally` counts the bytes of both sides' blocks: once for their summaries, once compared."""
     keys = [(block.name, block.start, block.stop) for block in blocks]
-    a.prefetch(keys)
-    b.prefetch(keys)
+    for side in (a, b):
+        side.prefetch(keys, on_summary=lambda key, side=side: tally.add(rows_bytes(side.tensors[key[0]], key[1] or 0,
+                                                                                   key[2] or 0)))
     workers = worker_count()
     if workers < 2 or len(blocks) < 2:
-        return [_block_diff(block, a, b) for block in blocks]
-    with ThreadPoolExecutor(workers, thread_name_prefix="rnninit-diff") as pool:
-        return list(pool.map(lambda block: _block_diff(block, a, b), blocks))
+        found = []
+        for block in blocks:
+            found.append(_block_diff(block, a, b))
+            tally.add(_both_sides(block, a, b))
+        return found
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="rnninit-diff")
+    try:
+        found = []
+        for block, result in zip(blocks, pool.map(lambda block: _block_diff(block, a, b), blocks), strict=True):
+            found.append(result)
+            tally.add(_both_sides(block, a, b))
+        return found
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error or Ctrl-C: only what runs is waited for
+
+
+def _both_sides(block: Block, a: _Cache, b: _Cache) -> int:
+    """The bytes of `block` in both checkpoints."""
+    return sum(rows_bytes(side.tensors[block.name], block.start, block.stop) for side in (a, b))
 
 
 @quiet_floats
 def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: str | None = None,
-         layers_a: Sequence[Layer] | None = None, layers_b: Sequence[Layer] | None = None) -> DiffReport:
+         layers_a: Sequence[Layer] | None = None, layers_b: Sequence[Layer] | None = None,
+         on_progress: OnProgress | None = None) -> DiffReport:
     """Compare the recurrent layers of two checkpoints gate block by gate block (a = before, b = after).
 
     Layers are matched by (prefix, cell or layer index, direction); `only` (regex on parameter names) selects.
+    `on_progress(done, total)`: the bytes of both sides' compared parameters gone through (twice each: summaries,
+    then the comparison; each pass counts half).
     Raises NothingToDoError when neither side has a selected recurrent layer.
     """
     found_a = find_layers(tensors_a) if layers_a is None else layers_a
@@ -146,11 +168,13 @@ def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: st
     if not side_a and not side_b:
         raise NothingToDoError("no recurrent parameters found (or selected) in either checkpoint")
     a, b = _Cache(tensors_a), _Cache(tensors_b)
+    common = [(key, layer_a, kinds_a, *side_b[key]) for key, (layer_a, kinds_a) in side_a.items() if key in side_b]
+    sizes = [sum(byte_size(tensors_a[layer_a.params[kind]]) + byte_size(tensors_b[layer_b.params[kind]])
+                     for kind in kinds_a if kind in kinds_b) for _, layer_a, kinds_a, layer_b, kinds_b in common]
+    tally = Tally(sum(sizes), on_progress, passes=2)
+    done = 0
     layers = []
-    for key, (layer_a, kinds_a) in side_a.items():
-        if key not in side_b:
-            continue
-        layer_b, kinds_b = side_b[key]
+    for (_key, layer_a, kinds_a, layer_b, kinds_b), size in zip(common, sizes, strict=True):
         blocks: list[BlockDiff] = []
         shape_changes = []
         for kind in (k for k in kinds_a if k in kinds_b):
@@ -159,9 +183,11 @@ def diff(tensors_a: Mapping[str, Any], tensors_b: Mapping[str, Any], *, only: st
             if shape_a != shape_b or name_a != name_b:
                 shape_changes.append(f"{name_a}: {list(shape_a)} → {list(shape_b)}")
                 continue
-            blocks += _block_diffs(list(layer_a.blocks(kind)), a, b)
+            blocks += _block_diffs(list(layer_a.blocks(kind)), a, b, tally)
         a.forget(layer_a.params.values())  # one layer's float64 copies at a time
         b.forget(layer_b.params.values())
+        done += 2 * size
+        tally.reach(done)
         layers.append(LayerDiff(layer_a.title, tuple(blocks),
                                 tuple(layer_a.params[k] for k in kinds_a if k not in kinds_b),
                                 tuple(layer_b.params[k] for k in kinds_b if k not in kinds_a), tuple(shape_changes)))

@@ -16,6 +16,7 @@ from .cache import _Cache
 from .layer_diagnosis import LayerDiagnosis
 from .mistakes import DiagnosticWarning, layer_warnings, scheme_warnings
 from .orthogonality import rounding_level
+from .progress import OnProgress, Tally, byte_size, rows_bytes
 from .recognition import _recognize
 from .stats import effective_bias, quiet_floats
 
@@ -48,7 +49,7 @@ def _select_layers(layers: Iterable[Layer], only: str | None) -> list[tuple[Laye
 @quiet_floats
 def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
              candidates: Iterable[str | Scheme] | None = None, layers: Sequence[Layer] | None = None,
-             geometry: bool = False) -> Diagnosis:
+             geometry: bool = False, on_progress: OnProgress | None = None) -> Diagnosis:
     """Statistics, families, scheme matches and warnings for every recurrent layer of `tensors`.
 
     `only` (a regex on parameter names) selects layers and the parameters shown; scheme recognition always looks
@@ -57,7 +58,8 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     `layout.discover`), whose parameters `tensors` holds by their effective names, instead of searching `tensors`.
     `geometry`: also every block's and weight's orthogonality error and singular values (a Gram matrix and its
     eigenvalues each: `inspect --wide`); without it they are None, and Gram matrices are formed only for blocks
-    whose column norms leave orthogonality possible.
+    whose column norms leave orthogonality possible. `on_progress(done, total)`: the bytes of the layers' values
+    gone through (twice each: a summary pass, then the checks; each pass counts half).
     """
     layers = find_layers(tensors) if layers is None else list(layers)
     if not layers:
@@ -70,10 +72,17 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     candidate_list = None if candidates is None else list(candidates)
     results: list[LayerDiagnosis] = []
     warnings: list[DiagnosticWarning] = []
-    for layer, kinds in selected:
-        cache.prefetch((block.name, block.start, block.stop) for kind in layer.params for block in layer.blocks(kind))
-        blocks = tuple(_block_stats(layer, block, cache, geometry=geometry) for kind in kinds
-                       for block in layer.blocks(kind))
+    layer_bytes = [sum(byte_size(tensors[name]) for name in layer.params.values()) for layer, _ in selected]
+    tally = Tally(sum(layer_bytes), on_progress, passes=2)
+    done = 0
+    for (layer, kinds), size in zip(selected, layer_bytes, strict=True):
+        cache.prefetch(((block.name, block.start, block.stop) for kind in layer.params for block in layer.blocks(kind)),
+                       on_summary=lambda key: tally.add(rows_bytes(tensors[key[0]], key[1] or 0, key[2] or 0)))
+        blocks = []
+        for kind in kinds:
+            for block in layer.blocks(kind):
+                blocks.append(_block_stats(layer, block, cache, geometry=geometry))
+                tally.add(rows_bytes(tensors[block.name], block.start, block.stop))
         matrices = []
         for kind in kinds:
             if kind in _WEIGHTS:
@@ -85,8 +94,10 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
                 matrices.append(MatrixStats(name, kind, tuple(cache.whole(name).shape), error, sv_min, sv_max,
                                             spectrum))
         bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))
-        results.append(LayerDiagnosis(layer, blocks, tuple(matrices), bias,
+        results.append(LayerDiagnosis(layer, tuple(blocks), tuple(matrices), bias,
                                       _recognize(layer, cache, candidate_list)))
         warnings += layer_warnings(layer, cache)
         cache.forget(layer.params.values())  # one layer's float64 copies and Gram matrices at a time
+        done += 2 * size
+        tally.reach(done)
     return Diagnosis(tuple(results), tuple(warnings + scheme_warnings(results)))

@@ -4,7 +4,7 @@ with its initializer, arguments and scope."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,9 +229,10 @@ def _groups(entries: Sequence[PlanEntry]) -> tuple[dict[int, list[PlanEntry]], d
     return matrix, chrono
 
 
-def _check_all(entries: Sequence[PlanEntry], cache: _Cache) -> list[Verdict]:
+def _check_all(entries: Sequence[PlanEntry], cache: _Cache) -> Iterator[Verdict]:
+    """Each entry's verdict, in order, as it is decided (a caller can report progress between them)."""
     matrix, chrono = _groups(entries)
-    return [_check_entry(e, cache, matrix.get(id(e), [e]), chrono.get(id(e), [])) for e in entries]
+    return (_check_entry(e, cache, matrix.get(id(e), [e]), chrono.get(id(e), [])) for e in entries)
 
 
 def _first_failure(entries: Sequence[PlanEntry], cache: _Cache) -> tuple[PlanEntry | None, Verdict | None, bool]:

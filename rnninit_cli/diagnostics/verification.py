@@ -13,6 +13,7 @@ from ..layouts.discovery import Layer
 from .cache import _Cache
 from .entry_checks import _check_all
 from .families import _classify
+from .progress import OnProgress, Tally, rows_bytes
 from .stats import quiet_floats
 
 
@@ -68,17 +69,25 @@ class VerifyReport:
 
 @quiet_floats
 def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[str | Rule] = (),
-           only: str | None = None, layers: Sequence[Layer] | None = None) -> VerifyReport:
+           only: str | None = None, layers: Sequence[Layer] | None = None,
+           on_progress: OnProgress | None = None) -> VerifyReport:
     """Plan `scheme` (+ `rules`, `only`) with planning.plan and check each planned block against its initializer.
+    `on_progress(done, total)`: the bytes of the planned blocks gone through (twice each: summaries, then checks;
+    each pass counts half).
 
     Raises what plan() raises (SchemeError, RuleError, NothingToDoError, LayoutError).
     """
     the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False, layers=layers)
     cache = _Cache(tensors)
-    cache.prefetch((entry.name, entry.start, entry.stop) for entry in the_plan.entries)
+    sizes = {(entry.name, entry.start, entry.stop): rows_bytes(tensors[entry.name], entry.start, entry.stop)
+             for entry in the_plan.entries}
+    tally = Tally(sum(sizes.values()), on_progress, passes=2)
+    cache.prefetch(sizes, on_summary=lambda key: tally.add(sizes[key]))
+    tally.reach(sum(sizes.values()))  # summaries not computed ahead are computed with the checks
     layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}
     blocks = []
     for entry, verdict in zip(the_plan.entries, _check_all(the_plan.entries, cache), strict=True):
+        tally.add(sizes[(entry.name, entry.start, entry.stop)])
         status = "fail" if not verdict.ok else ("ok" if verdict.decided else "weak")
         detail = verdict.detail
         unheld = cannot_hold(cache.dtype(entry.name), entry.initializer, dict(entry.args))

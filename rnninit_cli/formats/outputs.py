@@ -16,19 +16,59 @@ if TYPE_CHECKING:
 
 
 
-def output_format(output: str | Path, requested: str | None, input_format: str) -> str:
-    """`--format`, else OUTPUT's extension, else the input's format."""
-    if requested is not None:
-        if requested not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {requested!r}")
-        return requested
+def output_format(output: str | Path, requested: str | None, input_format: str,
+                  source: str | Path | None = None) -> str:
+    """`--format`, else the format OUTPUT's name says, else the input's format (a name without a checkpoint
+    extension: see `named_format`). A `--format` that contradicts the name is a UsageError."""
+    if requested is not None and requested not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {requested!r}")
+    named = named_format(output, source)
+    if requested is not None and named is not None and requested != named:
+        raise UsageError(f"{output} is named like a {_FORMAT_NAMES[named]} file but --format asks for "
+                         f"{requested}; name it {Path(str(output)).stem}{_EXTENSIONS[requested]}, or drop --format")
+    return requested or named or input_format
+
+
+_FORMAT_NAMES = {"pt": "torch.save (pt)", "safetensors": "safetensors"}
+
+
+_EXTENSIONS = {"pt": PT_EXTENSIONS[0], "safetensors": ".safetensors"}
+
+
+def named_format(output: str | Path, source: str | Path | None = None) -> str | None:
+    """The format OUTPUT's extension names: 'safetensors' (`.safetensors`), 'pt' (`.pt .pth .bin .ckpt`), or None
+    for `-`, a name without an extension or with INPUT's own (`model.jit` → `out.jit`: the input's format).
+    Any other extension (`out.npz`, `out.onnx`) is a UsageError: rnninit writes no such format."""
+    if str(output) == STDIO:
+        return None
     suffix = Path(str(output)).suffix.lower()
     if suffix == ".safetensors":
         return "safetensors"
     if suffix in PT_EXTENSIONS:
         return "pt"
-    return input_format
+    if not suffix or (source is not None and str(source) != STDIO and Path(str(source)).suffix.lower() == suffix):
+        return None
+    raise UsageError(f"{output}: rnninit writes torch.save files ({' '.join(PT_EXTENSIONS)}) and .safetensors "
+                     f"files, and {suffix} names neither; give OUTPUT one of these extensions")
 
+
+def check_output_name(source: str | Path, output: str | Path, requested: str | None) -> None:
+    """Before any work: a file OUTPUT's extension must name a format rnninit writes, the one `--format` asks for
+    (see `output_format`). A folder's output is checked once the folder is known to be a checkpoint
+    (`check_folder_output_name`)."""
+    if str(output) == STDIO or (str(source) != STDIO and Path(str(source)).is_dir()):
+        return
+    output_format(output, requested, FORMATS[0], source)
+
+
+def check_folder_output_name(folder: Path, output: str | Path, kind: str) -> None:
+    """A folder's output is a folder of the same kind: OUTPUT must not be named like a checkpoint file
+    (`-o out.safetensors` would be a folder named `out.safetensors`)."""
+    suffix = Path(str(output)).suffix.lower()
+    if (suffix == ".safetensors" or suffix in PT_EXTENSIONS) and Path(str(output)).resolve() != folder.resolve():
+        raise UsageError(f"{folder} is a {kind}, so its output is a folder of the same kind, but {output} is named "
+                         f"like a checkpoint file; name the output folder without {suffix} (e.g. "
+                         f"{Path(str(output)).with_suffix('')})")
 
 
 def check_output(source: str | Path, output: str | Path, *, force: bool, in_place: bool) -> None:

@@ -310,11 +310,11 @@ def test_half_precision_dtypes_are_kept(cli, request, tmp_path: Path, fixture: s
     [
         ("model_pt", "model.pt", "out.safetensors", None, "safetensors"),
         ("model_safetensors", "model.safetensors", "out.pt", None, "pt"),
-        ("model_safetensors", "x.bin", "out.weights", None, "safetensors"),
+        ("model_safetensors", "x.weights", "out.weights", None, "safetensors"),
         ("model_safetensors", "x.bin", "out.pth", None, "pt"),
-        ("model_pt", "x.weights", "out.data", None, "pt"),
-        ("model_pt", "x.weights", "out.ckpt", "safetensors", "safetensors"),
-        ("model_safetensors", "model.safetensors", "out.safetensors", "pt", "pt"),
+        ("model_pt", "x.weights", "out", None, "pt"),
+        ("model_pt", "x.weights", "out", "safetensors", "safetensors"),
+        ("model_safetensors", "model.safetensors", "out.ckpt", "pt", "pt"),
     ],
 )
 def test_formats_by_content_and_output_choice(

@@ -159,11 +159,11 @@ def test_damaged_files(tmp_path: Path, model_pt: Path, model_safetensors: Path) 
         ("out.pth", None, "safetensors", "pt"),
         ("out.bin", None, "safetensors", "pt"),
         ("out.ckpt", None, "safetensors", "pt"),
-        ("out.weights", None, "safetensors", "safetensors"),
+        ("out", None, "safetensors", "safetensors"),
         ("out", None, "pt", "pt"),
         ("-", None, "safetensors", "safetensors"),
-        ("out.pt", "safetensors", "pt", "safetensors"),
-        ("out.safetensors", "pt", "safetensors", "pt"),
+        ("out", "safetensors", "pt", "safetensors"),
+        ("out.pth", "pt", "safetensors", "pt"),
     ],
 )
 def test_output_format(output: str, requested: str | None, input_format: str, expected: str) -> None:
