@@ -174,6 +174,13 @@ class HelpCommand(TyperCommand):
 class HelpGroup(TyperGroup):
     """`rnninit --help`: whole command summaries, and the table of exit statuses."""
 
+    def _main_shell_completion(self, ctx_args: Any, prog_name: str, complete_var: str | None = None) -> None:
+        if os.environ.get(complete_var or COMPLETE_VARIABLE):  # a shell asks for candidates: Typer's answers
+            from typer.completion import completion_init
+
+            completion_init()
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)
+
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = [(name, _summary(command)) for name in self.list_commands(ctx)
                 if (command := self.get_command(ctx, name)) is not None and not command.hidden]
@@ -195,7 +202,7 @@ app = typer.Typer(
     help="Initialize the gates of PyTorch RNN / GRU / LSTM layers by a named scheme, block by block, "
     "in .pt and .safetensors checkpoints, reproducibly.",
     no_args_is_help=True,
-    add_completion=True,  # --install-completion, --show-completion (README, Shell completion)
+    add_completion=False,  # rnninit's own --install-completion and --show-completion take a shell's name
     pretty_exceptions_enable=False,
     # plain help wraps at the terminal's width; Rich's help panels cut option names and values at 80 columns
     rich_markup_mode=None,
@@ -420,11 +427,59 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def _completion_shell(value: str) -> str:
+    """The shell named to `--show-completion` / `--install-completion`, checked."""
+    from typer.completion import completion_init
+
+    completion_init()  # Typer's bash, zsh, fish and PowerShell scripts and answers
+    if value not in COMPLETION_SHELLS:
+        raise typer.BadParameter(f"{value!r} has no completion script; name one of {', '.join(COMPLETION_SHELLS)}")
+    return value
+
+
+def _complete_shell(incomplete: str) -> list[str]:
+    return [name for name in COMPLETION_SHELLS if name.startswith(incomplete)]
+
+
+def _show_completion(ctx: typer.Context, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from typer.completion import get_completion_script
+
+    shell = _completion_shell(value)
+    typer.echo(get_completion_script(prog_name="rnninit", complete_var=COMPLETE_VARIABLE, shell=shell))
+    raise typer.Exit()
+
+
+def _install_completion(ctx: typer.Context, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from typer.completion import install
+
+    shell, path = install(shell=_completion_shell(value), prog_name="rnninit", complete_var=COMPLETE_VARIABLE)
+    typer.echo(f"{shell} completion installed in {path}; it takes effect in a new shell", err=True)
+    raise typer.Exit()
+
+
+COMPLETE_VARIABLE = "_RNNINIT_COMPLETE"  # what a shell's completion function sets to ask rnninit for candidates
+
+
 @app.callback()
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    show_completion: Annotated[str | None, typer.Option(
+        "--show-completion", metavar="SHELL", is_eager=True, callback=_show_completion, expose_value=False,
+        autocompletion=_complete_shell,
+        help="Print the completion script for SHELL: bash, zsh, fish or powershell.")] = None,
+    install_completion: Annotated[str | None, typer.Option(
+        "--install-completion", metavar="SHELL", is_eager=True, callback=_install_completion, expose_value=False,
+        autocompletion=_complete_shell,
+        help="Add completion for SHELL to its start-up file (~/.bashrc, ~/.zfunc, fish's completions).")] = None,
 ) -> None:
     """Initialize the gates of PyTorch RNN / GRU / LSTM layers by a named scheme."""
     _state["debug"] = debug
@@ -463,7 +518,12 @@ def _complete_layout(incomplete: str) -> list[tuple[str, str]]:
 
 
 def _first_sentence(text: str) -> str:
-    return " ".join(text.split(". ")[0].split())
+    """A description's opening words, short enough for one line of a shell's completion menu (zsh, fish), and
+    without brackets, which Typer would read as markup."""
+    words = text.split(". ")[0].split(":")[0].replace("[", "(").replace("]", ")").split()
+    while len(" ".join(words)) > 60:
+        words.pop()
+    return " ".join(words).rstrip(",;")
 
 
 SchemeOption = Annotated[str, typer.Option(
