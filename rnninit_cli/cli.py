@@ -490,7 +490,7 @@ def _complete_scheme(incomplete: str) -> list[tuple[str, str]]:
     from .init.schemes import SCHEMES
 
     return [(name, _first_sentence(scheme.description)) for name, scheme in SCHEMES.items()
-            if name.lower().startswith(incomplete.lower())]
+            if name.startswith(incomplete)]
 
 
 def _complete_rule(incomplete: str) -> list[str]:
@@ -501,10 +501,10 @@ def _complete_rule(incomplete: str) -> list[str]:
 
     target, equals, initializer = incomplete.partition("=")
     if equals:
-        return [f"{target}={name}" for name in (*INITIALIZERS, KEEP) if name.startswith(initializer.lower())]
+        return [f"{target}={name}" for name in (*INITIALIZERS, KEEP) if name.startswith(initializer)]
     gates = sorted({gate for names in GATES.values() for gate in names if gate})
     targets = [f"{kind}{suffix}=" for kind in TARGET_KINDS for suffix in ("", *(f".{gate}" for gate in gates))]
-    return [name for name in targets if name.startswith(incomplete.lower())]
+    return [name for name in targets if name.startswith(incomplete)]
 
 
 def _complete_layout(incomplete: str) -> list[tuple[str, str]]:
@@ -514,7 +514,7 @@ def _complete_layout(incomplete: str) -> list[tuple[str, str]]:
     candidates = [(name, "built-in layout") for name in BUILTIN_LAYOUTS]
     candidates += [(f"cell={cell}", "declare a layout: cell=... weight_ih=REGEX weight_hh=REGEX ...")
                    for cell in ("rnn", "gru", "lstm", "custom")]
-    return [(name, what) for name, what in candidates if name.startswith(incomplete.lower())]
+    return [(name, what) for name, what in candidates if name.startswith(incomplete)]
 
 
 def _first_sentence(text: str) -> str:
