@@ -290,7 +290,8 @@ def test_json_lines_one_document_per_file_errors_included(files: Path, command: 
     assert "error" not in documents[0] and "error" not in documents[2]
     assert len(done.stderr.splitlines()) == 2  # the two errors, one line each, as without --json
     single = rnninit(command, "keras.pt", *scheme, "--json", cwd=files)
-    assert single.returncode == 0 and single.stdout.count("\n") == 1 and json.loads(single.stdout)["input"] == "keras.pt"
+    assert single.returncode == 0 and single.stdout.count("\n") == 1
+    assert json.loads(single.stdout)["input"] == "keras.pt"
 
 
 def test_standard_input_at_most_once_and_plot_for_one_file(files: Path) -> None:
