@@ -260,7 +260,7 @@ def test_foreign_calls_stay_records(hostile_env: dict[str, Any], tmp_path: Path)
     path.write_bytes(chain_archive(body))
     done = subprocess.run([sys.executable, "-m", "rnninit_cli", "inspect", str(path)], capture_output=True,
                           timeout=120, check=False, env={**os.environ, **hostile_env["env"]})
-    assert done.returncode == 1 and done.stderr.decode().startswith("error: "), done.stderr.decode()
+    assert done.returncode == 3 and done.stderr.decode().startswith("error: "), done.stderr.decode()
     assert "applies a Foreign" in done.stderr.decode()
     assert not list(hostile_env["markers"].iterdir()), "the module was imported or called"
     once = tmp_path / "once.pt"  # applied once, the global is an inert record the file may hold

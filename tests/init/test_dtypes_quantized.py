@@ -412,7 +412,7 @@ def test_quantizer_parameters_torch_refuses_are_refused(cli: Callable[..., Resul
         for command in (("inspect", path), ("apply", path, "-s", "keras", "--seed", "0", "-o", tmp_path / "o.pt"),
                         ("apply", path, "-s", "keras", "--seed", "0", "-o", "-")):
             result = cli(*command)
-            assert result.exit_code == 1 and result.stderr.startswith("error:"), (name, command, result.stderr)
+            assert result.exit_code == 3 and result.stderr.startswith("error:"), (name, command, result.stderr)
             assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
 
 
