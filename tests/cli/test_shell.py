@@ -324,3 +324,16 @@ def test_examples_are_shell_words() -> None:
         assert 2 <= len(examples) <= 4, command
         for _what, line in examples:
             assert shlex.split(line)[:2] == ["rnninit", command]
+
+
+def test_several_files_at_an_80_column_terminal(files: Path) -> None:
+    shown = run_on_terminal([str(SCRIPT), "inspect", "model.pt", "missing.pt", "keras.pt"], columns=80,
+                            env=terminal_environment(), cwd=files)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown).replace("\r\n", "\n")
+    assert all(len(line) <= 80 for line in plain.splitlines()), plain
+    assert re.search(r"^model\.pt: pt, .*\n(.*\n)+\nkeras\.pt: pt, ", plain, re.MULTILINE), plain
+    assert "error: missing.pt: no such file" in plain
+    verified = run_on_terminal([str(SCRIPT), "verify", "keras.pt", "keras.pt", "-s", "keras"], columns=80,
+                               env=terminal_environment(), cwd=files)
+    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", verified).replace("\r\n", "\n").strip().splitlines()
+    assert lines == ["keras.pt: 44 block(s) checked against keras: consistent"] * 2, lines
