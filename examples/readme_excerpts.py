@@ -193,7 +193,7 @@ def synopsis(*names: str) -> None:
         words = [f"rnninit {name}"]
         for parameter in sorted(command.params, key=lambda p: p.param_type_name != "argument" and not p.required):
             if parameter.param_type_name == "argument":
-                words.append(parameter.name.upper())
+                words.append((parameter.metavar or parameter.name).upper() + ("..." if parameter.nargs != 1 else ""))
                 continue
             if parameter.name == "help":
                 continue

@@ -7,15 +7,17 @@ a table row stays one line, so grep finds it.
 torch is imported only by the commands that draw values (apply, new): inspect, verify, diff and schemes read
 every checkpoint with numpy and never import it.
 
-Longer than 600 lines because the seven commands' options live here (Typer reads them from the signatures)
-beside what only the process that runs a command may do: signal handlers, a closed standard output, exit codes.
-The work itself is the library's.
+Longer than 600 lines because the seven commands' options live here (Typer reads them from the signatures), with
+what a shell user meets first (help pages with examples, completion, the table of exit statuses, several files at
+once), beside what only the process that runs a command may do: signal handlers, a closed standard output, exit
+codes. The work itself is the library's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import inspect as inspect_module
 import io
 import json
 import os
@@ -30,18 +32,178 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, _stop_at_once
 from .errors import NotRecognisedError, RnnInitError, UsageError
 from .interruption import CommitLog, Stop, reset_stop
 from .terminal import shown, visible
 
+# The exit status of every command (README, Exit status): the same table is printed by `rnninit --help`.
+DONE, ANSWER_NO, USAGE, BAD_INPUT, BAD_OUTPUT, INTERNAL = 0, 1, 2, 3, 4, 5
+EXIT_STATUSES = (
+    ("0", "done; verify: every block consistent; diff: identical"),
+    ("1", "the answer is no: verify: some block not consistent; diff: the checkpoints differ"),
+    ("2", "usage error: a flag, argument, scheme, initializer, rule, gate or layout; --only matching nothing; "
+          "nothing to do; contradictory output names"),
+    ("3", "an input cannot be used: missing, unreadable, not a checkpoint, damaged, refused as unsafe, a layout "
+          "or dtype rnninit cannot handle"),
+    ("4", "an output cannot be written: exists without --force, no permission, full disk"),
+    ("5", "internal error (a bug; --debug shows the traceback)"),
+    ("130, 143", "interrupted by SIGINT, SIGTERM"),
+    ("", "With several input files: the highest of the files' statuses."),
+)
+
+# Each command's examples, shown verbatim under its --help (tests/cli/test_shell.py runs every one of them, in this
+# order, in a folder that holds model.pt and other.pt)
+EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "apply": (
+        ("Keras's scheme, reproducibly", "rnninit apply model.pt --scheme keras --seed 0 -o keras.pt"),
+        ("a forget bias of 1, written into bias_ih only",
+         "rnninit apply model.pt -s pytorch -r bias_ih.f=ones -o forget.pt"),
+        ("the plan for the encoder only; nothing written", "rnninit apply model.pt -s flax --only encoder --dry-run"),
+    ),
+    "inspect": (
+        ("layers, gate statistics, the scheme each layer matches", "rnninit inspect model.pt"),
+        ("several files, one JSON document per line", "rnninit inspect model.pt keras.pt --json"),
+        ("every column, for the decoder only", "rnninit inspect keras.pt --wide --only decoder"),
+    ),
+    "verify": (
+        ("exit 0 when every block is what the scheme draws", "rnninit verify keras.pt --scheme keras"),
+        ("several files, the answer by exit status alone", "rnninit verify *.pt -s keras -q || echo 'not all keras'"),
+        ("with a rule, one JSON document per file", "rnninit verify forget.pt -s pytorch -r bias_ih.f=ones --json"),
+    ),
+    "diff": (
+        ("which gate blocks changed", "rnninit diff model.pt keras.pt"),
+        ("only whether they differ", "rnninit diff model.pt keras.pt > /dev/null || echo changed"),
+        ("the encoder's blocks, as JSON", "rnninit diff model.pt keras.pt --only encoder --json"),
+    ),
+    "new": (
+        ("an LSTM drawn by Keras's scheme", "rnninit new lstm --input-size 80 --hidden-size 256 -s keras -o lstm.pt"),
+        ("a 2-layer GRU as safetensors, reproducibly",
+         "rnninit new gru --input-size 8 --hidden-size 16 --num-layers 2 -s flax --seed 1 -o gru.safetensors"),
+    ),
+    "schemes": (
+        ("every scheme, its arguments and rules", "rnninit schemes"),
+        ("the schemes that draw orthogonal blocks", "rnninit schemes | grep -i orthogonal"),
+    ),
+}
+
+PANELS = ("What to build", "What to write", "Which blocks", "Output", "Display")  # in the order --help shows them
+
+
+def _summary(command: Any) -> str:
+    """A command's first paragraph, whole: `rnninit --help` never cuts it off."""
+    text = command.short_help or command.help or ""
+    return " ".join(inspect_module.cleandoc(text).split("\n\n")[0].split())
+
+
+def _argument_word(parameter: Any) -> str:
+    """An argument as a person reads it: INPUT, INPUT... ."""
+    word = (parameter.metavar or parameter.name).upper()
+    return word + ("..." if parameter.nargs != 1 else "")
+
+
+def _write_examples(formatter: Any, examples: Iterable[tuple[str, str]]) -> None:
+    """Examples as lines one can copy into a shell, each under a comment that says what it does; a line too long
+    for the terminal goes on after a backslash."""
+    examples = tuple(examples)
+    if not examples:
+        return
+    with formatter.section("Examples"):
+        indent = " " * formatter.current_indent
+        for index, (what, line) in enumerate(examples):
+            if index:
+                formatter.write("\n")
+            formatter.write(f"{indent}# {what}\n")
+            pieces = _shell_lines(line, max(formatter.width - formatter.current_indent, 40))
+            formatter.write(" \\\n".join(f"{indent}{'    ' if number else ''}{piece}"
+                                            for number, piece in enumerate(pieces)) + "\n")
+
+
+def _shell_lines(line: str, width: int) -> list[str]:
+    """`line` cut at spaces outside quotes into pieces of at most `width` characters (with the ` \\` and the
+    continuation's indent), where its words allow."""
+    words, word, quote = [], "", ""
+    for char in line:
+        if char == " " and not quote:
+            words.append(word)
+            word = ""
+            continue
+        if char in "'\"" and quote in ("", char):
+            quote = "" if quote else char
+        word += char
+    words.append(word)
+    pieces = [words[0]]
+    for word in words[1:]:
+        room = width - 2 - (4 if len(pieces) > 1 else 0)
+        if len(pieces[-1]) + 1 + len(word) > room:
+            pieces.append(word)
+        else:
+            pieces[-1] += f" {word}"
+    return pieces
+
+
+class HelpCommand(TyperCommand):
+    """A command whose --help reads like a man page: placeholders in capitals, options in panels, examples."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.options_metavar or "[OPTIONS]",
+                *(_argument_word(p) for p in self.get_params(ctx) if p.param_type_name == "argument")]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        arguments = [(_argument_word(p), p.help or "") for p in self.get_params(ctx) if p.param_type_name == "argument"]
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for parameter in self.get_params(ctx):
+            record = parameter.get_help_record(ctx) if parameter.param_type_name == "option" else None
+            if record is not None:
+                panels.setdefault(getattr(parameter, "rich_help_panel", None) or "Display", []).append(record)
+        for title in sorted(panels, key=lambda name: PANELS.index(name) if name in PANELS else len(PANELS)):
+            with formatter.section(title):
+                formatter.write_dl(panels[title])
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        _write_examples(formatter, EXAMPLES.get(self.name or "", ()))
+        formatter.write_paragraph()
+        formatter.write_text("Exit status: 0 done, 1 the answer is no (verify, diff), 2 usage error, 3 an input "
+                             "cannot be used, 4 an output cannot be written, 5 a bug; see rnninit --help.")
+
+
+class HelpGroup(TyperGroup):
+    """`rnninit --help`: whole command summaries, and the table of exit statuses."""
+
+    def _main_shell_completion(self, ctx_args: Any, prog_name: str, complete_var: str | None = None) -> None:
+        if os.environ.get(complete_var or COMPLETE_VARIABLE):  # a shell asks for candidates: Typer's answers
+            from typer.completion import completion_init
+
+            completion_init()
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [(name, _summary(command)) for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        with formatter.section("Exit status"):
+            formatter.write_dl([(status, meaning) for status, meaning in EXIT_STATUSES if status])
+            formatter.write_text(next(meaning for status, meaning in EXIT_STATUSES if not status))
+        formatter.write_paragraph()
+        formatter.write_text("Run rnninit COMMAND --help for a command's options and examples.")
+
+
 app = typer.Typer(
     name="rnninit",
+    cls=HelpGroup,
     help="Initialize the gates of PyTorch RNN / GRU / LSTM layers by a named scheme, block by block, "
     "in .pt and .safetensors checkpoints, reproducibly.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False,  # rnninit's own --install-completion and --show-completion take a shell's name
     pretty_exceptions_enable=False,
     # plain help wraps at the terminal's width; Rich's help panels cut option names and values at 80 columns
     rich_markup_mode=None,
@@ -63,7 +225,7 @@ def _make_console(*, stderr: bool) -> Console:
 
 console = _make_console(stderr=True)  # messages: progress, warnings, notes, errors
 answer = _make_console(stderr=False)  # the answer: tables and reports
-_state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False, "ignored": set()}
+_state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False, "ignored": set(), "json_lines": False}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -93,12 +255,12 @@ class Cell(str, Enum):
 
 
 @contextmanager
-def _errors(trouble: int = 1) -> Iterator[None]:
-    """Map library errors to one `error: ...` line and an exit status; tracebacks only with --debug.
-    `trouble` is the status for errors other than usage errors (verify and diff use 1 for their answer).
-    A Ctrl-C (SIGTERM) before the output is renamed into place exits 130 (143); after it, the command has
-    succeeded (0)."""
+def _errors() -> Iterator[None]:
+    """Map library errors to one `error: ...` line and the exit status of the table (EXIT_STATUSES); tracebacks
+    only with --debug. A Ctrl-C (SIGTERM) before the output is renamed into place exits 130 (143); after it, the
+    command has succeeded (0)."""
     _state["commits"] = CommitLog.count
+    _state["json_lines"] = False
     reset_stop()
     _handle_signals(_interrupt)
     try:
@@ -122,15 +284,13 @@ def _errors(trouble: int = 1) -> Iterator[None]:
             _handle_signals(signal.SIG_IGN)
             _cancel_retry()
     except RnnInitError as error:
-        if _state["debug"]:
-            console.print_exception()
-        console.print(f"[bold red]error:[/] {shown(error.cli_message or error)}", markup=True, soft_wrap=True)
-        raise typer.Exit(error.exit_code if error.exit_code != 1 else trouble) from None
+        _print_error(error)
+        raise typer.Exit(error.exit_code) from None
     except BrokenPipeError:
         # the reader of standard output went away (e.g. `| head`): stop quietly, and point stdout
         # at /dev/null so that the interpreter's final flush does not complain again
         _point_stdout_at_devnull()
-        raise typer.Exit(1) from None
+        raise typer.Exit(BAD_OUTPUT) from None
     except KeyboardInterrupt:
         if _committed():
             return
@@ -141,20 +301,82 @@ def _errors(trouble: int = 1) -> Iterator[None]:
     except OSError as error:  # e.g. standard output on a full disk (`-o - > /dev/full`) or closed
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {shown(_os_error_text(error))}", soft_wrap=True, markup=True)
+        _print_error(error)
         _point_stdout_at_devnull()  # what is still buffered must not fail again at exit
-        raise typer.Exit(trouble) from None
+        raise typer.Exit(_exit_status(error)) from None
     except Exception as error:
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] internal error: {type(error).__name__}: {shown(error)} "
-                      "(run with --debug for the traceback)", soft_wrap=True, markup=True)
-        raise typer.Exit(trouble) from None
+        _print_error(error)
+        raise typer.Exit(INTERNAL) from None
+
+
+def _exit_status(error: Exception) -> int:
+    """The row of the exit-status table an error belongs to."""
+    if isinstance(error, RnnInitError):
+        return error.exit_code
+    if isinstance(error, OSError):  # a file the library did not wrap, else standard output (closed, disk full)
+        return BAD_INPUT if error.filename else BAD_OUTPUT
+    return INTERNAL
+
+
+def _error_message(error: Exception) -> str:
+    """An error's one-line message, without `error: ` (as an error document of --json carries it)."""
+    if isinstance(error, RnnInitError):
+        return error.cli_message or str(error)  # in the command line's words (--only, not only=)
+    if isinstance(error, OSError):
+        return _os_error_text(error)
+    return f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)"
+
+
+def _print_error(error: Exception, where: str | None = None) -> None:
+    """One `error: ...` line on standard error, after the traceback with --debug; `where`: the input it is about,
+    named unless the message starts with it."""
+    if _state["debug"]:
+        console.print_exception()
+    message = _error_message(error)
+    if where is not None and not message.startswith(where):
+        message = f"{where}: {message}"
+    console.print(f"[bold red]error:[/] {shown(message)}", markup=True, soft_wrap=True)
 
 
 def _os_error_text(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
     return f"{where}{error.strerror or error}"
+
+
+def _for_each_input(inputs: list[str], work: Callable[[str], None], *, as_json: bool, separate: bool) -> None:
+    """Run `work` on each input like grep over files: each file's answer in turn, one `error: INPUT: ...` line for a
+    file that fails (with --json also an error document on its line) and on to the next; then exit with the highest
+    of the files' statuses. `work` says "no" by raising typer.Exit(1). `separate`: a blank line between answers."""
+    if inputs.count("-") > 1:
+        raise UsageError("- (standard input) can be given only once")
+    several = len(inputs) > 1
+    worst, answered = DONE, False
+    for path in inputs:
+        if separate and answered:
+            answer.print()
+        try:
+            work(path)
+            status, answered = DONE, True
+        except typer.Exit as done:
+            status, answered = done.exit_code, True
+        except (KeyboardInterrupt, BrokenPipeError):
+            raise
+        except Exception as error:
+            if Stop.signum is not None:  # the signal cut a call short: this error is its echo
+                raise KeyboardInterrupt from None
+            if isinstance(error, OSError) and not error.filename:
+                raise  # standard output cannot be written: no use going on to the next file
+            if _state["debug"] and not isinstance(error, RnnInitError):
+                raise
+            status = _exit_status(error)
+            _print_error(error, path if several else None)
+            if as_json:
+                _emit_json_line({"input": path, "error": _error_message(error), "exit_status": status})
+        worst = max(worst, status)
+    if worst != DONE:
+        raise typer.Exit(worst)
 
 
 def _point_stdout_at_devnull() -> None:
@@ -196,7 +418,17 @@ def _refuse_binary_on_terminal(output: str | None) -> None:
 
 
 def _emit_json(document: Any) -> None:
+    """The command's JSON document: indented, or one compact line of JSON Lines (inspect, verify)."""
+    if _state["json_lines"]:
+        _emit_json_line(document)
+        return
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _emit_json_line(document: Any) -> None:
+    """One line of JSON Lines: the document, compact."""
+    sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 
@@ -220,40 +452,146 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def _completion_shell(value: str) -> str:
+    """The shell named to `--show-completion` / `--install-completion`, checked."""
+    from typer.completion import completion_init
+
+    completion_init()  # Typer's bash, zsh, fish and PowerShell scripts and answers
+    if value not in COMPLETION_SHELLS:
+        raise typer.BadParameter(f"{value!r} has no completion script; name one of {', '.join(COMPLETION_SHELLS)}")
+    return value
+
+
+def _complete_shell(incomplete: str) -> list[str]:
+    return [name for name in COMPLETION_SHELLS if name.startswith(incomplete)]
+
+
+def _show_completion(ctx: typer.Context, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from typer.completion import get_completion_script
+
+    shell = _completion_shell(value)
+    typer.echo(get_completion_script(prog_name="rnninit", complete_var=COMPLETE_VARIABLE, shell=shell))
+    raise typer.Exit()
+
+
+def _install_completion(ctx: typer.Context, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from typer.completion import install
+
+    shell, path = install(shell=_completion_shell(value), prog_name="rnninit", complete_var=COMPLETE_VARIABLE)
+    typer.echo(f"{shell} completion installed in {path}; it takes effect in a new shell", err=True)
+    raise typer.Exit()
+
+
+COMPLETE_VARIABLE = "_RNNINIT_COMPLETE"  # what a shell's completion function sets to ask rnninit for candidates
+
+
 @app.callback()
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    show_completion: Annotated[str | None, typer.Option(
+        "--show-completion", metavar="SHELL", is_eager=True, callback=_show_completion, expose_value=False,
+        autocompletion=_complete_shell,
+        help="Print the completion script for SHELL: bash, zsh, fish or powershell.")] = None,
+    install_completion: Annotated[str | None, typer.Option(
+        "--install-completion", metavar="SHELL", is_eager=True, callback=_install_completion, expose_value=False,
+        autocompletion=_complete_shell,
+        help="Add completion for SHELL to its start-up file (~/.bashrc, ~/.zfunc, fish's completions).")] = None,
 ) -> None:
     """Initialize the gates of PyTorch RNN / GRU / LSTM layers by a named scheme."""
     _state["debug"] = debug
 
 
+def _complete_scheme(incomplete: str) -> list[tuple[str, str]]:
+    """Scheme names for shell completion, each with its description (zsh and fish show it)."""
+    from .init.schemes import SCHEMES
+
+    return [(name, _first_sentence(scheme.description)) for name, scheme in SCHEMES.items()
+            if name.startswith(incomplete)]
+
+
+def _complete_rule(incomplete: str) -> list[str]:
+    """`TARGET=` (weight_hh=, bias_ih.f=, ...), then after the `=` the initializers: `bias_ih.f=ones`."""
+    from .init.initializers import INITIALIZERS
+    from .init.schemes import KEEP, TARGET_KINDS
+    from .layouts.discovery import GATES
+
+    target, equals, initializer = incomplete.partition("=")
+    if equals:
+        return [f"{target}={name}" for name in (*INITIALIZERS, KEEP) if name.startswith(initializer)]
+    gates = sorted({gate for names in GATES.values() for gate in names if gate})
+    targets = [f"{kind}{suffix}=" for kind in TARGET_KINDS for suffix in ("", *(f".{gate}" for gate in gates))]
+    return [name for name in targets if name.startswith(incomplete)]
+
+
+def _complete_layout(incomplete: str) -> list[tuple[str, str]]:
+    """Built-in layout names, and the start of a declaration of one's own (`cell=lstm`)."""
+    from .layouts.declared import BUILTIN_LAYOUTS
+
+    candidates = [(name, "built-in layout") for name in BUILTIN_LAYOUTS]
+    candidates += [(f"cell={cell}", "declare a layout: cell=... weight_ih=REGEX weight_hh=REGEX ...")
+                   for cell in ("rnn", "gru", "lstm", "custom")]
+    return [(name, what) for name, what in candidates if name.startswith(incomplete)]
+
+
+def _first_sentence(text: str) -> str:
+    """A description's opening words, short enough for one line of a shell's completion menu (zsh, fish), and
+    without brackets, which Typer would read as markup."""
+    words = text.split(". ")[0].split(":")[0].replace("[", "(").replace("]", ")").split()
+    while len(" ".join(words)) > 60:
+        words.pop()
+    return " ".join(words).rstrip(",;")
+
+
 SchemeOption = Annotated[str, typer.Option(
-    "--scheme", "-s", help="Scheme name, with arguments if it takes any: keras, 'chrono(tmax=200)'. "
-    "See `rnninit schemes`.")]
+    "--scheme", "-s", metavar="SCHEME", rich_help_panel="What to write", autocompletion=_complete_scheme,
+    help="Scheme name, with arguments if it takes any: keras, 'chrono(tmax=200)'. See `rnninit schemes`.")]
 RuleOption = Annotated[list[str] | None, typer.Option(
-    "--rule", "-r", help="TARGET=INIT applied after the scheme, repeatable: "
+    "--rule", "-r", metavar="RULE", rich_help_panel="What to write", autocompletion=_complete_rule,
+    help="TARGET=INIT applied after the scheme, repeatable: "
     "bias_ih.f=constant(1), weight_hh=orthogonal(per=gate), weight_ih=keep.")]
 SeedOption = Annotated[int | None, typer.Option(
-    "--seed", min=0, help="Random seed; without it one is drawn, printed and recorded in the output.")]
+    "--seed", min=0, metavar="SEED", rich_help_panel="What to write",
+    help="Random seed, a whole number from 0; without it one is drawn, printed and recorded in the output.")]
 OnlyOption = Annotated[str | None, typer.Option(
-    "--only", help="Regular expression searched in full parameter names; only those are touched.")]
+    "--only", metavar="REGEX", rich_help_panel="Which blocks",
+    help="Regular expression searched in full parameter names; only those are touched.")]
 FormatOption = Annotated[Format | None, typer.Option(
-    "--format", help="Output format; default: OUTPUT's extension, else the input's format.")]
-ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing OUTPUT.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on standard output.")]
+    "--format", metavar="FORMAT", rich_help_panel="Output",
+    help="pt or safetensors; default: OUTPUT's extension, else the input's format.")]
+ForceOption = Annotated[bool, typer.Option("--force", "-f", rich_help_panel="Output",
+                                           help="Replace an existing OUTPUT.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Display",
+                                           help="Print nothing but errors.")]
+JsonOption = Annotated[bool, typer.Option("--json", rich_help_panel="Display",
+                                          help="Print one JSON document on standard output.")]
+JsonLinesOption = Annotated[bool, typer.Option(
+    "--json", rich_help_panel="Display",
+    help="Print JSON Lines on standard output: one document per INPUT, in order, an error document for an INPUT "
+    "that fails.")]
 LayoutOption = Annotated[list[str] | None, typer.Option(
-    "--layout", help="Declare cells that torch.nn names do not give, repeatable: a built-in layout "
+    "--layout", metavar="LAYOUT", rich_help_panel="Which blocks", autocompletion=_complete_layout,
+    help="Declare cells that torch.nn names do not give, repeatable: a built-in layout "
     "(torchaudio-rnnt, speechbrain-ligru) or 'cell=lstm weight_ih=REGEX weight_hh=REGEX ...' "
     "(see README, Which checkpoints work).")]
 LayoutFileOption = Annotated[list[str] | None, typer.Option(
-    "--layout-file", help="A TOML file of layout declarations, repeatable.")]
+    "--layout-file", metavar="FILE", rich_help_panel="Which blocks",
+    help="A TOML file of layout declarations, repeatable.")]
 StrictOption = Annotated[bool, typer.Option(
-    "--strict", help="Fail on any group of tensors that looks recurrent but cannot be understood, instead of "
+    "--strict", rich_help_panel="Which blocks",
+    help="Fail on any group of tensors that looks recurrent but cannot be understood, instead of "
     "skipping it with a warning.")]
+InputsArgument = Annotated[list[str], typer.Argument(
+    metavar="INPUT", show_default=False,
+    help="Checkpoints (torch.save files or .safetensors), model folders, or - for standard input (once).")]
 
 
 def _layouts(layout: list[str] | None, layout_file: list[str] | None) -> list[Any]:
@@ -290,33 +628,40 @@ def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, q
     report.print(visible(summary), markup=False)  # wrapped at words on a terminal, one line elsewhere
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def apply(
     input: Annotated[str, typer.Argument(
-        help="Checkpoint (torch.save file or .safetensors), a model folder, or - for standard input.",
+        metavar="INPUT", help="Checkpoint (torch.save file or .safetensors), a model folder, or - for standard input.",
         show_default=False)],
     scheme: SchemeOption,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="Where to write (a folder for a model folder); - for standard output.")] = None,
+        "--output", "-o", metavar="OUTPUT", rich_help_panel="Output",
+        help="Where to write (a folder for a model folder); - for standard output.")] = None,
     seed: SeedOption = None,
     rule: RuleOption = None,
     only: OnlyOption = None,
     fmt: FormatOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
-    in_place: Annotated[bool, typer.Option("--in-place", help="Rewrite INPUT itself.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel="Output",
+                                          help="Print the plan; write nothing.")] = False,
+    in_place: Annotated[bool, typer.Option("--in-place", rich_help_panel="Output",
+                                           help="Rewrite INPUT itself.")] = False,
     force: ForceOption = False,
     tensors_only: Annotated[bool, typer.Option(
-        "--tensors-only", help="Writing safetensors from a .pt: drop its non-tensor entries.")] = False,
+        "--tensors-only", rich_help_panel="Output",
+        help="Writing safetensors from a .pt: drop its non-tensor entries.")] = False,
     drop_optimizer_state: Annotated[bool, typer.Option(
-        "--drop-optimizer-state", help="Remove optimizer state (stale for rewritten parameters).")] = False,
+        "--drop-optimizer-state", rich_help_panel="Output",
+        help="Remove optimizer state (stale for rewritten parameters).")] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     layout: LayoutOption = None,
     layout_file: LayoutFileOption = None,
     strict: StrictOption = False,
 ) -> None:
-    """Rewrite every recurrent parameter of a checkpoint by SCHEME; keep everything else as it was.
-    Groups of tensors that look recurrent but cannot be understood are skipped with a warning (--strict: an
+    """Rewrite the recurrent parameters of a checkpoint by a scheme.
+
+    Every recurrent parameter (those --only selects) is drawn again by SCHEME and the rules; everything else is kept
+    as it was. Groups of tensors that look recurrent but cannot be understood are skipped with a warning (--strict: an
     error); declare other layouts with --layout."""
     with _errors():
         _one_stdout_user(as_json, output)
@@ -451,28 +796,33 @@ def _shown(output: str | None) -> str | None:
     return "standard output" if output == "-" else output
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def inspect(
-    input: Annotated[str, typer.Argument(help="Checkpoint, model folder, or - for standard input.",
-                                         show_default=False)],
+    inputs: InputsArgument,
     only: OnlyOption = None,
-    as_json: JsonOption = False,
+    as_json: JsonLinesOption = False,
     plot: Annotated[str | None, typer.Option(
-        "--plot", help="Also draw value histograms and singular-value spectra per gate block into this image: "
-        ".png, .svg or .pdf, by its extension (needs matplotlib: pip install 'rnninit[plot]').")] = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing --plot file.")] = False,
+        "--plot", metavar="IMAGE", rich_help_panel="Display",
+        help="Also draw value histograms and singular-value spectra per gate block into this image: .png, .svg or "
+        ".pdf, by its extension (one INPUT only; needs matplotlib: pip install 'rnninit[plot]').")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", rich_help_panel="Display",
+                                        help="Replace an existing --plot file.")] = False,
     wide: Annotated[bool, typer.Option(
-        "--wide", help="Every column: also shape, dtype, the orthogonality error and the singular values' "
-        "range of each gate block and whole matrix. Without it: gate, mean, std, min, max, family, histogram. "
-        "Where a block's row is wider than the terminal, each parameter's name gets a line of its own (with its "
-        "shape and dtype) and the family may move below its rows; no number is ever cut.")] = False,
+        "--wide", rich_help_panel="Display", help="Every column: also shape, dtype, the orthogonality error and the "
+        "singular values' range of each gate block and whole matrix. Without it: gate, mean, std, min, max, family, "
+        "histogram. Where a block's row is wider than the terminal, each parameter's name gets a line of its own "
+        "(with its shape and dtype) and the family may move below its rows; no number is ever cut.")] = False,
     layout: LayoutOption = None,
     layout_file: LayoutFileOption = None,
     strict: StrictOption = False,
 ) -> None:
-    """Show the recurrent layers, per-gate statistics, the initializer each block looks drawn from, the scheme
-    each layer matches, and warnings for classic mistakes."""
-    with _errors():
+    """Show the recurrent layers of checkpoints, gate block by gate block.
+
+    Per-gate statistics, the initializer each block looks drawn from, the scheme each layer matches, and warnings
+    for classic mistakes. With several INPUTs, each one's answer in turn, like grep over files."""
+    several = len(inputs) > 1
+
+    def one(input: str) -> None:
         from .diagnostics import diagnose
         from .report import inspect_document, inspect_table, provenance, selected_kinds
         from .rewrite import inspect_checkpoint
@@ -481,7 +831,6 @@ def inspect(
             from .plot import check_plot_output
 
             check_plot_output(plot, force=force, source=input)
-        layouts = _layouts(layout, layout_file)
 
         def read_and_diagnose(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any]:
             found = inspect_checkpoint(input, only, layouts=layouts, strict=strict)
@@ -523,37 +872,50 @@ def inspect(
         for line in found.views:
             answer.print(visible(f"read {line}"), markup=False, soft_wrap=True)
         _print_warnings([*found.skipped, *(f"not recognised: {item}" for item in found.suspects),
-                         *(diagnosis.warnings if diagnosis else ())])
+                         *(diagnosis.warnings if diagnosis else ())], input if several else None)
         if plot is not None and diagnosis is not None:
             console.print(f"plotted {len(diagnosis.layers)} layer(s) to {visible(plot)}", markup=False)
 
+    with _errors():
+        _state["json_lines"] = True
+        if plot is not None and several:
+            raise UsageError("--plot draws one INPUT; give one file, or leave --plot out")
+        layouts = _layouts(layout, layout_file)
+        _for_each_input(inputs, one, as_json=as_json, separate=not as_json)
 
-def _print_warnings(warnings: Iterable[object]) -> None:
+
+def _print_warnings(warnings: Iterable[object], where: str | None = None) -> None:
+    """One `warning: ...` line each on standard error; `where`: the input they are about (several inputs)."""
     for warning in warnings:
-        console.print(f"[bold yellow]warning:[/] {shown(warning)}", soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {shown(warning if where is None else f'{where}: {warning}')}",
+                      soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def verify(
-    input: Annotated[str, typer.Argument(help="Checkpoint, model folder, or - for standard input.",
-                                         show_default=False)],
+    inputs: InputsArgument,
     scheme: SchemeOption,
     rule: RuleOption = None,
     only: OnlyOption = None,
-    as_json: JsonOption = False,
+    as_json: JsonLinesOption = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", rich_help_panel="Display",
+        help="Print nothing; answer by the exit status alone, like git diff --quiet (errors still go to standard "
+        "error).")] = False,
     layout: LayoutOption = None,
     layout_file: LayoutFileOption = None,
     strict: StrictOption = False,
 ) -> None:
-    """Check that every selected block is consistent with what SCHEME (and --rule) would draw.
-    Exit 0 when all are, 1 when any is not, 2 on usage errors or unreadable input: a CI step that proves a
-    training script initialized what it claims."""
-    with _errors(trouble=2):
+    """Check that checkpoints hold what a scheme draws.
+
+    Every selected block is checked against what SCHEME (and --rule) would draw. Exit 0 when all are consistent, 1
+    when any is not, 2 and above on errors (see rnninit --help): a CI step that proves a training script initialized
+    what it claims. With several INPUTs, one answer each, like grep over files, and the highest status."""
+
+    def one(input: str) -> None:
         from .diagnostics import verify as verify_tensors
         from .report import verify_document, verify_table
         from .rewrite import inspect_checkpoint
-
-        layouts = _layouts(layout, layout_file)
 
         def read_and_verify(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any]:
             found = inspect_checkpoint(input, only, layouts=layouts, strict=strict)
@@ -568,11 +930,11 @@ def verify(
             found, report = _interruptibly(lambda: read_and_verify(on_progress))
         if as_json:
             _emit_json(verify_document(input, report, found.skipped))
-        else:
+        elif not quiet:
             if report.failures:
                 answer.print(verify_table(report))
             weak = f", {len(report.weak)} too small to decide" if report.weak else ""
-            _print_warnings(found.skipped)
+            _print_warnings(found.skipped, input if len(inputs) > 1 else None)
             verdict = "consistent" if report.ok else f"{len(report.failures)} NOT consistent"
             answer.print(visible(f"{input}: {len(report.blocks)} block(s) checked against {report.scheme}: ")
                          + verdict + weak,
@@ -580,20 +942,38 @@ def verify(
         if not report.ok:
             raise typer.Exit(1)
 
+    with _errors():
+        _state["json_lines"] = True
+        if quiet and as_json:
+            raise UsageError("--quiet prints nothing and --json prints documents; choose one")
+        _check_scheme(scheme, rule or ())
+        layouts = _layouts(layout, layout_file)
+        _for_each_input(inputs, one, as_json=as_json, separate=False)
 
-@app.command()
+
+def _check_scheme(scheme: str, rules: Iterable[str]) -> None:
+    """A wrong scheme or rule is one usage error, not one per input."""
+    from .init.schemes import get_scheme, parse_rules
+
+    get_scheme(scheme)
+    parse_rules(rules)
+
+
+@app.command(cls=HelpCommand)
 def diff(
-    a: Annotated[str, typer.Argument(help="First checkpoint (before).", show_default=False)],
-    b: Annotated[str, typer.Argument(help="Second checkpoint (after).", show_default=False)],
+    a: Annotated[str, typer.Argument(metavar="A", help="First checkpoint (before).", show_default=False)],
+    b: Annotated[str, typer.Argument(metavar="B", help="Second checkpoint (after).", show_default=False)],
     only: OnlyOption = None,
     as_json: JsonOption = False,
     layout: LayoutOption = None,
     layout_file: LayoutFileOption = None,
     strict: StrictOption = False,
 ) -> None:
-    """Compare the recurrent layers of two checkpoints gate block by gate block.
-    Exit 0 when identical, 1 when different, 2 on trouble (like diff)."""
-    with _errors(trouble=2):
+    """Compare the recurrent layers of two checkpoints, gate block by gate block.
+
+    Which blocks changed, how many values, max |Δ|, mean and std before and after, layers or parameters present in
+    only one. Exit 0 when identical, 1 when different, 2 and above on errors (like diff; see rnninit --help)."""
+    with _errors():
         from .diagnostics import diff as diff_tensors
         from .report import diff_document, diff_table
         from .rewrite import inspect_checkpoint
@@ -601,6 +981,7 @@ def diff(
         if a == "-" and b == "-":
             raise UsageError("only one of A and B can be standard input")
         layouts = _layouts(layout, layout_file)
+
         def read_and_compare(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any, Any]:
             found_a = inspect_checkpoint(a, only, layouts=layouts, strict=strict)
             found_b = inspect_checkpoint(b, only, layouts=layouts, strict=strict)
@@ -634,18 +1015,27 @@ def diff(
             raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def new(
-    cell: Annotated[Cell, typer.Argument(help="Layer type.", show_default=False)],
-    input_size: Annotated[int, typer.Option("--input-size", min=1, help="Input features.")],
-    hidden_size: Annotated[int, typer.Option("--hidden-size", min=1, help="Hidden units.")],
+    cell: Annotated[Cell, typer.Argument(
+        metavar="CELL", help="Layer type: rnn, gru, lstm, rnncell, grucell or lstmcell.", show_default=False)],
+    input_size: Annotated[int, typer.Option("--input-size", min=1, metavar="N", rich_help_panel="What to build",
+                                            help="Input features.")],
+    hidden_size: Annotated[int, typer.Option("--hidden-size", min=1, metavar="N", rich_help_panel="What to build",
+                                             help="Hidden units.")],
     scheme: SchemeOption,
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write; - for standard output.")],
-    num_layers: Annotated[int, typer.Option("--num-layers", min=1, help="Stacked layers.")] = 1,
-    bidirectional: Annotated[bool, typer.Option("--bidirectional", help="Add reverse directions.")] = False,
-    proj_size: Annotated[int, typer.Option("--proj-size", min=0, help="LSTM projection size.")] = 0,
-    no_bias: Annotated[bool, typer.Option("--no-bias", help="No bias vectors (bias=False).")] = False,
-    prefix: Annotated[str, typer.Option("--prefix", help="Key prefix, e.g. encoder.rnn")] = "",
+    output: Annotated[str, typer.Option("--output", "-o", metavar="OUTPUT", rich_help_panel="Output",
+                                        help="Where to write; - for standard output.")],
+    num_layers: Annotated[int, typer.Option("--num-layers", min=1, metavar="N", rich_help_panel="What to build",
+                                            help="Stacked layers.")] = 1,
+    bidirectional: Annotated[bool, typer.Option("--bidirectional", rich_help_panel="What to build",
+                                                help="Add reverse directions.")] = False,
+    proj_size: Annotated[int, typer.Option("--proj-size", min=0, metavar="N", rich_help_panel="What to build",
+                                           help="LSTM projection size.")] = 0,
+    no_bias: Annotated[bool, typer.Option("--no-bias", rich_help_panel="What to build",
+                                          help="No bias vectors (bias=False).")] = False,
+    prefix: Annotated[str, typer.Option("--prefix", metavar="PREFIX", rich_help_panel="What to build",
+                                        help="Key prefix, e.g. encoder.rnn")] = "",
     seed: SeedOption = None,
     rule: RuleOption = None,
     fmt: FormatOption = None,
@@ -653,7 +1043,10 @@ def new(
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Build a recurrent layer from flags and write its initialized weights (a state_dict)."""
+    """Build a recurrent layer and write its initialized weights.
+
+    torch.nn.RNN, GRU, LSTM or one of their cells, drawn by SCHEME: its state_dict, exactly the module's keys and
+    shapes (under --prefix), so load_state_dict(strict=True) takes it."""
     with _errors():
         _one_stdout_user(as_json, output)
         _refuse_binary_on_terminal(output)
@@ -672,9 +1065,11 @@ def new(
             _show_result(result.plan, result.tensors, result.before, output, quiet)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def schemes(as_json: JsonOption = False) -> None:
-    """List the schemes: name and arguments, what each does, its rules in order, and its source."""
+    """List the schemes that --scheme takes.
+
+    Each one's name and arguments, what it does, its rules in order, and its source."""
     with _errors():
         from .init.schemes import SCHEMES
 

@@ -1,4 +1,8 @@
-"""Typed exceptions. The library raises these; only the CLI turns them into exit codes."""
+"""Typed exceptions. The library raises these; only the CLI turns them into exit codes.
+
+Each class's `exit_code` is its row of the exit-status table (README, Exit status; `rnninit --help`): 2 usage errors,
+3 an input that cannot be used, 4 an output that cannot be written. 0 and 1 are answers, 5 a bug, 130/143 signals.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,13 @@ from typing import TypeVar
 class RnnInitError(Exception):
     """Base class: every error rnninit raises on purpose. The message says what to do next."""
 
-    exit_code = 1
+    exit_code = 3
     # the message in the command line's words (`--only` where the Python API says `only=`), where they differ
     cli_message: str | None = None
 
 
 class UsageError(RnnInitError):
-    """The command line or the call is wrong (exit status 2 in the CLI)."""
+    """The command line or the call is wrong."""
 
     exit_code = 2
 
@@ -23,10 +27,14 @@ class UsageError(RnnInitError):
 class LayoutError(RnnInitError):
     """Recurrent parameters whose names or shapes do not form a valid PyTorch layer."""
 
+    exit_code = 3
+
 
 class DtypeError(RnnInitError):
     """Recurrent parameters to be rewritten whose dtype cannot hold the rule's values (integers, bool, complex,
     float8_e8m0fnu: no sign or zero, float8 for an orthogonal block, values beyond the dtype's range)."""
+
+    exit_code = 3
 
 
 class RuleError(UsageError):
@@ -44,6 +52,8 @@ class SchemeError(UsageError):
 class NothingToDoError(RnnInitError):
     """No recurrent parameter found, or none selected by `only`."""
 
+    exit_code = 2
+
 
 class NotRecognisedError(NothingToDoError):
     """Nothing recurrent found, but tensors that look like a cell's weights: `suspects` say how to declare them."""
@@ -56,6 +66,8 @@ class NotRecognisedError(NothingToDoError):
 class CheckpointError(RnnInitError):
     """A file that is missing, unreadable, truncated or not a checkpoint."""
 
+    exit_code = 3
+
 
 class UnsafeCheckpointError(CheckpointError):
     """A `.pt` file that would need arbitrary code to load; nothing in it was run."""
@@ -64,6 +76,8 @@ class UnsafeCheckpointError(CheckpointError):
 class OutputError(RnnInitError):
     """The output cannot be written: it exists, equals the input, or the format cannot hold the data."""
 
+    exit_code = 4
+
 
 class MetaDeviceError(UsageError):
     """Parameters to initialize that live on the `meta` device: they have a shape but no storage to write."""
@@ -71,6 +85,8 @@ class MetaDeviceError(UsageError):
 
 class PlacementError(RnnInitError):
     """A distributed tensor (DTensor) placed in a way `init_` cannot write exactly (only Shard(0) and Replicate())."""
+
+    exit_code = 3
 
 
 def first_line(text: str) -> str:

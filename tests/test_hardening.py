@@ -104,18 +104,23 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def assert_one_line_error(code: int, stderr: str, expected_code: int = 1) -> str:
-    """The exit status is `expected_code` and standard error is one `error: ...` line; return it."""
+REFUSED = 3  # the exit status of an input that cannot be used (README, Exit status)
+ERRORS = (2, 3, 4)  # usage (nothing left to do), input, output: a damaged file may end in any of them
+
+
+def assert_one_line_error(code: int, stderr: str, expected_code: int | tuple[int, ...] = REFUSED) -> str:
+    """The exit status is `expected_code` (or one of them) and standard error is one `error: ...` line; return it."""
     assert "Traceback" not in stderr, stderr
     assert "internal error" not in stderr, stderr
-    assert code == expected_code, f"exit status {code}, stderr: {stderr!r}"
+    assert code in ((expected_code,) if isinstance(expected_code, int) else expected_code), \
+        f"exit status {code}, stderr: {stderr!r}"
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     return lines[0]
 
 
-def assert_failed_cleanly(result: Result, folder: Path, output: Path | None = None) -> str:
-    line = assert_one_line_error(result.exit_code, result.stderr)
+def assert_failed_cleanly(result: Result, folder: Path, output: Path | None = None, code: int = REFUSED) -> str:
+    line = assert_one_line_error(result.exit_code, result.stderr, code)
     assert not result.stdout, result.stdout
     if output is not None:
         assert not output.exists(), f"{output} was left behind by a failed run"
@@ -296,7 +301,7 @@ Run = tuple[list[object], bytes | None, Path | None, int]  # arguments, standard
 
 def reading_runs(bad: Path, out: Path, *, suffix: str = ".pt") -> list[Run]:
     """Every command that reads a checkpoint, on `bad` (a file or standard input), with the exit status a
-    refusal must have: 1, or 2 for verify and diff (their 1 means "not consistent" / "different")."""
+    refusal must have: 3 (an input that cannot be used), whatever the command."""
     data = bad.read_bytes()
     in_place = out / f"in-place{suffix}"
     shutil.copyfile(bad, in_place)
@@ -305,25 +310,29 @@ def reading_runs(bad: Path, out: Path, *, suffix: str = ".pt") -> list[Run]:
     other = ".safetensors" if suffix == ".pt" else ".pt"
     seed = ("--seed", "1")
     return [
-        (["apply", bad, *SCHEME, *seed, "-o", out / f"out{suffix}"], None, out / f"out{suffix}", 1),
-        (["apply", bad, *SCHEME, *seed, "--tensors-only", "-o", out / f"out{other}"], None, out / f"out{other}", 1),
-        (["apply", bad, *SCHEME, "--dry-run"], None, None, 1),
-        (["apply", in_place, *SCHEME, *seed, "--in-place"], None, None, 1),
-        (["apply", "-", *SCHEME, *seed, "-o", out / "stdin.pt"], data, out / "stdin.pt", 1),
-        (["apply", "-", *SCHEME, *seed, "-o", "-"], data, None, 1),
-        (["inspect", bad], None, None, 1),
-        (["inspect", bad, "--json"], None, None, 1),
-        (["inspect", "-", "--json"], data, None, 1),
-        (["verify", bad, *SCHEME], None, None, 2),
-        (["verify", "-", *SCHEME, "--json"], data, None, 2),
-        (["diff", bad, good], None, None, 2),
-        (["diff", good, "-"], data, None, 2),
+        (["apply", bad, *SCHEME, *seed, "-o", out / f"out{suffix}"], None, out / f"out{suffix}", REFUSED),
+        (["apply", bad, *SCHEME, *seed, "--tensors-only", "-o", out / f"out{other}"], None, out / f"out{other}",
+         REFUSED),
+        (["apply", bad, *SCHEME, "--dry-run"], None, None, REFUSED),
+        (["apply", in_place, *SCHEME, *seed, "--in-place"], None, None, REFUSED),
+        (["apply", "-", *SCHEME, *seed, "-o", out / "stdin.pt"], data, out / "stdin.pt", REFUSED),
+        (["apply", "-", *SCHEME, *seed, "-o", "-"], data, None, REFUSED),
+        (["inspect", bad], None, None, REFUSED),
+        (["inspect", bad, "--json"], None, None, REFUSED),
+        (["inspect", "-", "--json"], data, None, REFUSED),
+        (["verify", bad, *SCHEME], None, None, REFUSED),
+        (["verify", "-", *SCHEME, "--json"], data, None, REFUSED),
+        (["diff", bad, good], None, None, REFUSED),
+        (["diff", good, "-"], data, None, REFUSED),
     ]
 
 
-def assert_refused(result: Result, folder: Path, output: Path | None, code: int) -> str:
+def assert_refused(result: Result, folder: Path, output: Path | None, code: int | tuple[int, ...]) -> str:
     line = assert_one_line_error(result.exit_code, result.stderr, expected_code=code)
-    assert not result.stdout, result.stdout
+    if result.stdout:  # inspect and verify --json: the error's document, alone on its line (JSON Lines)
+        document = json.loads(result.stdout)
+        assert set(document) == {"input", "error", "exit_status"}, result.stdout
+        assert document["exit_status"] == result.exit_code and result.stdout.count("\n") == 1, result.stdout
     if output is not None:
         assert not output.exists(), f"{output} was left behind by a failed run"
     assert not leftovers(folder)
@@ -349,7 +358,7 @@ def test_hostile_pickle_is_refused_by_every_command(hostile: Hostile, payload: s
         result = cli(*args, stdin=stdin)
         if inert and "error:" not in result.stderr:  # it ran (verify and diff report their findings)
             continue
-        line = assert_refused(result, tmp_path, output, code)
+        line = assert_refused(result, tmp_path, output, 4 if inert else code)  # inert: cannot be written elsewhere
         if inert:  # written whole (standard input, another format, a legacy file): the record is named
             assert f"{hostile.module}.run" in line, line
         else:
@@ -437,14 +446,14 @@ def apply_changes(original: bytes, found: list[Change]) -> bytes:
     return bytes(data)
 
 
-def check_outcome(result: Result, folder: Path, output: Path | None, trouble: int) -> None:
-    """apply / inspect (trouble = 1): exit 0 with a valid output (or JSON), or exit 1 with one error line
-    and nothing left behind. verify / diff (trouble = 2): 0 or 1 is their answer, 2 one error line."""
+def check_outcome(result: Result, folder: Path, output: Path | None, answers: int) -> None:
+    """apply / inspect (answers = 1: only 0): exit 0 with a valid output (or JSON); verify / diff (answers = 2):
+    0 or 1 is their answer; any of them: an error status (2, 3, 4) with one error line and nothing left behind."""
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
-    if result.exit_code == trouble:
-        assert_refused(result, folder, output, trouble)
+    if result.exit_code >= 2:
+        assert_refused(result, folder, output, ERRORS)
         return
-    if trouble == 2:
+    if answers == 2:
         assert result.exit_code in (0, 1), (result.exit_code, result.stderr)
     elif output is None:
         assert result.exit_code == 0, (result.exit_code, result.stderr)
@@ -472,10 +481,10 @@ def run_on_damaged(folder: Path, data: bytes, suffix: str, original: bytes) -> N
         (["verify", source, *SCHEME, "--json"], None, None, 2),
         (["diff", undamaged, "-", "--json"], data, None, 2),
     ]
-    for args, stdin, output, trouble in runs:
+    for args, stdin, output, answers in runs:
         with no_hang(60):
             result = cli(*args, stdin=stdin)
-        check_outcome(result, folder, output, trouble)
+        check_outcome(result, folder, output, answers)
     assert source.read_bytes() == data, "the input was changed"
 
 
@@ -798,8 +807,8 @@ def test_fifo_is_refused_promptly(tmp_path: Path) -> None:
         results = many(entries, tmp_path, timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail("rnninit blocked on a FIFO")
-    for result in results:
-        line = assert_one_line_error(result["exit_code"], result["stderr"])
+    for result in results:  # reading it: 3; replacing it (--in-place): 4
+        line = assert_one_line_error(result["exit_code"], result["stderr"], (REFUSED, 4))
         assert "FIFO" in line, line
     assert not (tmp_path / "out.pt").exists() and not leftovers(tmp_path)
     assert fifo.is_fifo()
@@ -1040,12 +1049,12 @@ def test_write_error_leaves_outputs_untouched(tmp_path: Path) -> None:
         {"argv": [*new, "--force", "-o", str(out / "h.safetensors")]},
     ]
     for result in many(entries, tmp_path, preexec_fn=limit_file_size):
-        line = assert_one_line_error(result["exit_code"], result["stderr"])
+        line = assert_one_line_error(result["exit_code"], result["stderr"], 4)
         assert "cannot write" in line and os.strerror(errno.EFBIG) in line, (result["argv"], line)
     # and the real program, for its exit status
     real = run([SCRIPT, "apply", str(inputs["safetensors"]), *SCHEME, *seed, "--force", "-o", str(out / "d.pt")],
                preexec_fn=limit_file_size, cwd=tmp_path)
-    assert os.strerror(errno.EFBIG) in assert_one_line_error(real.returncode, real.stderr.decode())
+    assert os.strerror(errno.EFBIG) in assert_one_line_error(real.returncode, real.stderr.decode(), 4)
 
     assert {p.name for p in out.iterdir()} == set(existing), "a partial output or a temporary file was left"
     for name, digest in existing.items():
@@ -1063,7 +1072,7 @@ def test_missing_output_folder_is_a_clean_error(tmp_path: Path) -> None:
     for args in (["apply", source, *SCHEME, "-o", missing / "out.pt"],
                  ["apply", "-", *SCHEME, "-o", missing / "out.safetensors"],
                  ["new", "gru", "--input-size", "3", "--hidden-size", "2", *SCHEME, "-o", missing / "new.pt"]):
-        line = assert_failed_cleanly(cli(*args, stdin=source.read_bytes()), tmp_path)
+        line = assert_failed_cleanly(cli(*args, stdin=source.read_bytes()), tmp_path, code=4)
         assert str(missing) in line
     assert not missing.exists()
 
@@ -1092,7 +1101,7 @@ def test_read_only_output_folder_is_a_clean_error(tmp_path: Path) -> None:
             pytest.skip("running as root without unshare/mount: a read-only folder cannot be made")
         results = many(entries, tmp_path, prefix=prefix, env={**os.environ, "RO": str(folder)})
     for result in results:
-        line = assert_one_line_error(result["exit_code"], result["stderr"])
+        line = assert_one_line_error(result["exit_code"], result["stderr"], 4)
         assert "cannot write" in line, line
     assert sorted(p.name for p in folder.iterdir()) == ["old.pt"]
     assert (folder / "old.pt").read_bytes() == b"previous"
@@ -1252,7 +1261,7 @@ def test_nothing_is_written_next_to_the_input(tmp_path: Path) -> None:
         assert result.exit_code == 0, (entry["argv"], result.stderr)
         assert snapshot(inputs) == before, f"{entry['argv']} wrote next to its input"
     # a refused run writes nothing either
-    assert cli("apply", inputs / "model.pt", *SCHEME, "-o", out / "a.pt").exit_code == 1
+    assert cli("apply", inputs / "model.pt", *SCHEME, "-o", out / "a.pt").exit_code == 4
     assert snapshot(inputs) == before
     assert sorted(p.name for p in out.iterdir()) == ["a.pt", "b.safetensors", "c.safetensors", "d.pt", "hf"]
 

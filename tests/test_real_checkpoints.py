@@ -605,12 +605,12 @@ def test_model_folder_output_exists(tmp_path: Path, layout: str) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = run("apply", source, "-s", "keras", "--seed", 3, "-o", out)
-    assert result.exit_code == 1, result.stderr
+    assert result.exit_code == 4, result.stderr
     assert result.stderr.startswith("error: ") and "already exists" in result.stderr and "--force" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     # --force replaces only a folder holding nothing but what the new folder will hold (issue 9)
     result = run("apply", source, "-s", "keras", "--seed", 3, "-o", out, "--force")
-    assert result.exit_code == 1 and "keep.txt" in result.stderr, result.stderr
+    assert result.exit_code == 4 and "keep.txt" in result.stderr, result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
     (out / "keep.txt").unlink()
@@ -627,7 +627,7 @@ def test_failing_folder_run_leaves_nothing_behind(tmp_path: Path) -> None:
     source = make_folder(tmp_path / "model", "sharded-safetensors")
     os.mkfifo(source / "vocab.fifo")  # copying a FIFO is refused: the run fails midway
     result = run("apply", source, "-s", "keras", "--seed", 3, "-o", tmp_path / "new")
-    assert result.exit_code == 1 and result.stderr.startswith("error: cannot write"), result.stderr
+    assert result.exit_code == 4 and result.stderr.startswith("error: cannot write"), result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert not (tmp_path / "new").exists()
     assert leftovers(tmp_path) == []
@@ -635,7 +635,7 @@ def test_failing_folder_run_leaves_nothing_behind(tmp_path: Path) -> None:
     existing = make_folder(tmp_path / "existing", "sharded-safetensors", seed=9)  # what --force may replace
     snapshot = {p.name: p.read_bytes() for p in existing.iterdir()}
     result = run("apply", source, "-s", "keras", "--seed", 3, "-o", existing, "--force")
-    assert result.exit_code == 1 and result.stderr.startswith("error: cannot write"), result.stderr
+    assert result.exit_code == 4 and result.stderr.startswith("error: cannot write"), result.stderr
     assert {p.name: p.read_bytes() for p in existing.iterdir()} == snapshot
     assert leftovers(tmp_path) == []
 

@@ -94,7 +94,7 @@ def test_apply_refuses_non_floating_recurrent_weights(cli, tmp_path: Path, dtype
     output = tmp_path / f"out{suffix}"
     for extra in ((), ("--dry-run",)):
         result = cli("apply", source, "--scheme", "keras", "--seed", "0", "-o", output, *extra)
-        assert result.exit_code == 1, result.stderr
+        assert result.exit_code == 3, result.stderr
         assert result.stderr.startswith("error:") and "not floating point" in result.stderr
         assert all(f"rnn.{kind} ({dtype})" in result.stderr for kind in KINDS), result.stderr
         assert not output.exists()
@@ -124,7 +124,7 @@ def test_only_or_keep_that_leaves_them_out_is_allowed(cli, tmp_path: Path) -> No
     state["rnn.weight_hh_l0"] = (state["rnn.weight_hh_l0"] * 50).round().to(torch.int8)
     source = write(state, tmp_path / "mixed.safetensors")
     refused = cli("apply", source, "--scheme", "keras", "-o", tmp_path / "no.safetensors")
-    assert refused.exit_code == 1 and "rnn.weight_hh_l0 (int8)" in refused.stderr
+    assert refused.exit_code == 3 and "rnn.weight_hh_l0 (int8)" in refused.stderr
     assert "weight_ih_l0" not in refused.stderr
     for index, options in enumerate((("--only", "weight_ih|bias"), ("--rule", "weight_hh=keep"))):
         output = tmp_path / f"out{index}.safetensors"
@@ -362,7 +362,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_human_output_makes_file_strings_visible(cli, hostile: dict[str, Path], name: str) -> None:
     hostile["output"].unlink(missing_ok=True)
     result = cli(*commands(hostile)[name])
-    expected_status = {"verify": 1, "diff": 1, "error-missing": 1, "error-layout": 1}.get(name, 0)
+    expected_status = {"verify": 1, "diff": 1, "error-missing": 3, "error-layout": 3}.get(name, 0)
     assert result.exit_code == expected_status, result.stderr
     # the answer on stdout, warnings and errors on stderr: both safe, together showing every string
     assert_safe(result.stdout + result.stderr, expected_visible(hostile)[name])
@@ -433,7 +433,7 @@ def test_python_m_rnninit_inspect_on_a_terminal(hostile: dict[str, Path], tmp_pa
 
 
 def check_every_run(output: str, runs: dict[str, list[str]], hostile: dict[str, Path]) -> None:
-    statuses = ["<<exit 0>>", "<<exit 0>>", "<<exit 0>>", "<<exit 1>>", "<<exit 1>>", "<<exit 1>>", "<<exit 1>>",
+    statuses = ["<<exit 0>>", "<<exit 0>>", "<<exit 0>>", "<<exit 1>>", "<<exit 1>>", "<<exit 3>>", "<<exit 3>>",
                 "<<exit 0>>"]
     assert re.findall(r"<<exit \d+>>", output) == statuses, output[-3000:]
     pieces = re.split(r"<<exit \d+>>", output)

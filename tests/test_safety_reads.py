@@ -90,7 +90,7 @@ def bounded_batch(runs: list[tuple[list[Any], Path | None]], folder: Path, *, ti
 def assert_one_error_line(result: dict[str, Any], *fragments: str) -> str:
     stderr = result["stderr"]
     assert "Traceback" not in stderr and "internal error" not in stderr, (result["argv"], stderr)
-    assert result["exit_code"] == 1, (result["argv"], result["exit_code"], stderr)
+    assert result["exit_code"] == 3, (result["argv"], result["exit_code"], stderr)  # an input that cannot be used
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), (result["argv"], stderr)
     for fragment in fragments:
@@ -101,7 +101,7 @@ def assert_one_error_line(result: dict[str, Any], *fragments: str) -> str:
 def assert_clean_refusal(report: dict[str, Any], *fragments: str, max_rss_mib: int = 900) -> str:
     stderr = report["stderr"]
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
-    assert report["returncode"] == 1, (report["returncode"], stderr)
+    assert report["returncode"] == 3, (report["returncode"], stderr)  # an input that cannot be used
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     for fragment in fragments:
@@ -587,7 +587,7 @@ def test_shard_paths_outside_the_folder_are_refused(shard: str, tmp_path: Path) 
     runner = CliRunner()
     for args in (["inspect", str(model)], ["apply", str(model), "--scheme", "keras", "-o", str(tmp_path / "out")]):
         result = runner.invoke(app, args, catch_exceptions=False)
-        assert result.exit_code == 1, result.stderr
+        assert result.exit_code == 3, result.stderr
         assert result.stderr.startswith("error: ") and repr(name) in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -621,7 +621,7 @@ def test_a_container_shared_by_two_paths_is_not_lost_in_conversion(tmp_path: Pat
     runner = CliRunner()
     refused = runner.invoke(app, ["apply", str(source), "--scheme", "keras", "--seed", "0", "-o",
                                   str(tmp_path / "out.safetensors"), "--tensors-only"])
-    assert refused.exit_code == 1, refused.output
+    assert refused.exit_code == 4, refused.output
     assert "same object as a" in refused.output
     assert not (tmp_path / "out.safetensors").exists()
     kept = runner.invoke(app, ["apply", str(source), "--scheme", "keras", "--seed", "0", "-o", str(tmp_path / "o.pt")])
@@ -667,8 +667,7 @@ def test_broadcast_views_are_refused_before_they_are_allocated(tmp_path: Path) -
                  (["apply", given, "--scheme", "keras", "-o", tmp_path / "out.pt"], stdin)]
     results, peak_kib = bounded_batch(runs, tmp_path)
     for result in results:
-        expected = 2 if result["argv"][0] == "verify" else 1
-        assert result["exit_code"] == expected, result
+        assert result["exit_code"] == 3, result
         assert result["stderr"].startswith("error: ") and "broadcast view" in result["stderr"], result
     assert peak_kib < 900 * 1024
     assert not (tmp_path / "out.pt").exists()
@@ -724,7 +723,7 @@ def test_views_outside_their_storage_are_refused(offset: int, stride: tuple[int,
     for args in (["inspect", str(source)], ["apply", str(source), "--scheme", "keras", "--seed", "0",
                                               "-o", str(tmp_path / "out.pt")]):
         result = runner.invoke(app, args)
-        assert result.exit_code == 1, (args, result.output)
+        assert result.exit_code == 3, (args, result.output)
         assert result.output.startswith("error: ") and "internal error" not in result.output, result.output
     assert not (tmp_path / "out.pt").exists()
 
@@ -744,7 +743,7 @@ def test_recurrent_parameters_that_partly_overlap_are_refused(tmp_path: Path) ->
     for argument, stdin in ((str(source), None), ("-", source.read_bytes())):
         result = runner.invoke(app, ["apply", argument, "--scheme", "keras", "--seed", "0",
                                      "-o", str(tmp_path / "o.pt")], input=stdin)
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 3, result.output
         assert "overlap in memory" in result.output and "internal error" not in result.output
     assert not (tmp_path / "o.pt").exists()
     only = runner.invoke(app, ["apply", str(source), "--scheme", "keras", "--seed", "0", "--only", "weight_ih|bias",
@@ -773,5 +772,5 @@ def test_odd_model_folder_indexes_are_one_error_line(case: str, tmp_path: Path) 
         expected = "not a regular file"
     for args in (["inspect", str(model)], ["apply", str(model), "--scheme", "keras", "-o", str(tmp_path / "out")]):
         result = CliRunner().invoke(app, args)
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 3, result.output
         assert result.output.startswith("error: ") and expected in result.output, result.output

@@ -56,7 +56,10 @@ def assert_error(result, code: int, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert "Traceback" not in result.output
-    assert result.stdout == ""
+    if result.stdout:  # inspect and verify --json: the error's own document on its line (JSON Lines), nothing else
+        document = json.loads(result.stdout)
+        assert set(document) == {"input", "error", "exit_status"} and document["exit_status"] == code, result.stdout
+        assert result.stdout.count("\n") == 1 and lines[0] == f"error: {document['error']}"
     return lines[0]
 
 
@@ -232,7 +235,7 @@ def test_training_checkpoint_keeps_non_tensor_entries(cli, training_pt: Path, tm
 def test_training_checkpoint_to_safetensors_needs_tensors_only(cli, training_pt: Path, tmp_path: Path) -> None:
     output = tmp_path / "out.safetensors"
     result = cli("apply", training_pt, "-s", "keras", "--seed", "4", "-o", output)
-    assert_error(result, 1, "--tensors-only", "epoch")
+    assert_error(result, 4, "--tensors-only", "epoch")
     assert not output.exists()
     assert temp_leftovers(tmp_path) == []
 
@@ -423,7 +426,7 @@ def test_only_selects_by_regex(cli, model_pt: Path, tmp_path: Path) -> None:
 
 def test_only_matching_nothing_is_an_error(cli, model_pt: Path, tmp_path: Path) -> None:
     output = tmp_path / "out.pt"
-    assert_error(cli("apply", model_pt, "-s", "keras", "--only", "^decoder", "-o", output), 1, "^decoder")
+    assert_error(cli("apply", model_pt, "-s", "keras", "--only", "^decoder", "-o", output), 2, "^decoder")
     assert not output.exists()
 
 
@@ -452,7 +455,7 @@ def test_quiet_prints_nothing(cli, model_pt: Path, tmp_path: Path) -> None:
     assert result.stdout == "" and result.stderr == ""
     assert output.exists()
     # errors are still printed
-    assert_error(cli("apply", model_pt, "-s", "keras", "-q", "-o", output), 1, "exists")
+    assert_error(cli("apply", model_pt, "-s", "keras", "-q", "-o", output), 4, "exists")
 
 
 def test_apply_report_goes_to_stdout(cli, model_pt: Path, tmp_path: Path) -> None:
@@ -597,7 +600,7 @@ def test_no_recurrent_parameters(cli, no_recurrent_pt: Path, tmp_path: Path) -> 
     assert document["layers"] == [] and document["format"] == "pt"
 
     output = tmp_path / "out.pt"
-    assert_error(cli("apply", no_recurrent_pt, "-s", "keras", "-o", output), 1, "no recurrent parameters")
+    assert_error(cli("apply", no_recurrent_pt, "-s", "keras", "-o", output), 2, "no recurrent parameters")
     assert not output.exists()
     assert temp_leftovers(tmp_path) == []
 
@@ -635,7 +638,7 @@ def test_unreadable_inputs(cli, tmp_path: Path, model_pt: Path, model_safetensor
     source, fragment = _damaged_inputs(tmp_path, model_pt, model_safetensors)[case]
     output = tmp_path / "out.pt"
     args = ["apply", source, "-s", "keras", "-o", output] if command == "apply" else ["inspect", source]
-    assert_error(cli(*args), 1, fragment)
+    assert_error(cli(*args), 3, fragment)
     assert not output.exists()
     assert temp_leftovers(tmp_path) == []
 
@@ -646,7 +649,7 @@ def test_files_that_need_code_are_refused(cli, request, tmp_path: Path, kind: st
     source, marker = request.getfixturevalue("code_running_pt" if kind == "torch.save" else "code_running_pickle")
     output = tmp_path / "out.pt"
     args = ["apply", source, "-s", "keras", "-o", output] if command == "apply" else ["inspect", source, "--json"]
-    line = assert_error(cli(*args), 1, "needs code to load", "will not run")
+    line = assert_error(cli(*args), 3, "needs code to load", "will not run")
     assert str(source) in line
     assert not marker.exists()
     assert not output.exists()
@@ -688,7 +691,7 @@ def test_inconsistent_layout_names_the_parameter(cli, bad_layout_pt: Path, tmp_p
     args = {"apply": ["apply", bad_layout_pt, "-s", "keras", "-o", output],
             "inspect --strict": ["inspect", bad_layout_pt, "--strict"],
             "verify --strict": ["verify", bad_layout_pt, "-s", "keras", "--strict"]}[command]
-    assert_error(cli(*args), 2 if command.startswith("verify") else 1, "bias_ih_l0", "15")
+    assert_error(cli(*args), 2 if command == "apply" else 3, "bias_ih_l0", "15")  # apply: nothing else to do
     assert not output.exists()
 
 
@@ -709,7 +712,7 @@ def test_chrono_on_a_plain_rnn_names_the_layer(cli, rnn_pt: Path, tmp_path: Path
 def test_existing_output_needs_force(cli, model_pt: Path, tmp_path: Path) -> None:
     output = tmp_path / "out.pt"
     output.write_bytes(b"precious")
-    assert_error(cli("apply", model_pt, "-s", "keras", "-o", output), 1, "--force")
+    assert_error(cli("apply", model_pt, "-s", "keras", "-o", output), 4, "--force")
     assert output.read_bytes() == b"precious"
     assert cli("apply", model_pt, "-s", "keras", "-o", output, "--force", "-q").exit_code == 0
     check_keras(read_tensors(output))
@@ -719,7 +722,7 @@ def test_output_equal_to_input_needs_in_place(cli, model_pt: Path, monkeypatch) 
     snapshot = model_pt.read_bytes()
     monkeypatch.chdir(model_pt.parent)
     for output in (model_pt, "./model.pt"):
-        assert_error(cli("apply", model_pt, "-s", "keras", "-o", output, "--force"), 1, "--in-place")
+        assert_error(cli("apply", model_pt, "-s", "keras", "-o", output, "--force"), 4, "--in-place")
         assert model_pt.read_bytes() == snapshot
     result = cli("apply", "model.pt", "-s", "keras", "--seed", "1", "--in-place")
     assert result.exit_code == 0, result.stderr
@@ -742,15 +745,15 @@ def test_usage_errors(cli, model_pt: Path, tmp_path: Path) -> None:
 
 
 def test_output_folder_problems(cli, model_pt: Path, tmp_path: Path) -> None:
-    assert_error(cli("apply", model_pt, "-s", "keras", "-o", tmp_path / "nope" / "out.pt"), 1, "nope")
-    assert_error(cli("apply", model_pt, "-s", "keras", "-o", tmp_path, "--force"), 1, "folder")
+    assert_error(cli("apply", model_pt, "-s", "keras", "-o", tmp_path / "nope" / "out.pt"), 4, "nope")
+    assert_error(cli("apply", model_pt, "-s", "keras", "-o", tmp_path, "--force"), 4, "folder")
 
 
 def test_markup_in_messages_is_shown_literally(cli, tmp_path: Path, model_pt: Path) -> None:
     folder = tmp_path / "[red]"
     folder.mkdir()
-    assert_error(cli("inspect", folder / "gone.pt"), 1, "[red]/gone.pt")
-    assert_error(cli("apply", model_pt, "-s", "keras", "--only", "[a-z]x", "-o", tmp_path / "o.pt"), 1,
+    assert_error(cli("inspect", folder / "gone.pt"), 3, "[red]/gone.pt")
+    assert_error(cli("apply", model_pt, "-s", "keras", "--only", "[a-z]x", "-o", tmp_path / "o.pt"), 2,
                  "'[a-z]x'")
 
 
@@ -816,11 +819,11 @@ def test_failed_write_over_existing_file_leaves_it_intact(cli, model_state, tmp_
     torch.save(model_state, source)
     output = tmp_path / "out.safetensors"
     output.write_bytes(b"old contents")
-    assert_error(cli("apply", source, "-s", "keras", "-o", output, "--force"), 1, "complex64")
+    assert_error(cli("apply", source, "-s", "keras", "-o", output, "--force"), 4, "complex64")
     assert output.read_bytes() == b"old contents"
     assert temp_leftovers(tmp_path) == []
     fresh = tmp_path / "fresh.safetensors"
-    assert_error(cli("apply", source, "-s", "keras", "-o", fresh), 1, "complex64")
+    assert_error(cli("apply", source, "-s", "keras", "-o", fresh), 4, "complex64")
     assert not fresh.exists()
     assert temp_leftovers(tmp_path) == []
 
@@ -846,14 +849,14 @@ def test_disk_full_leaves_output_intact(cli, request, tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(os, "fsync", no_space)
     result = cli("apply", source, "-s", "keras", "-o", output, "--force", *extra)
-    assert_error(result, 1, str(output), os.strerror(errno.ENOSPC))
+    assert_error(result, 4, str(output), os.strerror(errno.ENOSPC))
     assert output.read_bytes() == b"old contents"
     assert source.read_bytes() == snapshot
     assert temp_leftovers(tmp_path) == []
     fresh = tmp_path / ("fresh" + output.suffix)
-    assert_error(cli("apply", source, "-s", "keras", "-o", fresh, *extra), 1, str(fresh))
+    assert_error(cli("apply", source, "-s", "keras", "-o", fresh, *extra), 4, str(fresh))
     assert not fresh.exists()
-    assert_error(cli("new", "gru", "--input-size", "2", "--hidden-size", "2", "-s", "keras", "-o", fresh), 1,
+    assert_error(cli("new", "gru", "--input-size", "2", "--hidden-size", "2", "-s", "keras", "-o", fresh), 4,
                  str(fresh))
     assert not fresh.exists()
     assert temp_leftovers(tmp_path) == []
@@ -869,7 +872,7 @@ def test_crash_while_writing_leaves_output_intact(cli, model_pt: Path, tmp_path:
     monkeypatch.setattr(tensorfile, "_pwrite_tensor", crash)
     output = tmp_path / "out.pt"
     output.write_bytes(b"old contents")
-    assert_error(cli("apply", model_pt, "-s", "keras", "-o", output, "--force"), 1, "internal error", "disk on fire")
+    assert_error(cli("apply", model_pt, "-s", "keras", "-o", output, "--force"), 5, "internal error", "disk on fire")
     assert output.read_bytes() == b"old contents"
     assert temp_leftovers(tmp_path) == []
 
@@ -881,7 +884,7 @@ def test_crash_while_writing_leaves_output_intact(cli, model_pt: Path, tmp_path:
 
 def test_debug_shows_tracebacks(cli, tmp_path: Path) -> None:
     result = cli("--debug", "inspect", tmp_path / "missing.pt")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "Traceback" in result.stderr and "error: " in result.stderr
 
 
@@ -989,7 +992,7 @@ def test_new_refuses_existing_output(cli, tmp_path: Path) -> None:
     output = tmp_path / "new.pt"
     output.write_bytes(b"keep me")
     args = ["new", "lstm", "--input-size", "2", "--hidden-size", "2", "-s", "keras", "-o", output]
-    assert_error(cli(*args), 1, "--force")
+    assert_error(cli(*args), 4, "--force")
     assert output.read_bytes() == b"keep me"
     assert cli(*args, "--force", "-q").exit_code == 0
     torch.nn.LSTM(2, 2).load_state_dict(torch.load(output, weights_only=True), strict=True)

@@ -45,7 +45,7 @@ def test_verify_exit_codes(tmp_path: Path) -> None:
     assert "weight_hh_l0" in failed.stdout
     assert _run("verify", keras, "--scheme", "keras-gate").exit_code == 1
     assert _run("verify", keras, "--scheme", "no-such-scheme").exit_code == 2
-    assert _run("verify", tmp_path / "missing.pt", "--scheme", "keras").exit_code == 2
+    assert _run("verify", tmp_path / "missing.pt", "--scheme", "keras").exit_code == 3
     assert _run("verify", keras, "--scheme", "keras", "--rule", "bias_ih.x=ones").exit_code == 2
 
 
@@ -86,7 +86,7 @@ def test_diff_exit_codes_and_changed_blocks(tmp_path: Path) -> None:
     assert report["layers"][0]["blocks"]  # the unchanged blocks are listed too
     delta = max(blk["max_abs_delta"] for layer in report["layers"] for blk in layer["blocks"])
     assert delta == pytest.approx(0.25, abs=1e-6)
-    assert _run("diff", a, tmp_path / "missing.pt").exit_code == 2
+    assert _run("diff", a, tmp_path / "missing.pt").exit_code == 3
 
 
 def test_diff_reports_layers_in_one_side_only(tmp_path: Path) -> None:

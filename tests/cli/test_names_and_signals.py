@@ -157,11 +157,11 @@ def test_apply_variants(options: list[str], cli: Callable[..., Result], surrogat
 def test_safetensors_output_is_refused_by_name(cli: Callable[..., Result], surrogate_pt: Path,
                                                tmp_path: Path) -> None:
     output = tmp_path / "out.safetensors"
-    line = assert_one_error(cli("apply", surrogate_pt, *SCHEME, "-o", output))
+    line = assert_one_error(cli("apply", surrogate_pt, *SCHEME, "-o", output), code=4)
     assert "the tensor name 'emb\\ud800\\x1b[31m' is not valid UTF-8" in line and "write .pt" in line, line
     assert not output.exists() and temp_leftovers(tmp_path) == []
     line = assert_one_error(cli("new", "lstm", "--input-size", "2", "--hidden-size", "3", *SCHEME,
-                                "--prefix", "\udcff", "-o", output))
+                                "--prefix", "\udcff", "-o", output), code=4)
     assert "the tensor name '\\udcff." in line and "write .pt" in line, line
     assert not output.exists() and temp_leftovers(tmp_path) == []
 
@@ -178,7 +178,8 @@ def test_only_with_a_surrogate_is_recorded(cli: Callable[..., Result], surrogate
     assert load_json(cli("inspect", output, "--json").stdout)["metadata"]["rnninit.only"] == "enc\udcff"
     clean = tmp_path / "clean.pt"
     torch.save(torch.nn.LSTM(2, 3).state_dict(), clean)
-    line = assert_one_error(cli("apply", clean, *SCHEME, "--only", "bias|\udcff", "-o", tmp_path / "out.safetensors"))
+    line = assert_one_error(cli("apply", clean, *SCHEME, "--only", "bias|\udcff", "-o", tmp_path / "out.safetensors"),
+                            code=4)
     assert "the metadata entry 'rnninit.only' is not valid UTF-8" in line, line
 
 
@@ -229,7 +230,7 @@ def test_new_with_a_surrogate_prefix(cli: Callable[..., Result], tmp_path: Path)
 
 
 def test_error_messages_show_the_escape(cli: Callable[..., Result], surrogate_pt: Path, tmp_path: Path) -> None:
-    line = assert_one_error(cli("inspect", tmp_path / "\udcff\x1b[2J.pt"))
+    line = assert_one_error(cli("inspect", tmp_path / "\udcff\x1b[2J.pt"), code=3)
     assert "\\udcff\\x1b[2J.pt: no such file" in line, line
     line = assert_one_error(cli("apply", surrogate_pt, "--scheme", "k\udcff", "-o", tmp_path / "y.pt"), code=2)
     assert "'k\\udcff'" in line, line
@@ -289,7 +290,7 @@ def test_safetensors_header_with_an_escaped_surrogate_is_refused(cli: Callable[.
     header = json.dumps({PREFIX + "bias_ih_l0": {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]}}).encode()
     header += b" " * (-len(header) % 8)
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(64))
-    line = assert_one_error(cli("inspect", path))
+    line = assert_one_error(cli("inspect", path), code=3)
     assert "lone surrogate" in line, line
 
 
@@ -311,7 +312,7 @@ def test_real_processes_with_surrogate_names(surrogate_pt: Path, tmp_path: Path)
     assert_shown_escaped(applied.stdout.decode("utf-8"))
     assert list(torch.load(tmp_path / "out.pt", weights_only=True)) == list(surrogate_state())
     refused = run_script("apply", surrogate_pt.name, *SCHEME, "-o", "out.safetensors", cwd=tmp_path)
-    assert "write .pt" in assert_one_error(refused)
+    assert "write .pt" in assert_one_error(refused, code=4)
     inspected = run_script("inspect", "out.pt", "--json", cwd=tmp_path)
     assert inspected.returncode == 0, inspected.stderr.decode()
     assert PREFIX + "weight_ih_l0" in json_names(load_json(inspected.stdout.decode("ascii")))

@@ -137,9 +137,9 @@ def test_errors_are_one_line_without_traceback(code_running_pt, code_running_pic
     existing = tmp_path / "out.pt"
     existing.write_bytes(b"keep")
     commands = [
-        ('"$RNNINIT" inspect evil.pt', 1, "needs code to load"),
-        ('"$PY" -m rnninit_cli apply evil.pkl --scheme keras -o new.pt', 1, "needs code to load"),
-        ('"$RNNINIT" apply truncated.pt --scheme keras -o out.pt --force', 1, "truncated.pt"),
+        ('"$RNNINIT" inspect evil.pt', 3, "needs code to load"),
+        ('"$PY" -m rnninit_cli apply evil.pkl --scheme keras -o new.pt', 3, "needs code to load"),
+        ('"$RNNINIT" apply truncated.pt --scheme keras -o out.pt --force', 3, "truncated.pt"),
     ]
     script = "; ".join(f"{command} > out{i}.txt 2> err{i}.txt; echo $?" for i, (command, _, _) in enumerate(commands))
     result = shell(script, tmp_path)

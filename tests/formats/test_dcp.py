@@ -652,7 +652,7 @@ def test_cli_on_hostile_metadata_prints_one_error_and_runs_nothing(plain: tuple[
     for command in (["inspect", folder], ["verify", folder, "--scheme", "keras"], ["diff", folder, plain[0]],
                     ["apply", folder, "--scheme", "keras", "-o", tmp_path / "out"]):
         result = _rnninit(*command)
-        assert result.returncode in (1, 2), (command, result.stderr)
+        assert result.returncode == 3, (command, result.stderr)
         assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1, result.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
 

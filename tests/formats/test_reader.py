@@ -299,7 +299,7 @@ def test_torchscript_rewritten_whole_is_refused(scripted: tuple[Path, torch.jit.
     for args in (["-o", "-"], ["-o", str(tmp_path / "out.safetensors")]):
         done = cli("apply", path, *SCHEME, *args)
         lines = done.stderr.strip().splitlines()
-        assert done.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+        assert done.exit_code == 4 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
         assert "__torch__.torch.nn.modules.rnn.LSTMCell" in lines[0] and "TorchScript" in lines[0], lines[0]
 
 
@@ -391,7 +391,7 @@ def test_foreign_objects_are_read_patched_around_and_kept(protocol: int, tmp_pat
                        (["apply", source, *SCHEME, "--drop-optimizer-state", "-o", tmp_path / "d.pt"], None)):
         refused = cli(*args, input=data)
         lines = refused.stderr.strip().splitlines()
-        assert refused.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), (args, lines)
+        assert refused.exit_code == 4 and len(lines) == 1 and lines[0].startswith("error:"), (args, lines)
         assert "argparse.Namespace" in lines[0] and "omegaconf.dictconfig.DictConfig" in lines[0], lines[0]
     assert not (tmp_path / "stdin.pt").exists() and not (tmp_path / "d.pt").exists()
 

