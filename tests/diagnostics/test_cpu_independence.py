@@ -279,6 +279,8 @@ def _without_numbers(document: Any) -> Any:
         return {re.sub(r"=[-+.\de]+", "=…", key): _without_numbers(value) for key, value in document.items()}
     if isinstance(document, list):
         return [_without_numbers(value) for value in document]
+    if isinstance(document, str):  # an estimate's call, as `irnn(scale=-0.2034226)`
+        return re.sub(r"=[-+.\de]+", "=…", document)
     return None if isinstance(document, float) else document
 
 
