@@ -23,11 +23,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "layouts": {"errors"},
     "init": {"errors", "layouts", "formats"},
     "diagnostics": {"errors", "layouts", "init"},
-    "report": {"errors", "terminal", "layouts", "init", "diagnostics"},
+    "documents": {"errors", "layouts", "init", "diagnostics"},
+    "report": {"errors", "terminal", "layouts", "init", "diagnostics", "documents"},
     "plot": {"errors", "terminal", "formats", "diagnostics"},
-    "rewrite": {"errors", "formats", "layouts", "init", "diagnostics", "report", "rnninit_cli"},
-    "cli": {"errors", "terminal", "interruption", "formats", "layouts", "init", "diagnostics", "report", "plot",
-            "rewrite", "rnninit_cli"},
+    "stale": {"errors"},
+    "rewrite": {"errors", "formats", "layouts", "init", "diagnostics", "documents", "stale", "rnninit_cli"},
+    "cli_help": {"errors", "init", "layouts"},
+    "cli": {"errors", "terminal", "interruption", "cli_help", "formats", "layouts", "init", "diagnostics",
+            "documents", "report", "plot", "rewrite", "rnninit_cli"},
     "__main__": {"cli"},
     "rnninit_cli": set(),  # the package's __init__: its public names are imported lazily, by importlib
 }

@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from rnninit_cli.documents import apply_document, capture_stats
 from rnninit_cli.init.planning import plan
-from rnninit_cli.report import apply_document, capture_stats
-from rnninit_cli.rewrite import _shared_warnings, _SpanIndex
+from rnninit_cli.stale import _shared_warnings, _SpanIndex
 
 MODULE = [sys.executable, "-m", "rnninit_cli"]
 

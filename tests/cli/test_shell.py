@@ -20,7 +20,7 @@ import torch
 from terminals import run_on_terminal, terminal_environment
 from typer.testing import CliRunner
 
-from rnninit_cli import cli
+from rnninit_cli import cli, cli_help
 
 SCRIPT = Path(sys.executable).parent / "rnninit"
 COMMANDS = ("apply", "inspect", "verify", "diff", "new", "schemes")
@@ -161,7 +161,7 @@ def test_help_at_a_terminals_width(columns: int) -> None:
         listed = " ".join(re.search(rf"^  {command} +(.*?)(?=^  \w|\Z)", summaries, re.MULTILINE | re.DOTALL)
                           .group(1).split())
         assert listed == summary, (command, listed, summary)
-    for status, _meaning in cli.EXIT_STATUSES:
+    for status, _meaning in cli_help.EXIT_STATUSES:
         assert not status or re.search(rf"^  {status} ", main, re.MULTILINE), (status, main)
     assert re.search(r"^Usage: rnninit verify \[OPTIONS\] INPUT\.\.\.$", pages["verify"], re.MULTILINE)
     assert re.search(r"^  -r, --rule RULE ", pages["apply"], re.MULTILINE)
@@ -188,7 +188,7 @@ def test_every_example_in_help_works(tmp_path: Path) -> None:
     save_model(tmp_path / "model.pt")
     env = {**os.environ, "PATH": f"{SCRIPT.parent}{os.pathsep}{os.environ['PATH']}"}
     for command in ("apply", "inspect", "verify", "diff", "new", "schemes"):
-        for _what, line in cli.EXAMPLES[command]:
+        for _what, line in cli_help.EXAMPLES[command]:
             assert line.split()[:2] == ["rnninit", command]
             done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=tmp_path, env=env,
                                   timeout=240, check=False)
@@ -250,8 +250,8 @@ def test_an_internal_error_exits_5(files: Path, monkeypatch: pytest.MonkeyPatch)
 def test_readme_and_help_give_the_same_table() -> None:
     section = README.read_text().split("\n### Exit status\n")[1].split("\n#")[0]
     rows = re.findall(r"^\| *([0-9][0-9, /]*) *\| *(.+?) *\|$", section, re.MULTILINE)
-    assert [status.strip() for status, _ in rows] == [s for s, _ in cli.EXIT_STATUSES if s]
-    for (_, readme_meaning), (_, meaning) in zip(rows, cli.EXIT_STATUSES, strict=False):
+    assert [status.strip() for status, _ in rows] == [s for s, _ in cli_help.EXIT_STATUSES if s]
+    for (_, readme_meaning), (_, meaning) in zip(rows, cli_help.EXIT_STATUSES, strict=False):
         assert readme_meaning.replace("`", "") == meaning, (readme_meaning, meaning)
 
 
@@ -320,7 +320,7 @@ def test_usage_errors_are_told_once_not_per_file(files: Path) -> None:
 
 
 def test_examples_are_shell_words() -> None:
-    for command, examples in cli.EXAMPLES.items():
+    for command, examples in cli_help.EXAMPLES.items():
         assert 2 <= len(examples) <= 4, command
         for _what, line in examples:
             assert shlex.split(line)[:2] == ["rnninit", command]
