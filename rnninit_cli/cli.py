@@ -7,10 +7,10 @@ a table row stays one line, so grep finds it.
 torch is imported only by the commands that draw values (apply, new): inspect, verify, diff and schemes read
 every checkpoint with numpy and never import it.
 
-Longer than 600 lines because the seven commands' options live here (Typer reads them from the signatures), with
-what a shell user meets first (help pages with examples, completion, the table of exit statuses, several files at
-once), beside what only the process that runs a command may do: signal handlers, a closed standard output, exit
-codes. The work itself is the library's.
+Longer than 600 lines because the seven commands' options live here (Typer reads them from the signatures), beside
+what only the process that runs a command may do: several files at once, progress bars, signal handlers, a closed
+standard output, exit codes. The help pages' machinery and completion are in cli_help.py; the work itself is the
+library's.
 """
 
 from __future__ import annotations
