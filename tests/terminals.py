@@ -60,3 +60,19 @@ def run_on_terminal(argv: list[str], *, columns: int, env: dict[str, str], cwd: 
             process.kill()
         os.close(master)
     return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+# Several commands in one interpreter (torch is imported once), each exactly as `rnninit ARGS` runs it, argv lists
+# as JSON in argv[1]; each ends with `<<exit N>>` on standard error. The console is created at import, on the
+# inherited standard error: a terminal, or a pipe.
+COMMANDS_DRIVER = """
+import json, sys
+from rnninit_cli.cli import main
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["rnninit", *argv]
+    try:
+        main()
+    except SystemExit as done:
+        sys.stdout.flush()  # on a pipe, the answer before its exit mark
+        print(f"<<exit {done.code}>>", file=sys.stderr, flush=True)
+"""

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from terminals import address_space_limit, run_on_terminal, terminal_environment
+from terminals import COMMANDS_DRIVER, address_space_limit, run_on_terminal, terminal_environment
 from typer.testing import Result
 
 from rnninit_cli import DtypeError, apply_plan, init_, plan
@@ -391,18 +391,7 @@ def test_json_keeps_the_exact_strings(cli, hostile: dict[str, Path]) -> None:
     assert {block["name"] for layer in compared["layers"] for block in layer["blocks"]} == names
 
 
-# Several commands in one interpreter (torch is imported once), each exactly as `rnninit ARGS` runs it: the
-# console is created at import, on the inherited standard error: a terminal, or a pipe.
-DRIVER = """
-import json, sys
-from rnninit_cli.cli import main
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["rnninit", *argv]
-    try:
-        main()
-    except SystemExit as done:
-        print(f"<<exit {done.code}>>", file=sys.stderr, flush=True)
-"""
+DRIVER = COMMANDS_DRIVER
 
 
 def _environment() -> dict[str, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.cells import cell_len
-from terminals import address_space_limit, run_on_terminal, terminal_environment
+from terminals import COMMANDS_DRIVER, address_space_limit, run_on_terminal, terminal_environment
 
 WIDTHS = (60, 80, 100, 120)
 LSTM = "model.encoder.lstm."
@@ -31,17 +31,7 @@ STYLING = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)")
 NUMBER = re.compile(r"[+-]?\d+\.\d+(?:e[+-]\d+)?|\d+[/:]\d+")
 MARK = re.compile(r"<<exit (\d+)>>")
 
-DRIVER = """
-import json, sys
-from rnninit_cli.cli import main
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["rnninit", *argv]
-    try:
-        main()
-    except SystemExit as done:
-        sys.stdout.flush()  # on a pipe, the answer before its exit mark
-        print(f"<<exit {done.code}>>", file=sys.stderr, flush=True)
-"""
+DRIVER = COMMANDS_DRIVER
 
 COMMANDS = {
     "inspect": (["inspect", "m.pt"], 0),
