@@ -30,6 +30,8 @@ STYLING = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)")
 # a figure as the tables write it: 0.1443, +12.346, 1.5e+06, 240/240, 96:144
 NUMBER = re.compile(r"[+-]?\d+\.\d+(?:e[+-]\d+)?|\d+[/:]\d+")
 MARK = re.compile(r"<<exit (\d+)>>")
+# a frame of the progress bar on standard error (transient: the terminal shows it only while the work runs)
+PROGRESS_FRAME = re.compile(r"(initializing|inspecting|verifying|comparing) [━╸╺ ]+ [\d.]+/[\d.]+ [kMG]?B ETA [-:\d]+")
 
 DRIVER = COMMANDS_DRIVER
 
@@ -107,7 +109,7 @@ def terminal(request: pytest.FixtureRequest, folder: Path) -> tuple[int, dict[st
                              cwd=folder, env=terminal_environment(TERM="xterm-256color"),
                              preexec_fn=address_space_limit(8))
     assert "\x1b[" in output, "Rich did not see a terminal: nothing is tested"
-    return width, _pieces(STYLING.sub("", output))
+    return width, _pieces(PROGRESS_FRAME.sub("", STYLING.sub("", output)))
 
 
 def _lines(text: str) -> list[str]:
