@@ -424,7 +424,9 @@ def apply(
         help="Writing safetensors from a .pt: drop its non-tensor entries.")] = False,
     drop_optimizer_state: Annotated[bool, typer.Option(
         "--drop-optimizer-state", rich_help_panel="Output",
-        help="Remove optimizer state (stale for rewritten parameters).")] = False,
+        help="Reset optimizer state, stale for the rewritten parameters: its per-parameter buffers (Adam's moments, "
+        "momentum) go, its hyper-parameters stay, so training resumes with the optimizer starting afresh "
+        "(removed whole when writing safetensors).")] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     layout: LayoutOption = None,

@@ -343,10 +343,16 @@ def _rewrite(
 
     notes = []
     if drop_optimizer_state and isinstance(opened, Checkpoint):
-        dropped = opened.optimizer_paths
-        opened.drop(dropped)
-        notes.append(f"removed optimizer state: {', '.join(dropped)}" if dropped else
-                     "no optimizer state to remove")
+        found = opened.optimizer_paths
+        if not found:
+            notes.append("no optimizer state to remove")
+        elif target_format == "safetensors":  # which cannot hold an optimizer's state at all
+            opened.drop(found)
+            notes.append(f"removed optimizer state: {', '.join(found)}")
+        else:  # resumable: Lightning and optimizer.load_state_dict take it, the optimizer starting afresh
+            opened.reset_optimizer_state(found)
+            notes.append(f"reset optimizer state (per-parameter buffers removed, hyper-parameters kept): "
+                         f"{', '.join(found)}")
     if target_format == "safetensors" and not isinstance(opened, (ModelFolder, DcpFolder)):
         refuse_non_tensors(opened.root, tensors_only)
 

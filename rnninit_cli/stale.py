@@ -40,7 +40,8 @@ def stale_optimizer_warning(opened: Any, shapes: dict[str, Any], written: Iterab
     paths = ", ".join(path or "(the whole file)" for path in opened.optimizer_paths)
     return (f"the checkpoint holds optimizer state ({paths}) with {len(stale)} per-parameter buffer(s) shaped like "
             f"the {len(written)} rewritten parameter(s) ({stale[0]}{', ...' if len(stale) > 1 else ''}); they are "
-            "now stale. Pass --drop-optimizer-state to remove it, or reset the optimizer when resuming")
+            "now stale. Pass --drop-optimizer-state to reset them (hyper-parameters are kept), or reset the optimizer "
+            "when resuming")
 
 
 def _shared_warnings(opened: Any, written: Iterable[str]) -> list[str]:

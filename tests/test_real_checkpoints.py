@@ -375,12 +375,29 @@ def test_drop_optimizer_state(request: pytest.FixtureRequest, tmp_path: Path, fi
     out = tmp_path / "out.pt"
     result = ok("apply", source, "-s", "keras", "--seed", 3, "-o", out, "--drop-optimizer-state")
     assert not [line for line in warnings_of(result) if "optimizer" in line], result.stderr
-    assert f"removed optimizer state: {key}" in result.stderr
+    assert f"reset optimizer state (per-parameter buffers removed, hyper-parameters kept): {key}" in result.stderr
     before, after = load_pt(source), load_pt(out)
-    assert key in before and key not in after
-    del before[key]
+    states = lambda checkpoint: checkpoint[key] if isinstance(checkpoint[key], list) else [checkpoint[key]]  # noqa: E731
+    assert [state["state"] for state in states(after)] == [{}]  # the moments are gone...
+    assert [state["param_groups"] for state in states(after)] == [state["param_groups"] for state in states(before)]
+    for checkpoint in (before, after):
+        checkpoint[key] = None
     assert_same_tree(before, after, changed=[name for prefix in prefixes for name in recurrent_names(prefix)])
     assert not [path for path in flatten(after) if "exp_avg" in path]
+    _net, optimizer, _ = trained()  # ...and torch's optimizer takes what is left, as a resumed run does
+    optimizer.load_state_dict(states(load_pt(out))[0])
+    assert optimizer.state_dict()["state"] == {} and optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_drop_optimizer_state_writing_safetensors_removes_it(tmp_path: Path) -> None:
+    """safetensors holds no optimizer state: there it is removed whole, leaving tensors only."""
+    source, out = tmp_path / "script.pt", tmp_path / "out.safetensors"
+    torch.save({"model": lstm_state(), "optimizer": trained()[1].state_dict()}, source)
+    result = ok("apply", source, "-s", "keras", "--seed", 3, "-o", out, "--drop-optimizer-state")
+    assert "removed optimizer state: optimizer" in result.stderr
+    from safetensors.torch import load_file
+
+    assert sorted(load_file(out)) == sorted(f"model/{name}" for name in lstm_state())
 
 
 def test_drop_optimizer_state_without_any_says_so(tmp_path: Path) -> None:

@@ -112,15 +112,35 @@ class Checkpoint:
         return spans
 
     def drop(self, paths: Iterable[str]) -> None:
-        """Remove the entries at `paths` (e.g. optimizer state) from the checkpoint."""
+        """Remove the entries at `paths` from the checkpoint."""
         for path in filter(None, paths):
             *parents, last = path.split("/")
-            node = self.root
-            for key in parents:
-                node = node[int(key)] if isinstance(node, (list, tuple)) else node[key]
+            node = self._at(parents)
             if isinstance(node, dict):
                 del node[last]
         self.tensors = {p: v for p, v in walk(self.root, "") if is_tensor(v)}
+
+    def reset_optimizer_state(self, paths: Iterable[str]) -> None:
+        """Empty the per-parameter state (moments, momentum buffers, step counts) of the optimizer states at `paths`
+        (see `optimizer_paths`), keeping their hyper-parameters (`param_groups`, fastai's `hypers`): the checkpoint
+        still resumes (Lightning, `optimizer.load_state_dict`), with the optimizer starting afresh."""
+        for path in paths:
+            node = self._at(path.split("/")) if path else self.root
+            if path.endswith("/state") or path == "state":  # a parameter id → buffers mapping on its own
+                node.clear()
+                continue
+            for state_dict in node if isinstance(node, (list, tuple)) else [node]:
+                if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
+                    state_dict["state"] = {}
+                elif isinstance(state_dict, dict) and isinstance(state_dict.get("state"), list):  # fastai
+                    state_dict["state"] = [{} for _ in state_dict["state"]]
+        self.tensors = {p: v for p, v in walk(self.root, "") if is_tensor(v)}
+
+    def _at(self, keys: Iterable[str]) -> Any:
+        node = self.root
+        for key in keys:
+            node = node[int(key)] if isinstance(node, (list, tuple)) else node[key]
+        return node
 
 
 def read_input(source: str | Path) -> bytes:

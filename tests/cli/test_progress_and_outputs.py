@@ -162,7 +162,7 @@ def test_plot_replaces_a_file_only_with_force(cli: Callable[..., Result], lstm_p
     pytest.importorskip("matplotlib")
     plot = tmp_path / "gates.png"
     plot.write_bytes(b"precious")
-    line = one_error(cli("inspect", lstm_pt, "--plot", plot), 1)
+    line = one_error(cli("inspect", lstm_pt, "--plot", plot), 4)
     assert "--force" in line
     assert plot.read_bytes() == b"precious"
     result = cli("inspect", lstm_pt, "--plot", plot, "--force")
@@ -174,11 +174,11 @@ def test_plot_replaces_a_file_only_with_force(cli: Callable[..., Result], lstm_p
 def test_plot_never_replaces_the_checkpoint(cli: Callable[..., Result], lstm_pt: Path, tmp_path: Path) -> None:
     disguised = tmp_path / "ckpt.png"
     disguised.write_bytes(lstm_pt.read_bytes())
-    one_error(cli("inspect", disguised, "--plot", disguised, "--force"), 1)
+    one_error(cli("inspect", disguised, "--plot", disguised, "--force"), 4)
     assert disguised.read_bytes() == lstm_pt.read_bytes()
     folder = tmp_path / "plot.svg"
     folder.mkdir()
-    one_error(cli("inspect", lstm_pt, "--plot", folder, "--force"), 1)
+    one_error(cli("inspect", lstm_pt, "--plot", folder, "--force"), 4)
     assert folder.is_dir()
 
 
