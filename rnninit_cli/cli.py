@@ -610,6 +610,10 @@ def inspect(
 
         def read_and_diagnose(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any]:
             found = inspect_checkpoint(input, only, layouts=layouts, strict=strict)
+            if found.unselected:  # --only matches none of the recurrent parameters there are: a usage error
+                from .init.planning import only_matches_nothing
+
+                raise only_matches_nothing(only, found.unselected)
             return found, diagnose(found.tensors, only=only, layers=found.layers, geometry=wide or plot is not None,
                                    on_progress=on_progress) if found.layers else None
 
@@ -663,6 +667,7 @@ def inspect(
 def _print_warnings(warnings: Iterable[object], where: str | None = None) -> None:
     """One `warning: ...` line each on standard error; `where`: the input they are about (several inputs)."""
     for warning in warnings:
+        # one line, even on a terminal: a hint in it (--layout '...') is copied whole from the terminal's own wrap
         console.print(f"[bold yellow]warning:[/] {shown(warning if where is None else f'{where}: {warning}')}",
                       soft_wrap=True)
 

@@ -226,13 +226,14 @@ def _plan_or_hints(opened: Source, unpacked: dict[str, Any], scheme: str, **opti
         raise
 
 
-def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any], *,
+                      dry_run: bool = False) -> tuple[list[str], list[str]]:
     """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state."""
     written = the_plan.written_sources
     shared = _shared_warnings(opened, written)
     warnings = [str(item) for item in the_plan.skipped] + shared
     codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
-    stale = stale_optimizer_warning(opened, shapes, written)
+    stale = stale_optimizer_warning(opened, shapes, written, dry_run=dry_run)
     if stale:
         warnings.append(stale)
         codes.append("stale-optimizer-state")
@@ -369,7 +370,7 @@ def _rewrite(
     before = capture_stats(the_plan, effective) if report_before else {}
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
-    warnings, codes = _rewrite_warnings(opened, the_plan, shapes)
+    warnings, codes = _rewrite_warnings(opened, the_plan, shapes, dry_run=dry_run)
     result = RewriteResult(the_plan, discovery.effective(tensors), before, opened.format, target_format, None,
                            warnings, notes, codes)
     if dry_run or output is None:
@@ -454,7 +455,7 @@ def _plan_without_torch(source: str, output: str | None, scheme: str, options: R
         written = the_plan.written_sources
         strided = _strided(opened)
         refuse_overlapping(strided, [name for name in written if name in strided])
-        warnings, codes = _rewrite_warnings(opened, the_plan, shapes)
+        warnings, codes = _rewrite_warnings(opened, the_plan, shapes, dry_run=True)
         seeded = the_plan if options.seed is None else replace(the_plan, seed=options.seed)
         return RewriteResult(seeded, tensors, before, opened.format, target_format, None, warnings, notes, codes)
     finally:

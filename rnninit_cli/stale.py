@@ -27,7 +27,8 @@ def model_tensors(opened: Any, tensors: dict[str, Any]) -> dict[str, Any]:
     return {name: tensor for name, tensor in tensors.items() if name not in optimizer} if optimizer else tensors
 
 
-def stale_optimizer_warning(opened: Any, shapes: dict[str, Any], written: Iterable[str]) -> str | None:
+def stale_optimizer_warning(opened: Any, shapes: dict[str, Any], written: Iterable[str], *,
+                            dry_run: bool = False) -> str | None:
     """A warning when the optimizer state holds per-parameter tensors (moments, momentum buffers) shaped like a
     rewritten parameter: they describe the old values. Optimizer state without such tensors (plain SGD) is not
     stale."""
@@ -38,10 +39,11 @@ def stale_optimizer_warning(opened: Any, shapes: dict[str, Any], written: Iterab
         return None
     written = list(written)
     paths = ", ".join(path or "(the whole file)" for path in opened.optimizer_paths)
+    tense = "would be" if dry_run else "are now"
     return (f"the checkpoint holds optimizer state ({paths}) with {len(stale)} per-parameter buffer(s) shaped like "
-            f"the {len(written)} rewritten parameter(s) ({stale[0]}{', ...' if len(stale) > 1 else ''}); they are "
-            "now stale. Pass --drop-optimizer-state to reset them (hyper-parameters are kept), or reset the optimizer "
-            "when resuming")
+            f"the {len(written)} rewritten parameter(s) ({stale[0]}{', ...' if len(stale) > 1 else ''}); they "
+            f"{tense} stale. Pass --drop-optimizer-state to reset them (hyper-parameters are kept), or reset the "
+            "optimizer when resuming")
 
 
 def _shared_warnings(opened: Any, written: Iterable[str]) -> list[str]:

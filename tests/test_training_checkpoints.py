@@ -354,7 +354,7 @@ def test_apply_that_finds_nothing_gives_the_hints_of_inspect(tmp_path: Path) -> 
     path = tmp_path / "rnnt.pt"
     torch.save({"model": torchaudio_rnnt_predictor()[1]}, path)
     inspected, applied = cli("inspect", path), cli("apply", path, "-s", "keras", "-o", tmp_path / "out.pt")
-    assert applied.exit_code == 1 and "error: no recurrent parameters found" in applied.stderr, applied.stderr
+    assert applied.exit_code == 2 and "error: no recurrent parameters found" in applied.stderr, applied.stderr
     assert look_alike_lines(applied.stderr) == look_alike_lines(inspected.stderr) != []
     assert hints(applied.stderr) == ["torchaudio-rnnt"]
     assert not (tmp_path / "out.pt").exists()

@@ -109,7 +109,7 @@ HOSTILE_RUNS = {
                     "the layout matches no recurrent cell"),
     "layout-file-alternative": (("inspect", "names.safetensors", "--layout-file", "alternative.toml"), 0,
                                 "enc.0.: LSTM cell (layout"),
-    "only": (("inspect", "prefix.safetensors", "--only", HOSTILE), 0, "no recurrent parameters found matching"),
+    "only": (("inspect", "prefix.safetensors", "--only", HOSTILE), 2, "matches none of"),
     "only-alternative": (("inspect", "prefix.safetensors", "--only", f"{HOSTILE}|_hh_"), 0, "weight_hh_l0"),
 }
 
