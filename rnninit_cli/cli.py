@@ -952,6 +952,22 @@ def _leave_at_once(status: int) -> None:
     os._exit(status)
 
 
+def _run_app() -> int:
+    """Run the command line; its exit status. A mistake on the command line itself (an unknown command or option,
+    a missing argument, a value out of range) is one `error:` line with status 2, like every other error."""
+    try:
+        status = app(standalone_mode=False)
+    except typer.TyperException as error:  # the base of the command line's mistakes (typer's bundled click)
+        where = f"rnninit {error.ctx.command_path.partition(' ')[2]}".rstrip() if getattr(error, "ctx", None) \
+            else "rnninit"
+        console.print(f"[bold red]error:[/] {shown(error.format_message())} (see {where} --help)", soft_wrap=True)
+        return error.exit_code
+    except typer.Abort:  # Ctrl-C where typer itself waits (none of rnninit's commands prompts)
+        console.print("[bold red]error:[/] interrupted", soft_wrap=True)
+        return 128 + signal.SIGINT
+    return status if isinstance(status, int) else 0
+
+
 def main() -> None:
     """Console-script entry point."""
     # the package took the signals over on its first line when started as the command; a program that calls
@@ -964,7 +980,7 @@ def main() -> None:
         sys.stdout = _ClosedOutput()  # type: ignore[assignment]
     _tolerate_narrow_encodings()
     try:
-        app()
+        sys.exit(_run_app())
     except SystemExit as ended:
         from . import _AS_COMMAND  # read now: a script standing in for the console script may set it
 
