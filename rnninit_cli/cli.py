@@ -70,11 +70,20 @@ UNFOLDED = 100_000  # the width of a pipe or a file: wide enough that no table r
 
 
 def _make_console(*, stderr: bool) -> Console:
-    probe = Console(stderr=stderr)
-    # A terminal gets its own width (tables fit it); pipes, files and logs are never folded, whatever
-    # COLUMNS says: a table takes its natural width and each row stays one line for grep.
+    # A terminal gets its own width (tables fit it); pipes, files and logs are never folded, whatever COLUMNS,
+    # FORCE_COLOR or TTY_COMPATIBLE say (those may colour a pipe, as asked, never fold it): a table takes its
+    # natural width and each row stays one line for grep.
     # emoji=False: a name like `enc:fire:` prints as written, not as an emoji
-    return Console(stderr=stderr, highlight=False, emoji=False, width=None if probe.is_terminal else UNFOLDED)
+    return Console(stderr=stderr, highlight=False, emoji=False,
+                   width=None if _is_a_terminal(sys.stderr if stderr else sys.stdout) else UNFOLDED)
+
+
+def _is_a_terminal(stream: Any) -> bool:
+    """Whether `stream` itself is a terminal (Rich's own test also believes FORCE_COLOR and TTY_COMPATIBLE)."""
+    try:
+        return os.isatty(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, replaced (a test's capture) or absent
+        return False
 
 
 console = _make_console(stderr=True)  # messages: progress, warnings, notes, errors
@@ -262,11 +271,7 @@ def _one_stdout_user(as_json: bool, output: str | None) -> None:
 
 def _refuse_binary_on_terminal(output: str | None) -> None:
     """`-o -` on a terminal would dump a binary checkpoint on the screen: refused, as `gzip -c` does."""
-    try:
-        on_terminal = output == "-" and os.isatty(sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # closed or replaced standard output: not a terminal
-        on_terminal = False
-    if on_terminal:
+    if output == "-" and _is_a_terminal(sys.stdout):
         raise UsageError("standard output is a terminal: the checkpoint is binary and is not written there; "
                          "redirect it (-o - > FILE, or | another command) or give -o FILE")
 
@@ -479,7 +484,7 @@ def _progress(description: str, silent: bool = False) -> Iterator[Callable[[int,
     """A progress bar of bytes done out of a known total, with the time left, on a terminal's standard error, once
     the work has run for PROGRESS_DELAY_S; nothing elsewhere, nothing with `silent`. Yields the library's
     `on_progress(done, total)` callback (None: nothing to report to)."""
-    if silent or not _stderr_is_terminal():
+    if silent or not _is_a_terminal(sys.stderr):
         yield None
         return
     bar = _DelayedBar(description, PROGRESS_DELAY_S)
@@ -508,14 +513,6 @@ def _interruptibly(work: Callable[[], _Result]) -> _Result:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
-
-
-def _stderr_is_terminal() -> bool:
-    """Standard error itself is a terminal (FORCE_COLOR and TTY_COMPATIBLE, which Rich obeys, do not count)."""
-    try:
-        return os.isatty(sys.stderr.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 class _DelayedBar:

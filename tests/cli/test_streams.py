@@ -58,6 +58,17 @@ def _table_rows(text: str) -> list[str]:
     return [line for line in text.splitlines() if "│" in line]
 
 
+@pytest.mark.parametrize("asked", [{"FORCE_COLOR": "1"}, {"TTY_COMPATIBLE": "1"},
+                                   {"FORCE_COLOR": "1", "COLUMNS": "40"}])
+def test_a_pipe_asked_for_colour_is_coloured_but_never_folded(asked: dict[str, str], checkpoints: dict) -> None:
+    """FORCE_COLOR (common in CI) or TTY_COMPATIBLE may colour what goes to a pipe; it still takes each table's
+    natural width, so without its colours it is what a plain pipe gets, line for line (grep keeps working)."""
+    plain = rnninit("inspect", checkpoints["model"], "--wide")
+    coloured = rnninit("inspect", checkpoints["model"], "--wide", env=_environment(**asked))
+    assert plain.returncode == coloured.returncode == 0, coloured.stderr.decode()
+    assert STYLING.sub("", coloured.stdout.decode()) == plain.stdout.decode()
+
+
 def test_inspect_on_a_pipe_answers_on_stdout_one_line_per_block(checkpoints: dict) -> None:
     # COLUMNS set, as in many CI shells: a pipe is still not folded
     result = rnninit("inspect", checkpoints["model"], env=_environment(COLUMNS="60"))
