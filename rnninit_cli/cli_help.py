@@ -202,7 +202,14 @@ def install_completion(ctx: typer.Context, value: str | None) -> None:
         return
     from typer.completion import install
 
-    shell, path = install(shell=completion_shell(value), prog_name="rnninit", complete_var=COMPLETE_VARIABLE)
+    shell = completion_shell(value)
+    try:
+        shell, path = install(shell=shell, prog_name="rnninit", complete_var=COMPLETE_VARIABLE)
+    except OSError as error:  # no such shell to ask (powershell), a HOME that is a file or read-only
+        where = f" ({error.filename})" if error.filename else ""
+        typer.echo(f"error: cannot install {shell} completion: {error.strerror or error}{where}; print the script "
+                   f"with --show-completion {shell} and put it where your shell reads it", err=True)
+        raise typer.Exit(BAD_OUTPUT) from None
     typer.echo(f"{shell} completion installed in {path}; it takes effect in a new shell", err=True)
     raise typer.Exit()
 

@@ -222,7 +222,9 @@ def _plan_or_hints(opened: Source, unpacked: dict[str, Any], scheme: str, **opti
     except NothingToDoError as error:
         everything = discover(unpacked, layouts=options.get("layouts", ()), identities=_identities(opened))
         if not everything.layers and everything.suspects:  # nothing found: the hints `inspect` gives
-            raise NotRecognisedError(str(error), everything.suspects) from None
+            hinted = NotRecognisedError(str(error), everything.suspects)
+            hinted.cli_message = error.cli_message  # in the command line's words (--layout, not layouts=)
+            raise hinted from None
         raise
 
 

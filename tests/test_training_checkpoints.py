@@ -355,6 +355,8 @@ def test_apply_that_finds_nothing_gives_the_hints_of_inspect(tmp_path: Path) -> 
     torch.save({"model": torchaudio_rnnt_predictor()[1]}, path)
     inspected, applied = cli("inspect", path), cli("apply", path, "-s", "keras", "-o", tmp_path / "out.pt")
     assert applied.exit_code == 2 and "error: no recurrent parameters found" in applied.stderr, applied.stderr
+    error_line = next(line for line in applied.stderr.splitlines() if line.startswith("error:"))
+    assert "declared with --layout)" in error_line, error_line  # the flag's name, not the API's `layouts`
     assert look_alike_lines(applied.stderr) == look_alike_lines(inspected.stderr) != []
     assert hints(applied.stderr) == ["torchaudio-rnnt"]
     assert not (tmp_path / "out.pt").exists()

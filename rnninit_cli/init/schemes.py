@@ -104,7 +104,10 @@ def parse_rule(text: str | Rule) -> Rule:
     target_text, equals, init_text = text.partition("=")
     if not equals or not init_text.strip():
         raise RuleError(f"rule {text!r} is not of the form TARGET=INIT, e.g. bias_ih.f=constant(1)")
-    kind_text, _, gate = target_text.strip().partition(".")
+    kind_text, dot, gate = target_text.strip().partition(".")
+    if dot and not gate:  # `bias_ih.$GATE=ones` with GATE empty must not hit every gate
+        raise RuleError(f"rule {text!r}: the gate after {kind_text}. is empty; name one (bias_ih.f=...) or write "
+                        f"{kind_text}=INIT for every gate")
     kind = resolve_name(kind_text, TARGET_KINDS)
     if kind is None:
         hint = suggestion(kind_text, TARGET_KINDS) or f"; targets are {', '.join(TARGET_KINDS)}"

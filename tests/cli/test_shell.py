@@ -131,6 +131,16 @@ def test_install_completion_writes_to_the_shells_start_up_files(tmp_path: Path) 
     assert str(installed) in (tmp_path / ".bashrc").read_text() and str(installed) in done.stderr
 
 
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_install_completion_that_cannot_write_is_one_error_line(shell: str, tmp_path: Path) -> None:
+    """A HOME that is a file (or a read-only one): one `error:` line, exit 4 (an output), no traceback."""
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    done = rnninit("--install-completion", shell, env={"HOME": str(home)})
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.startswith("error: cannot install") and len(done.stderr.splitlines()) == 1, done.stderr
+
+
 # --- help --------------------------------------------------------------------------------------------------------
 
 def help_pages(columns: int) -> dict[str, str]:

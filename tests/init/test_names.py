@@ -198,3 +198,13 @@ def test_every_exception_the_docs_name_is_exported() -> None:
     for name in sorted(classes | named):
         assert name in rnninit_cli.__all__, name
         assert getattr(rnninit_cli, name).__name__ == name
+
+
+@pytest.mark.parametrize("rule", ["bias_ih.=ones", "weight_hh.=orthogonal"])
+def test_an_empty_gate_is_refused_not_widened_to_every_gate(rule: str) -> None:
+    """`bias_ih.$GATE=ones` with GATE unset must not write ones into every gate."""
+    from rnninit_cli.errors import RuleError
+    from rnninit_cli.init.schemes import parse_rule
+
+    with pytest.raises(RuleError, match=r"gate after .* is empty"):
+        parse_rule(rule)
