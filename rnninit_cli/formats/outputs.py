@@ -41,7 +41,7 @@ def named_format(output: str | Path, source: str | Path | None = None) -> str | 
     Any other extension (`out.npz`, `out.onnx`) is a UsageError: rnninit writes no such format."""
     if str(output) == STDIO:
         return None
-    suffix = Path(str(output)).suffix.lower()
+    suffix = _extension(output)
     if suffix == ".safetensors":
         return "safetensors"
     if suffix in PT_EXTENSIONS:
@@ -52,12 +52,22 @@ def named_format(output: str | Path, source: str | Path | None = None) -> str | 
                      f"files, and {suffix} names neither; give OUTPUT one of these extensions")
 
 
+def _extension(name: str | Path) -> str:
+    """The extension a name ends with, lower-cased; a hidden file's whole name counts (`.safetensors`, which
+    Path.suffix takes for a stem)."""
+    final = Path(str(name)).name.lower()
+    return Path(final).suffix or (final if final.startswith(".") and final.count(".") == 1 else "")
+
+
 def check_output_name(source: str | Path, output: str | Path, requested: str | None) -> None:
     """Before any work: a file OUTPUT's extension must name a format rnninit writes, the one `--format` asks for
-    (see `output_format`). A folder's output is checked once the folder is known to be a checkpoint
-    (`check_folder_output_name`)."""
+    (see `output_format`), and a file OUTPUT must not end with `/` (a folder's name). A folder's output is checked
+    once the folder is known to be a checkpoint (`check_folder_output_name`)."""
     if str(output) == STDIO or (str(source) != STDIO and Path(str(source)).is_dir()):
         return
+    if str(output).endswith(("/", os.sep)):
+        raise UsageError(f"{output} ends with / like a folder, but {source} is a file and so is its output; "
+                         "give a file name")
     output_format(output, requested, FORMATS[0], source)
 
 

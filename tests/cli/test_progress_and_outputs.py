@@ -51,7 +51,8 @@ def lstm_pt(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("w.safetensors", "pt"), ("w.ckpt", "safetensors"),
-                                           ("W.PTH", "safetensors"), ("model.bin", "safetensors")])
+                                           ("W.PTH", "safetensors"), ("model.bin", "safetensors"),
+                                           (".safetensors", "pt"), (".pt", "safetensors")])
 def test_a_format_that_contradicts_the_name_is_refused(name: str, fmt: str, cli: Callable[..., Result],
                                                        lstm_pt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -74,6 +75,22 @@ def test_an_unknown_extension_is_refused(name: str, cli: Callable[..., Result], 
     one_error(cli("new", "lstm", "--input-size", 3, "--hidden-size", 4, *SCHEME, "-o", out / name), 2)
     one_error(cli("apply", lstm_pt, *SCHEME, "-o", out / name, "--dry-run"), 2)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", [".safetensors", ".SAFETENSORS"])
+def test_a_hidden_name_that_is_an_extension_names_its_format(name: str, cli: Callable[..., Result], lstm_pt: Path,
+                                                             tmp_path: Path) -> None:
+    """`-o .safetensors` is a safetensors file (Path.suffix sees no extension there and took the input's format)."""
+    assert cli("apply", lstm_pt, *SCHEME, "-q", "--tensors-only", "-o", tmp_path / name).exit_code == 0
+    assert (tmp_path / name).read_bytes()[8:9] == b"{"  # safetensors: an 8-byte header length, then JSON
+
+
+@pytest.mark.parametrize("name", ["out.safetensors/", "out.pt/", "outdir/"])
+def test_a_file_output_named_like_a_folder_is_refused(name: str, cli: Callable[..., Result], lstm_pt: Path,
+                                                      tmp_path: Path) -> None:
+    """A trailing / names a folder; a file's output is a file (cp says "Not a directory"): nothing is written."""
+    one_error(cli("apply", lstm_pt, *SCHEME, "-o", f"{tmp_path}/{name}"), 2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [lstm_pt.parent.name]
 
 
 def test_names_that_say_nothing_else_still_work(cli: Callable[..., Result], lstm_pt: Path, tmp_path: Path) -> None:
