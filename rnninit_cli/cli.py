@@ -343,7 +343,7 @@ OnlyOption = Annotated[str | None, typer.Option(
     "--only", metavar="REGEX", rich_help_panel="Which blocks",
     help="Regular expression searched in full parameter names; only those are touched.")]
 FormatOption = Annotated[Format | None, typer.Option(
-    "--format", metavar="FORMAT", rich_help_panel="Output",
+    "--format", metavar="FORMAT", rich_help_panel="Output", case_sensitive=False,
     help="pt or safetensors; default: OUTPUT's extension, else the input's format.")]
 ForceOption = Annotated[bool, typer.Option("--force", "-f", rich_help_panel="Output",
                                            help="Replace an existing OUTPUT.")]
@@ -652,6 +652,8 @@ def inspect(
                          *(diagnosis.warnings if diagnosis else ())], input if several else None)
         if plot is not None and diagnosis is not None:
             console.print(f"plotted {len(diagnosis.layers)} layer(s) to {visible(plot)}", markup=False)
+        elif plot is not None:
+            _print_warnings([f"no recurrent layer to plot; nothing written to {plot}"])
 
     with _errors():
         _state["json_lines"] = True
@@ -798,7 +800,8 @@ def diff(
 @app.command(cls=HelpCommand)
 def new(
     cell: Annotated[Cell, typer.Argument(
-        metavar="CELL", help="Layer type: rnn, gru, lstm, rnncell, grucell or lstmcell.", show_default=False)],
+        metavar="CELL", help="Layer type: rnn, gru, lstm, rnncell, grucell or lstmcell.", show_default=False,
+        case_sensitive=False)],
     input_size: Annotated[int, typer.Option("--input-size", min=1, metavar="N", rich_help_panel="What to build",
                                             help="Input features.")],
     hidden_size: Annotated[int, typer.Option("--hidden-size", min=1, metavar="N", rich_help_panel="What to build",

@@ -146,4 +146,5 @@ def unknown_name(what: str, name: str, known: Iterable[str], *, listed_by: str =
     hint = suggestion(name, known)
     if not hint:
         hint = f"; known: {', '.join(known)}" if len(known) <= 16 or not listed_by else f"; {listed_by} lists them"
-    return f"unknown {what} {name!r}{hint}"
+    shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"  # an error stays one short line
+    return f"unknown {what} {shown!r}{hint}"
