@@ -23,12 +23,38 @@ from .orthogonality import (
 from .stats import Summary, as_float64, combine, dtype_name, safe_scale, summarize, to_array
 
 _Key = tuple[str, int | None, int | None]
+_WORTH_A_THREAD = 1 << 16  # values per block, on average, below which threads cost more than they save (many cells)
 
 
 def worker_count() -> int:
     """Threads for independent blocks: the CPUs this process may use, at most four."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, available)
+
+
+class _ByName(dict):  # type: ignore[type-arg]
+    """A cache whose keys start with a parameter's name (`name_of` finds it), indexed by that name: forgetting a
+    parameter, or finding its blocks, costs what that parameter holds, not the whole cache (10,000 layers)."""
+
+    def __init__(self, name_of: Callable[[Any], str] = lambda key: key[0]) -> None:
+        super().__init__()
+        self._name_of = name_of
+        self._keys: dict[str, set[Any]] = {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._keys.setdefault(self._name_of(key), set()).add(key)
+
+    def update(self, items: Iterable[tuple[Any, Any]]) -> None:  # type: ignore[override]
+        for key, value in items:  # dict.update would bypass __setitem__, and the index
+            self[key] = value
+
+    def keys_of(self, name: str) -> set[Any]:
+        return self._keys.get(name, set())
+
+    def drop(self, name: str) -> None:
+        for key in self._keys.pop(name, ()):
+            self.pop(key, None)
 
 
 class _Cache:
@@ -38,10 +64,10 @@ class _Cache:
     def __init__(self, tensors: Mapping[str, Any]) -> None:
         self.tensors = tensors
         self._whole: dict[str, np.ndarray] = {}
-        self._grams: dict[_Key, _Gram | None] = {}
-        self._summaries: dict[_Key, Summary] = {}
-        self._gains: dict[tuple[_Key, float], float | None] = {}
-        self._diagonals: dict[_Key, np.ndarray] = {}
+        self._grams: _ByName[_Key, _Gram | None] = _ByName()
+        self._summaries: _ByName[_Key, Summary] = _ByName()
+        self._gains: _ByName[tuple[_Key, float], float | None] = _ByName(lambda key: key[0][0])
+        self._diagonals: _ByName[_Key, np.ndarray] = _ByName()
 
     def whole(self, name: str) -> np.ndarray:
         """The parameter as a numpy array in its stored dtype."""
@@ -54,14 +80,10 @@ class _Cache:
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop what was computed for these parameters (a diagnosis goes layer by layer: memory stays one layer's)."""
-        gone = set(names)
-        for name in gone:
+        for name in set(names):
             self._whole.pop(name, None)
-        for store in (self._grams, self._summaries, self._diagonals):
-            for key in [key for key in store if key[0] in gone]:
-                del store[key]
-        for key in [key for key in self._gains if key[0][0] in gone]:
-            del self._gains[key]
+            for store in (self._grams, self._summaries, self._diagonals, self._gains):
+                store.drop(name)
 
     def summary(self, name: str, start: int | None = None, stop: int | None = None) -> Summary:
         """Count, NaN/Inf count, min, max, Σx, Σx² of rows [start, stop) (the whole parameter when None)."""
@@ -79,8 +101,9 @@ class _Cache:
         keys = list(dict.fromkeys(keys))
         missing = [key for key in keys if key not in self._summaries]
         workers = worker_count()
-        if len(missing) < 2 or workers < 2:
-            return
+        if len(missing) < 2 or workers < 2 or \
+                sum(self._values(*key).size for key in missing) < _WORTH_A_THREAD * len(missing):
+            return  # computed when asked for, on this thread: for small blocks a pool costs more than it saves
         pool = ThreadPoolExecutor(workers, thread_name_prefix="rnninit-summary")
         try:
             for key, result in zip(missing, pool.map(lambda key: summarize(self._values(*key)), missing),
@@ -97,7 +120,7 @@ class _Cache:
 
     def _whole_from_blocks(self, name: str) -> Summary | None:
         """The whole parameter's Summary merged from its blocks' when they cover its rows (no second pass)."""
-        spans = sorted((key[1], key[2]) for key in self._summaries if key[0] == name and key[1] is not None)
+        spans = sorted((key[1], key[2]) for key in self._summaries.keys_of(name) if key[1] is not None)
         reached, parts = 0, []
         for start, stop in spans:
             if start == reached and stop is not None and stop > start:

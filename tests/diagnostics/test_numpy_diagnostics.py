@@ -205,3 +205,30 @@ def test_a_whole_summary_merged_from_its_blocks_equals_one_read_of_the_whole() -
     assert (merged.minimum, merged.maximum) == (direct.minimum, direct.maximum)
     for field in ("total", "squares", "centred"):
         assert getattr(merged, field) == pytest.approx(getattr(direct, field), rel=1e-12), field
+
+
+def test_the_cache_forgets_a_parameter_whole_and_merges_its_blocks_by_name() -> None:
+    """Blocks are found, and forgotten, through the index by name (10,000 layers: no scan of the whole cache):
+    after `forget` nothing of the parameter is left, the other parameter's entries stay, and the whole parameter's
+    summary merged from its blocks equals the one computed from its values."""
+    from rnninit_cli.diagnostics.cache import _Cache
+    from rnninit_cli.diagnostics.stats import summarize
+
+    rng = np.random.default_rng(3)
+    tensors = {"a.weight_hh": rng.standard_normal((8, 4)).astype(np.float32),
+               "b.weight_hh": rng.standard_normal((8, 4)).astype(np.float32)}
+    cache = _Cache(tensors)
+    for name in tensors:
+        for start in (0, 4):
+            cache.summary(name, start, start + 4)
+        cache.gram(name, 0, 4)
+    merged = cache.summary("a.weight_hh")
+    direct = summarize(tensors["a.weight_hh"])
+    assert (merged.n, merged.minimum, merged.maximum) == (direct.n, direct.minimum, direct.maximum)
+    assert np.isclose(merged.total, direct.total)
+    cache.forget(["a.weight_hh"])
+    stores = (cache._summaries, cache._grams, cache._diagonals, cache._gains)
+    assert not [key for store in stores for key in store if "a.weight_hh" in str(key)]
+    assert all(not store.keys_of("a.weight_hh") for store in stores)
+    kept = ("b.weight_hh", 0, 4)
+    assert kept in cache._summaries and kept in cache._summaries.keys_of("b.weight_hh")
