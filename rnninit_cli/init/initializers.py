@@ -9,6 +9,7 @@ the whole concatenated parameter (`per=matrix`). 2-D tensors are (out_features, 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -45,11 +46,18 @@ class InitializerSpec:
     @property
     def parameters(self) -> dict[str, Any]:
         """User-settable arguments and their defaults (inspect.Parameter.empty when required)."""
-        params = list(inspect.signature(self.function).parameters.values())[1:]
-        result = {p.name: p.default for p in params if p.kind is not p.KEYWORD_ONLY}
+        result = dict(_positional_parameters(self.function))
         if self.scoped:
             result["per"] = "gate"
         return result
+
+
+@functools.cache
+def _positional_parameters(function: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
+    """(name, default) of a block initializer's arguments after the tensor, read from its signature once (a
+    diagnosis of 10,000 layers binds rules hundreds of thousands of times)."""
+    params = list(inspect.signature(function).parameters.values())[1:]
+    return tuple((p.name, p.default) for p in params if p.kind is not p.KEYWORD_ONLY)
 
 
 INITIALIZERS: dict[str, InitializerSpec] = {}
