@@ -972,6 +972,8 @@ def main() -> None:
     """Console-script entry point."""
     # the package took the signals over on its first line when started as the command; a program that calls
     # main() itself gets the same while it runs, and exactly its own handlers back afterwards
+    from . import _AS_COMMAND as started_as_command  # read now: a script standing in for the console script sets it
+
     previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
     _state["ignored"] = {signum for signum, handler in previous.items() if handler == signal.SIG_IGN}
     _state["signals"] = True
@@ -982,9 +984,7 @@ def main() -> None:
     try:
         sys.exit(_run_app())
     except SystemExit as ended:
-        from . import _AS_COMMAND  # read now: a script standing in for the console script may set it
-
-        if _AS_COMMAND and Stop.signum is not None and ended.code == 128 + Stop.signum:
+        if started_as_command and Stop.signum is not None and ended.code == 128 + Stop.signum:
             _leave_at_once(ended.code)  # only the command's own process: a program that called main() goes on
         raise
     finally:
@@ -992,9 +992,7 @@ def main() -> None:
         _cancel_retry()
         _state["signals"] = False
         reset_stop()  # a program that goes on after main() writes its own outputs
-        from . import _AS_COMMAND  # read now: a script standing in for the console script may set it
-
-        if not _AS_COMMAND:  # a program that called main() goes on; the command's process exits, still ignoring
+        if not started_as_command:  # a program that called main() goes on; the command's process exits, still ignoring
             for signum, handler in previous.items():
                 if handler is not None:  # None: installed outside Python
                     signal.signal(signum, handler)

@@ -58,7 +58,7 @@ from .init.planning import (
     set_aside_quantized,
 )
 from .layouts.discovery import Layer, Skipped, Suspect, discover
-from .stale import _shared_warnings, model_tensors, stale_optimizer_warning
+from .stale import model_tensors, shared_storage_warnings, stale_optimizer_warning
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -232,7 +232,7 @@ def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any], *,
                       dry_run: bool = False) -> tuple[list[str], list[str]]:
     """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state."""
     written = the_plan.written_sources
-    shared = _shared_warnings(opened, written)
+    shared = shared_storage_warnings(opened, written)
     warnings = [str(item) for item in the_plan.skipped] + shared
     codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
     stale = stale_optimizer_warning(opened, shapes, written, dry_run=dry_run)
@@ -373,8 +373,7 @@ def _rewrite(
     written = the_plan.written_sources
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
     warnings, codes = _rewrite_warnings(opened, the_plan, shapes, dry_run=dry_run)
-    result = RewriteResult(the_plan, discovery.effective(tensors), before, opened.format, target_format, None,
-                           warnings, notes, codes)
+    result = RewriteResult(the_plan, effective, before, opened.format, target_format, None, warnings, notes, codes)
     if dry_run or output is None:
         result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
         return result

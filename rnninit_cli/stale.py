@@ -46,9 +46,9 @@ def stale_optimizer_warning(opened: Any, shapes: dict[str, Any], written: Iterab
             "optimizer when resuming")
 
 
-def _shared_warnings(opened: Any, written: Iterable[str]) -> list[str]:
+def shared_storage_warnings(opened: Any, written: Iterable[str]) -> list[str]:
     spans = opened.storage_spans()
-    overlapping = _SpanIndex(spans)
+    overlapping = SpanIndex(spans)
     messages = []
     written = list(written)
     rewritten = set(written)
@@ -77,7 +77,7 @@ def _flat_weight_of(name: str, other: str) -> bool:
     return index != other and index.isdigit()
 
 
-class _SpanIndex:
+class SpanIndex:
     """The byte spans of a checkpoint by storage, sorted by first byte, with a max-tree over their ends: finding
     the spans that overlap one costs O(log n) per span found, not a scan of all n (10,000-layer checkpoints)."""
 

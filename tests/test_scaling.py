@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from rnninit_cli.documents import apply_document, capture_stats
 from rnninit_cli.init.planning import plan
-from rnninit_cli.stale import _shared_warnings, _SpanIndex
+from rnninit_cli.stale import SpanIndex, shared_storage_warnings
 
 MODULE = [sys.executable, "-m", "rnninit_cli"]
 
@@ -47,7 +47,7 @@ class CountingName(str):
 
 
 class Spans:
-    """A source whose storage_spans() are given (what _shared_warnings reads)."""
+    """A source whose storage_spans() are given (what shared_storage_warnings reads)."""
 
     def __init__(self, spans: dict[str, tuple[Any, int, int]]) -> None:
         self.spans = spans
@@ -85,7 +85,7 @@ def test_span_index_equals_brute_force_on_random_spans(seed: int) -> None:
     """Every span's overlapping spans, from the index, are the definition's, in the same (the file's) order."""
     rng = random.Random(seed)
     spans = random_spans(rng)
-    index = _SpanIndex(spans)
+    index = SpanIndex(spans)
     for name, (storage, start, stop) in spans.items():
         expected = [other for other, (s, a, b) in spans.items() if s == storage and a < stop and start < b]
         assert index.overlapping(storage, start, stop) == expected, name
@@ -101,7 +101,7 @@ def test_shared_warnings_equal_brute_force_when_rewritten_tensors_do_not_overlap
         if not any(spans[other][0] == storage and spans[other][1] < stop and start < spans[other][2]
                    for other in written):
             written.append(name)
-    assert _shared_warnings(Spans(spans), written) == brute_force_shared(spans, written)
+    assert shared_storage_warnings(Spans(spans), written) == brute_force_shared(spans, written)
 
 
 def test_shared_warnings_flat_buffer_and_ties() -> None:
@@ -113,7 +113,7 @@ def test_shared_warnings_flat_buffer_and_ties() -> None:
     spans["empty"] = ("s", 100, 100)
     spans["elsewhere"] = ("t", 0, 4000)
     written = [f"p{index}" for index in range(100)]
-    found = _shared_warnings(Spans(spans), written)
+    found = shared_storage_warnings(Spans(spans), written)
     assert found == brute_force_shared(spans, written)
     assert found[2] == ("p2 shares its storage with flat, tied, empty (tied weights): rewriting it changed "
                         "those too")
@@ -139,7 +139,7 @@ def name_comparisons(layers: int) -> int:
     real = {name: torch.zeros(tensor.shape) for name, tensor in tensors.items()}
     apply_document(the_plan, real, capture_stats(the_plan, real), source="x", fmt="pt", output=None)
     written = list(dict.fromkeys(entry.name for entry in the_plan.writes))
-    assert _shared_warnings(Spans(spans), written) == []
+    assert shared_storage_warnings(Spans(spans), written) == []
     assert [len(entries) for entries in listed] == [16] * layers
     return CountingName.comparisons
 
