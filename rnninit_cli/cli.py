@@ -526,10 +526,13 @@ class _DelayedBar:
         self._progress: Any = None
         self._task: Any = None
         self._closed = False
-        self._due = False  # the delay is over: show the bar at the first report with a total
+        # the delay is over: show the bar at the first report with a total. Without a delay that is at once, on the
+        # reporting thread: a timer thread might not run before a short job, busy on the interpreter's lock, is done
+        self._due = delay <= 0
         self._timer = threading.Timer(delay, self._show)
         self._timer.daemon = True
-        self._timer.start()
+        if not self._due:
+            self._timer.start()
 
     def update(self, done: int, total: int) -> None:
         with self._lock:
