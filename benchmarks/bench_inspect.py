@@ -14,7 +14,7 @@ separate processes, interleaved, `--rounds` times each (stdout to /dev/null, pea
     import torch   python -c "import torch"
     startup        python -m rnninit_cli inspect small.pt / small.safetensors
 
-and prints the medians, the ratios next to the targets of issue 11, and PASS/FAIL per target. Timings are
+and prints the medians, the ratios next to the targets of issues 11 and 22, and PASS/FAIL per target. Timings are
 reported, never asserted: the exit status is 0 whatever the results. Run by hand:
 
     .venv/bin/python benchmarks/bench_inspect.py [--rounds N] [--skip-large] [--timeout S] [--workdir DIR]
@@ -41,7 +41,9 @@ MB = 10**6
 GB = 10**9
 REPO = Path(__file__).resolve().parents[1]
 TIME_BINARY = "/usr/bin/time"
-NAIVE_LIMIT = 1.5  # inspect, inspect --json, verify, diff: ≤ 1.5 × the naive script
+NAIVE_LIMIT = 1.5  # inspect, inspect --json, verify: ≤ 1.5 × the naive script
+DIFF_LIMIT = 1.0  # diff ≤ 1.0 × the naive diff script (issue 22)
+DIFF_RSS_LIMIT = 0.5  # diff's peak RSS ≤ 0.5 × the sizes of the two files it compares (issue 22)
 JSON_LIMIT = 1.0  # inspect --json ≤ 1.0 × inspect
 STARTUP_LIMIT = 0.3  # inspect of a small file ≤ 0.3 × `python -c "import torch"`
 SEED_A = 0
@@ -154,6 +156,17 @@ class Target:
     limit: float
 
 
+@dataclass(frozen=True)
+class RssTarget:
+    """A command's median peak RSS over the sizes of the files it reads."""
+
+    group: str
+    name: str  # e.g. "diff peak RSS / both files"
+    command: str  # a command label within the group
+    files: tuple[str, ...]  # keys of the checkpoints it reads ("1 GB a", "1 GB b")
+    limit: float
+
+
 # --------------------------------------------------------------------------------------------------
 # Generating the checkpoints (not timed).
 
@@ -242,7 +255,7 @@ def targets(skip_large: bool) -> list[Target]:
             Target(group, "inspect / naive", "inspect", "naive", NAIVE_LIMIT),
             Target(group, "inspect --json / naive", "inspect --json", "naive", NAIVE_LIMIT),
             Target(group, "verify / naive", "verify --scheme pytorch", "naive", NAIVE_LIMIT),
-            Target(group, "diff / naive diff", "diff", "naive diff", NAIVE_LIMIT),
+            Target(group, "diff / naive diff", "diff", "naive diff", DIFF_LIMIT),
             Target(group, "inspect --json / inspect", "inspect --json", "inspect", JSON_LIMIT),
         ]
     torch_import = 'python -c "import torch"'
@@ -252,6 +265,11 @@ def targets(skip_large: bool) -> list[Target]:
                STARTUP_LIMIT),
     ]
     return found
+
+
+def rss_targets(skip_large: bool) -> list[RssTarget]:
+    return [RssTarget(spec.label, "diff peak RSS / both files", "diff", (f"{spec.label} a", f"{spec.label} b"),
+                      DIFF_RSS_LIMIT) for spec in large_specs(skip_large)]
 
 
 def time_tool() -> str | None:
@@ -375,7 +393,23 @@ def print_table(group: str, measured: list[Measured], results: dict[tuple[str, s
                 print(f"      {line}")
 
 
-def verdicts(results: dict[tuple[str, str], Measured], planned_targets: list[Target]) -> list[str]:
+def rss_ratio_of(results: dict[tuple[str, str], Measured], target: RssTarget,
+                 sizes: dict[str, int]) -> tuple[float | None, str]:
+    """The median peak RSS over the files' sizes (None without a measurement), and why it cannot count."""
+    measured = results[(target.group, target.command)]
+    if measured.timed_out:
+        return None, f"`{measured.command.label}` timed out"
+    if measured.peak_rss is None:
+        return None, f"no peak RSS measured for `{measured.command.label}`"
+    value = measured.peak_rss * MB / sum(sizes[key] for key in target.files)
+    if measured.unexpected_statuses:
+        return value, (f"`{measured.command.label}` exited {measured.unexpected_statuses[0]}, "
+                       f"expected {measured.command.expected_status}")
+    return value, ""
+
+
+def verdicts(results: dict[tuple[str, str], Measured], planned_targets: list[Target],
+             planned_rss: list[RssTarget], sizes: dict[str, int]) -> list[str]:
     lines = []
     for target in planned_targets:
         value, reason = ratio_of(results, target)
@@ -384,6 +418,16 @@ def verdicts(results: dict[tuple[str, str], Measured], planned_targets: list[Tar
         else:
             verdict = "PASS" if value <= target.limit else "FAIL"
             lines.append(f"{verdict}  {target.group}: {target.name} = {value:.2f} (target ≤ {target.limit})")
+    for rss in planned_rss:
+        value, reason = rss_ratio_of(results, rss, sizes)
+        if value is None or reason:
+            lines.append(f"FAIL  {rss.group}: {rss.name} ≤ {rss.limit}: {reason}")
+        else:
+            verdict = "PASS" if value <= rss.limit else "FAIL"
+            peak = results[(rss.group, rss.command)].peak_rss
+            both = sum(sizes[key] for key in rss.files) / MB
+            lines.append(f"{verdict}  {rss.group}: {rss.name} = {value:.3f} (target ≤ {rss.limit}; "
+                         f"{peak:.0f} MB of {both:.0f} MB)")
     return lines
 
 
@@ -484,7 +528,7 @@ def main() -> None:
         print_table(group, [m for m in measured if m.command.group == group], results, planned_targets, note)
     print()
     print("targets:")
-    for line in verdicts(results, planned_targets):
+    for line in verdicts(results, planned_targets, rss_targets(args.skip_large), sizes):
         print(f"  {line}")
 
 

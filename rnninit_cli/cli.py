@@ -760,19 +760,19 @@ def diff(
     with _errors():
         from .diagnostics import diff as diff_tensors
         from .documents import diff_document
+        from .reading import open_inspection
         from .report import diff_table
-        from .rewrite import inspect_checkpoint
 
         if a == "-" and b == "-":
             raise UsageError("only one of A and B can be standard input")
         layouts = _layouts(layout, layout_file)
 
         def read_and_compare(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any, Any]:
-            found_a = inspect_checkpoint(a, only, layouts=layouts, strict=strict)
-            found_b = inspect_checkpoint(b, only, layouts=layouts, strict=strict)
-            return found_a, found_b, diff_tensors(found_a.tensors, found_b.tensors, only=only,
-                                                  layers_a=found_a.layers, layers_b=found_b.layers,
-                                                  on_progress=on_progress)
+            with open_inspection(a, only, layouts=layouts, strict=strict) as found_a, \
+                    open_inspection(b, only, layouts=layouts, strict=strict) as found_b:  # read as compared
+                return found_a, found_b, diff_tensors(found_a.tensors, found_b.tensors, only=only,
+                                                      layers_a=found_a.layers, layers_b=found_b.layers,
+                                                      on_progress=on_progress)
 
         with _progress("comparing") as on_progress:
             found_a, found_b, report = _interruptibly(lambda: read_and_compare(on_progress))

@@ -28,9 +28,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "plot": {"errors", "terminal", "formats", "diagnostics"},
     "stale": {"errors"},
     "rewrite": {"errors", "formats", "layouts", "init", "diagnostics", "documents", "stale", "rnninit_cli"},
+    "reading": {"errors", "formats", "layouts", "init", "stale", "rewrite"},
     "cli_help": {"errors", "init", "layouts"},
     "cli": {"errors", "terminal", "interruption", "cli_help", "formats", "layouts", "init", "diagnostics",
-            "documents", "report", "plot", "rewrite", "rnninit_cli"},
+            "documents", "report", "plot", "rewrite", "reading", "rnninit_cli"},
     "__main__": {"cli"},
     "rnninit_cli": set(),  # the package's __init__: its public names are imported lazily, by importlib
 }

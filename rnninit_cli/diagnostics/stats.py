@@ -7,7 +7,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -106,18 +106,28 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 CHUNK = 1 << 18  # values per float64 chunk: 2 MiB, so each pass over a chunk stays in cache
+_WORTH_A_BUFFER = 1 << 15  # values from which summarize converts into buffers of its own (below: fresh arrays)
 
 
-def float64_chunks(values: Any) -> Iterator[np.ndarray]:
+def float64_chunks(values: Any, buffer: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """The values (flattened; complex by their real part) as float64 arrays of at most CHUNK values: arrays of any
-    size are summarized in float64 without a float64 copy of the whole."""
+    size are summarized in float64 without a float64 copy of the whole. `buffer` (float64, at least
+    min(size, CHUNK) values): convert into it, each chunk a view valid until the next (a fresh 2 MiB array per
+    chunk costs about 500 page faults, more than the arithmetic on it)."""
     array = to_array(values)
     if np.iscomplexobj(array):
         array = array.real
     flat = array.reshape(-1)
     for start in range(0, flat.size, CHUNK):
         piece = flat[start:start + CHUNK]
-        yield piece if piece.dtype == np.float64 else piece.astype(np.float64)
+        if piece.dtype == np.float64:
+            yield piece
+        elif buffer is None:
+            yield piece.astype(np.float64)
+        else:
+            converted = buffer[:piece.size]
+            np.copyto(converted, piece, casting="unsafe")  # what astype does, into memory already mapped
+            yield converted
 
 
 @dataclass(frozen=True)
@@ -169,50 +179,114 @@ class Summary:
 def summarize(values: Any) -> Summary:
     """The Summary of any array or tensor, in float64, one chunk at a time: one pass, or two when the values are so
     large or small (beyond 2^±500) that their squares need scaling."""
-    summary = _accumulate(values, 1.0)
-    if not summary.finite:
-        return summary
-    scale = safe_scale(summary.max_abs)
-    if scale == 1.0 and not (math.isfinite(summary.squares) and math.isfinite(summary.centred)):
-        scale = power_of_two_scale(summary.max_abs)  # many values near 2^500: their squares' sum overflows
-    return summary if scale == 1.0 else _accumulate(values, scale)
+    array = to_array(values)
+    buffer = scratch = None
+    if array.size >= _WORTH_A_BUFFER:
+        buffer, scratch = np.empty(min(array.size, CHUNK)), np.empty(min(array.size, CHUNK))
+    summary = _accumulate(array, 1.0, buffer, scratch)
+    scale = second_pass_scale(summary)
+    return summary if scale == 1.0 else _accumulate(array, scale, buffer, scratch)
 
 
-def _accumulate(values: Any, scale: float) -> Summary:
-    n = nan = nonfinite = count = 0
-    minimum, maximum = math.inf, -math.inf
-    total = squares = centred = 0.0
-    for chunk in float64_chunks(values):
-        n += chunk.size
+def second_pass_scale(first: Summary) -> float:
+    """1 when a first pass (at scale 1) stands; else the power of two its values are divided by in a second pass,
+    because their squares (or their sum) overflow or underflow float64."""
+    if not first.finite:
+        return 1.0
+    scale = safe_scale(first.max_abs)
+    if scale == 1.0 and not (math.isfinite(first.squares) and math.isfinite(first.centred)):
+        scale = power_of_two_scale(first.max_abs)  # many values near 2^500: their squares' sum overflows
+    return scale
+
+
+def _accumulate(values: Any, scale: float, buffer: np.ndarray | None = None,
+                scratch: np.ndarray | None = None) -> Summary:
+    accumulator = Accumulator(scale, scratch)
+    for chunk in float64_chunks(values, buffer):
+        accumulator.add(chunk)
+    return accumulator.summary()
+
+
+class ChunkPart(NamedTuple):
+    """One float64 chunk's share of a Summary: its counts, and over its finite values (`size` of them, scaled)
+    min, max, Σ x/s and Σ (x/s − x̄/s)²."""
+
+    n: int
+    nan: int
+    nonfinite: int
+    size: int
+    minimum: float
+    maximum: float
+    total: float
+    centred: float
+
+
+class Accumulator:
+    """A Summary built one float64 chunk at a time, in order (what `summarize` does over `float64_chunks`): values
+    read in pieces are summarized without being held. `part` and `merge` split `add`, so that two equal chunks
+    are measured once. `scratch`: a float64 buffer of at least a chunk's size for the deviations."""
+
+    def __init__(self, scale: float = 1.0, scratch: np.ndarray | None = None) -> None:
+        self.scale = scale
+        self._scratch = scratch
+        self.n = self.nan = self.nonfinite = self.count = 0
+        self.minimum, self.maximum = math.inf, -math.inf
+        self.total = self.squares = self.centred = 0.0
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Count one more float64 chunk (it is not changed, nor kept)."""
+        self.merge(self.part(chunk))
+
+    def part(self, chunk: np.ndarray) -> ChunkPart:
+        """The chunk's share, not yet counted (see `merge`)."""
+        n = chunk.size
+        nan = nonfinite = 0
         part_total = float(chunk.sum())
         if not math.isfinite(part_total):
             finite = np.isfinite(chunk)
             if not finite.all():
-                nan += int(np.isnan(chunk).sum())
+                nan = int(np.isnan(chunk).sum())
                 chunk = chunk[finite]
-                nonfinite += finite.size - chunk.size
+                nonfinite = finite.size - chunk.size
                 if not chunk.size:
-                    continue
+                    return ChunkPart(n, nan, nonfinite, 0, math.inf, -math.inf, 0.0, 0.0)
             part_total = float(chunk.sum())  # finite values whose sum overflowed: scaled below
-        minimum, maximum = min(minimum, float(chunk.min())), max(maximum, float(chunk.max()))
-        if scale != 1.0:
-            chunk = chunk / scale
+        minimum, maximum = float(chunk.min()), float(chunk.max())
+        if self.scale != 1.0:
+            chunk = chunk / self.scale
             part_total = float(chunk.sum())
         size = chunk.size
         part_mean = part_total / size
-        deviation = chunk - part_mean
-        part_centred = _dot(deviation, deviation)
-        if count:  # Chan, Golub & LeVeque: M2 = M2_a + M2_b + δ²·n_a·n_b / n
-            delta = part_mean - total / count
-            centred += part_centred + delta * delta * count * size / (count + size)
+        if self._scratch is not None and self._scratch.size >= size:
+            deviation = np.subtract(chunk, part_mean, out=self._scratch[:size])
         else:
-            centred = part_centred
-        count += size
-        total += part_total
-        squares += part_centred + part_total * part_mean  # Σx² = Σ(x − x̄)² + n·x̄²: two non-negative terms
-    if count == 0:
-        return Summary(n, nan, nonfinite, math.nan, math.nan, 1.0, 0.0, 0.0, 0.0)
-    return Summary(n, nan, nonfinite, minimum, maximum, scale, total, squares, centred)
+            deviation = chunk - part_mean
+        return ChunkPart(n, nan, nonfinite, size, minimum, maximum, part_total, _dot(deviation, deviation))
+
+    def merge(self, part: ChunkPart) -> None:
+        """Count a chunk's share (`part` of this accumulator, or of one with the same scale), in chunk order."""
+        self.n += part.n
+        self.nan += part.nan
+        self.nonfinite += part.nonfinite
+        if not part.size:
+            return
+        self.minimum, self.maximum = min(self.minimum, part.minimum), max(self.maximum, part.maximum)
+        size = part.size
+        part_mean = part.total / size
+        if self.count:  # Chan, Golub & LeVeque: M2 = M2_a + M2_b + δ²·n_a·n_b / n
+            delta = part_mean - self.total / self.count
+            self.centred += part.centred + delta * delta * self.count * size / (self.count + size)
+        else:
+            self.centred = part.centred
+        self.count += size
+        self.total += part.total
+        self.squares += part.centred + part.total * part_mean  # Σx² = Σ(x − x̄)² + n·x̄²: two non-negative terms
+
+    def summary(self) -> Summary:
+        if self.count == 0:
+            return Summary(self.n, self.nan, self.nonfinite, math.nan, math.nan, 1.0, 0.0, 0.0, 0.0)
+        return Summary(self.n, self.nan, self.nonfinite, self.minimum, self.maximum, self.scale, self.total,
+                       self.squares, self.centred)
 
 
 def combine(parts: Sequence[Summary]) -> Summary | None:

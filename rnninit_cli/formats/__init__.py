@@ -9,5 +9,6 @@
 - atomic: temporary file, rename, signals held, locks, the count of committed outputs;
 - tensorfile: byte ranges of tensors in a file, and patched copies that leave every other byte alone;
 - folders: model folders (an index and its shards);
+- lazy: tensors left in their file until read: rows a piece at a time (`diff` streams two files);
 - dcp_metadata, dcp: torch.distributed.checkpoint folders: their `.metadata`, and patched copies.
 """

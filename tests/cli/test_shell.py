@@ -244,12 +244,13 @@ def test_one_table_of_exit_statuses_for_every_command(files: Path, tmp_path: Pat
 
 
 def test_an_internal_error_exits_5(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rnninit_cli import rewrite
+    from rnninit_cli import reading, rewrite
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise ZeroDivisionError("planted")
 
     monkeypatch.setattr(rewrite, "inspect_checkpoint", broken)
+    monkeypatch.setattr(reading, "open_inspection", broken)  # diff reads as it compares
     for args in (["inspect", files / "model.pt"], ["verify", files / "model.pt", "-s", "keras"],
                  ["diff", files / "model.pt", files / "keras.pt"]):
         result = CliRunner().invoke(cli.app, [str(a) for a in args])

@@ -178,6 +178,26 @@ def test_summary_over_several_chunks_equals_exact_sums() -> None:
     assert (summary.minimum, summary.maximum) == (float(exact.min()), float(exact.max()))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.int64, np.bool_, np.complex64],
+                         ids=str)
+def test_float64_chunks_into_a_buffer_are_the_fresh_chunks(dtype: type) -> None:
+    """Converted into a reused buffer (what summarize and diff do), each chunk holds exactly the values a fresh
+    conversion gives (astype), and the summaries agree bit for bit with one built chunk by chunk."""
+    from rnninit_cli.diagnostics.stats import CHUNK, Accumulator, float64_chunks
+
+    values = (np.random.default_rng(3).normal(0, 10, CHUNK + 1234)).astype(dtype)
+    buffer = np.empty(CHUNK)
+    fresh = [chunk.copy() for chunk in float64_chunks(values)]
+    reused = [chunk.copy() for chunk in float64_chunks(values, buffer)]
+    real = values.real if np.iscomplexobj(values) else values
+    assert [chunk.tobytes() for chunk in reused] == [chunk.tobytes() for chunk in fresh]
+    assert np.concatenate(fresh).tobytes() == real.astype(np.float64).tobytes()
+    accumulator = Accumulator()
+    for chunk in fresh:
+        accumulator.add(chunk)
+    assert accumulator.summary() == summarize(values)
+
+
 def test_results_do_not_depend_on_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     from rnninit_cli.diagnostics import cache, comparison
     from rnninit_cli.diagnostics import diff as diff_tensors
