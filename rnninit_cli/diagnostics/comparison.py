@@ -125,7 +125,7 @@ class _Rows:
         """The parameter flattened, when it is held whole and fits one chunk (None otherwise)."""
         return None if self._array is None or self._array.size > CHUNK else self._array.reshape(-1)
 
-    def pieces(self, start: int, stop: int, buffer: bytearray) -> Iterator[np.ndarray]:
+    def pieces(self, start: int, stop: int, buffer: np.ndarray) -> Iterator[np.ndarray]:
         """The values of rows [start, stop), flattened, CHUNK at a time (aligned as `float64_chunks` cuts them); each
         piece is valid until the next."""
         if self._stream is not None:
@@ -145,7 +145,9 @@ class _Workspace:
     about 500 page faults, more than the arithmetic on it."""
 
     def __init__(self) -> None:
-        self.raw_a, self.raw_b = bytearray(), bytearray()  # what the files' pieces are read into (grown on need)
+        # what the files' pieces are read into: room for a chunk of the widest dtype (complex128), of which only
+        # the pages a piece reaches are ever resident
+        self.raw_a, self.raw_b = np.empty(CHUNK * 16, dtype=np.uint8), np.empty(CHUNK * 16, dtype=np.uint8)
         self.a64, self.b64, self.delta, self.scratch = (np.empty(CHUNK) for _ in range(4))
         self.unequal = np.empty(CHUNK, dtype=bool)
 
@@ -268,7 +270,7 @@ def _small_blocks(blocks: list[Block], a: _Rows, b: _Rows, old: np.ndarray, new:
     return found
 
 
-def _finish(accumulator: Accumulator, side: _Rows, block: Block, raw: bytearray, work: _Workspace) -> Summary:
+def _finish(accumulator: Accumulator, side: _Rows, block: Block, raw: np.ndarray, work: _Workspace) -> Summary:
     """The block's Summary: the one pass's, or (values beyond 2^±500, see `stats.summarize`) a second, scaled pass
     over that side's values."""
     summary = accumulator.summary()

@@ -57,9 +57,10 @@ class FileArray:
         self._read_into(memoryview(raw), location.base + first * location.element_size)
         return array_from_bytes(raw, location.dtype_name, shape, location.stride)
 
-    def pieces(self, start: int, stop: int, count: int, buffer: bytearray) -> Iterator[Any]:
+    def pieces(self, start: int, stop: int, count: int, buffer: Any) -> Iterator[Any]:
         """The values of rows [start, stop), flattened in row-major order, `count` at a time (the last piece may
-        hold fewer): numpy arrays over `buffer` (grown when too small), each valid until the next is read."""
+        hold fewer): numpy arrays read into `buffer` (a writable buffer: bytearray, numpy uint8 array), each valid
+        until the next is read. A buffer too small for a piece is left alone and a new one used."""
         row = math.prod(self.shape[1:])
         values = (stop - start) * row
         if not self.location.contiguous or not self.shape:
@@ -68,19 +69,19 @@ class FileArray:
                 yield flat[first:first + count]
             return
         itemsize = self.dtype.itemsize
-        if len(buffer) < min(count, values) * itemsize:
-            buffer.extend(bytes(min(count, values) * itemsize - len(buffer)))
-        view = memoryview(buffer)
+        view = memoryview(buffer).cast("B")
+        if len(view) < min(count, values) * itemsize:
+            view = memoryview(bytearray(min(count, values) * itemsize))
         position = self.location.base + (self.location.offset + start * row) * itemsize
         for first in range(0, values, count):
             size = min(count, values - first)
             self._read_into(view[:size * itemsize], position + first * itemsize)
-            yield self._piece(buffer, size)
+            yield self._piece(view, size)
 
-    def _piece(self, buffer: bytearray, size: int) -> Any:
+    def _piece(self, view: memoryview, size: int) -> Any:
         import numpy as np
 
-        return np.frombuffer(buffer, dtype=self.dtype, count=size)
+        return np.frombuffer(view, dtype=self.dtype, count=size)
 
     def _read_into(self, target: memoryview, position: int) -> None:
         """Fill `target` from the file at `position`; CheckpointError if the file ends first."""
