@@ -25,12 +25,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "diagnostics": {"errors", "layouts", "init"},
     "documents": {"errors", "layouts", "init", "diagnostics"},
     "report": {"errors", "terminal", "layouts", "init", "diagnostics", "documents"},
+    "plain": set(),
     "plot": {"errors", "terminal", "formats", "diagnostics"},
     "stale": {"errors"},
     "rewrite": {"errors", "formats", "layouts", "init", "diagnostics", "documents", "stale", "rnninit_cli"},
     "cli_help": {"errors", "init", "layouts"},
     "cli": {"errors", "terminal", "interruption", "cli_help", "formats", "layouts", "init", "diagnostics",
-            "documents", "report", "plot", "rewrite", "rnninit_cli"},
+            "documents", "report", "plain", "plot", "rewrite", "rnninit_cli"},
     "__main__": {"cli"},
     "rnninit_cli": set(),  # the package's __init__: its public names are imported lazily, by importlib
 }

@@ -143,19 +143,38 @@ def recognize_layer(layer: Layer, tensors: Mapping[str, Any], *,
     return _recognize(layer, _Cache(tensors), candidates)
 
 
-def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None) -> SchemeMatch:
-    sub = {name: cache.tensors[name] for name in layer.params.values()}
+_Plans = dict[tuple[Any, ...], tuple[PlanEntry, ...]]
+
+
+def _planned(layer: Layer, target: str | Scheme, cache: _Cache, plans: _Plans) -> tuple[PlanEntry, ...]:
+    """plan(...).entries of `target` on the layer alone, planned once per scheme and layer shape (10,000 equal cells
+    are planned once and renamed); raises what plan() raises, with this layer's names in the message."""
+    key = (target if isinstance(target, str) else id(target), layer.shape_key())
+    template = plans.get(key)
+    if template is None:
+        sub = {name: cache.tensors[name] for name in layer.params.values()}
+        entries = plan(sub, target, for_writing=False, layers=[layer]).entries
+        if all(entry.name == layer.params[entry.kind] for entry in entries):
+            plans[key] = entries
+        return entries
+    return tuple(PlanEntry(layer.params[entry.kind], entry.kind, entry.gate, entry.start, entry.stop, entry.initializer,
+                           entry.args, entry.per, entry.rule, entry.source) for entry in template)
+
+
+def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None,
+               plans: _Plans | None = None) -> SchemeMatch:
+    plans = {} if plans is None else plans
     matches: list[str] = []
     undetermined: list[str] = []
     estimated: dict[str, dict[str, float]] = {}
     rejected: dict[str, str] = {}
     for target, spec, estimate in _scheme_specs(layer, cache, candidates):
         try:
-            the_plan = plan(sub, target, for_writing=False, layers=[layer])
+            entries = _planned(layer, target, cache, plans)
         except (SchemeError, RuleError) as error:  # RuleError: arguments estimated from odd values (chrono's tmax)
             rejected[spec] = f"does not apply: {error}"
             continue
-        entry, verdict, decided = _first_failure(the_plan.entries, cache)
+        entry, verdict, decided = _first_failure(entries, cache)
         if entry is not None and verdict is not None:
             rejected[spec] = f"{_where(entry)}: expected {entry.call}, {verdict.detail}"
             continue

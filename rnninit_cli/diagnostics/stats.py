@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -29,10 +30,19 @@ def quiet_floats(function: Callable[_Params, _Result]) -> Callable[_Params, _Res
 
     @functools.wraps(function)
     def wrapper(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
-        with np.errstate(all="ignore"):
+        if getattr(_quiet, "on", False):  # already inside a quiet call: np.errstate costs more than most callees
             return function(*args, **kwargs)
+        with np.errstate(all="ignore"):
+            _quiet.on = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _quiet.on = False
 
     return wrapper
+
+
+_quiet = threading.local()  # per thread, as numpy's error state is
 
 
 def _is_torch(values: Any) -> bool:

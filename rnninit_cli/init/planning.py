@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import secrets
 import warnings
@@ -206,20 +207,28 @@ def plan(
 
     entries: list[PlanEntry] = []
     hit = [False] * len(user_rules)
+    winners: dict[tuple[str, str | None], tuple[Rule, str] | None] = {}
+    bound: dict[tuple[Rule, tuple[Any, ...]], tuple[str, tuple[tuple[str, Value], ...]]] = {}  # alike layers
     for layer, kinds in selected:
         _check_scheme_fits(scheme_obj, layer)
         for kind in kinds:
             for block in layer.blocks(kind):
-                winner = None
-                for index, (rule, source) in enumerate(all_rules):
-                    if rule.hits(kind, block.gate):
-                        winner = (rule, source)
-                        if source == "rule":
-                            hit[index - len(scheme_rules)] = True
+                if (kind, block.gate) not in winners:
+                    winner = None
+                    for index, (rule, source) in enumerate(all_rules):
+                        if rule.hits(kind, block.gate):
+                            winner = (rule, source)
+                            if source == "rule":
+                                hit[index - len(scheme_rules)] = True
+                    winners[(kind, block.gate)] = winner
+                winner = winners[(kind, block.gate)]
                 if winner is None:
                     continue
                 rule, source = winner
-                per, args = _bind_args(rule, layer)
+                key = (rule, layer.shape_key())
+                if key not in bound:
+                    bound[key] = _bind_args(rule, layer)
+                per, args = bound[key]
                 entries.append(PlanEntry(block.name, kind, block.gate, block.start, block.stop,
                                          rule.initializer, args, per, str(rule), source))
     for rule, was_hit in zip(user_rules, hit, strict=False):
@@ -309,6 +318,28 @@ def _generator(seed: int, name: str, stream: str) -> torch.Generator:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return generator
+
+
+_BATCH_VALUES = 1 << 16  # values drawn per hand-off to a worker, at least (a scope larger than this goes alone)
+
+
+def _scope_size(entry: PlanEntry, tensor: torch.Tensor) -> int:
+    """Values a scope draws: the whole parameter (per=matrix) or the block's rows."""
+    rows = tensor.shape[0] if entry.per == "matrix" else entry.stop - entry.start
+    return rows * math.prod(tensor.shape[1:])
+
+
+def _batches(sizes: Sequence[int]) -> list[range]:
+    """Consecutive scopes grouped until each group draws at least _BATCH_VALUES values (the last may draw fewer)."""
+    batches, start, total = [], 0, 0
+    for index, size in enumerate(sizes):
+        total += size
+        if total >= _BATCH_VALUES:
+            batches.append(range(start, index + 1))
+            start, total = index + 1, 0
+    if start < len(sizes):
+        batches.append(range(start, len(sizes)))
+    return batches
 
 
 def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tensor:
@@ -466,20 +497,28 @@ def apply_plan(
             scopes.append(entry)
         scope_of.append(len(scopes) - 1)
         previous = key
-    # Scopes are drawn at once on one-thread workers (the values do not depend on the thread count)
-    # and written in plan order; at most `ahead` drawn scopes (one per worker, and the one being written) wait in
-    # memory.
-    workers = max(1, min(torch.get_num_threads(), len(scopes)))
+    # Scopes are drawn at once on one-thread workers (the values do not depend on the thread count) and written in
+    # plan order. Small scopes go to a worker together (10,000 cells: a hand-off per block costs more than its draw);
+    # at most `ahead` batches (one per worker, and the one being written) wait in memory.
+    batches = _batches([_scope_size(first, targets[first.name]) for first in scopes])
+    batch_of = [number for number, batch in enumerate(batches) for _ in batch]
+    workers = max(1, min(torch.get_num_threads(), len(batches)))
     ahead = workers + 1
-    pending: dict[int, Future[torch.Tensor]] = {}
+    pending: dict[int, Future[list[torch.Tensor]]] = {}
+
+    def draw(batch: range) -> list[torch.Tensor]:
+        return [_draw_scope(scopes[index], targets[scopes[index].name], seed) for index in batch]
+
     with torch.no_grad(), one_thread_pool(workers) as pool:
-        drawn, current = None, -1
+        drawn, current, batch_drawn, current_batch = None, -1, [], -1
         for entry, scope in zip(writes, scope_of, strict=True):
             if scope != current:
-                for index in range(len(pending) + scope, min(scope + ahead, len(scopes))):
-                    first = scopes[index]
-                    pending[index] = pool.submit(_draw_scope, first, targets[first.name], seed)
-                drawn, current = pending.pop(scope).result(), scope
+                if batch_of[scope] != current_batch:
+                    current_batch = batch_of[scope]
+                    for number in range(len(pending) + current_batch, min(current_batch + ahead, len(batches))):
+                        pending[number] = pool.submit(draw, batches[number])
+                    batch_drawn = pending.pop(current_batch).result()
+                drawn, current = batch_drawn[scope - batches[current_batch].start], scope
             values = drawn[entry.start:entry.stop] if entry.per == "matrix" else drawn
             if entry.name in shards:
                 shards[entry.name].write(entry.start, entry.stop, values)
