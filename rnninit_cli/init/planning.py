@@ -320,6 +320,29 @@ def _generator(seed: int, name: str, stream: str) -> torch.Generator:
     return generator
 
 
+def _covered_rows(writes: Sequence[PlanEntry], scopes: Sequence[PlanEntry], scope_of: Sequence[int]) -> list[int]:
+    """Per scope, how many of its rows its entries write (a per=matrix scope may leave a gate to another rule)."""
+    covered = [0] * len(scopes)
+    for entry, scope in zip(writes, scope_of, strict=True):
+        covered[scope] += entry.stop - entry.start
+    return covered
+
+
+def _drawn_in_place(first: PlanEntry, tensor: Any, covered: int, shards: Mapping[str, Any],
+                    views: Mapping[str, Any]) -> Any:
+    """The rows a scope fills, where its values can be drawn straight into them (no drawn copy waits in memory):
+    a plain contiguous tensor in the dtype drawn in, every row of the scope written by it; else None."""
+    import torch
+
+    if first.name in shards or first.name in views or tensor.dtype not in (torch.float32, torch.float64) \
+            or not tensor.is_contiguous() or type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        return None
+    rows = tensor.shape[0] if first.per == "matrix" else first.stop - first.start
+    if covered != rows:
+        return None
+    return tensor if first.per == "matrix" else tensor[first.start:first.stop]
+
+
 _BATCH_VALUES = 1 << 16  # values drawn per hand-off to a worker, at least (a scope larger than this goes alone)
 
 
@@ -342,8 +365,9 @@ def _batches(sizes: Sequence[int]) -> list[range]:
     return batches
 
 
-def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tensor:
-    """Fresh values for the entry's scope: the whole parameter (per=matrix) or its block alone."""
+def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int, into: torch.Tensor | None = None) -> torch.Tensor:
+    """Fresh values for the entry's scope: the whole parameter (per=matrix) or its block alone; drawn into `into`
+    (the scope's own rows of the parameter, see `_drawn_in_place`) when given."""
     import torch
 
     from .initializers import get_initializer
@@ -353,9 +377,10 @@ def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tens
     stream = spec.stream or ("matrix" if whole else (entry.gate or "block"))
     shape = tuple(tensor.shape) if whole else (entry.stop - entry.start, *tensor.shape[1:])
     compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-    values = torch.empty(shape, dtype=compute)
-    _call_initializer(spec.function, f"rule {entry.rule} on {entry.name}", values, **dict(entry.args),
-                      generator=_generator(seed, entry.name, stream))
+    values = torch.empty(shape, dtype=compute) if into is None else into
+    with torch.no_grad():  # a worker thread's own grad mode: a parameter is written in place
+        _call_initializer(spec.function, f"rule {entry.rule} on {entry.name}", values, **dict(entry.args),
+                          generator=_generator(seed, entry.name, stream))
     if tensor.dtype != compute and values.numel():  # a narrower dtype: fan-based bounds are known only now
         from .initializers import overflow
 
@@ -506,8 +531,12 @@ def apply_plan(
     ahead = workers + 1
     pending: dict[int, Future[list[torch.Tensor]]] = {}
 
+    covered = _covered_rows(writes, scopes, scope_of)
+    in_place = [_drawn_in_place(first, targets[first.name], covered[index], shards, views)
+                for index, first in enumerate(scopes)]
+
     def draw(batch: range) -> list[torch.Tensor]:
-        return [_draw_scope(scopes[index], targets[scopes[index].name], seed) for index in batch]
+        return [_draw_scope(scopes[index], targets[scopes[index].name], seed, in_place[index]) for index in batch]
 
     with torch.no_grad(), one_thread_pool(workers) as pool:
         drawn, current, batch_drawn, current_batch = None, -1, [], -1
@@ -520,7 +549,9 @@ def apply_plan(
                     batch_drawn = pending.pop(current_batch).result()
                 drawn, current = batch_drawn[scope - batches[current_batch].start], scope
             values = drawn[entry.start:entry.stop] if entry.per == "matrix" else drawn
-            if entry.name in shards:
+            if in_place[scope] is not None:
+                pass  # drawn where it belongs
+            elif entry.name in shards:
                 shards[entry.name].write(entry.start, entry.stop, values)
             else:
                 targets[entry.name][entry.start:entry.stop].copy_(values)
