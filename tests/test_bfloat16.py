@@ -200,3 +200,14 @@ def test_from_values_and_concatenate() -> None:
     assert type(plain) is np.ndarray and plain.shape == (4, 6)
     with pytest.raises(TypeError, match="uint16"):
         BFloat16Array(values)
+
+
+def test_the_bfloat16_dtype_is_torchs() -> None:
+    """eps: the step from 1 to the next bfloat16 (bits 0x3F81), as torch.finfo gives it; the unit roundoff the
+    diagnostics allow for a bfloat16 tensor is half of it."""
+    from rnninit_cli.diagnostics.stats import unit_roundoff
+
+    step = float(bfloat16_to_float32(np.array(0x3F81, dtype=np.uint16))) - 1.0
+    assert BFLOAT16.eps == step == torch.finfo(torch.bfloat16).eps
+    assert unit_roundoff("bfloat16") == step / 2
+    assert BFLOAT16.itemsize == torch.bfloat16.itemsize and BFLOAT16.kind == "f"
