@@ -64,13 +64,13 @@ from .formatting import _fmt
 from .stats import (
     Summary,
     as_float64,
-    numpy_float_dtype,
     power_of_two_scale,
     quiet_floats,
     spread_sample,
     squares_about,
     summarize,
     to_array,
+    unit_roundoff,
 )
 
 ALPHA = 1e-6
@@ -86,14 +86,7 @@ GOF_SAMPLE = 32768
 def _unit_roundoff(dtype: Any) -> float:
     """u = eps/2 of a floating dtype (numpy, ml_dtypes or torch dtype, or its name); 0 for other dtypes."""
     name = str(dtype).removeprefix("torch.")
-    numeric = numpy_float_dtype({"double": "float64", "float": "float32", "half": "float16"}.get(name, name))
-    if numeric is None:
-        return 0.0
-    if isinstance(numeric, np.dtype):
-        return float(np.finfo(numeric).eps) / 2
-    import ml_dtypes
-
-    return float(ml_dtypes.finfo(numeric).eps) / 2
+    return unit_roundoff({"double": "float64", "float": "float32", "half": "float16"}.get(name, name))
 
 
 def orthogonal_tolerance(dtype: Any) -> float:

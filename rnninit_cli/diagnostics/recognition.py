@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..errors import RuleError, SchemeError
 from ..init.planning import PlanEntry, plan
 from ..init.schemes import SCHEMES, Scheme, format_value, parse_call
@@ -18,7 +16,7 @@ from .cache import _Cache
 from .entry_checks import _first_failure
 from .families import _LARGEST_LOG, UNDETERMINED
 from .formatting import _json
-from .stats import as_float64, numpy_float_dtype, quiet_floats
+from .stats import as_float64, numpy_float_dtype, quiet_floats, rounded_to
 
 # Not "trained": a fresh layer drawn by an initializer outside the registry (speechbrain's uniform input weights
 # beside an orthogonal recurrent matrix) matches no built-in scheme either.
@@ -82,12 +80,11 @@ def _round_up(value: float, digits: int = 6) -> float:
 
 def _shortest(value: float, dtype: str) -> float:
     """The shortest decimal that rounds to the same `dtype` value (0.5, not 0.5000000001), for readable arguments."""
-    numeric = numpy_float_dtype(dtype)
-    if numeric is None:
+    if numpy_float_dtype(dtype) is None:
         return value
     for digits in range(1, 18):
         candidate = float(f"{value:.{digits}g}")
-        if float(np.asarray(candidate).astype(numeric)) == value:
+        if float(rounded_to(candidate, dtype)) == value:
             return candidate
     return value
 
