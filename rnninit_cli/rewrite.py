@@ -530,8 +530,6 @@ def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) ->
         raise OutputError(f"{output} is inside the input folder; choose a folder outside it")
 
 
-
-
 _CELL_CLASSES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM", "rnncell": "RNNCell",
                  "grucell": "GRUCell", "lstmcell": "LSTMCell"}
 
