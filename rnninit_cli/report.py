@@ -17,7 +17,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from .diagnostics.stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias
+from .diagnostics.stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias, to_array
 from .documents import Tensors, known_stats, param_document
 from .init.planning import PlanEntry
 from .layouts.discovery import Layer
@@ -395,11 +395,14 @@ def apply_table(
     narrow terminal: the parameter's name on a line, its blocks keyed by gate, the rule last (or on lines below)."""
     with_stats = tensors is not None and before is not None
     rows: list[list[str]] = []  # per block: short name, gate, rule, [mean, std]
+    arrays: dict[str, Any] = {}  # each parameter converted once, not once per block
     for entry in entries:
         cells = [shown(_short(entry.name, layer)), entry.gate or "-", shown(entry.rule)]
         if with_stats:
             old = before[(entry.name, entry.start)]
-            new = block_stats(tensors[entry.name][entry.start:entry.stop])
+            if entry.name not in arrays:
+                arrays[entry.name] = to_array(tensors[entry.name])
+            new = block_stats(arrays[entry.name][entry.start:entry.stop])
             cells += [f"{_num(old['mean'])} → {_num(new['mean'])}",
                       f"{_num(old['std'], 'std')} → {_num(new['std'], 'std')}"]
         rows.append(cells)
