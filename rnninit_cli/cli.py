@@ -740,7 +740,8 @@ def verify(
 
     Every selected block is checked against what SCHEME (and --rule) would draw. Exit 0 when all are consistent, 1
     when any is not, 2 and above on errors (see rnninit --help): a CI step that proves a training script initialized
-    what it claims. With several INPUTs, one answer each, like grep over files, and the highest status."""
+    what it claims. A file drawn as claimed fails with probability at most 0.001 whatever its size (Bonferroni over
+    every test of every block). With several INPUTs, one answer each, like grep over files, and the highest status."""
 
     def one(input: str) -> None:
         from .diagnostics import verify as verify_tensors
