@@ -2,7 +2,8 @@
 
 Generates (not timed) the state dicts of `nn.LSTM(512, 1024, num_layers=2, bidirectional=True)` (151 MB) and
 `nn.LSTM(1024, 2048, num_layers=3, bidirectional=True)` (1.0 GB) with `torch.save`, two seeds each (the second
-copy is what `diff` compares against), and of `nn.LSTM(32, 64, 2)` as .pt and .safetensors. Then runs, as
+copy is what `diff` compares against), and of `nn.LSTM(32, 64, 2)` as .pt and .safetensors, in float32, bfloat16
+and float16 (issue 22: narrow dtypes read without ml_dtypes' import). Then runs, as
 separate processes, interleaved, `--rounds` times each (stdout to /dev/null, peak RSS from `/usr/bin/time`):
 
     naive          python -c: torch.load(weights_only=True), print name, mean, std of each tensor (float32)
@@ -12,7 +13,7 @@ separate processes, interleaved, `--rounds` times each (stdout to /dev/null, pea
     naive diff     python -c: load both files, print mean and std of each tensor's difference
     diff           python -m rnninit_cli diff A B                        (exit 1 expected)
     import torch   python -c "import torch"
-    startup        python -m rnninit_cli inspect small.pt / small.safetensors
+    startup        python -m rnninit_cli inspect small.pt / small.safetensors, and small-bf16.*, small-f16.*
 
 and prints the medians, the ratios next to the targets of issues 11 and 22, and PASS/FAIL per target. Timings are
 reported, never asserted: the exit status is 0 whatever the results. Run by hand:
@@ -93,16 +94,22 @@ class LstmSpec:
     hidden_size: int
     num_layers: int
     bidirectional: bool
+    dtype: str = "float32"
 
     def file_name(self, seed: int, suffix: str) -> str:
         direction = "bi" if self.bidirectional else "uni"
+        dtype = "" if self.dtype == "float32" else f"-{self.dtype}"
         return (f"lstm-{self.input_size}x{self.hidden_size}x{self.num_layers}{direction}"
-                f"-seed{seed}{suffix}")
+                f"-seed{seed}{dtype}{suffix}")
 
 
 MEDIUM = LstmSpec("151 MB", 512, 1024, 2, True)
 LARGE = LstmSpec("1 GB", 1024, 2048, 3, True)
 SMALL = LstmSpec("small", 32, 64, 2, False)
+# the small files' names in the tables → what they hold: one LSTM, in float32 and in the two 16-bit float dtypes
+SMALL_FILES = {"small": SMALL, "small-bf16": LstmSpec("small", 32, 64, 2, False, "bfloat16"),
+               "small-f16": LstmSpec("small", 32, 64, 2, False, "float16")}
+SMALL_SUFFIXES = (".pt", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -172,13 +179,14 @@ class RssTarget:
 
 
 def write_lstm(spec: LstmSpec, seed: int, path: Path) -> None:
-    """The state dict of a freshly built (PyTorch default init) LSTM, written atomically."""
+    """The state dict of a freshly built (PyTorch default init) LSTM in `spec.dtype`, written atomically."""
     import torch
 
     torch.manual_seed(seed)
     lstm = torch.nn.LSTM(spec.input_size, spec.hidden_size, num_layers=spec.num_layers,
                          bidirectional=spec.bidirectional)
-    state = {name: tensor.detach().contiguous() for name, tensor in lstm.state_dict().items()}
+    dtype = getattr(torch, spec.dtype)
+    state = {name: tensor.detach().to(dtype).contiguous() for name, tensor in lstm.state_dict().items()}
     partial = path.with_name(path.name + ".partial")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
@@ -191,8 +199,8 @@ def write_lstm(spec: LstmSpec, seed: int, path: Path) -> None:
 
 def checkpoint_specs(workdir: Path, skip_large: bool) -> dict[str, tuple[LstmSpec, int, Path]]:
     """Key ("small.pt", "151 MB a", ...) → what to build, its seed, and where it goes."""
-    found = {"small.pt": (SMALL, SEED_A, workdir / SMALL.file_name(SEED_A, ".pt")),
-             "small.safetensors": (SMALL, SEED_A, workdir / SMALL.file_name(SEED_A, ".safetensors"))}
+    found = {f"{name}{suffix}": (spec, SEED_A, workdir / spec.file_name(SEED_A, suffix))
+             for name, spec in SMALL_FILES.items() for suffix in SMALL_SUFFIXES}
     for spec in large_specs(skip_large):
         found[f"{spec.label} a"] = (spec, SEED_A, workdir / spec.file_name(SEED_A, ".pt"))
         found[f"{spec.label} b"] = (spec, SEED_B, workdir / spec.file_name(SEED_B, ".pt"))
@@ -216,9 +224,10 @@ def generate(planned: dict[str, tuple[LstmSpec, int, Path]]) -> None:
 
 
 def needed_bytes(skip_large: bool) -> int:
-    """Disk for both copies of each large checkpoint (151,1xx,xxx and 1,007,0xx,xxx B) and the small ones."""
+    """Disk for both copies of each large checkpoint (151,1xx,xxx and 1,007,0xx,xxx B) and the small ones (~0.2 MB
+    each at most)."""
     per_copy = sum(152 * MB if spec is MEDIUM else 1008 * MB for spec in large_specs(skip_large))
-    return 2 * per_copy + 1 * MB
+    return 2 * per_copy + 2 * MB
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,12 +248,14 @@ def commands(paths: dict[str, Path], skip_large: bool) -> list[Command]:
             Command(spec.label, "naive diff", (python, "-c", NAIVE_DIFF, a, b)),
             Command(spec.label, "diff", (*rnninit, "diff", a, b), expected_status=1),
         ]
-    found += [
-        Command("startup", 'python -c "import torch"', (python, "-c", "import torch")),
-        Command("startup", "inspect small.pt", (*rnninit, "inspect", str(paths["small.pt"]))),
-        Command("startup", "inspect small.safetensors", (*rnninit, "inspect", str(paths["small.safetensors"]))),
-    ]
+    found.append(Command("startup", 'python -c "import torch"', (python, "-c", "import torch")))
+    found += [Command("startup", f"inspect {key}", (*rnninit, "inspect", str(paths[key]))) for key in small_keys()]
     return found
+
+
+def small_keys() -> list[str]:
+    """"small.pt", "small.safetensors", "small-bf16.pt"...: the small files, in table order."""
+    return [f"{name}{suffix}" for name in SMALL_FILES for suffix in SMALL_SUFFIXES]
 
 
 def targets(skip_large: bool) -> list[Target]:
@@ -259,11 +270,8 @@ def targets(skip_large: bool) -> list[Target]:
             Target(group, "inspect --json / inspect", "inspect --json", "inspect", JSON_LIMIT),
         ]
     torch_import = 'python -c "import torch"'
-    found += [
-        Target("startup", "inspect small.pt / import torch", "inspect small.pt", torch_import, STARTUP_LIMIT),
-        Target("startup", "inspect small.safetensors / import torch", "inspect small.safetensors", torch_import,
-               STARTUP_LIMIT),
-    ]
+    found += [Target("startup", f"inspect {key} / import torch", f"inspect {key}", torch_import, STARTUP_LIMIT)
+              for key in small_keys()]
     return found
 
 
@@ -325,7 +333,7 @@ def run_rounds(planned: list[Command], rounds: int, timer: str | None, timeout_s
             shown = "timeout" if sample.wall_s is None else f"{sample.wall_s:8.2f} s"
             rss = "" if sample.peak_rss_mb is None else f"{sample.peak_rss_mb:8.0f} MB"
             status = "" if sample.status is None else f"exit {sample.status}"
-            print(f"  round {round_index + 1}/{rounds}  {command.group:<8} {command.label:<26} {shown:>10} "
+            print(f"  round {round_index + 1}/{rounds}  {command.group:<8} {command.label:<32} {shown:>10} "
                   f"{rss:>11}  {status}", file=sys.stderr, flush=True)
     return results
 
@@ -363,7 +371,7 @@ def print_table(group: str, measured: list[Measured], results: dict[tuple[str, s
                 planned_targets: list[Target], file_note: str) -> None:
     print()
     print(f"{group}{file_note}")
-    print(f"  {'command':<28}{'wall s':>9}{'min–max s':>16}{'peak RSS MB':>13}{'exit':>6}   ratio")
+    print(f"  {'command':<32}{'wall s':>9}{'min–max s':>16}{'peak RSS MB':>13}{'exit':>6}   ratio")
     by_numerator: dict[str, list[Target]] = {target.numerator: [] for target in planned_targets
                                              if target.group == group}
     for target in planned_targets:
@@ -380,7 +388,7 @@ def print_table(group: str, measured: list[Measured], results: dict[tuple[str, s
             value, reason = ratio_of(results, target)
             shown = "n/a" if value is None else f"{value:.2f}" + ("!" if reason else "")
             ratios.append(f"{shown} × {target.denominator} (target ≤ {target.limit})")
-        print(f"  {result.command.label:<28}{format_seconds(result.wall):>9}{spread:>16}{rss:>13}"
+        print(f"  {result.command.label:<32}{format_seconds(result.wall):>9}{spread:>16}{rss:>13}"
               f"{exit_text:>6}   {'; '.join(ratios)}")
     if any(result.unexpected_statuses for result in measured):
         print("  (a ratio marked ! involves an unexpected exit status and does not count)")
@@ -518,8 +526,7 @@ def main() -> None:
         print("WARNING: rnninit_cli's sources changed while the commands ran: the rounds mix versions of the code")
     for group in dict.fromkeys(m.command.group for m in measured):
         if group == "startup":
-            note = (f": nn.LSTM(32, 64, 2), {sizes['small.pt']:,} B .pt, "
-                    f"{sizes['small.safetensors']:,} B .safetensors")
+            note = ": nn.LSTM(32, 64, 2), " + ", ".join(f"{key} {sizes[key]:,} B" for key in small_keys())
         else:
             spec = MEDIUM if group == MEDIUM.label else LARGE
             note = (f": nn.LSTM({spec.input_size}, {spec.hidden_size}, num_layers={spec.num_layers}, "

@@ -92,6 +92,24 @@ _state: dict[str, Any] = {"debug": False, "commits": 0, "signals": False, "ignor
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _show(renderable: Any, target: Console | None = None) -> None:
+    """Print a report. Off a terminal, as the text Rich would print, computed directly (`plain`): thousands of
+    per-layer tables take seconds, not minutes."""
+    from .plain import plain_text
+
+    target = target or answer
+    text = plain_text(renderable, target)
+    if text is None:
+        target.print(renderable)
+    else:
+        target.file.write(text)
+        target.file.flush()
+
+
+def _on_a_terminal(target: Console | None = None) -> bool:
+    return (target or answer).is_terminal
+
+
 def _stopped_before_done() -> bool:
     """Whether a signal asked the command to stop before its output was in place."""
     return Stop.signum is not None and not _committed()
@@ -391,13 +409,24 @@ def _discovery_document(found: Any) -> dict[str, Any]:
 
 def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, quiet: bool) -> None:
     """The report of apply and new: on standard output, or on standard error when that carries the checkpoint."""
-    from .report import apply_table
+    from .report import FULL_ON_A_TERMINAL, apply_table, layer_kind, layer_runs
 
     if quiet:
         return
     report = console if output == "-" else answer
-    for layer in the_plan.layers:
-        report.print(apply_table(layer, the_plan.entries_for(layer), tensors, before))
+    shown_in_full = the_plan.layers[:FULL_ON_A_TERMINAL] if _on_a_terminal(report) else the_plan.layers
+    for layer in shown_in_full:
+        _show(apply_table(layer, the_plan.entries_for(layer), tensors, before), report)
+        report.print()
+    rest = the_plan.layers[len(shown_in_full):]
+    if rest:
+        def rules(layer: Any) -> str:
+            return f"{layer_kind(layer)}: " + ", ".join(dict.fromkeys(e.rule for e in the_plan.entries_for(layer)))
+
+        report.print(f"{len(rest):,} more layer(s), one line per kind (every table: pipe the output, or --json):",
+                     markup=False)
+        for line in layer_runs(rest, rules):
+            report.print(line, markup=False)
         report.print()
     summary = f"{len(the_plan.layers)} layer(s), {len(the_plan.writes)} block(s), scheme {the_plan.scheme}"
     if the_plan.seed is not None:
@@ -600,7 +629,7 @@ def inspect(
     def one(input: str) -> None:
         from .diagnostics import diagnose
         from .documents import inspect_document, selected_kinds
-        from .report import inspect_table, provenance
+        from .report import FULL_ON_A_TERMINAL, inspect_table, layer_kind, layer_runs, provenance, scheme_line
         from .rewrite import inspect_checkpoint
 
         if plot is not None:
@@ -646,9 +675,18 @@ def inspect(
         if not selected:
             answer.print("no recurrent parameters found" + (f" matching --only {visible(repr(only))}" if only else ""),
                          markup=False)
-        for layer, kinds in selected:
+        in_full = selected[:FULL_ON_A_TERMINAL] if _on_a_terminal() else selected
+        for layer, kinds in in_full:
             answer.print()
-            answer.print(inspect_table(layer, found.tensors, kinds, by_layer.get(layer), wide=wide))
+            _show(inspect_table(layer, found.tensors, kinds, by_layer.get(layer), wide=wide))
+        rest = [layer for layer, _ in selected[len(in_full):]]
+        if rest:
+            answer.print()
+            answer.print(f"{len(rest):,} more layer(s), one line per kind (every table: pipe the output, or --json):",
+                         markup=False)
+            for line in layer_runs(rest, lambda layer: f"{layer_kind(layer)}: " + (
+                    scheme_line(by_layer[layer]) if layer in by_layer else "not diagnosed")):
+                answer.print(line, markup=False)
         for line in found.views:
             answer.print(visible(f"read {line}"), markup=False, soft_wrap=True)
         _print_warnings([*found.skipped, *(f"not recognised: {item}" for item in found.suspects),
@@ -664,6 +702,15 @@ def inspect(
             raise UsageError("--plot draws one INPUT; give one file, or leave --plot out")
         layouts = _layouts(layout, layout_file)
         _for_each_input(inputs, one, as_json=as_json, separate=not as_json)
+
+
+def _print_rows_left(rows: int, what: str) -> None:
+    """On a terminal, where a table shows its first rows: how many it left out, and how to see them."""
+    from .report import ROWS_ON_A_TERMINAL
+
+    if _on_a_terminal() and rows > ROWS_ON_A_TERMINAL:
+        answer.print(f"... {rows - ROWS_ON_A_TERMINAL:,} more {what} (every row: pipe the output, or --json)",
+                     markup=False)
 
 
 def _print_warnings(warnings: Iterable[object], where: str | None = None) -> None:
@@ -693,12 +740,13 @@ def verify(
 
     Every selected block is checked against what SCHEME (and --rule) would draw. Exit 0 when all are consistent, 1
     when any is not, 2 and above on errors (see rnninit --help): a CI step that proves a training script initialized
-    what it claims. With several INPUTs, one answer each, like grep over files, and the highest status."""
+    what it claims. A file drawn as claimed fails with probability at most 0.001 whatever its size (Bonferroni over
+    every test of every block). With several INPUTs, one answer each, like grep over files, and the highest status."""
 
     def one(input: str) -> None:
         from .diagnostics import verify as verify_tensors
         from .documents import verify_document
-        from .report import verify_table
+        from .report import ROWS_ON_A_TERMINAL, verify_table
         from .rewrite import inspect_checkpoint
 
         def read_and_verify(on_progress: Callable[[int, int], None] | None) -> tuple[Any, Any]:
@@ -716,7 +764,8 @@ def verify(
             _emit_json(verify_document(input, report, found.skipped))
         elif not quiet:
             if report.failures:
-                answer.print(verify_table(report))
+                _show(verify_table(report, ROWS_ON_A_TERMINAL if _on_a_terminal() else None))
+                _print_rows_left(len(report.failures), "failing block(s)")
             weak = f", {len(report.weak)} too small to decide" if report.weak else ""
             _print_warnings(found.skipped, input if len(inputs) > 1 else None)
             verdict = "consistent" if report.ok else f"{len(report.failures)} NOT consistent"
@@ -761,7 +810,7 @@ def diff(
         from .diagnostics import diff as diff_tensors
         from .documents import diff_document
         from .reading import open_inspection
-        from .report import diff_table
+        from .report import ROWS_ON_A_TERMINAL, diff_table
 
         if a == "-" and b == "-":
             raise UsageError("only one of A and B can be standard input")
@@ -781,7 +830,8 @@ def diff(
                                                     for item in found.skipped]))
         else:
             if report.changed_blocks:
-                answer.print(diff_table(report))
+                _show(diff_table(report, ROWS_ON_A_TERMINAL if _on_a_terminal() else None))
+                _print_rows_left(len(report.changed_blocks), "changed block(s)")
             for layer in report.layers:
                 for line in (*layer.params_only_in_a, *layer.params_only_in_b, *layer.shape_changes):
                     answer.print(visible(f"{layer.title}: {line}"), markup=False, soft_wrap=True)
@@ -866,7 +916,7 @@ def schemes(as_json: JsonOption = False) -> None:
             return
         from .report import schemes_table
 
-        answer.print(schemes_table(SCHEMES.values()))
+        _show(schemes_table(SCHEMES.values()))
         answer.print("Rules: TARGET=INIT, TARGET = weight_ih | weight_hh | weight_hr | bias_ih | "
                       "bias_hh | weight | bias, optionally .GATE (LSTM i f g o, GRU r z n). "
                       "Later rules win.", markup=False)  # wrapped at words on a terminal; one line elsewhere

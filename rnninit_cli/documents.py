@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .diagnostics.stats import Stats, block_stats, effective_bias
+from .diagnostics.stats import Stats, block_stats, effective_bias, to_array
 from .errors import UsageError, unknown_name
 from .init.planning import Plan
 from .layouts.discovery import KINDS, Layer
@@ -118,7 +118,11 @@ def inspect_document(
 
 def capture_stats(the_plan: Plan, tensors: Mapping[str, torch.Tensor]) -> dict[tuple[str, int], Stats]:
     """Statistics of every planned block, keyed by (parameter name, start row)."""
-    return {(e.name, e.start): block_stats(tensors[e.name][e.start:e.stop]) for e in the_plan.entries}
+    arrays: dict[str, Any] = {}  # each parameter converted once, not once per block (10,000 layers)
+    for entry in the_plan.entries:
+        if entry.name not in arrays:
+            arrays[entry.name] = to_array(tensors[entry.name])
+    return {(e.name, e.start): block_stats(arrays[e.name][e.start:e.stop]) for e in the_plan.entries}
 
 
 def apply_document(

@@ -57,7 +57,7 @@ def check_plot_output(output: str | Path, *, force: bool, source: str | Path) ->
 def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str | Path) -> None:
     """Draw per layer: a histogram of each gate block's values and, for weights, its singular values, into OUTPUT
     in the format its extension names (see `plot_format`).
-    `tensors`: numpy arrays (any float dtype, bfloat16 and float8 through ml_dtypes) or torch tensors."""
+    `tensors`: numpy arrays (any float dtype, float8 through ml_dtypes), BFloat16Arrays or torch tensors."""
     image_format = plot_format(output)
     try:
         import matplotlib
@@ -133,13 +133,14 @@ def _histogram(axis: Any, values: np.ndarray, **options: Any) -> None:
 
 
 def _finite_float64(values: Any) -> np.ndarray:
-    """A float64 numpy copy of a block (a torch tensor's too), NaN and ±Inf made finite as torch.nan_to_num does."""
+    """A float64 numpy copy of a block (a torch tensor's too; complex by its real part), NaN and ±Inf made finite as
+    torch.nan_to_num does."""
     import numpy as np
 
-    if not isinstance(values, np.ndarray):  # a torch tensor (the library's callers may pass those)
-        values = values.detach().to("cpu").double().numpy()
+    from .diagnostics.stats import as_float64
+
     with np.errstate(all="ignore"):
-        return np.nan_to_num(np.real(values).astype(np.float64))
+        return np.nan_to_num(as_float64(values))
 
 
 def _wrap(text: str, width: int = 30) -> str:

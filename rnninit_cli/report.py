@@ -17,7 +17,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from .diagnostics.stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias
+from .diagnostics.stats import STAT_NAMES, Stats, block_stats, dtype_name, effective_bias, to_array
 from .documents import Tensors, known_stats, param_document
 from .init.planning import PlanEntry
 from .layouts.discovery import Layer
@@ -44,11 +44,44 @@ def _num(value: float, stat: str = "mean") -> str:
 
 
 def layer_heading(layer: Layer) -> str:
+    return visible(f"{layer.title}  ({_sizes(layer)})")
+
+
+def _sizes(layer: Layer) -> str:
     sizes = f"input {layer.input_size}, hidden {layer.hidden_size}"
     if layer.proj_size:
         sizes += f", proj {layer.proj_size}"
-    sizes += ", bias" if layer.bias else ", no bias"
-    return visible(f"{layer.title}  ({sizes})")
+    return sizes + (", bias" if layer.bias else ", no bias")
+
+
+# On a terminal, a checkpoint of thousands of layers shows this many in full, then one line per run of alike layers
+# (`layer_runs`); a pipe or a file gets every table.
+FULL_ON_A_TERMINAL = 20
+ROWS_ON_A_TERMINAL = 200  # rows of diff's and verify's tables on a terminal
+
+
+def layer_runs(layers: Sequence[Layer], describe: Callable[[Layer], str]) -> list[str]:
+    """One line per kind of layer that `describe` tells apart, in order of first appearance: `cell20. (1 layer):
+    ...` or `cell21. … cell9999. (9,979 layers): LSTM cell (input 8, hidden 16, bias): pytorch`, naming the first
+    and the last layer of its kind; `describe` says what a layer is, without its name."""
+    kinds: dict[str, list[Any]] = {}  # description → [first, last, count]
+    for layer in layers:
+        seen = kinds.setdefault(describe(layer), [layer, layer, 0])
+        seen[1:] = [layer, seen[2] + 1]
+    lines = []
+    for text, (first, last, count) in kinds.items():
+        where = f"{_where(first)} (1 layer)" if count == 1 else f"{_where(first)} … {_where(last)} ({count:,} layers)"
+        lines.append(visible(f"{where}: {text}"))
+    return lines
+
+
+def _where(layer: Layer) -> str:
+    return layer.prefix or "(top level)"  # as Layer.title names it
+
+
+def layer_kind(layer: Layer) -> str:
+    """What a layer is, without its name: `LSTM cell (input 8, hidden 16, bias)`."""
+    return f"{layer.title[len(_where(layer)) + 2:]} ({_sizes(layer)})"
 
 
 _UNBOUNDED = 1 << 20  # a width no table reaches: where a layout is measured at its natural width
@@ -290,11 +323,12 @@ def scheme_line(diagnosis: LayerDiagnosis) -> str:
     return line
 
 
-def verify_table(report: VerifyReport) -> _Fitted:
-    """The failing blocks: what the scheme would draw, what was found, and the numbers that decided. Where a row
-    does not fit on one line, each parameter's name gets a line and each block three rows: expected, found, why."""
+def verify_table(report: VerifyReport, limit: int | None = None) -> _Fitted:
+    """The failing blocks (the first `limit`): what the scheme would draw, what was found, and the numbers that
+    decided. Where a row does not fit on one line, each parameter's name gets a line and each block three rows:
+    expected, found, why."""
     rows = [(shown(block.name), block.gate or "-", f"{block.start}:{block.stop}", shown(block.expected),
-             shown(block.found), shown(block.detail)) for block in report.failures]
+             shown(block.found), shown(block.detail)) for block in report.failures[:limit]]
 
     def full(dense: bool) -> Table:
         table = Table(show_edge=False, pad_edge=False, padding=(0, 0) if dense else (0, 1))
@@ -323,12 +357,12 @@ def _by_name(rows: Iterable[Sequence[str]]) -> list[tuple[str, list[Sequence[str
     return list(grouped.items())
 
 
-def diff_table(report: DiffReport) -> _Fitted:
-    """Changed gate blocks: max |Δ|, how many values changed, mean and std before → after."""
+def diff_table(report: DiffReport, limit: int | None = None) -> _Fitted:
+    """Changed gate blocks (the first `limit`): max |Δ|, how many values changed, mean and std before → after."""
     columns = ("parameter", "gate", "changed", "max |Δ|", "mean a → b", "std a → b")
     justify = {column: "right" if column in ("changed", "max |Δ|") else "left" for column in columns}
     rows = []
-    for block in report.changed_blocks:
+    for block in report.changed_blocks[:limit]:
         before, after = block.before, block.after
         rows.append((shown(block.name), block.gate or "-", f"{block.changed_count}/{before['count']}",
                      f"{block.max_abs_delta:.3g}", f"{_num(before['mean'])} → {_num(after['mean'])}",
@@ -361,11 +395,14 @@ def apply_table(
     narrow terminal: the parameter's name on a line, its blocks keyed by gate, the rule last (or on lines below)."""
     with_stats = tensors is not None and before is not None
     rows: list[list[str]] = []  # per block: short name, gate, rule, [mean, std]
+    arrays: dict[str, Any] = {}  # each parameter converted once, not once per block
     for entry in entries:
         cells = [shown(_short(entry.name, layer)), entry.gate or "-", shown(entry.rule)]
         if with_stats:
             old = before[(entry.name, entry.start)]
-            new = block_stats(tensors[entry.name][entry.start:entry.stop])
+            if entry.name not in arrays:
+                arrays[entry.name] = to_array(tensors[entry.name])
+            new = block_stats(arrays[entry.name][entry.start:entry.stop])
             cells += [f"{_num(old['mean'])} → {_num(new['mean'])}",
                       f"{_num(old['std'], 'std')} → {_num(new['std'], 'std')}"]
         rows.append(cells)

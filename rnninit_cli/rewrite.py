@@ -485,12 +485,14 @@ def _copy_while(
     draw: Callable[[], None],
 ) -> None:
     """Copy the input into `sink` in a second thread while `draw` computes the new values (the kernel
-    copy and the initializer math overlap), then patch the new values in."""
+    copy and the initializer math overlap), then patch the new values in. The copy is flushed to the disk on its
+    thread too, while the values are drawn: the fsync before the rename then waits only for the patched pages."""
     failure: list[BaseException] = []
 
     def copy() -> None:
         try:
             opened.copy_into(sink, metadata, updates)
+            _flush_early(sink)
         except BaseException as error:
             failure.append(error)
 
@@ -505,6 +507,15 @@ def _copy_while(
     opened.patch(sink, updates, metadata)
 
 
+def _flush_early(sink: BinaryIO) -> None:
+    """fdatasync a file's copied bytes now (the caller fsyncs it again once complete); not a file: nothing."""
+    try:
+        sink.flush()
+        os.fdatasync(sink.fileno())
+    except (OSError, ValueError, AttributeError):  # a pipe, a socket, an in-memory buffer
+        pass
+
+
 def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) -> None:
     kind = "torch.distributed.checkpoint folder" if isinstance(folder, DcpFolder) else "model folder"
     if output == STDIO:
@@ -517,8 +528,6 @@ def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) ->
     if output is not None and Path(output).resolve().is_relative_to(folder.path.resolve()) and \
             Path(output).resolve() != folder.path.resolve():
         raise OutputError(f"{output} is inside the input folder; choose a folder outside it")
-
-
 
 
 _CELL_CLASSES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM", "rnncell": "RNNCell",

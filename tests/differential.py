@@ -2156,7 +2156,7 @@ def array_bytes(array: Any) -> bytes:
 
     if array.dtype == np.bool_:  # as tensor_bytes: any nonzero byte is True
         array = np.ascontiguousarray(array).view(np.uint8) != 0
-    return np.ascontiguousarray(array).tobytes()
+    return array.tobytes()  # row-major; a BFloat16Array's bits
 
 
 def leaf_form(value: Any) -> Any:

@@ -31,8 +31,9 @@ from typing import Any
 _EXPORTED_FROM = {  # module → the names the package exports from it
     "blocks": ("BlockStats", "MatrixStats", "block_statistics", "sparkline", "value_stats"),
     "checks": (
-        "ALPHA", "MIN_SAMPLES", "Verdict", "check_chrono", "check_constant", "check_identity", "check_normal",
-        "check_truncated_normal", "check_uniform", "orthogonal_tolerance"
+        "ALPHA", "FILE_ALPHA", "MIN_SAMPLES", "TESTS_PER_BLOCK", "Verdict", "bonferroni_level", "check_chrono",
+        "check_constant", "check_identity", "check_normal", "check_truncated_normal", "check_uniform",
+        "orthogonal_tolerance"
     ),
     "comparison": ("BlockDiff", "DiffReport", "LayerDiff", "diff"),
     "diagnosis": ("Diagnosis", "diagnose"),

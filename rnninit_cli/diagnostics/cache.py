@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,12 @@ def worker_count() -> int:
     """Threads for independent blocks: the CPUs this process may use, at most four."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, available)
+
+
+@functools.cache
+def _allowance(dtype: str) -> float:
+    """max(u of dtype, u of float32)."""
+    return max(_unit_roundoff(dtype), _unit_roundoff("float32"))
 
 
 class _ByName(dict):  # type: ignore[type-arg]
@@ -68,6 +75,7 @@ class _Cache:
         self._summaries: _ByName[_Key, Summary] = _ByName()
         self._gains: _ByName[tuple[_Key, float], float | None] = _ByName(lambda key: key[0][0])
         self._diagonals: _ByName[_Key, np.ndarray] = _ByName()
+        self._dtypes: dict[str, str] = {}  # asked for per block and per check: 10,000 layers ask millions of times
 
     def whole(self, name: str) -> np.ndarray:
         """The parameter as a numpy array in its stored dtype."""
@@ -132,11 +140,14 @@ class _Cache:
     def u(self, name: str) -> float:
         """Rounding allowance: the stored dtype's u, at least float32's (initializers draw in float32, and a
         checkpoint cast up to float64 keeps float32 values)."""
-        return max(_unit_roundoff(self.dtype(name)), _unit_roundoff("float32"))
+        return _allowance(self.dtype(name))
 
     def dtype(self, name: str) -> str:
         """The stored dtype's name ('float32', 'bfloat16', ...)."""
-        return dtype_name(self.tensors[name])
+        known = self._dtypes.get(name)
+        if known is None:
+            known = self._dtypes[name] = dtype_name(self.tensors[name])
+        return known
 
     def is_complex(self, name: str) -> bool:
         return self.dtype(name).startswith("complex")

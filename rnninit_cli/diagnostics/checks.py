@@ -2,41 +2,52 @@
 
 Statistical decisions
 ---------------------
-Every statistical test below has size ALPHA = 1e-6: a block really drawn by the claimed initializer fails
-one test with probability at most ALPHA. A block check runs at most five such tests, so a correctly drawn
-block is misjudged with probability ≤ 5e-6, and a layer of ≤ 20 blocks with probability ≤ 1e-4.
+Every statistical test below has a size α, its `alpha` argument: a block really drawn by the claimed initializer
+fails that test with probability at most α. By default α = ALPHA = 1e-6. A block check runs at most
+TESTS_PER_BLOCK = 7 such tests (five about the distribution, below, and two guards that an i.i.d. block and its
+whole matrix are not orthogonal by chance, see entry_checks._structured), so a correctly drawn block is misjudged
+with probability ≤ 7α, and a layer of ≤ 20 blocks with probability ≤ 1.4e-4 at ALPHA; scheme recognition
+(`inspect`) works at ALPHA, one layer at a time.
+
+`verify` controls the whole file instead (Bonferroni): with B planned blocks it runs every test at
+α = `bonferroni_level(B)` = min(ALPHA, FILE_ALPHA / (TESTS_PER_BLOCK·B)), so a file really drawn as planned fails
+with probability ≤ FILE_ALPHA = 1e-3 whatever its size (≤ 7e-6·B below 143 blocks, where the level stays ALPHA).
+A caller's bound α' scales both terms: min(α'·ALPHA/FILE_ALPHA, α'/(TESTS_PER_BLOCK·B)). The bounds grow only with
+ln(1/α): at 160,000 blocks (α ≈ 8.9e-10) the Bernstein and χ² margins are about 1.2 times their width at ALPHA,
+and the edge fraction t = 1 − α^(1/n) of a 128-value block goes from 0.10 to 0.15. Every critical value computed
+by bisection is cached per (n, α).
 
 - Uniform U(lo, hi), n values, width w = hi − lo:
   * range: every value in [lo, hi] (deterministic; slack for float rounding, see `_slack`);
-  * edges: P(max < hi − t·w) = (1 − t)^n, so with t = 1 − ALPHA^(1/n) a correct draw reaches within t·w of
+  * edges: P(max < hi − t·w) = (1 − t)^n, so with t = 1 − α^(1/n) a correct draw reaches within t·w of
     each end; for a symmetric bound a, max|x| ≥ a(1 − t) likewise. This is what rules out a *larger*
     bound: data whose max |x| stays below a(1 − t) were not drawn from U(−a, a);
   * mean and mean square about the centre: Bernstein's inequality for bounded i.i.d. variables,
-    P(|ȳ − μ| ≥ ε) ≤ 2·exp(−nε² / (2σ² + 2bε/3)), solved for ε at ALPHA, with σ² = w²/12, b = w/2
+    P(|ȳ − μ| ≥ ε) ≤ 2·exp(−nε² / (2σ² + 2bε/3)), solved for ε at α, with σ² = w²/12, b = w/2
     for x and σ² = Var((x − c)²) = w⁴/180, b = w²/6 for the square.
 - Normal N(μ, σ²): q = Σ((x − μ)/σ)² ~ χ²_n with Laurent & Massart (2000) bounds
-  n − 2√(nL) ≤ q ≤ n + 2√(nL) + 2L, L = ln(2/ALPHA); the mean |z̄|·√n ≤ z_ALPHA (exact normal quantile);
-  the largest |z| ≤ c_hi with n·P(|Z| > c_hi) = ALPHA (union bound) and ≥ c_lo with P(|Z| < c_lo)^n = ALPHA
+  n − 2√(nL) ≤ q ≤ n + 2√(nL) + 2L, L = ln(2/α); the mean |z̄|·√n ≤ z_α (exact normal quantile);
+  the largest |z| ≤ c_hi with n·P(|Z| > c_hi) = α (union bound) and ≥ c_lo with P(|Z| < c_lo)^n = α
   (the latter separates a normal from a uniform of the same variance, whose max |z| is √3).
 - Truncated normal (lecun_normal: σ'·T, T ~ N(0, 1) cut to [−2, 2]): range |x| ≤ 2σ'; edge
-  max|x| ≥ m·σ' with (P(|T| < m))^n = ALPHA; mean and mean square by Bernstein with the exact moments of T.
+  max|x| ≥ m·σ' with (P(|T| < m))^n = α; mean and mean square by Bernstein with the exact moments of T.
 - Goodness of fit (families only, see families.py): a block is called normal or uniform (always with a known
-  initializer's parameters) only when its values also pass a goodness-of-fit test at ALPHA, since the bounds
+  initializer's parameters) only when its values also pass a goodness-of-fit test at α, since the bounds
   above barely constrain a distribution's shape (a Laplace block of 4096 values at the right σ passes them: its
-  largest |z| ≈ ln(n)/√2 stays below c_hi). A block drawn by the initializer fails it with probability ≤ ALPHA,
-  so its family is missed with probability ≤ 6e-6 (a uniform: five checks and this one), and a layer's
-  (≤ 17 blocks: an LSTM with projections) with probability ≤ 1.1e-4.
+  largest |z| ≈ ln(n)/√2 stays below c_hi). A block drawn by the initializer fails it with probability ≤ α,
+  so at ALPHA its family is missed with probability ≤ 8e-6 (a uniform: two orthogonality guards, five checks and
+  this one), and a layer's (≤ 17 blocks: an LSTM with projections) with probability ≤ 1.4e-4.
   Both run on at most GOF_SAMPLE values, every k-th of the block (k ≥ ⌈n / GOF_SAMPLE⌉, coprime with the row
   length so that every column is visited): the positions are chosen without looking at the values, so under
-  the null the sample is i.i.d. from the same distribution and the size stays ALPHA; 32,768 values still reject
+  the null the sample is i.i.d. from the same distribution and the size stays α; 32,768 values still reject
   kurtosis 4.5 or a Laplace block with near certainty.
   * normal: Anderson–Darling A² against N(x̄, s²) with both parameters estimated, modified to
     A*² = A²(1 + 0.75/n + 2.25/n²) and compared with the critical value solving D'Agostino & Stephens' (1986)
-    p-value formula p = exp(1.2937 − 5.709·A*² + 0.0186·A*⁴) = ALPHA (see `anderson_darling_normal_critical`);
+    p-value formula p = exp(1.2937 − 5.709·A*² + 0.0186·A*⁴) = α (see `anderson_darling_normal_critical`);
   * uniform: conditional on the smallest and the largest of n draws of U(a, b), the other n − 2 are i.i.d.
     U(min, max), so fitting the endpoints by the extremes needs no correction: the Kolmogorov–Smirnov statistic
     of the n − 2 interior values rescaled to [0, 1] against U(0, 1) is compared with the Dvoretzky–Kiefer–
-    Wolfowitz bound of Massart (1990), P(√m·D > λ) ≤ 2·exp(−2λ²), at ALPHA (see `uniform_ks_critical`).
+    Wolfowitz bound of Massart (1990), P(√m·D > λ) ≤ 2·exp(−2λ²), at α (see `uniform_ks_critical`).
 - Orthogonality and exact values are numerical, not statistical: max|BᵀB/g² − I| ≤ max(1e-3, 8u) where u is
   the unit roundoff of the stored dtype (a stored orthonormal column set has |Gram − I| ≤ 2u + u² entrywise by
   Cauchy–Schwarz; 1e-3 also admits matrices orthogonalized in float32 by other frameworks); constants and
@@ -64,16 +75,18 @@ from .formatting import _fmt
 from .stats import (
     Summary,
     as_float64,
-    numpy_float_dtype,
     power_of_two_scale,
     quiet_floats,
     spread_sample,
     squares_about,
     summarize,
     to_array,
+    unit_roundoff,
 )
 
 ALPHA = 1e-6
+FILE_ALPHA = 1e-3  # verify: the probability that a file drawn as planned fails, at most, whatever its size
+TESTS_PER_BLOCK = 7
 MIN_SAMPLES = 16
 ORTHOGONAL_TOLERANCE = 1e-3
 TRUNCATION = 2.0  # lecun_normal cuts T ~ N(0, 1) at ±2
@@ -86,19 +99,18 @@ GOF_SAMPLE = 32768
 def _unit_roundoff(dtype: Any) -> float:
     """u = eps/2 of a floating dtype (numpy, ml_dtypes or torch dtype, or its name); 0 for other dtypes."""
     name = str(dtype).removeprefix("torch.")
-    numeric = numpy_float_dtype({"double": "float64", "float": "float32", "half": "float16"}.get(name, name))
-    if numeric is None:
-        return 0.0
-    if isinstance(numeric, np.dtype):
-        return float(np.finfo(numeric).eps) / 2
-    import ml_dtypes
-
-    return float(ml_dtypes.finfo(numeric).eps) / 2
+    return unit_roundoff({"double": "float64", "float": "float32", "half": "float16"}.get(name, name))
 
 
 def orthogonal_tolerance(dtype: Any) -> float:
     """max(1e-3, 8u): bound on max|BᵀB − I| for a stored orthogonal block (|Gram − I| ≤ 2u + u²)."""
     return max(ORTHOGONAL_TOLERANCE, 8 * _unit_roundoff(dtype))
+
+
+def bonferroni_level(blocks: int, alpha: float = FILE_ALPHA) -> float:
+    """min(α·ALPHA/FILE_ALPHA, α / (TESTS_PER_BLOCK·blocks)): the size of each test that keeps a file's false alarms
+    ≤ α, never above ALPHA at FILE_ALPHA (a file of fewer than 143 blocks is judged as one of 143)."""
+    return min(ALPHA * (alpha / FILE_ALPHA), alpha / (TESTS_PER_BLOCK * max(1, blocks)))
 
 
 def _bisect(function: Callable[[float], float], low: float, high: float, target: float) -> float:
@@ -257,7 +269,7 @@ def check_constant(values: Any, value: float, u: float = 0.0, *, summary: Summar
 
 @quiet_floats
 def check_uniform(values: Any, low: float, high: float, u: float = 0.0, *,
-                  summary: Summary | None = None) -> Verdict:
+                  summary: Summary | None = None, alpha: float = ALPHA) -> Verdict:
     """Range [lo, hi], both edges reached within t·w (t = 1 − α^(1/n)), mean and mean square (Bernstein)."""
     stats = summary or summarize(values)
     if (bad := _nonfinite(values, stats)) is not None:
@@ -275,7 +287,7 @@ def check_uniform(values: Any, low: float, high: float, u: float = 0.0, *,
     name = f"U({_fmt(low)}, {_fmt(high)})"
     if smallest < low - slack or largest > high + slack:
         return Verdict(False, True, f"values in [{_fmt(smallest)}, {_fmt(largest)}] leave the range of {name}")
-    t = _edge_fraction(n)
+    t = _edge_fraction(n, alpha)
     if smallest > low + t * width + slack or largest < high - t * width - slack:
         return Verdict(False, decided, f"values in [{_fmt(smallest)}, {_fmt(largest)}]: {n} draws of {name} "
                                        f"come within {_fmt(t * width)} of both ends")
@@ -287,14 +299,14 @@ def check_uniform(values: Any, low: float, high: float, u: float = 0.0, *,
             return Verdict(False, decided, f"max |x| = {_fmt(largest_abs)} < {_fmt(bound * (1 - t))}: "
                                            f"{n} draws of {name} come closer to ±{_fmt(bound)}")
     mean = stats.mean
-    tolerance = _bernstein(n, width * width / 12, width / 2) + slack
+    tolerance = _bernstein(n, width * width / 12, width / 2, alpha) + slack
     if abs(mean - centre) > tolerance:
         return Verdict(False, decided, f"mean {_fmt(mean)}, expected {_fmt(centre)} ± {_fmt(tolerance)}")
     # about a centre: from the values, since Σx² − 2cΣx + nc² cancels when |c| ≫ w
     square = stats.mean_square() if centre == 0 else squares_about(values, centre) / n
     expected = width * width / 12
     fourth = (width * width) * (width * width)  # not width**4, which raises OverflowError where this gives inf
-    tolerance = _bernstein(n, fourth / 180, width * width / 6) + 3 * u * expected + 2 * slack * width
+    tolerance = _bernstein(n, fourth / 180, width * width / 6, alpha) + 3 * u * expected + 2 * slack * width
     if abs(square - expected) > tolerance:
         return Verdict(False, decided, f"std {_fmt(math.sqrt(square))}, expected {_fmt(math.sqrt(expected))} "
                                        f"for {name}")
@@ -302,7 +314,8 @@ def check_uniform(values: Any, low: float, high: float, u: float = 0.0, *,
 
 
 @quiet_floats
-def check_normal(values: Any, mean: float, std: float, u: float = 0.0, *, summary: Summary | None = None) -> Verdict:
+def check_normal(values: Any, mean: float, std: float, u: float = 0.0, *, summary: Summary | None = None,
+                 alpha: float = ALPHA) -> Verdict:
     """χ² bound on Σz², z = (x − μ)/σ; |z̄|√n ≤ z_α; c_lo ≤ max|z| ≤ c_hi (see the module docstring)."""
     stats = summary or summarize(values)
     if (bad := _nonfinite(values, stats)) is not None:
@@ -312,7 +325,7 @@ def check_normal(values: Any, mean: float, std: float, u: float = 0.0, *, summar
     n = stats.n
     decided = n >= MIN_SAMPLES
     name = f"N({_fmt(mean)}, {_fmt(std)}²)"
-    low, high = _chi2_bounds(n)
+    low, high = _chi2_bounds(n, alpha)
     if mean == 0:
         ratio = stats.scale / std
         q = stats.squares * ratio * ratio
@@ -323,9 +336,9 @@ def check_normal(values: Any, mean: float, std: float, u: float = 0.0, *, summar
                                        f"(χ²_{n} = {_fmt(q)} outside [{_fmt(low)}, {_fmt(high)}])")
     sample_mean = stats.mean
     z_mean = (sample_mean - mean) / std * math.sqrt(n)
-    if abs(z_mean) > _normal_quantile() + 4 * u * math.sqrt(n) * (1 + abs(mean) / std):
+    if abs(z_mean) > _normal_quantile(alpha) + 4 * u * math.sqrt(n) * (1 + abs(mean) / std):
         return Verdict(False, decided, f"mean {_fmt(sample_mean)}, expected {_fmt(mean)} for {name}")
-    c_low, c_high = _normal_max_bounds(n)
+    c_low, c_high = _normal_max_bounds(n, alpha)
     largest = max(abs(stats.minimum - mean), abs(stats.maximum - mean)) / std
     if largest > c_high * (1 + 4 * u):
         return Verdict(False, True, f"max |x − μ| = {_fmt(largest)}σ, beyond {_fmt(c_high)}σ for {name}")
@@ -337,7 +350,7 @@ def check_normal(values: Any, mean: float, std: float, u: float = 0.0, *, summar
 
 @quiet_floats
 def check_truncated_normal(values: Any, scale: float, u: float = 0.0, cut: float = TRUNCATION, *,
-                           summary: Summary | None = None) -> Verdict:
+                           summary: Summary | None = None, alpha: float = ALPHA) -> Verdict:
     """scale·T, T ~ N(0, 1) cut to [−c, c]: |x| ≤ c·scale, max|x| ≥ m·scale, mean and mean square (Bernstein)."""
     stats = summary or summarize(values)
     if (bad := _nonfinite(values, stats)) is not None:
@@ -350,18 +363,18 @@ def check_truncated_normal(values: Any, scale: float, u: float = 0.0, cut: float
     largest = stats.max_abs
     if largest > limit + slack:
         return Verdict(False, True, f"max |x| = {_fmt(largest)} beyond the truncation ±{_fmt(limit)} of {name}")
-    edge = _truncated_edge(n, cut)
+    edge = _truncated_edge(n, cut, alpha)
     if largest < edge * scale - slack:
         return Verdict(False, decided, f"max |x| = {_fmt(largest)} < {_fmt(edge * scale)}: {n} draws of {name} "
                                        "come closer to the truncation")
     second, fourth = _truncated_moments(cut)
-    tolerance = _bernstein(n, second * scale * scale, limit) + slack
+    tolerance = _bernstein(n, second * scale * scale, limit, alpha) + slack
     if abs(stats.mean) > tolerance:
         return Verdict(False, decided, f"mean {_fmt(stats.mean)}, expected 0 ± {_fmt(tolerance)} for {name}")
     expected = second * scale * scale
     square = stats.mean_square()
     tolerance = (_bernstein(n, (fourth - second * second) * (scale * scale) * (scale * scale),
-                            max(expected, limit * limit - expected))
+                            max(expected, limit * limit - expected), alpha)
                  + 3 * u * expected + 2 * slack * limit)
     if abs(square - expected) > tolerance:
         return Verdict(False, decided, f"std {_fmt(math.sqrt(square))}, expected {_fmt(math.sqrt(expected))} "
@@ -393,7 +406,7 @@ def check_identity(matrix: Any, scale: float, u: float = 0.0, *, summary: Summar
 
 
 @quiet_floats
-def check_chrono(values: Any, tmax: float, negate: bool = False, u: float = 0.0) -> Verdict:
+def check_chrono(values: Any, tmax: float, negate: bool = False, u: float = 0.0, *, alpha: float = ALPHA) -> Verdict:
     """±log(U[1, tmax − 1]): v = ±x in [0, log(tmax − 1)] and exp(v) passes check_uniform on [1, tmax − 1]."""
     if (bad := _nonfinite(values)) is not None:
         return bad
@@ -403,7 +416,7 @@ def check_chrono(values: Any, tmax: float, negate: bool = False, u: float = 0.0)
     slack = _slack(u, top)
     if v.size and (float(v.min()) < -slack or float(v.max()) > top + slack):
         return Verdict(False, True, f"values outside {sign}[0, log(tmax − 1) = {_fmt(top)}]")
-    verdict = check_uniform(np.exp(v), 1.0, tmax - 1, u * max(1.0, top))
+    verdict = check_uniform(np.exp(v), 1.0, tmax - 1, u * max(1.0, top), alpha=alpha)
     return Verdict(verdict.ok, verdict.decided, f"exp({sign}b): {verdict.detail}")
 
 

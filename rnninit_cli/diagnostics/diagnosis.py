@@ -75,6 +75,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     layer_bytes = [sum(byte_size(tensors[name]) for name in layer.params.values()) for layer, _ in selected]
     tally = Tally(sum(layer_bytes), on_progress, passes=2)
     done = 0
+    plans: dict = {}  # scheme plans by layer shape, shared by the layers
     for (layer, kinds), size in zip(selected, layer_bytes, strict=True):
         cache.prefetch(((block.name, block.start, block.stop) for kind in layer.params for block in layer.blocks(kind)),
                        on_summary=lambda key: tally.add(rows_bytes(tensors[key[0]], key[1] or 0, key[2] or 0)))
@@ -95,7 +96,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
                                             spectrum))
         bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))
         results.append(LayerDiagnosis(layer, tuple(blocks), tuple(matrices), bias,
-                                      _recognize(layer, cache, candidate_list)))
+                                      _recognize(layer, cache, candidate_list, plans)))
         warnings += layer_warnings(layer, cache)
         cache.forget(layer.params.values())  # one layer's float64 copies and Gram matrices at a time
         done += 2 * size

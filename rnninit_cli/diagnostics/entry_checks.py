@@ -16,6 +16,7 @@ from ..init.schemes import KEEP
 from ..layouts.discovery import article
 from .cache import _Cache
 from .checks import (
+    ALPHA,
     MIN_SAMPLES,
     Verdict,
     _chi2_bounds,
@@ -47,13 +48,13 @@ def _scope(entry: PlanEntry, cache: _Cache) -> _Scope:
     return _Scope(int(whole.shape[1]), int(rows))
 
 
-def _check_energy(summary: Summary, gain: float, rows: int, u: float) -> Verdict:
+def _check_energy(summary: Summary, gain: float, rows: int, u: float, alpha: float) -> Verdict:
     """Rows of a per-matrix orthogonal Q (R rows) carry energy E[q²] = g²/R: χ² bound on Σq²·R/g² (the sphere
     and orthogonality constraints make the true spread smaller than χ², so the bound is conservative)."""
     n = summary.n
     ratio = summary.scale / gain
     q = summary.squares * ratio * ratio * rows  # from the scaled sum: squares of 1e200 values would overflow
-    low, high = _chi2_bounds(n)
+    low, high = _chi2_bounds(n, alpha)
     decided = n >= MIN_SAMPLES
     if q < low * (1 - 4 * u) or q > high * (1 + 4 * u):
         rms = math.sqrt(q / n) * gain / math.sqrt(rows)
@@ -62,7 +63,7 @@ def _check_energy(summary: Summary, gain: float, rows: int, u: float) -> Verdict
     return Verdict(True, decided, "block energy consistent")
 
 
-def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache: _Cache) -> Verdict:
+def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache: _Cache, alpha: float) -> Verdict:
     """Per-matrix orthogonal: the rows drawn together must be (a slice of) g·Q with orthonormal columns or rows."""
     gain = float(dict(entry.args).get("gain", 1.0))
     whole = cache.whole(entry.name)
@@ -86,12 +87,12 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
         if not own.ok:
             return Verdict(False, True, f"rows of a wide orthogonal matrix: {own.detail}")
     else:
-        own = _check_energy(summary, gain, rows, cache.u(entry.name))
+        own = _check_energy(summary, gain, rows, cache.u(entry.name), alpha)
         if not own.ok:
             return own
     if not whole_verdict.ok:
         others = [e for e in group if e is not entry]
-        peers_ok = all(_block_energy_ok(e, gain, rows, cols, tolerance, cache) for e in others)
+        peers_ok = all(_block_energy_ok(e, gain, rows, cols, tolerance, cache, alpha) for e in others)
         if peers_ok:  # nothing singles out another block: this one shares the blame
             return Verdict(False, True, f"whole {entry.kind} {whole_verdict.detail}")
         return Verdict(True, own.decided, f"block consistent; whole {entry.kind} {whole_verdict.detail} "
@@ -99,24 +100,27 @@ def _check_orthogonal_matrix(entry: PlanEntry, group: Sequence[PlanEntry], cache
     return own
 
 
-def _block_energy_ok(entry: PlanEntry, gain: float, rows: int, cols: int, tolerance: float, cache: _Cache) -> bool:
+def _block_energy_ok(entry: PlanEntry, gain: float, rows: int, cols: int, tolerance: float, cache: _Cache,
+                     alpha: float) -> bool:
     if rows <= cols:
         return cache.orthogonal_verdict(entry.name, entry.start, entry.stop, gain, tolerance).ok
     summary = cache.summary(entry.name, entry.start, entry.stop)
-    return summary.nonfinite == 0 and _check_energy(summary, gain, rows, cache.u(entry.name)).ok
+    return summary.nonfinite == 0 and _check_energy(summary, gain, rows, cache.u(entry.name), alpha).ok
 
 
 @quiet_floats
-def check_entry(entry: PlanEntry, tensors: Mapping[str, Any], group: Sequence[PlanEntry] = ()) -> Verdict:
+def check_entry(entry: PlanEntry, tensors: Mapping[str, Any], group: Sequence[PlanEntry] = (), *,
+                alpha: float = ALPHA) -> Verdict:
     """Whether the block of `entry` is consistent with its planned initializer, arguments and scope.
 
     `group`: the entries of the same parameter drawn together with it (same rule, per matrix); default the entry.
+    `alpha`: the size of each statistical test (a block drawn as planned fails with probability ≤ 7α, see checks).
     """
-    return _check_entry(entry, _Cache(tensors), group or (entry,), ())
+    return _check_entry(entry, _Cache(tensors), group or (entry,), (), alpha)
 
 
 def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
-                 chrono_peers: Sequence[PlanEntry]) -> Verdict:
+                 chrono_peers: Sequence[PlanEntry], alpha: float = ALPHA) -> Verdict:
     init = entry.initializer
     args = dict(entry.args)
     if init == KEEP:
@@ -134,38 +138,38 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
     if init == "identity":
         return check_identity(block, float(args.get("scale", 1.0)), u, summary=summary)
     if init == "chrono":
-        return _check_chrono_entry(entry, block, u, cache, chrono_peers)
+        return _check_chrono_entry(entry, block, u, cache, chrono_peers, alpha)
     if init == "orthogonal":
         if entry.per == "matrix":
-            return _check_orthogonal_matrix(entry, group, cache)
+            return _check_orthogonal_matrix(entry, group, cache, alpha)
         tolerance = orthogonal_tolerance(cache.dtype(entry.name))
         return cache.orthogonal_verdict(entry.name, entry.start, entry.stop, float(args["gain"]), tolerance)
-    if init in _IID and (structure := _structured(entry, cache)):
+    if init in _IID and (structure := _structured(entry, cache, alpha)):
         return Verdict(False, True, f"{structure}; {init} draws i.i.d. values, which never are")
     if init == "uniform":
-        return check_uniform(block, float(args["a"]), float(args["b"]), u, summary=summary)
+        return check_uniform(block, float(args["a"]), float(args["b"]), u, summary=summary, alpha=alpha)
     if init == "normal":
-        return check_normal(block, float(args["mean"]), float(args["std"]), u, summary=summary)
+        return check_normal(block, float(args["mean"]), float(args["std"]), u, summary=summary, alpha=alpha)
     if init == "pytorch":
         bound = 1 / math.sqrt(int(args["hidden_size"]))
-        return check_uniform(block, -bound, bound, u, summary=summary)
+        return check_uniform(block, -bound, bound, u, summary=summary, alpha=alpha)
     if init in ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal"):
         fans = _scope(entry, cache)
         if init == "xavier_uniform":
             bound = float(args["gain"]) * math.sqrt(6 / (fans.fan_in + fans.fan_out))
-            return check_uniform(block, -bound, bound, u, summary=summary)
+            return check_uniform(block, -bound, bound, u, summary=summary, alpha=alpha)
         if init == "xavier_normal":
             std = float(args["gain"]) * math.sqrt(2 / (fans.fan_in + fans.fan_out))
-            return check_normal(block, 0.0, std, u, summary=summary)
+            return check_normal(block, 0.0, std, u, summary=summary, alpha=alpha)
         if init == "lecun_normal":
             scale = math.sqrt(1 / fans.fan_in) / TRUNCATED_NORMAL_STD
-            return check_truncated_normal(block, scale, u, summary=summary)
+            return check_truncated_normal(block, scale, u, summary=summary, alpha=alpha)
         fan = fans.fan_in if args["mode"] == "fan_in" else fans.fan_out
         gain = _gain(str(args["nonlinearity"]), float(args["a"]))
         if init == "kaiming_uniform":
             bound = gain * math.sqrt(3 / fan)
-            return check_uniform(block, -bound, bound, u, summary=summary)
-        return check_normal(block, 0.0, gain / math.sqrt(fan), u, summary=summary)
+            return check_uniform(block, -bound, bound, u, summary=summary, alpha=alpha)
+        return check_normal(block, 0.0, gain / math.sqrt(fan), u, summary=summary, alpha=alpha)
     return Verdict(True, False, f"no check is known for initializer {init!r}")
 
 
@@ -173,30 +177,32 @@ _IID = ("uniform", "normal", "pytorch", "xavier_uniform", "xavier_normal", "kaim
         "lecun_normal")
 
 
-def _structured(entry: PlanEntry, cache: _Cache) -> str:
+def _structured(entry: PlanEntry, cache: _Cache, alpha: float = ALPHA) -> str:
     """'block is orthogonal' / 'whole matrix is orthogonal' when G ≈ g²I for a Gram matrix of size ≥ 3, else ''.
 
     An i.i.d. continuous draw meets the k(k+1)/2 − 1 ≥ 5 constraints of scaled orthogonality within 1e-3 with
     negligible probability (≈ 1e-3 per constraint), so an orthogonal block rules out every i.i.d. initializer
     (e.g. an orthogonal 16×16 block has the variance 1/16 of lecun_normal and could pass its moment tests).
+    Each of the two looks is claimed only where `orthogonality_decidable` puts the chance of such a meeting below
+    `alpha`: they are two of a block's TESTS_PER_BLOCK tests.
     """
     tolerance = orthogonal_tolerance(cache.dtype(entry.name))
     for start, stop, what in ((entry.start, entry.stop, "block is orthogonal"),
                               (None, None, "whole matrix is orthogonal")):
         values = cache.whole(entry.name)[start:stop]
-        if values.ndim == 2 and min(values.shape) >= 3 and orthogonality_decidable(values.shape, tolerance) \
+        if values.ndim == 2 and min(values.shape) >= 3 and orthogonality_decidable(values.shape, tolerance, alpha) \
                 and cache.orthogonal_gain(entry.name, start, stop, tolerance) is not None:
             return what
     return ""
 
 
 def _check_chrono_entry(entry: PlanEntry, block: np.ndarray, u: float, cache: _Cache,
-                        peers: Sequence[PlanEntry]) -> Verdict:
+                        peers: Sequence[PlanEntry], alpha: float) -> Verdict:
     """Range/uniformity of exp(±b), then b_i = −b_f: chrono blocks of one parameter share their draws."""
     args = dict(entry.args)
     tmax, negate = float(args["tmax"]), bool(args.get("negate", False))
     block = as_float64(block)
-    verdict = check_chrono(block, tmax, negate, u)
+    verdict = check_chrono(block, tmax, negate, u, alpha=alpha)
     if not verdict.ok:
         return verdict
     sign = -1.0 if negate else 1.0
@@ -229,10 +235,11 @@ def _groups(entries: Sequence[PlanEntry]) -> tuple[dict[int, list[PlanEntry]], d
     return matrix, chrono
 
 
-def _check_all(entries: Sequence[PlanEntry], cache: _Cache) -> Iterator[Verdict]:
-    """Each entry's verdict, in order, as it is decided (a caller can report progress between them)."""
+def _check_all(entries: Sequence[PlanEntry], cache: _Cache, alpha: float = ALPHA) -> Iterator[Verdict]:
+    """Each entry's verdict, in order, as it is decided (a caller can report progress between them); `alpha`: the
+    size of each statistical test."""
     matrix, chrono = _groups(entries)
-    return (_check_entry(e, cache, matrix.get(id(e), [e]), chrono.get(id(e), [])) for e in entries)
+    return (_check_entry(e, cache, matrix.get(id(e), [e]), chrono.get(id(e), []), alpha) for e in entries)
 
 
 def _first_failure(entries: Sequence[PlanEntry], cache: _Cache) -> tuple[PlanEntry | None, Verdict | None, bool]:

@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..errors import RuleError, SchemeError
 from ..init.planning import PlanEntry, plan
 from ..init.schemes import SCHEMES, Scheme, format_value, parse_call
@@ -18,7 +16,7 @@ from .cache import _Cache
 from .entry_checks import _first_failure
 from .families import _LARGEST_LOG, UNDETERMINED
 from .formatting import _json
-from .stats import as_float64, numpy_float_dtype, quiet_floats
+from .stats import as_float64, numpy_float_dtype, quiet_floats, rounded_to
 
 # Not "trained": a fresh layer drawn by an initializer outside the registry (speechbrain's uniform input weights
 # beside an orthogonal recurrent matrix) matches no built-in scheme either.
@@ -82,12 +80,11 @@ def _round_up(value: float, digits: int = 6) -> float:
 
 def _shortest(value: float, dtype: str) -> float:
     """The shortest decimal that rounds to the same `dtype` value (0.5, not 0.5000000001), for readable arguments."""
-    numeric = numpy_float_dtype(dtype)
-    if numeric is None:
+    if numpy_float_dtype(dtype) is None:
         return value
     for digits in range(1, 18):
         candidate = float(f"{value:.{digits}g}")
-        if float(np.asarray(candidate).astype(numeric)) == value:
+        if float(rounded_to(candidate, dtype)) == value:
             return candidate
     return value
 
@@ -143,19 +140,38 @@ def recognize_layer(layer: Layer, tensors: Mapping[str, Any], *,
     return _recognize(layer, _Cache(tensors), candidates)
 
 
-def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None) -> SchemeMatch:
-    sub = {name: cache.tensors[name] for name in layer.params.values()}
+_Plans = dict[tuple[Any, ...], tuple[PlanEntry, ...]]
+
+
+def _planned(layer: Layer, target: str | Scheme, cache: _Cache, plans: _Plans) -> tuple[PlanEntry, ...]:
+    """plan(...).entries of `target` on the layer alone, planned once per scheme and layer shape (10,000 equal cells
+    are planned once and renamed); raises what plan() raises, with this layer's names in the message."""
+    key = (target if isinstance(target, str) else id(target), layer.shape_key())
+    template = plans.get(key)
+    if template is None:
+        sub = {name: cache.tensors[name] for name in layer.params.values()}
+        entries = plan(sub, target, for_writing=False, layers=[layer]).entries
+        if all(entry.name == layer.params[entry.kind] for entry in entries):
+            plans[key] = entries
+        return entries
+    return tuple(PlanEntry(layer.params[entry.kind], entry.kind, entry.gate, entry.start, entry.stop, entry.initializer,
+                           entry.args, entry.per, entry.rule, entry.source) for entry in template)
+
+
+def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None,
+               plans: _Plans | None = None) -> SchemeMatch:
+    plans = {} if plans is None else plans
     matches: list[str] = []
     undetermined: list[str] = []
     estimated: dict[str, dict[str, float]] = {}
     rejected: dict[str, str] = {}
     for target, spec, estimate in _scheme_specs(layer, cache, candidates):
         try:
-            the_plan = plan(sub, target, for_writing=False, layers=[layer])
+            entries = _planned(layer, target, cache, plans)
         except (SchemeError, RuleError) as error:  # RuleError: arguments estimated from odd values (chrono's tmax)
             rejected[spec] = f"does not apply: {error}"
             continue
-        entry, verdict, decided = _first_failure(the_plan.entries, cache)
+        entry, verdict, decided = _first_failure(entries, cache)
         if entry is not None and verdict is not None:
             rejected[spec] = f"{_where(entry)}: expected {entry.call}, {verdict.detail}"
             continue

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
+
+from ..bfloat16 import BFLOAT16, BFloat16Array
 
 if TYPE_CHECKING:
     from ..layouts.discovery import Layer
@@ -29,10 +32,19 @@ def quiet_floats(function: Callable[_Params, _Result]) -> Callable[_Params, _Res
 
     @functools.wraps(function)
     def wrapper(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
-        with np.errstate(all="ignore"):
+        if getattr(_quiet, "on", False):  # already inside a quiet call: np.errstate costs more than most callees
             return function(*args, **kwargs)
+        with np.errstate(all="ignore"):
+            _quiet.on = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _quiet.on = False
 
     return wrapper
+
+
+_quiet = threading.local()  # per thread, as numpy's error state is
 
 
 def _is_torch(values: Any) -> bool:
@@ -40,20 +52,23 @@ def _is_torch(values: Any) -> bool:
 
 
 def to_array(values: Any) -> np.ndarray:
-    """A numpy array of any array-like (a torch tensor by a CPU copy in its own dtype, bfloat16 and float8 through
-    ml_dtypes); complex values keep both parts."""
+    """A numpy array of any array-like (a torch tensor by a CPU copy in its own dtype, float8 through ml_dtypes;
+    bfloat16, which numpy lacks, as the float32 array of its values: exact); complex values keep both parts."""
     if isinstance(values, np.ndarray):
         return values
+    if isinstance(values, BFloat16Array):
+        return np.asarray(values)
     if _is_torch(values):
         import torch
 
         tensor = values.detach().to("cpu").resolve_conj().resolve_neg()  # numpy() refuses those lazy bits
         name = str(tensor.dtype).removeprefix("torch.")
-        if tensor.dtype in (torch.bfloat16,) or name.startswith("float8"):
+        if tensor.dtype == torch.bfloat16:
+            return tensor.float().numpy()
+        if name.startswith("float8"):
             import ml_dtypes
 
-            return tensor.view(torch.uint8 if name.startswith("float8") else torch.int16).numpy().view(
-                getattr(ml_dtypes, name))
+            return tensor.view(torch.uint8).numpy().view(getattr(ml_dtypes, name))
         return tensor.numpy()
     return np.asarray(values)
 
@@ -67,14 +82,42 @@ def dtype_name(values: Any) -> str:
 
 
 def numpy_float_dtype(name: str) -> Any:
-    """The numpy (or ml_dtypes) dtype of a floating dtype's name; None for other dtypes (ints, bools, complex)."""
+    """The numpy dtype of a floating dtype's name (BFLOAT16 for bfloat16, which numpy lacks; ml_dtypes' for the
+    float8 types); None for other dtypes (ints, bools, complex)."""
     if name in ("float64", "float32", "float16"):
         return np.dtype(name)
-    if name.startswith(("bfloat16", "float8", "float4", "float6")):
+    if name == "bfloat16":
+        return BFLOAT16
+    if name.startswith(("float8", "float4", "float6")):
         import ml_dtypes
 
         return getattr(ml_dtypes, name, None)
     return None
+
+
+def unit_roundoff(name: str) -> float:
+    """u = eps/2 of a floating dtype's name (2⁻⁸ for bfloat16); 0 for other dtypes."""
+    numeric = numpy_float_dtype(name)
+    if numeric is None:
+        return 0.0
+    if numeric is BFLOAT16:
+        return BFLOAT16.eps / 2
+    if isinstance(numeric, np.dtype):
+        return float(np.finfo(numeric).eps) / 2
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(numeric).eps) / 2
+
+
+def rounded_to(values: Any, name: str) -> np.ndarray | None:
+    """`values` rounded to the nearest values of the floating dtype `name` (bfloat16 as torch rounds, given as the
+    float32 values of the result); None when `name` is not a floating dtype."""
+    numeric = numpy_float_dtype(name)
+    if numeric is None:
+        return None
+    if numeric is BFLOAT16:
+        return np.asarray(BFloat16Array.from_values(values))
+    return np.asarray(values).astype(numeric)
 
 
 def as_float64(values: Any) -> np.ndarray:

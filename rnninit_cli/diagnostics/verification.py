@@ -1,4 +1,5 @@
-"""verify: each block a scheme plans, checked against the initializer the scheme draws it with."""
+"""verify: each block a scheme plans, checked against the initializer the scheme draws it with, every statistical
+test at the Bonferroni level that keeps a whole file's false alarms ≤ alpha (checks.bonferroni_level)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
 from ..init.initializers import cannot_hold
 from ..init.planning import plan
 from ..init.schemes import Rule, Scheme
 from ..layouts.discovery import Layer
 from .cache import _Cache
+from .checks import ALPHA, FILE_ALPHA, bonferroni_level
 from .entry_checks import _check_all
 from .families import _classify
 from .progress import OnProgress, Tally, rows_bytes
@@ -42,12 +45,15 @@ class VerifyBlock:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """`verify()`'s result. ok: no block fails. failures: the failing blocks; weak: consistent but undecided."""
+    """`verify()`'s result. ok: no block fails. failures: the failing blocks; weak: consistent but undecided.
+    alpha: the bound on the probability that a file drawn as planned fails; level: the size of each test."""
 
     scheme: str
     rules: tuple[str, ...]
     only: str | None
     blocks: tuple[VerifyBlock, ...]
+    alpha: float = FILE_ALPHA
+    level: float = ALPHA
 
     @property
     def ok(self) -> bool:
@@ -70,14 +76,19 @@ class VerifyReport:
 @quiet_floats
 def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[str | Rule] = (),
            only: str | None = None, layers: Sequence[Layer] | None = None,
-           on_progress: OnProgress | None = None) -> VerifyReport:
+           on_progress: OnProgress | None = None, alpha: float = FILE_ALPHA) -> VerifyReport:
     """Plan `scheme` (+ `rules`, `only`) with planning.plan and check each planned block against its initializer.
     `on_progress(done, total)`: the bytes of the planned blocks gone through (twice each: summaries, then checks;
-    each pass counts half).
+    each pass counts half). `alpha`: a file drawn as planned fails with probability ≤ alpha, whatever its size
+    (every test of every block at `bonferroni_level(blocks, alpha)`).
 
-    Raises what plan() raises (SchemeError, RuleError, NothingToDoError, LayoutError).
+    Raises what plan() raises (SchemeError, RuleError, NothingToDoError, LayoutError), UsageError for an alpha
+    outside [1e-100, 1).
     """
+    if not 1e-100 <= alpha < 1:
+        raise UsageError(f"alpha={alpha!r}: the false-alarm bound must be a probability in [1e-100, 1)")
     the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False, layers=layers)
+    level = bonferroni_level(len(the_plan.entries), alpha)
     cache = _Cache(tensors)
     sizes = {(entry.name, entry.start, entry.stop): rows_bytes(tensors[entry.name], entry.start, entry.stop)
              for entry in the_plan.entries}
@@ -86,7 +97,7 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
     tally.reach(sum(sizes.values()))  # summaries not computed ahead are computed with the checks
     layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}
     blocks = []
-    for entry, verdict in zip(the_plan.entries, _check_all(the_plan.entries, cache), strict=True):
+    for entry, verdict in zip(the_plan.entries, _check_all(the_plan.entries, cache, level), strict=True):
         tally.add(sizes[(entry.name, entry.start, entry.stop)])
         status = "fail" if not verdict.ok else ("ok" if verdict.decided else "weak")
         detail = verdict.detail
@@ -101,4 +112,4 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
         expected = entry.call + (" per matrix" if entry.per == "matrix" else "")
         blocks.append(VerifyBlock(entry.name, entry.kind, entry.gate, entry.start, entry.stop, entry.rule, expected,
                                   entry.per, status, found, detail))
-    return VerifyReport(the_plan.scheme, the_plan.rules, only, tuple(blocks))
+    return VerifyReport(the_plan.scheme, the_plan.rules, only, tuple(blocks), alpha, level)

@@ -277,7 +277,8 @@ def _load_safetensors(data: bytes, name: str) -> Checkpoint:
 @dataclass
 class ArrayCheckpoint:
     """A checkpoint read whole without torch, for reading only (inspect, verify, diff): where each tensor's
-    bytes are, and numpy arrays (bfloat16 and float8 through ml_dtypes) of the tensors asked for."""
+    bytes are, and numpy arrays (float8 through ml_dtypes; bfloat16 as BFloat16Arrays of its bits) of the tensors
+    asked for."""
 
     format: str
     records: dict[str, TensorShape]

@@ -50,7 +50,7 @@ from .tensorfile import (
     open_regular,
     read_exactly,
 )
-from .unpickle.arrays import array_from_bytes, is_contiguous, numpy_dtype, tensor_span
+from .unpickle.arrays import as_values, is_contiguous, storage_dtype, stored_array, tensor_span
 from .unpickle.machine import (
     storage_from_id,
     unpickle,
@@ -291,12 +291,11 @@ class DcpFolder:
         result = {}
         for name in names:
             tensor = self.layout.tensors[name]
-            full = np.empty(tensor.shape, dtype=numpy_dtype(tensor.dtype))
+            full = np.empty(tensor.shape, dtype=storage_dtype(tensor.dtype))
             for stored in checked[name]:
                 chunk = stored.chunk
-                full[chunk.region] = array_from_bytes(self._chunk_bytes(stored), stored.dtype, chunk.sizes,
-                                                      stored.stride)
-            result[name] = full
+                full[chunk.region] = stored_array(self._chunk_bytes(stored), stored.dtype, chunk.sizes, stored.stride)
+            result[name] = as_values(tensor.dtype, full)
         return result
 
     def load(self, names: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -350,7 +350,8 @@ def _torch_can_make(shape: tuple[int, ...]) -> bool:
 
 def _loadable_codes() -> set[str]:
     """The safetensors dtype codes this process can hold: those of the torch it has loaded (apply, new), else
-    (reading without torch) all of them: numpy holds each, with ml_dtypes (>= 0.3) for bfloat16 and float8."""
+    (reading without torch) all of them: numpy holds each, bfloat16 as its bits (rnninit_cli/bfloat16.py), with
+    ml_dtypes (>= 0.3) for float8."""
     torch = sys.modules.get("torch")
     if torch is not None:
         return {code for code, dtype in SAFETENSORS_TORCH_DTYPES.items() if hasattr(torch, dtype)}

@@ -9,9 +9,7 @@ parameters, nor on the thread count (blocks are drawn at one torch thread each, 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
@@ -32,7 +30,7 @@ from ..errors import (
 from ..layouts.discovery import Discovery, Layer, Skipped, article, discover
 from ..layouts.patterns import UserPattern, compile_user_pattern
 from ..layouts.views import View
-from .arguments import _bind_args, _call_initializer, _check_arguments, _check_dims, _try_arguments
+from .arguments import _bind_args, _check_arguments, _check_dims, _try_arguments
 from .distributed import (
     refuse_meta,
     refuse_sharded_views,
@@ -40,6 +38,7 @@ from .distributed import (
     refuse_unsharded_fsdp,
     shard_rows,
 )
+from .drawing import _batches, _covered_rows, _draw_scope, _drawn_in_place, _dtype_name, _scope_size, draw_seed
 from .onethread import one_thread_pool
 from .schemes import GATE_WORDS, KEEP, Rule, Scheme, Value, format_value, get_scheme, parse_rules, scheme_label
 
@@ -206,20 +205,28 @@ def plan(
 
     entries: list[PlanEntry] = []
     hit = [False] * len(user_rules)
+    winners: dict[tuple[str, str | None], tuple[Rule, str] | None] = {}
+    bound: dict[tuple[Rule, tuple[Any, ...]], tuple[str, tuple[tuple[str, Value], ...]]] = {}  # alike layers
     for layer, kinds in selected:
         _check_scheme_fits(scheme_obj, layer)
         for kind in kinds:
             for block in layer.blocks(kind):
-                winner = None
-                for index, (rule, source) in enumerate(all_rules):
-                    if rule.hits(kind, block.gate):
-                        winner = (rule, source)
-                        if source == "rule":
-                            hit[index - len(scheme_rules)] = True
+                if (kind, block.gate) not in winners:
+                    winner = None
+                    for index, (rule, source) in enumerate(all_rules):
+                        if rule.hits(kind, block.gate):
+                            winner = (rule, source)
+                            if source == "rule":
+                                hit[index - len(scheme_rules)] = True
+                    winners[(kind, block.gate)] = winner
+                winner = winners[(kind, block.gate)]
                 if winner is None:
                     continue
                 rule, source = winner
-                per, args = _bind_args(rule, layer)
+                key = (rule, layer.shape_key())
+                if key not in bound:
+                    bound[key] = _bind_args(rule, layer)
+                per, args = bound[key]
                 entries.append(PlanEntry(block.name, kind, block.gate, block.start, block.stop,
                                          rule.initializer, args, per, str(rule), source))
     for rule, was_hit in zip(user_rules, hit, strict=False):
@@ -296,45 +303,6 @@ def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
         raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} {why}")
 
 
-def draw_seed() -> int:
-    """A fresh random seed, small enough to type."""
-    return secrets.randbelow(2**32)
-
-
-def _generator(seed: int, name: str, stream: str) -> torch.Generator:
-    import torch
-
-    # surrogatepass: a name with a lone surrogate (a pickle may hold one) gets bytes too; valid names keep UTF-8's
-    digest = hashlib.sha256(f"rnninit\0{seed}\0{name}\0{stream}".encode("utf-8", "surrogatepass")).digest()
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    return generator
-
-
-def _draw_scope(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> torch.Tensor:
-    """Fresh values for the entry's scope: the whole parameter (per=matrix) or its block alone."""
-    import torch
-
-    from .initializers import get_initializer
-
-    spec = get_initializer(entry.initializer)
-    whole = entry.per == "matrix"
-    stream = spec.stream or ("matrix" if whole else (entry.gate or "block"))
-    shape = tuple(tensor.shape) if whole else (entry.stop - entry.start, *tensor.shape[1:])
-    compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-    values = torch.empty(shape, dtype=compute)
-    _call_initializer(spec.function, f"rule {entry.rule} on {entry.name}", values, **dict(entry.args),
-                      generator=_generator(seed, entry.name, stream))
-    if tensor.dtype != compute and values.numel():  # a narrower dtype: fan-based bounds are known only now
-        from .initializers import overflow
-
-        problem = overflow(_dtype_name(tensor), float(values.abs().max()))
-        if problem is not None:
-            raise DtypeError(f"{entry.name} ({_dtype_name(tensor)}) cannot hold what rule {entry.rule} draws: "
-                             f"{problem}; change the rule, or convert it to a wider float dtype first")
-    return values
-
-
 def _overlaps(tensor: torch.Tensor) -> bool:
     """Whether elements of `tensor` share memory (an expand()ed or as_strided view): writing distinct
     values into it is impossible. Dimensions sorted by stride must each step past the ones before."""
@@ -367,10 +335,6 @@ def refuse_non_floating(tensors: Mapping[str, Any], names: Iterable[str]) -> Non
                          "their dtype cannot hold the drawn values (integers and bools would truncate them, "
                          "complex numbers would lose a part), so nothing was written. Convert them to a float "
                          "dtype first, or leave them out with {only} or a rule such as weight_hh=keep")
-
-
-def _dtype_name(tensor: Any) -> str:
-    return str(getattr(tensor, "dtype", "")).removeprefix("torch.")
 
 
 def refuse_unholdable(the_plan: Plan, tensors: Mapping[str, Any]) -> None:
@@ -466,22 +430,36 @@ def apply_plan(
             scopes.append(entry)
         scope_of.append(len(scopes) - 1)
         previous = key
-    # Scopes are drawn at once on one-thread workers (the values do not depend on the thread count)
-    # and written in plan order; at most `ahead` drawn scopes (one per worker, and the one being written) wait in
-    # memory.
-    workers = max(1, min(torch.get_num_threads(), len(scopes)))
+    # Scopes are drawn at once on one-thread workers (the values do not depend on the thread count) and written in
+    # plan order. Small scopes go to a worker together (10,000 cells: a hand-off per block costs more than its draw);
+    # at most `ahead` batches (one per worker, and the one being written) wait in memory.
+    batches = _batches([_scope_size(first, targets[first.name]) for first in scopes])
+    batch_of = [number for number, batch in enumerate(batches) for _ in batch]
+    workers = max(1, min(torch.get_num_threads(), len(batches)))
     ahead = workers + 1
-    pending: dict[int, Future[torch.Tensor]] = {}
+    pending: dict[int, Future[list[torch.Tensor]]] = {}
+
+    covered = _covered_rows(writes, scopes, scope_of)
+    in_place = [_drawn_in_place(first, targets[first.name], covered[index], shards, views)
+                for index, first in enumerate(scopes)]
+
+    def draw(batch: range) -> list[torch.Tensor]:
+        return [_draw_scope(scopes[index], targets[scopes[index].name], seed, in_place[index]) for index in batch]
+
     with torch.no_grad(), one_thread_pool(workers) as pool:
-        drawn, current = None, -1
+        drawn, current, batch_drawn, current_batch = None, -1, [], -1
         for entry, scope in zip(writes, scope_of, strict=True):
             if scope != current:
-                for index in range(len(pending) + scope, min(scope + ahead, len(scopes))):
-                    first = scopes[index]
-                    pending[index] = pool.submit(_draw_scope, first, targets[first.name], seed)
-                drawn, current = pending.pop(scope).result(), scope
+                if batch_of[scope] != current_batch:
+                    current_batch = batch_of[scope]
+                    for number in range(len(pending) + current_batch, min(current_batch + ahead, len(batches))):
+                        pending[number] = pool.submit(draw, batches[number])
+                    batch_drawn = pending.pop(current_batch).result()
+                drawn, current = batch_drawn[scope - batches[current_batch].start], scope
             values = drawn[entry.start:entry.stop] if entry.per == "matrix" else drawn
-            if entry.name in shards:
+            if in_place[scope] is not None:
+                pass  # drawn where it belongs
+            elif entry.name in shards:
                 shards[entry.name].write(entry.start, entry.stop, values)
             else:
                 targets[entry.name][entry.start:entry.stop].copy_(values)

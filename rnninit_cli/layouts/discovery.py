@@ -79,6 +79,11 @@ class Layer:
             return f"{where}: {self.cell.upper()} cell"
         return f"{where}: {self.cell.upper()} layer {self.layer}, {self.direction}"
 
+    def shape_key(self) -> tuple[Any, ...]:
+        """Everything but the names: layers with equal keys have the same blocks, and a scheme plans them alike."""
+        return (self.cell, self.is_cell, self.layer, self.direction, self.input_size, self.hidden_size,
+                self.proj_size, self.bias, self.gate_names, self.label, self.declared, tuple(self.params))
+
     def stored(self, kind: str) -> tuple[str, ...]:
         """The stored tensors behind parameter `kind` (its own name when it is stored as it is)."""
         return self.sources.get(kind, (self.params[kind],))

@@ -101,9 +101,9 @@ class GateView:
             blocks.update(self._rows(piece, stored[piece.source]))
         ordered = [blocks[gate] for gate in self.gates]
         if is_numpy(ordered[0]):
-            import numpy as np
+            from ..bfloat16 import concatenate
 
-            return np.concatenate(ordered, axis=0)
+            return concatenate(ordered, axis=0)
         import torch
 
         return torch.cat(ordered, dim=0)
@@ -182,22 +182,29 @@ View = GateView | WeightNormView
 
 
 def is_numpy(value: Any) -> bool:
-    """Whether `value` is a numpy array (the read path's tensors), without importing numpy or torch."""
-    return type(value).__module__ == "numpy"
+    """Whether `value` is a numpy array or a bfloat16 one (the read path's tensors), without importing numpy or
+    torch."""
+    return type(value).__module__ in ("numpy", "rnninit_cli.bfloat16")
 
 
 def weight_norm(direction: Any, magnitude: Any, dim: int) -> Any:
     """numpy's `torch._weight_norm(v, g, dim)` for numpy arrays v and g: v·(g/‖v‖), the 2-norm over every dim of
     v but `dim` (over all of them when dim is -1, torch's norm_except_dim), computed in float32 (float64 for a
-    float64 v) and returned in v's dtype (bfloat16 and float8 through ml_dtypes, rounded to nearest as torch)."""
+    float64 v) and returned in v's dtype, rounded to nearest as torch rounds (a BFloat16Array for a BFloat16Array v,
+    float8 through ml_dtypes)."""
     import numpy as np
+
+    from ..bfloat16 import BFloat16Array
 
     compute = np.float64 if direction.dtype == np.float64 else np.float32
     values = direction.astype(compute)
     axes = tuple(axis for axis in range(values.ndim) if dim == -1 or axis != dim % values.ndim)
     with np.errstate(all="ignore"):  # a zero or non-finite v gives NaN or Inf silently, as torch does
         norms = np.sqrt(np.sum(np.square(values), axis=axes, keepdims=True))
-        return (values * (magnitude.astype(compute) / norms)).astype(direction.dtype)
+        effective = values * (magnitude.astype(compute) / norms)
+        if isinstance(direction, BFloat16Array):
+            return BFloat16Array.from_values(effective)
+        return effective.astype(direction.dtype)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from builders import read_metadata, temp_leftovers
 from typer.testing import Result
 
 import rnninit_cli
-from rnninit_cli.init import planning
+from rnninit_cli.init import drawing
 
 PREFIX = "enc\udcff.rnn."  # a byte 0xff read with surrogateescape
 ODD = "emb\ud800\x1b[31m"  # a lone high surrogate and an escape sequence, in a tensor that is not recurrent
@@ -103,16 +103,16 @@ def load_json(text: str) -> Any:
 def test_seeds_of_valid_names_are_unchanged(name: str, seed: int, stream: str) -> None:
     """The formula of every earlier release, computed here: same seed, same name → same values as before."""
     digest = hashlib.sha256(f"rnninit\0{seed}\0{name}\0{stream}".encode()).digest()
-    assert planning._generator(seed, name, stream).initial_seed() == int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    assert drawing._generator(seed, name, stream).initial_seed() == int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def test_seed_of_one_name_is_pinned() -> None:
     """The value that the release before this change computed (its outputs are byte for byte those of today)."""
-    assert planning._generator(1, "lstm.weight_hh_l0", "matrix").initial_seed() == 1428758769633754425
+    assert drawing._generator(1, "lstm.weight_hh_l0", "matrix").initial_seed() == 1428758769633754425
 
 
 def test_seeds_of_surrogate_names_are_defined_and_distinct() -> None:
-    seeds = {name: planning._generator(7, name, "matrix").initial_seed() for name in ("a\udcff", "a\ud800", "a", "aÿ")}
+    seeds = {name: drawing._generator(7, name, "matrix").initial_seed() for name in ("a\udcff", "a\ud800", "a", "aÿ")}
     assert len(set(seeds.values())) == 4, seeds
     digest = hashlib.sha256("rnninit\x007\x00a\udcff\x00matrix".encode("utf-8", "surrogatepass")).digest()
     assert seeds["a\udcff"] == int.from_bytes(digest[:8], "little") & (2**63 - 1)

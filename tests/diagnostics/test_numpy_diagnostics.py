@@ -1,6 +1,6 @@
 """The numpy diagnostics (issue 11 §2, §3): the shortcuts they take decide exactly as the definitions do, the
 goodness-of-fit tests keep their size and power on blocks larger than their sample, and numpy arrays, ml_dtypes
-arrays and torch tensors give the same diagnosis."""
+arrays, the reader's bfloat16 arrays and torch tensors give the same diagnosis."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rnninit_cli import init_
+from rnninit_cli.bfloat16 import BFloat16Array
 from rnninit_cli.diagnostics import diagnose
 from rnninit_cli.diagnostics.cache import _Cache
 from rnninit_cli.diagnostics.checks import GOF_SAMPLE, check_normal_fit, check_uniform_fit, gof_sample
@@ -134,16 +135,19 @@ def _state(dtype: torch.dtype) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_numpy_arrays_and_torch_tensors_give_the_same_diagnosis(dtype: torch.dtype) -> None:
     tensors = _state(dtype)
-    arrays = {name: to_array(tensor) for name, tensor in tensors.items()}
-    if dtype == torch.bfloat16:
-        assert arrays["weight_hh_l0"].dtype == ml_dtypes.bfloat16
-        assert np.array_equal(arrays["weight_hh_l0"].astype(np.float32), tensors["weight_hh_l0"].float().numpy())
+    forms = [{name: to_array(tensor) for name, tensor in tensors.items()}]
+    if dtype == torch.bfloat16:  # what the reader holds (the bits, no ml_dtypes) and what a caller may pass
+        forms = [{name: BFloat16Array(tensor.view(torch.int16).numpy().view(np.uint16))
+                  for name, tensor in tensors.items()},
+                 {name: tensor.float().numpy().astype(ml_dtypes.bfloat16) for name, tensor in tensors.items()}]
+        assert np.array_equal(np.asarray(forms[0]["weight_hh_l0"]), tensors["weight_hh_l0"].float().numpy())
     from_torch = diagnose(tensors, geometry=True).as_dict()
-    from_numpy = diagnose(arrays, geometry=True).as_dict()
-    assert from_numpy == from_torch
-    assert {layer["scheme"]["primary"] for layer in from_numpy["layers"]} == {"keras"}
     dtype_name = str(dtype).removeprefix("torch.")
-    assert {block["dtype"] for layer in from_numpy["layers"] for block in layer["blocks"]} == {dtype_name}
+    for arrays in forms:
+        from_numpy = diagnose(arrays, geometry=True).as_dict()
+        assert from_numpy == from_torch
+        assert {layer["scheme"]["primary"] for layer in from_numpy["layers"]} == {"keras"}
+        assert {block["dtype"] for layer in from_numpy["layers"] for block in layer["blocks"]} == {dtype_name}
 
 
 @pytest.mark.parametrize("text", ["uniform(1, 0)", "normal(0, -1)", "chrono(2)", "chrono(1.5)",

@@ -367,7 +367,7 @@ def test_odd_tensors_read_as_torch_load_reads_them(tmp_path: Path) -> None:
                 expected = expected[int(part)] if isinstance(expected, (list, tuple)) else expected[part]
             assert torch.equal(tensor, expected) and tensor.dtype == expected.dtype, name
             assert arrays[name].shape == tuple(expected.shape), name
-            assert np.ascontiguousarray(arrays[name]).tobytes() == \
+            assert arrays[name].tobytes() == \
                 expected.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes(), name
 
 

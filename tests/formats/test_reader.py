@@ -180,7 +180,7 @@ def test_every_suite_file_reads_without_torch_as_torch_reads_it(suite_folder: Pa
                 assert dtype == str(tensor.dtype).removeprefix("torch."), where
                 assert tuple(shape) == tuple(tensor.shape) and tuple(stride) == tensor.stride(), where
                 assert raw == tensor_bytes(tensor), where  # bit for bit, bfloat16 and float8 included
-    assert read["mixed-p5.pt"][0]["bf16"][3] == "bfloat16"  # ml_dtypes, not raw integers
+    assert read["mixed-p5.pt"][0]["bf16"][3] == "bfloat16"  # a BFloat16Array (no ml_dtypes), not raw integers
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])

@@ -1,13 +1,15 @@
-"""`inspect`, `verify`, `diff` and `schemes` read every kind of checkpoint without torch (issue 11 §3).
+"""`inspect`, `verify`, `diff` and `schemes` read every kind of checkpoint without torch (issue 11 §3), and
+bfloat16 and float16 ones without ml_dtypes either (issue 22: its import alone takes longer than such a command).
 
-Each command runs in a real process where `import torch` raises (a `torch` package first on PYTHONPATH whose
-`__init__` raises ImportError and records that it was tried), and must print exactly what the same command prints
-where torch can be imported. The values it reads are checked against torch's own: per gate block, the statistics of
-`inspect --json` against those of the module's parameters as torch computes them (weight_norm included), and the
-dtype names against torch's. The inputs are built here from real torch.nn modules: .safetensors, .pt zip archives
-of pickle protocols 2 and 4, a legacy .pt, a TorchScript archive, a sharded model folder, standard input (a zip .pt
-and a .safetensors), bfloat16, an LSTM with weight_norm parametrizations, and a torch.distributed.checkpoint
-folder.
+Each command runs in a real process where `import torch` and `import ml_dtypes` raise (`torch` and `ml_dtypes`
+packages first on PYTHONPATH whose `__init__` raises ImportError and records that it was tried), and must print
+exactly what the same command prints where both can be imported. The values it reads are checked against torch's
+own: per gate block, the statistics of `inspect --json` against those of the module's parameters as torch computes
+them (weight_norm included), and the dtype names against torch's. The inputs are built here from real torch.nn
+modules: .safetensors, .pt zip archives of pickle protocols 2 and 4, a legacy .pt, a TorchScript archive, a sharded
+model folder, standard input (a zip .pt and a .safetensors), bfloat16, float16, an LSTM with weight_norm
+parametrizations, and a torch.distributed.checkpoint folder. float8 files, which numpy alone cannot read, are read
+with ml_dtypes (and still without torch).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ MODULE = [sys.executable, "-m", "rnninit_cli"]
 TIMEOUT = 120
 OTHER = "other.safetensors"  # another LSTM of the same shapes, beside the inputs: what `diff` compares them with
 LABELS = ["safetensors", "pt-protocol-2", "pt-protocol-4", "pt-legacy", "torchscript", "folder", "stdin-pt",
-          "stdin-safetensors", "bfloat16", "bfloat16-pt", "weight-norm", "dcp"]
+          "stdin-safetensors", "bfloat16", "bfloat16-pt", "float16", "float16-pt", "weight-norm", "dcp"]
 INPUT, HIDDEN, LAYERS = 32, 64, 2
 
 
@@ -81,20 +83,31 @@ def _weight_normed() -> tuple[torch.nn.LSTM, dict[str, torch.Tensor]]:
     return lstm, effective
 
 
+def _blocking_packages(folder: Path, names: tuple[str, ...]) -> Path:
+    """`folder`, holding for each name a package whose import raises, and appends to $TORCH_TRIED_MARKER first."""
+    for name in names:
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(textwrap.dedent(f"""
+            import os, sys
+            marker = os.environ.get("TORCH_TRIED_MARKER")
+            if marker:
+                with open(marker, "a") as record:
+                    record.write(f"import {name} was tried: {{sys.argv}}\\n")
+            raise ImportError("{name} is blocked in this test")
+        """))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def blocker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding a `torch` package whose import raises, and appends to $TORCH_TRIED_MARKER first."""
-    folder = tmp_path_factory.mktemp("no_torch")
-    (folder / "torch").mkdir()
-    (folder / "torch" / "__init__.py").write_text(textwrap.dedent("""
-        import os, sys
-        marker = os.environ.get("TORCH_TRIED_MARKER")
-        if marker:
-            with open(marker, "a") as record:
-                record.write(f"import torch was tried: {sys.argv}\\n")
-        raise ImportError("torch is blocked in this test")
-    """))
-    return folder
+    """A folder holding `torch` and `ml_dtypes` packages whose imports raise (and are recorded)."""
+    return _blocking_packages(tmp_path_factory.mktemp("no_torch"), ("torch", "ml_dtypes"))
+
+
+@pytest.fixture(scope="module")
+def torch_blocker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a `torch` package whose import raises (and is recorded); ml_dtypes stays importable."""
+    return _blocking_packages(tmp_path_factory.mktemp("no_torch_only"), ("torch",))
 
 
 def _environments(blocker: Path, marker: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -126,6 +139,9 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     half = _state(_lstm(1, torch.bfloat16))
     add("bfloat16", "bf16.safetensors", lambda path: save_file(half, str(path)), half)
     add("bfloat16-pt", "bf16.pt", lambda path: torch.save(half, path), half)
+    ieee_half = _state(_lstm(2, torch.float16))
+    add("float16", "f16.safetensors", lambda path: save_file(ieee_half, str(path)), ieee_half)
+    add("float16-pt", "f16.pt", lambda path: torch.save(ieee_half, path), ieee_half)
     normed, effective = _weight_normed()
     add("weight-norm", "weight_norm.pt", lambda path: torch.save(_state(normed), path), effective)
 
@@ -242,8 +258,8 @@ def runs(cases: dict[str, Case], blocker: Path, tmp_path_factory: pytest.TempPat
 
 
 def _without_torch(runs: Runs, argv: list[str], label: str = "") -> dict:
-    """What `argv` (of case `label`) printed where `import torch` raises, checked to be what it prints where torch can
-    be imported, with exit status 0 or 1 and no error; and no command tried to import torch."""
+    """What `argv` (of case `label`) printed where `import torch` and `import ml_dtypes` raise, checked to be what it
+    prints where both can be imported, with exit status 0 or 1 and no error; and no command tried to import either."""
     assert not runs.marker.exists(), runs.marker.read_text()
     found = runs.blocked[(label, *argv)]
     assert "error:" not in found["stderr"] and found["code"] in (0, 1), (argv, found)
@@ -260,6 +276,35 @@ def test_the_blocker_really_blocks_torch(blocker: Path, tmp_path: Path) -> None:
     assert marker.read_text().startswith("import torch was tried")  # attempts are recorded, even caught ones
     result = subprocess.run([sys.executable, "-c", "import torch.nn"], env=blocked_env, capture_output=True,
                             timeout=TIMEOUT, check=False)
+    assert result.returncode != 0
+    result = subprocess.run([sys.executable, "-c", "import ml_dtypes"], env=blocked_env, capture_output=True,
+                            timeout=TIMEOUT, check=False)
+    assert result.returncode != 0 and b"ml_dtypes is blocked in this test" in result.stderr
+    assert "import ml_dtypes was tried" in marker.read_text()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_float8_files_are_read_with_ml_dtypes_and_without_torch(suffix: str, blocker: Path, torch_blocker: Path,
+                                                                 tmp_path: Path) -> None:
+    """numpy has no float8 types: `inspect` of a float8 file imports ml_dtypes (where it cannot, the blocker sees the
+    attempt: what the read commands above would show if they tried), and still never torch."""
+    state = {name: tensor.to(torch.float8_e4m3fn) for name, tensor in _state(_lstm(5)).items()}
+    path = tmp_path / f"f8{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    marker = tmp_path / "tried"
+    torch_blocked, _ = _environments(torch_blocker, marker)
+    result = _finish(_start(["-m", "rnninit_cli", "inspect", str(path), "--json"], torch_blocked, None))
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert not marker.exists()
+    document = json.loads(result.stdout)
+    assert {param["dtype"] for layer in document["layers"] for param in layer["params"]} == {"float8_e4m3fn"}
+    _check_against_torch(document, state, 1e-9)
+    both_blocked, _ = _environments(blocker, marker)
+    result = _finish(_start(["-m", "rnninit_cli", "inspect", str(path)], both_blocked, None))
+    assert "import ml_dtypes was tried" in marker.read_text() and "import torch" not in marker.read_text()
     assert result.returncode != 0
 
 
@@ -335,21 +380,26 @@ def test_numpy_weight_norm_is_torchs(dtype: torch.dtype, shape: tuple[int, ...],
                                      magnitude_shape: tuple[int, ...]) -> None:
     import ml_dtypes
 
+    from rnninit_cli.bfloat16 import BFloat16Array
+
     generator = torch.Generator().manual_seed(len(shape) * 10 + dim)
     direction = torch.randn(shape, generator=generator).to(dtype)
     magnitude = (torch.rand(magnitude_shape, generator=generator) + 0.5).to(dtype)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     expected = torch._weight_norm(direction.to(compute), magnitude.to(compute), dim).to(dtype)
-
-    def as_numpy(tensor: torch.Tensor) -> np.ndarray:
-        return tensor.float().numpy().astype(ml_dtypes.bfloat16) if dtype == torch.bfloat16 else tensor.numpy()
+    # bfloat16 as the reader holds it (its bits, without ml_dtypes) and as a caller may pass it (ml_dtypes)
+    forms = [lambda tensor: BFloat16Array(tensor.view(torch.int16).numpy().view(np.uint16)),
+             lambda tensor: tensor.float().numpy().astype(ml_dtypes.bfloat16)] if dtype == torch.bfloat16 \
+        else [lambda tensor: tensor.numpy()]
 
     view = WeightNormView("w", "g", "v", dim, "test")
-    found = view.compose({"v": as_numpy(direction), "g": as_numpy(magnitude)})
-    assert found.dtype == as_numpy(direction).dtype and found.shape == tuple(expected.shape)
-    # one rounding of the result apart at most (torch sums the squares in another order)
     ulp = {torch.float32: 2.0**-23, torch.float64: 2.0**-52, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
-    np.testing.assert_allclose(found.astype(np.float64), expected.double().numpy(), rtol=4 * ulp, atol=0)
+    for as_numpy in forms:
+        found = view.compose({"v": as_numpy(direction), "g": as_numpy(magnitude)})
+        assert type(found) is type(as_numpy(direction)) and found.dtype == as_numpy(direction).dtype
+        assert found.shape == tuple(expected.shape)
+        # one rounding of the result apart at most (torch sums the squares in another order)
+        np.testing.assert_allclose(found.astype(np.float64), expected.double().numpy(), rtol=4 * ulp, atol=0)
     # and the torch path of the same view is torch's
     assert torch.equal(view.compose({"v": direction, "g": magnitude}), expected)
 

@@ -1,5 +1,5 @@
-"""A tensor record's bytes as a numpy array (ml_dtypes for the float types numpy lacks), and the span of storage
-a view reads."""
+"""A tensor record's bytes as a numpy array (bfloat16 as a `BFloat16Array` of its bits, ml_dtypes for the float8
+types), and the span of storage a view reads."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from ...errors import CheckpointError
 from .records import DTYPES, TensorRef
 
 
-def numpy_dtype(name: str) -> Any:
-    """The numpy dtype of a torch dtype name; bfloat16 and float8 types come from ml_dtypes."""
+def storage_dtype(name: str) -> Any:
+    """The numpy dtype of a torch dtype's stored elements: numpy's own, uint16 (the bits) for bfloat16, ml_dtypes'
+    for the float8 types."""
     import numpy as np
 
     if name not in DTYPES or not DTYPES[name][1]:
@@ -27,12 +28,24 @@ def numpy_dtype(name: str) -> Any:
 
 
 
-def array_from_bytes(raw: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...],
-                     stride: tuple[int, ...]) -> Any:
-    """A numpy array of `shape`/`stride` (in elements) over `raw`, which starts at the tensor's first element."""
+def as_values(name: str, stored: Any) -> Any:
+    """The array of a tensor's values from the array of its stored elements (`stored_array`): itself, or for
+    bfloat16 a BFloat16Array of the bits."""
+    if name != "bfloat16":
+        return stored
+    from ...bfloat16 import BFloat16Array
+
+    return BFloat16Array(stored)
+
+
+
+def stored_array(raw: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...],
+                 stride: tuple[int, ...]) -> Any:
+    """A numpy array (of `storage_dtype`) of `shape`/`stride` (in elements) over `raw`, which starts at the tensor's
+    first element."""
     import numpy as np
 
-    kind = numpy_dtype(dtype)
+    kind = storage_dtype(dtype)
     if 0 in shape:
         return np.empty(shape, dtype=kind)
     flat = np.frombuffer(raw, dtype=kind)
@@ -43,6 +56,14 @@ def array_from_bytes(raw: bytes | bytearray | memoryview, dtype: str, shape: tup
     bits = flat.view(f"u{kind.itemsize}") if kind.itemsize in (1, 2, 4, 8) else flat
     view = np.lib.stride_tricks.as_strided(bits, shape, tuple(s * kind.itemsize for s in stride), writeable=False)
     return np.array(view).view(kind)  # a copy of its own, laid out contiguously
+
+
+
+def array_from_bytes(raw: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...],
+                     stride: tuple[int, ...]) -> Any:
+    """The values of `shape`/`stride` (in elements) over `raw`, which starts at the tensor's first element: a numpy
+    array, or for bfloat16 a BFloat16Array."""
+    return as_values(dtype, stored_array(raw, dtype, shape, stride))
 
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from ...errors import CheckpointError
 
-# torch dtype name → (bytes per element, numpy type code or ml_dtypes name)
+# torch dtype name → (bytes per element, numpy type code of what is stored, or ml_dtypes name); bfloat16 is read
+# as its bits (uint16, see rnninit_cli/bfloat16.py: without ml_dtypes)
 DTYPES: dict[str, tuple[int, str]] = {
-    "float64": (8, "<f8"), "float32": (4, "<f4"), "float16": (2, "<f2"), "bfloat16": (2, "bfloat16"),
+    "float64": (8, "<f8"), "float32": (4, "<f4"), "float16": (2, "<f2"), "bfloat16": (2, "<u2"),
     "int64": (8, "<i8"), "int32": (4, "<i4"), "int16": (2, "<i2"), "int8": (1, "i1"), "uint8": (1, "u1"),
     "uint16": (2, "<u2"), "uint32": (4, "<u4"), "uint64": (8, "<u8"), "bool": (1, "?"),
     "complex64": (8, "<c8"), "complex128": (16, "<c16"), "complex32": (4, ""),
