@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .formats.checkpoint import read_checkpoint
-from .formats.lazy import DeferredArray, lazy_arrays
+from .formats.lazy import DeferredArray, FileArray, lazy_arrays
 from .init.planning import refuse_skipped, set_aside_quantized
 from .layouts.discovery import Discovery, discover
 from .rewrite import Inspection, close_source, open_source, set_aside_packed
@@ -69,15 +69,14 @@ def _effective(found: Discovery, stored: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Whole(Mapping[str, Any]):
-    """The stored tensors as numpy arrays, each read whole when a view asks for it."""
+    """The stored tensors, each read whole when a view asks for it, as the whole-file readers give them."""
 
     def __init__(self, stored: Mapping[str, Any]) -> None:
         self._stored = stored
 
     def __getitem__(self, name: str) -> Any:
-        import numpy as np
-
-        return np.asarray(self._stored[name])
+        value = self._stored[name]
+        return value.read() if isinstance(value, (FileArray, DeferredArray)) else value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._stored)

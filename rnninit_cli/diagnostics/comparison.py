@@ -103,21 +103,27 @@ def _layer_key(layer: Layer) -> tuple[str, bool, int, str]:
 
 
 class _Rows:
-    """One checkpoint's parameter, open for comparison: its shape, dtype, and its rows CHUNK values at a time.
-    A parameter that can be read a block of rows at a time (`pieces`, a file's FileArray) is streamed, unless it
-    is small (read whole in one go); any other (a numpy array, a torch tensor, a view composed when read) is held
+    """One checkpoint's parameter, open for comparison: its shape, the dtype of its values as numpy holds them
+    (float32 for bfloat16, as `stats.to_array` gives them) and its stored dtype's name, and its rows CHUNK values at
+    a time. A parameter that can be read a block of rows at a time (`pieces`, a file's FileArray) is streamed, unless
+    it is small (read whole in one go); any other (a numpy array, a torch tensor, a view composed when read) is held
     whole while it is compared."""
 
     def __init__(self, values: Any) -> None:
-        self._stream = getattr(values, "pieces", None)
-        self._array = None
-        if self._stream is None or values.nbytes <= _READ_WHOLE:
-            self._stream = None
-            self._array = to_array(values)
-        described = values if hasattr(values, "dtype") else self._array  # a composed view says it once read
-        self.dtype_name = dtype_name(described)
-        self.dtype: np.dtype = np.dtype(values.dtype if self._array is None else self._array.dtype)
-        self.shape = tuple(values.shape if self._array is None else self._array.shape)
+        stream = getattr(values, "pieces", None)
+        self._stream, self._array = None, None
+        if stream is not None and values.nbytes > _READ_WHOLE:
+            self._stream = stream
+            self.dtype_name = dtype_name(values)
+            self._bits = self.dtype_name == "bfloat16"  # its pieces are the stored bits
+            self.dtype = np.dtype(np.float32) if self._bits else np.dtype(values.stored)
+            self.shape = tuple(values.shape)
+        else:
+            whole = values.read() if hasattr(values, "read") else values  # a tensor read when asked: read it
+            self._array = to_array(whole)
+            self.dtype_name = dtype_name(whole)
+            self.dtype = self._array.dtype
+            self.shape = tuple(self._array.shape)
         self.is_complex = self.dtype_name.startswith("complex")
 
     @property
@@ -125,11 +131,12 @@ class _Rows:
         """The parameter flattened, when it is held whole and fits one chunk (None otherwise)."""
         return None if self._array is None or self._array.size > CHUNK else self._array.reshape(-1)
 
-    def pieces(self, start: int, stop: int, buffer: np.ndarray) -> Iterator[np.ndarray]:
-        """The values of rows [start, stop), flattened, CHUNK at a time (aligned as `float64_chunks` cuts them); each
-        piece is valid until the next."""
+    def pieces(self, start: int, stop: int, raw: np.ndarray, wide: np.ndarray) -> Iterator[np.ndarray]:
+        """The values of rows [start, stop), flattened, CHUNK at a time (aligned as `float64_chunks` cuts them), read
+        into `raw` (and bfloat16 decoded into `wide`, CHUNK uint32); each piece is valid until the next."""
         if self._stream is not None:
-            yield from self._stream(start, stop, CHUNK, buffer)
+            for piece in self._stream(start, stop, CHUNK, raw):
+                yield _bfloat16_values(piece, wide) if self._bits else piece
             return
         assert self._array is not None
         flat = self._array[start:stop].reshape(-1)
@@ -140,6 +147,14 @@ class _Rows:
 _READ_WHOLE = 1 << 20  # bytes up to which a file's parameter is read whole, in one read (many small layers)
 
 
+def _bfloat16_values(bits: np.ndarray, wide: np.ndarray) -> np.ndarray:
+    """The float32 values of bfloat16 bits, as `bfloat16.bfloat16_to_float32` decodes them (bits·2¹⁶), in `wide`."""
+    words = wide[:bits.size]
+    np.copyto(words, bits)
+    words <<= 16
+    return words.view(np.float32)
+
+
 class _Workspace:
     """One thread's buffers, reused block after block: a fresh 2 MiB array per chunk would cost the kernel
     about 500 page faults, more than the arithmetic on it."""
@@ -148,6 +163,7 @@ class _Workspace:
         # what the files' pieces are read into: room for a chunk of the widest dtype (complex128), of which only
         # the pages a piece reaches are ever resident
         self.raw_a, self.raw_b = np.empty(CHUNK * 16, dtype=np.uint8), np.empty(CHUNK * 16, dtype=np.uint8)
+        self.wide_a, self.wide_b = np.empty(CHUNK, dtype=np.uint32), np.empty(CHUNK, dtype=np.uint32)
         self.a64, self.b64, self.delta, self.scratch = (np.empty(CHUNK) for _ in range(4))
         self.unequal = np.empty(CHUNK, dtype=bool)
 
@@ -160,8 +176,9 @@ def _block_diff(block: Block, a: _Rows, b: _Rows, work: _Workspace) -> BlockDiff
     native = same_dtype and a.dtype in _NUMPY_FLOATS  # floats numpy compares as fast as it converts them
     before, after = Accumulator(1.0, work.scratch), Accumulator(1.0, work.scratch)
     changed, largest = 0, 0.0
-    for old, new in zip(a.pieces(block.start, block.stop, work.raw_a), b.pieces(block.start, block.stop, work.raw_b),
-                        strict=True):  # same shapes: same pieces
+    pieces_a = a.pieces(block.start, block.stop, work.raw_a, work.wide_a)
+    pieces_b = b.pieces(block.start, block.stop, work.raw_b, work.wide_b)
+    for old, new in zip(pieces_a, pieces_b, strict=True):  # same shapes: same pieces
         if same_dtype and _same_bytes(old, new):
             part = before.part(_float64(old, work.a64))  # equal values: measured once
             before.merge(part)
@@ -179,8 +196,8 @@ def _block_diff(block: Block, a: _Rows, b: _Rows, work: _Workspace) -> BlockDiff
         if count:
             changed += count
             largest = max(largest, delta)
-    summary_a = _finish(before, a, block, work.raw_a, work)
-    summary_b = _finish(after, b, block, work.raw_b, work)
+    summary_a = _finish(before, a, block, work.raw_a, work.wide_a, work)
+    summary_b = _finish(after, b, block, work.raw_b, work.wide_b, work)
     return BlockDiff(block.name, block.kind, block.gate, block.start, block.stop, changed > 0, changed, largest,
                      value_stats(None, summary_a), value_stats(None, summary_b), a.dtype_name, b.dtype_name)
 
@@ -270,7 +287,8 @@ def _small_blocks(blocks: list[Block], a: _Rows, b: _Rows, old: np.ndarray, new:
     return found
 
 
-def _finish(accumulator: Accumulator, side: _Rows, block: Block, raw: np.ndarray, work: _Workspace) -> Summary:
+def _finish(accumulator: Accumulator, side: _Rows, block: Block, raw: np.ndarray, wide: np.ndarray,
+            work: _Workspace) -> Summary:
     """The block's Summary: the one pass's, or (values beyond 2^±500, see `stats.summarize`) a second, scaled pass
     over that side's values."""
     summary = accumulator.summary()
@@ -278,7 +296,7 @@ def _finish(accumulator: Accumulator, side: _Rows, block: Block, raw: np.ndarray
     if scale == 1.0:
         return summary
     again = Accumulator(scale, work.scratch)
-    for piece in side.pieces(block.start, block.stop, raw):
+    for piece in side.pieces(block.start, block.stop, raw, wide):
         again.add(_float64(piece, work.a64))
     return again.summary()
 
