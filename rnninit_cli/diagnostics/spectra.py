@@ -61,18 +61,17 @@ def working_matrix(values: np.ndarray, largest: float | None = None) -> tuple[np
 
 def gram_operator(matrix: np.ndarray) -> tuple[int, _Operator]:
     """(n, X ↦ GX) for G = MᵀM (n columns, M tall or square) or MMᵀ (n rows, M wide), X a vector or n × p: Σ Cᵀ(CX)
-    over row chunks C (Σ C(CᵀX) over column chunks), each chunk read from memory once per product."""
-    rows, columns = matrix.shape
-    tall = rows >= columns
-    size = columns if tall else rows
+    over row chunks C of M (of a contiguous copy of Mᵀ when M is wide: column chunks are strided and cost twice as
+    much), each chunk read from memory once per product."""
+    tall = np.ascontiguousarray(matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T)
+    rows, size = tall.shape
     step = max(1, _CHUNK_VALUES // max(1, size))
-    chunks = [matrix[start:start + step] if tall else matrix[:, start:start + step]
-              for start in range(0, rows if tall else columns, step)]
+    chunks = [tall[start:start + step] for start in range(0, rows, step)]
 
     def apply(x: np.ndarray) -> np.ndarray:
-        total = np.zeros(x.shape, dtype=matrix.dtype)
+        total = np.zeros(x.shape, dtype=tall.dtype)
         for chunk in chunks:
-            total += chunk.T @ (chunk @ x) if tall else chunk @ (chunk.T @ x)
+            total += chunk.T @ (chunk @ x)
         return total
 
     return size, apply
