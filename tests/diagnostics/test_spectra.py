@@ -118,6 +118,21 @@ def test_an_unconverged_smallest_value_is_an_upper_bound_of_it() -> None:
     assert found.low > smallest
 
 
+def test_a_run_that_ends_in_an_invariant_subspace_keeps_its_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run starting on an eigenvector ends at once; the other goes on, and the first adds no spurious value."""
+    from rnninit_cli.diagnostics import spectra
+
+    eigenvalues = np.linspace(1.0, 4.0, 50)
+    first = np.zeros(50)
+    first[10] = 1.0  # an eigenvector of diag(eigenvalues)
+    second = np.random.default_rng(3).standard_normal(50)
+    monkeypatch.setattr(spectra, "_starts", lambda runs, size: np.stack([first, second / np.linalg.norm(second)]))
+    low, high, _, high_converged, steps = spectra.lanczos_extremes(
+        lambda x: eigenvalues[:, None] * x, 50, np.dtype(np.float64))
+    assert steps > 1 and high_converged
+    assert low >= 1.0 - 1e-12 and high == pytest.approx(4.0, rel=2 * ACCURACY)
+
+
 # --- the orthogonality error from column norms -------------------------------------------------------------------
 
 
