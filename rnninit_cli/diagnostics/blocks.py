@@ -198,7 +198,8 @@ def _exact_geometry(parts: _Gram | None, rounding: float) -> _Geometry:
 
 def _estimated_geometry(cache: _Cache, key: _Key, rounding: float, extremes: Extremes | None) -> _Geometry:
     """max|G − I| exactly: from the column (row) norms where they decide it (`error_from_diagonal`), from the Gram
-    matrix elsewhere (near-orthogonal blocks); σ min and σ max by Lanczos (`spectra`: σ max within 1e-3, σ min an
+    matrix elsewhere (near-orthogonal blocks; the stacked matrices of PyTorch's draws, whose columns have norms² near
+    4/3: m·n² operations); σ min and σ max by Lanczos (`spectra`: σ max within 1e-3, σ min an
     upper bound, within 1e-3 where its iteration converges); the sparkline one bar where the singular values are
     equal up to `rounding`, else None (the spectrum between σ min and σ max is not computed)."""
     summary = cache.summary(*key)
@@ -211,7 +212,8 @@ def _estimated_geometry(cache: _Cache, key: _Key, rounding: float, extremes: Ext
     if parts is not None:
         flat = scaled_orthogonal_gain(parts, rounding) is not None
     else:
-        flat = extremes.low_converged and extremes.high**2 - extremes.low**2 <= 2 * rounding * extremes.high**2
+        ratio = extremes.low / extremes.high if extremes.high else 1.0  # a zero matrix: one bar, as all-equal values
+        flat = extremes.low_converged and 1 - ratio * ratio <= 2 * rounding
     return error, extremes.low, extremes.high, sparkline([extremes.high]) if flat else None
 
 
