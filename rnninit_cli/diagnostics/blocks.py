@@ -15,9 +15,11 @@ from .cache import _Cache, worker_count
 from .families import Family, _classify
 from .formatting import _json
 from .orthogonality import (
+    LowerBound,
     _Gram,
     _minus_identity_max,
     _spectrum,
+    diagonal_lower_bound,
     error_from_diagonal,
     rounding_level,
     scaled_orthogonal_gain,
@@ -65,7 +67,8 @@ def sparkline(values: Any, bins: int = 8, summary: Summary | None = None) -> str
 class BlockStats:
     """One gate block: moments over its finite values, NaN/Inf counts, 2-D geometry, and its family.
 
-    orthogonality_error = max|BᵀB − I| (tall) or max|BBᵀ − I| (wide); sv_min/sv_max the extreme singular values
+    orthogonality_error = max|BᵀB − I| (tall) or max|BBᵀ − I| (wide), a LowerBound where only that is known (beyond
+    EXACT_SIDE, far from orthogonal); sv_min/sv_max the extreme singular values
     (estimated beyond EXACT_SIDE: see `_estimated_geometry`); identity_error = max|B − I| (square blocks only);
     histogram a sparkline of the values, spectrum one of the singular values (None where only the extreme ones are
     known). The orthogonality and identity errors and the singular values are None unless asked for (`geometry`:
@@ -100,9 +103,10 @@ class BlockStats:
             "name": self.name, "kind": self.kind, "gate": self.gate, "rows": [self.start, self.stop],
             "shape": list(self.shape), "dtype": self.dtype, "count": self.count, "mean": self.mean, "std": self.std,
             "min": self.min, "max": self.max, "max_abs": self.max_abs, "nan": self.nan, "inf": self.inf,
-            "orthogonality_error": self.orthogonality_error, "sv_min": self.sv_min, "sv_max": self.sv_max,
-            "identity_error": self.identity_error, "family": self.family.label,
-            "families": list(self.family.candidates), "decided": self.family.decided,
+            "orthogonality_error": self.orthogonality_error,
+            "orthogonality_error_is_bound": isinstance(self.orthogonality_error, LowerBound),
+            "sv_min": self.sv_min, "sv_max": self.sv_max, "identity_error": self.identity_error,
+            "family": self.family.label, "families": list(self.family.candidates), "decided": self.family.decided,
             "histogram": self.histogram, "spectrum": self.spectrum,
         })
 
@@ -121,7 +125,9 @@ class MatrixStats:
 
     def as_dict(self) -> dict[str, Any]:
         return _json({"name": self.name, "kind": self.kind, "shape": list(self.shape),
-                      "orthogonality_error": self.orthogonality_error, "sv_min": self.sv_min,
+                      "orthogonality_error": self.orthogonality_error,
+                      "orthogonality_error_is_bound": isinstance(self.orthogonality_error, LowerBound),
+                      "sv_min": self.sv_min,
                       "sv_max": self.sv_max, "spectrum": self.spectrum})
 
 
@@ -197,13 +203,17 @@ def _exact_geometry(parts: _Gram | None, rounding: float) -> _Geometry:
 
 
 def _estimated_geometry(cache: _Cache, key: _Key, rounding: float, extremes: Extremes | None) -> _Geometry:
-    """max|G − I| exactly: from the column (row) norms where they decide it (`error_from_diagonal`), from the Gram
-    matrix elsewhere (near-orthogonal blocks; the stacked matrices of PyTorch's draws, whose columns have norms² near
-    4/3: m·n² operations); σ min and σ max by Lanczos (`spectra`: σ max within 1e-3, σ min an
-    upper bound, within 1e-3 where its iteration converges); the sparkline one bar where the singular values are
-    equal up to `rounding`, else None (the spectrum between σ min and σ max is not computed)."""
+    """max|G − I|: exactly from the column (row) norms where they decide it (`error_from_diagonal`); a LowerBound
+    from them where they put it at FAR_FROM_ORTHOGONAL or more (the stacked matrices of PyTorch's draws, whose
+    columns have norms² near 4/3); from the Gram matrix elsewhere (near-orthogonal blocks, m·n² operations);
+    σ min and σ max by Lanczos (`spectra`: σ max within 1e-3, σ min an upper bound, within 1e-3 where its iteration
+    converges); the sparkline one bar where the singular values are equal up to `rounding`, else None (the spectrum
+    between σ min and σ max is not computed)."""
     summary = cache.summary(*key)
-    error = error_from_diagonal(cache._diagonal(key), safe_scale(summary.max_abs))
+    diagonal, scale = cache._diagonal(key), safe_scale(summary.max_abs)
+    error = error_from_diagonal(diagonal, scale)
+    if error is None:  # far from orthogonal by the norms alone: a lower bound, not m·n² operations for the digits
+        error = diagonal_lower_bound(diagonal, scale)
     parts = cache.gram_parts(*key) if error is None else None
     if parts is not None:
         error = _minus_identity_max(parts[0], 1.0)

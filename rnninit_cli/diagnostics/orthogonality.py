@@ -54,6 +54,23 @@ def gram_diagonal(m: np.ndarray, largest: float) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+class LowerBound(float):
+    """A value known only from below (`inspect --wide` shows it as ≥ x): max|G − I| of a large block whose column
+    norms already put it far from orthogonal, where the exact value would cost the Gram matrix (m·n² operations)."""
+
+
+FAR_FROM_ORTHOGONAL = 0.1  # max|G − I| at least this from the column norms alone: no block this far is orthogonal
+
+
+@quiet_floats
+def diagonal_lower_bound(diagonal: np.ndarray, scale: float) -> LowerBound | None:
+    """max|dᵢs² − 1| ≤ max|G − I| (the diagonal is part of G − I), where it reaches FAR_FROM_ORTHOGONAL; else None."""
+    if diagonal.size == 0:
+        return None
+    bound = float(np.abs(diagonal * (scale * scale) - 1).max())
+    return LowerBound(bound) if bound >= FAR_FROM_ORTHOGONAL else None
+
+
 @quiet_floats
 def error_from_diagonal(diagonal: np.ndarray, scale: float) -> float | None:
     """max|G − I| from d = diag(G)/s² alone (`gram_diagonal`'s sums, s its scale) where that is provably the max:

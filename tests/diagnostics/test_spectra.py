@@ -13,7 +13,13 @@ import torch
 from rnninit_cli import init_
 from rnninit_cli.diagnostics import diagnose
 from rnninit_cli.diagnostics.blocks import EXACT_SIDE
-from rnninit_cli.diagnostics.orthogonality import error_from_diagonal, gram_diagonal, rounding_level
+from rnninit_cli.diagnostics.orthogonality import (
+    FAR_FROM_ORTHOGONAL,
+    LowerBound,
+    error_from_diagonal,
+    gram_diagonal,
+    rounding_level,
+)
 from rnninit_cli.diagnostics.spectra import ACCURACY, extreme_singular_values
 from rnninit_cli.diagnostics.stats import safe_scale
 
@@ -207,6 +213,21 @@ def _lstm(scheme: str | None, hidden: int = EXACT_SIDE + 44, inputs: int = 24) -
     return {name: value.detach() for name, value in model.state_dict().items()}
 
 
+def _assert_error_or_its_bound(shown: float, values: np.ndarray, is_bound: bool) -> None:
+    """The exact max|G − I| (by definition, in float64), or a lower bound of it that is 0.1 or more (blocks beyond
+    EXACT_SIDE whose column norms put them far from orthogonal), flagged as such."""
+    exact = _error_by_definition(values)
+    assert is_bound == isinstance(shown, LowerBound)
+    if is_bound:
+        assert min(values.shape) > EXACT_SIDE
+        assert FAR_FROM_ORTHOGONAL <= shown <= exact * (1 + 1e-9)
+        # the bound is the largest |column norm² − 1|: what the diagonal of G − I holds, computed independently
+        gram = values.T @ values if values.shape[0] >= values.shape[1] else values @ values.T
+        assert shown == pytest.approx(float(np.abs(np.diagonal(gram) - 1).max()), rel=1e-9)
+    else:
+        assert shown == pytest.approx(exact, rel=1e-9)
+
+
 def test_large_blocks_get_estimated_geometry_of_the_stated_accuracy() -> None:
     tensors = _lstm(None)
     layer = diagnose(tensors, geometry=True).layers[0]
@@ -216,7 +237,7 @@ def test_large_blocks_get_estimated_geometry_of_the_stated_accuracy() -> None:
             continue
         values = tensors[block.name][block.start:block.stop].double().numpy()
         exact = np.linalg.svd(values, compute_uv=False)
-        assert block.orthogonality_error == pytest.approx(_error_by_definition(values), rel=1e-9)
+        _assert_error_or_its_bound(block.orthogonality_error, values, block.as_dict()["orthogonality_error_is_bound"])
         assert block.sv_max == pytest.approx(exact[0], rel=ACCURACY)
         assert block.sv_min >= exact[-1] * (1 - 1e-6)
         if min(block.shape) > EXACT_SIDE:
@@ -229,9 +250,12 @@ def test_large_blocks_get_estimated_geometry_of_the_stated_accuracy() -> None:
     for matrix in layer.matrices:
         values = tensors[matrix.name].double().numpy()
         exact = np.linalg.svd(values, compute_uv=False)
-        assert matrix.orthogonality_error == pytest.approx(_error_by_definition(values), rel=1e-9)
+        _assert_error_or_its_bound(matrix.orthogonality_error, values, matrix.as_dict()["orthogonality_error_is_bound"])
         assert matrix.sv_max == pytest.approx(exact[0], rel=ACCURACY)
         assert matrix.sv_min >= exact[-1] * (1 - 1e-6)
+    # the stacked matrices of PyTorch's draws: column norms² near 4/3, which the norms alone cannot decide
+    bounded = {matrix.kind for matrix in layer.matrices if matrix.as_dict()["orthogonality_error_is_bound"]}
+    assert bounded == {"weight_hh"}  # weight_ih (1200 × 24) is small enough to be exact
 
 
 def test_large_orthogonal_blocks_show_one_bar_and_exact_values() -> None:
