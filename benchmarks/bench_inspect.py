@@ -1,4 +1,5 @@
-"""Benchmark `rnninit inspect`, `verify` and `diff` against a naive load-and-print-stats script (issue 11 §2, §3).
+"""Benchmark `rnninit inspect`, `verify` and `diff` against a naive load-and-print-stats script (issue 11 §2, §3),
+and `inspect --wide` against `inspect` (issue 22).
 
 Generates (not timed) the state dicts of `nn.LSTM(512, 1024, num_layers=2, bidirectional=True)` (151 MB) and
 `nn.LSTM(1024, 2048, num_layers=3, bidirectional=True)` (1.0 GB) with `torch.save`, two seeds each (the second
@@ -9,6 +10,7 @@ separate processes, interleaved, `--rounds` times each (stdout to /dev/null, pea
     naive          python -c: torch.load(weights_only=True), print name, mean, std of each tensor (float32)
     inspect        python -m rnninit_cli inspect FILE
     inspect --json python -m rnninit_cli inspect FILE --json
+    inspect --wide python -m rnninit_cli inspect FILE --wide
     verify         python -m rnninit_cli verify FILE --scheme pytorch    (exit 0 expected)
     naive diff     python -c: load both files, print mean and std of each tensor's difference
     diff           python -m rnninit_cli diff A B                        (exit 1 expected)
@@ -46,6 +48,7 @@ NAIVE_LIMIT = 1.5  # inspect, inspect --json, verify: ≤ 1.5 × the naive scrip
 DIFF_LIMIT = 1.0  # diff ≤ 1.0 × the naive diff script (issue 22)
 DIFF_RSS_LIMIT = 0.5  # diff's peak RSS ≤ 0.5 × the sizes of the two files it compares (issue 22)
 JSON_LIMIT = 1.0  # inspect --json ≤ 1.0 × inspect
+WIDE_LIMIT = 3.0  # inspect --wide ≤ 3.0 × inspect (issue 22)
 STARTUP_LIMIT = 0.3  # inspect of a small file ≤ 0.3 × `python -c "import torch"`
 SEED_A = 0
 SEED_B = 1  # the second copy of each large checkpoint, for diff
@@ -244,6 +247,7 @@ def commands(paths: dict[str, Path], skip_large: bool) -> list[Command]:
             Command(spec.label, "naive", (python, "-c", NAIVE_STATS, a)),
             Command(spec.label, "inspect", (*rnninit, "inspect", a)),
             Command(spec.label, "inspect --json", (*rnninit, "inspect", a, "--json")),
+            Command(spec.label, "inspect --wide", (*rnninit, "inspect", a, "--wide")),
             Command(spec.label, "verify --scheme pytorch", (*rnninit, "verify", a, "--scheme", "pytorch")),
             Command(spec.label, "naive diff", (python, "-c", NAIVE_DIFF, a, b)),
             Command(spec.label, "diff", (*rnninit, "diff", a, b), expected_status=1),
@@ -268,6 +272,7 @@ def targets(skip_large: bool) -> list[Target]:
             Target(group, "verify / naive", "verify --scheme pytorch", "naive", NAIVE_LIMIT),
             Target(group, "diff / naive diff", "diff", "naive diff", DIFF_LIMIT),
             Target(group, "inspect --json / inspect", "inspect --json", "inspect", JSON_LIMIT),
+            Target(group, "inspect --wide / inspect", "inspect --wide", "inspect", WIDE_LIMIT),
         ]
     torch_import = 'python -c "import torch"'
     found += [Target("startup", f"inspect {key} / import torch", f"inspect {key}", torch_import, STARTUP_LIMIT)

@@ -86,8 +86,8 @@ def selected_kinds(layer: Layer, only: str | None) -> list[str]:
             and (pattern is None or pattern.search(layer.params[kind]))]
 
 
-_DIAGNOSTIC_FIELDS = ("max_abs", "nan", "inf", "orthogonality_error", "sv_min", "sv_max", "identity_error",
-                      "family", "families", "decided", "histogram", "spectrum")
+_DIAGNOSTIC_FIELDS = ("max_abs", "nan", "inf", "orthogonality_error", "orthogonality_error_is_bound", "sv_min",
+                      "sv_max", "identity_error", "family", "families", "decided", "histogram", "spectrum")
 
 
 def inspect_document(

@@ -232,8 +232,10 @@ def _small(value: float | None) -> str:
 def _error(value: float | None, dtype: str, shape: tuple[int, ...]) -> str:
     """max|BᵀB − I| as `_small` writes it, or its bound ('< 1e-5') where it is rounding noise (`rounding_level`)."""
     from .diagnostics.formatting import _at_rounding
-    from .diagnostics.orthogonality import rounding_level
+    from .diagnostics.orthogonality import LowerBound, rounding_level
 
+    if isinstance(value, LowerBound):
+        return f"≥ {_small(value)}"
     return _at_rounding(value, rounding_level(dtype, shape)) or _small(value)
 
 

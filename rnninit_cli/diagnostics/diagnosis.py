@@ -11,11 +11,10 @@ from ..init.planning import only_matches_nothing
 from ..init.schemes import Scheme
 from ..layouts.discovery import KINDS, Layer, find_layers
 from ..layouts.patterns import compile_user_pattern
-from .blocks import MatrixStats, _block_stats, _geometry
+from .blocks import MatrixStats, _block_stats, layer_geometry
 from .cache import _Cache
 from .layer_diagnosis import LayerDiagnosis
 from .mistakes import DiagnosticWarning, layer_warnings, scheme_warnings
-from .orthogonality import rounding_level
 from .progress import OnProgress, Tally, byte_size, rows_bytes
 from .recognition import _recognize
 from .stats import effective_bias, quiet_floats
@@ -56,10 +55,11 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     at whole layers. `candidates`: schemes to try (default every registered scheme, arguments estimated).
     Raises NothingToDoError when no recurrent layer is found or selected. `layers`: these layers (found before, by
     `layout.discover`), whose parameters `tensors` holds by their effective names, instead of searching `tensors`.
-    `geometry`: also every block's and weight's orthogonality error and singular values (a Gram matrix and its
-    eigenvalues each: `inspect --wide`); without it they are None, and Gram matrices are formed only for blocks
-    whose column norms leave orthogonality possible. `on_progress(done, total)`: the bytes of the layers' values
-    gone through (twice each: a summary pass, then the checks; each pass counts half).
+    `geometry`: also every block's and weight's orthogonality error and singular values (`inspect --wide`: a Gram
+    matrix and its eigenvalues each, a Lanczos iteration and a Gram matrix only where the column norms do not
+    decide the error beyond 256 × 256: `blocks._geometry`); without it they are None, and Gram matrices are formed
+    only for blocks whose column norms leave orthogonality possible. `on_progress(done, total)`: the bytes of the
+    layers' values gone through (twice each: a summary pass, then the checks; each pass counts half).
     """
     layers = find_layers(tensors) if layers is None else list(layers)
     if not layers:
@@ -79,10 +79,13 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
     for (layer, kinds), size in zip(selected, layer_bytes, strict=True):
         cache.prefetch(((block.name, block.start, block.stop) for kind in layer.params for block in layer.blocks(kind)),
                        on_summary=lambda key: tally.add(rows_bytes(tensors[key[0]], key[1] or 0, key[2] or 0)))
+        weights = [layer.params[kind] for kind in kinds if kind in _WEIGHTS]
+        known = layer_geometry(cache, [*((b.name, b.start, b.stop) for kind in kinds for b in layer.blocks(kind)),
+                                       *((name, None, None) for name in weights)]) if geometry else {}
         blocks = []
         for kind in kinds:
             for block in layer.blocks(kind):
-                blocks.append(_block_stats(layer, block, cache, geometry=geometry))
+                blocks.append(_block_stats(layer, block, cache, geometry=geometry, known=known))
                 tally.add(rows_bytes(tensors[block.name], block.start, block.stop))
         matrices = []
         for kind in kinds:
@@ -90,8 +93,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
                 name = layer.params[kind]
                 error = sv_min = sv_max = spectrum = None
                 if geometry:
-                    rounding = rounding_level(cache.dtype(name), cache.whole(name).shape)
-                    error, sv_min, sv_max, spectrum = _geometry(cache.gram_parts(name), rounding)
+                    error, sv_min, sv_max, spectrum = known[(name, None, None)]
                 matrices.append(MatrixStats(name, kind, tuple(cache.whole(name).shape), error, sv_min, sv_max,
                                             spectrum))
         bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))

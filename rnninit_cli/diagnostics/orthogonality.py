@@ -54,6 +54,39 @@ def gram_diagonal(m: np.ndarray, largest: float) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+class LowerBound(float):
+    """A value known only from below (`inspect --wide` shows it as ≥ x): max|G − I| of a large block whose column
+    norms already put it far from orthogonal, where the exact value would cost the Gram matrix (m·n² operations)."""
+
+
+FAR_FROM_ORTHOGONAL = 0.1  # max|G − I| at least this from the column norms alone: no block this far is orthogonal
+
+
+@quiet_floats
+def diagonal_lower_bound(diagonal: np.ndarray, scale: float) -> LowerBound | None:
+    """max|dᵢs² − 1| ≤ max|G − I| (the diagonal is part of G − I), where it reaches FAR_FROM_ORTHOGONAL; else None."""
+    if diagonal.size == 0:
+        return None
+    bound = float(np.abs(diagonal * (scale * scale) - 1).max())
+    return LowerBound(bound) if bound >= FAR_FROM_ORTHOGONAL else None
+
+
+@quiet_floats
+def error_from_diagonal(diagonal: np.ndarray, scale: float) -> float | None:
+    """max|G − I| from d = diag(G)/s² alone (`gram_diagonal`'s sums, s its scale) where that is provably the max:
+    |Gᵢⱼ| ≤ √(dᵢdⱼ)·s² for i ≠ j (Cauchy–Schwarz), so max|dᵢs² − 1| above the product of the two largest √dᵢ·s² is
+    the largest entry (a PyTorch-initialized block: column norms² near 1/3, error 2/3 > 1/3). None: the off-diagonal
+    entries may be larger, and only the Gram matrix can tell."""
+    if diagonal.size == 0:
+        return None
+    error = float(np.abs(diagonal * (scale * scale) - 1).max())
+    if diagonal.size == 1:
+        return error
+    second, first = np.sqrt(np.partition(diagonal, diagonal.size - 2)[-2:])
+    bound = float(first) * float(second) * scale * scale
+    return error if error > bound * (1 + 1e-9) else None  # a margin for the Gram matrix's own rounding
+
+
 @quiet_floats
 def check_orthogonal(the_gram: Any | None, gain: float, tolerance: float) -> Verdict:
     """max|G/g² − I| ≤ tolerance for the Gram matrix G of the block (BᵀB tall, BBᵀ wide); None: not finite."""
