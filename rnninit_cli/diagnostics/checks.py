@@ -421,11 +421,11 @@ def check_chrono(values: Any, tmax: float, negate: bool = False, u: float = 0.0,
 
 
 @quiet_floats
-def check_normal_fit(values: Any, alpha: float = ALPHA) -> Verdict:
+def check_normal_fit(values: Any, alpha: float = ALPHA, *, summary: Summary | None = None) -> Verdict:
     """Anderson–Darling test of normality with mean and std estimated from the values (at most GOF_SAMPLE of them,
     see the module docstring; `anderson_darling_normal_critical`); undecided (but ok) below 8 values, where the
-    modification is not valid."""
-    if (bad := _nonfinite(values)) is not None:
+    modification is not valid. `summary`: the values' Summary, when the caller has it."""
+    if (bad := _nonfinite(values, summary)) is not None:
         return bad
     x = gof_sample(values)
     n = x.size
@@ -447,11 +447,11 @@ def check_normal_fit(values: Any, alpha: float = ALPHA) -> Verdict:
 
 
 @quiet_floats
-def check_uniform_fit(values: Any, alpha: float = ALPHA) -> Verdict:
+def check_uniform_fit(values: Any, alpha: float = ALPHA, *, summary: Summary | None = None) -> Verdict:
     """Kolmogorov–Smirnov test of uniformity on [min, max]: the m − 2 interior values (of at most GOF_SAMPLE, see
     the module docstring) rescaled to [0, 1] against U(0, 1), critical value `uniform_ks_critical` (exact size ≤ α
-    for any uniform, endpoints known or not)."""
-    if (bad := _nonfinite(values)) is not None:
+    for any uniform, endpoints known or not). `summary`: the values' Summary, when the caller has it."""
+    if (bad := _nonfinite(values, summary)) is not None:
         return bad
     x = np.sort(gof_sample(values))
     m = x.size - 2

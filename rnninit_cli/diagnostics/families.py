@@ -135,8 +135,8 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
     # A family is named only when the block's shape passes a goodness-of-fit test too: the parameter checks alone
     # accept heavy-tailed blocks of the right scale (a Laplace block's max |z| stays below the union bound).
     # The fits are computed only once a parameter check passes (most trained blocks fail those first).
-    uniform_fit = _Lazy(lambda: check_uniform_fit(values).ok)
-    normal_fit = _Lazy(lambda: check_normal_fit(values).ok)
+    uniform_fit = _Lazy(lambda: check_uniform_fit(values, summary=summary).ok)
+    normal_fit = _Lazy(lambda: check_normal_fit(values, summary=summary).ok)
     if values.ndim == 1:
         signed = summary.minimum >= 0 or summary.maximum <= 0
         top = summary.max_abs
