@@ -107,7 +107,14 @@ def _show(renderable: Any, target: Console | None = None) -> None:
 
 
 def _on_a_terminal(target: Console | None = None) -> bool:
-    return (target or answer).is_terminal
+    """Whether a person reads `target` (default: the answer) on a terminal: the stream itself, not Rich's guess,
+    which FORCE_COLOR and TTY_COMPATIBLE sway (a pipe gets every table, coloured or not)."""
+    return _is_a_terminal((target or answer).file)
+
+
+def _every_table_hint(target: Console | None = None) -> str:
+    """How to get what a terminal leaves out, on the stream that carries the report."""
+    return "redirect standard error, or --json" if (target or answer) is console else "pipe the output, or --json"
 
 
 def _stopped_before_done() -> bool:
@@ -423,7 +430,7 @@ def _show_result(the_plan: Any, tensors: Any, before: Any, output: str | None, q
         def rules(layer: Any) -> str:
             return f"{layer_kind(layer)}: " + ", ".join(dict.fromkeys(e.rule for e in the_plan.entries_for(layer)))
 
-        report.print(f"{len(rest):,} more layer(s), one line per kind (every table: pipe the output, or --json):",
+        report.print(f"{len(rest):,} more layer(s), one line per kind (every table: {_every_table_hint(report)}):",
                      markup=False)
         for line in layer_runs(rest, rules):
             report.print(line, markup=False)
@@ -683,7 +690,7 @@ def inspect(
         rest = [layer for layer, _ in selected[len(in_full):]]
         if rest:
             answer.print()
-            answer.print(f"{len(rest):,} more layer(s), one line per kind (every table: pipe the output, or --json):",
+            answer.print(f"{len(rest):,} more layer(s), one line per kind (every table: {_every_table_hint()}):",
                          markup=False)
             for line in layer_runs(rest, lambda layer: f"{layer_kind(layer)}: " + (
                     scheme_line(by_layer[layer]) if layer in by_layer else "not diagnosed")):
@@ -710,7 +717,7 @@ def _print_rows_left(rows: int, what: str) -> None:
     from .report import ROWS_ON_A_TERMINAL
 
     if _on_a_terminal() and rows > ROWS_ON_A_TERMINAL:
-        answer.print(f"... {rows - ROWS_ON_A_TERMINAL:,} more {what} (every row: pipe the output, or --json)",
+        answer.print(f"... {rows - ROWS_ON_A_TERMINAL:,} more {what} (every row: {_every_table_hint()})",
                      markup=False)
 
 

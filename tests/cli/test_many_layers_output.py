@@ -80,3 +80,41 @@ def test_diff_on_a_terminal_shows_the_first_rows_and_counts_the_rest(folder: Pat
     shown = on_terminal(folder, "diff", "m.pt", "o.pt")
     assert f"... {changed - ROWS_ON_A_TERMINAL:,} more changed block(s)" in shown
     assert f"{changed} block(s) differ" in shown
+
+
+@pytest.mark.parametrize("variable", ["FORCE_COLOR", "TTY_COMPATIBLE"])
+def test_a_pipe_gets_every_table_even_when_colour_is_forced(folder: Path, variable: str) -> None:
+    """FORCE_COLOR / TTY_COMPATIBLE make Rich colour a pipe; they do not make it a terminal that shows 20 layers."""
+    env = terminal_environment(**{variable: "1"})
+    done = subprocess.run([sys.executable, "-m", "rnninit_cli", "inspect", "m.pt"], cwd=folder, env=env,
+                          capture_output=True, check=True)
+    everything = STYLING.sub("", done.stdout.decode())
+    assert headings(everything) == [f"cell{index}." for index in range(CELLS)] + ["gru."]
+    assert "more layer(s)" not in everything
+
+
+def test_the_report_on_standard_error_says_how_to_keep_every_table(folder: Path, tmp_path: Path) -> None:
+    """apply -o - writes the checkpoint on standard output and the report on standard error: with standard error
+    a terminal, the way to every table is to redirect standard error, not to pipe the output."""
+    import os
+
+    master, slave = os.openpty()
+    with (tmp_path / "out.pt").open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "rnninit_cli", "apply", "m.pt", "--scheme", "keras",
+                                    "--seed", "0", "-o", "-"], cwd=folder, stdout=out, stderr=slave,
+                                   env=terminal_environment(TERM="xterm-256color"))
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(timeout=120) == 0
+    os.close(master)
+    report = STYLING.sub("", b"".join(chunks).decode())
+    assert "one line per kind (every table: redirect standard error, or --json):" in " ".join(report.split())
+    assert (tmp_path / "out.pt").read_bytes()[:2] == b"PK"  # the checkpoint, whole, on standard output
