@@ -17,6 +17,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from .report import _Fitted
+
 
 class _Unsupported(Exception):
     """A renderable this module does not draw: Rich draws it instead."""
@@ -48,7 +50,7 @@ def _lines(renderable: Any, console: Console, options: ConsoleOptions) -> Iterat
             yield " " * left + line
     elif isinstance(renderable, Table):
         yield from _table_lines(renderable, console, options)
-    elif type(renderable).__name__ == "_Fitted":
+    elif isinstance(renderable, _Fitted):  # off a terminal Rich draws its first layout: it always fits
         yield from _lines(renderable.layouts[0](), console, options)
     else:
         raise _Unsupported

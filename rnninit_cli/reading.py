@@ -11,10 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from .formats.checkpoint import read_checkpoint
 from .formats.lazy import DeferredArray, FileArray, lazy_arrays
-from .init.planning import refuse_skipped, set_aside_quantized
-from .layouts.discovery import Discovery, discover
-from .rewrite import Inspection, close_source, open_source, set_aside_packed
-from .stale import model_tensors
+from .layouts.discovery import Discovery
+from .rewrite import Inspection, close_source, inspection_of, open_source
 
 if TYPE_CHECKING:
     from .layouts.declared import Declaration
@@ -28,24 +26,8 @@ def open_inspection(source: str, only: str | None = None, *, layouts: Sequence[D
     `.pt`), and DeferredArrays where a view composes them (read whole when asked, one parameter at a time)."""
     opened = open_source(source, load=read_checkpoint)
     try:
-        shapes = opened.shape_records()
-        unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
-        kept, quantized = set_aside_quantized(unpacked, layouts=layouts, only=only)
-        spans = getattr(opened, "storage_spans", None)
-        found = discover(kept, layouts=layouts, only=only, identities=None if spans is None else spans())
-        skipped = [*packed, *quantized, *found.skipped]
-        if strict:
-            refuse_skipped(skipped)
-        held = {name for item in quantized for name in item.names}
-        listed = [f"{name} ({record.dtype})" for name, record in unpacked.items() if name not in kept
-                  and name not in held]
-        tensors = _effective(found, lazy_arrays(opened, found.sources))
-        unselected = [name for layer in discover(kept, layouts=layouts).layers for name in layer.params.values()] \
-            if only is not None and not found.layers else []
-        yield Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
-                         skipped, list(found.suspects), [view.describe for view in found.views],
-                         foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed,
-                         unselected=unselected)
+        yield inspection_of(opened, source, only, layouts=layouts, strict=strict,
+                            tensors_of=lambda found: _effective(found, lazy_arrays(opened, found.sources)))
     finally:
         close_source(opened)
 

@@ -23,7 +23,7 @@ from .diagnostics.progress import OnProgress, Tally, rows_bytes
 from .diagnostics.stats import Stats
 from .documents import capture_stats
 from .errors import NothingToDoError, NotRecognisedError, OutputError, UsageError
-from .formats.atomic import FileIdentity, atomic_write, locked_input
+from .formats.atomic import FileIdentity, atomic_write, flush_early, locked_input
 from .formats.checkpoint import (
     ArrayCheckpoint,
     Checkpoint,
@@ -57,7 +57,7 @@ from .init.planning import (
     refuse_skipped,
     set_aside_quantized,
 )
-from .layouts.discovery import Layer, Skipped, Suspect, discover
+from .layouts.discovery import Discovery, Layer, Skipped, Suspect, discover
 from .stale import model_tensors, shared_storage_warnings, stale_optimizer_warning
 
 if TYPE_CHECKING:
@@ -172,32 +172,39 @@ def _identities(opened: Any) -> dict[str, Any] | None:
 def inspect_checkpoint(source: str, only: str | None = None, *, layouts: Sequence[Declaration] = (),
                        strict: bool = False) -> Inspection:
     """Find the recurrent layers of a checkpoint and read their parameters (and nothing else), as numpy arrays
-    (bfloat16 and float8 through ml_dtypes), without torch, whatever the source: a .safetensors file, a .pt of any
-    protocol (zip or legacy), a TorchScript archive, a model folder or standard input.
+    (bfloat16 as its float32 values, float8 through ml_dtypes), without torch, whatever the source: a .safetensors
+    file, a .pt of any protocol (zip or legacy), a TorchScript archive, a model folder or standard input.
 
     `only` selects groups before they are checked; groups that cannot be understood are skipped and listed
     (`strict`: a LayoutError instead)."""
     opened = open_source(source, load=read_checkpoint)
     try:
-        shapes = opened.shape_records()
-        unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
-        kept, quantized = set_aside_quantized(unpacked, layouts=layouts, only=only)
-        found = discover(kept, layouts=layouts, only=only, identities=_identities(opened))
-        skipped = [*packed, *quantized, *found.skipped]
-        if strict:
-            refuse_skipped(skipped)
-        held = {name for item in quantized for name in item.names}
-        listed = [f"{name} ({record.dtype})" for name, record in unpacked.items() if name not in kept
-                  and name not in held]
-        tensors = found.effective(opened.arrays(found.sources))
-        unselected = [name for layer in discover(kept, layouts=layouts).layers for name in layer.params.values()] \
-            if only is not None and not found.layers else []
-        return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors,
-                          skipped, list(found.suspects), [view.describe for view in found.views],
-                          foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed,
-                          unselected=unselected)
+        return inspection_of(opened, source, only, layouts=layouts, strict=strict,
+                             tensors_of=lambda found: found.effective(opened.arrays(found.sources)))
     finally:
         close_source(opened)
+
+
+def inspection_of(opened: Any, source: str, only: str | None, *, layouts: Sequence[Declaration], strict: bool,
+                  tensors_of: Callable[[Discovery], dict[str, Any]]) -> Inspection:
+    """The Inspection of an opened source; `tensors_of(found)`: the found layers' parameters by effective name
+    (read whole by `inspect_checkpoint`, left in the file by `reading.open_inspection`)."""
+    shapes = opened.shape_records()
+    unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
+    kept, quantized = set_aside_quantized(unpacked, layouts=layouts, only=only)
+    found = discover(kept, layouts=layouts, only=only, identities=_identities(opened))
+    skipped = [*packed, *quantized, *found.skipped]
+    if strict:
+        refuse_skipped(skipped)
+    held = {name for item in quantized for name in item.names}
+    listed = [f"{name} ({record.dtype})" for name, record in unpacked.items() if name not in kept
+              and name not in held]
+    unselected = [name for layer in discover(kept, layouts=layouts).layers for name in layer.params.values()] \
+        if only is not None and not found.layers else []
+    return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors_of(found),
+                      skipped, list(found.suspects), [view.describe for view in found.views],
+                      foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed,
+                      unselected=unselected)
 
 
 @dataclass
@@ -492,7 +499,7 @@ def _copy_while(
     def copy() -> None:
         try:
             opened.copy_into(sink, metadata, updates)
-            _flush_early(sink)
+            flush_early(sink)
         except BaseException as error:
             failure.append(error)
 
@@ -505,15 +512,6 @@ def _copy_while(
     if failure:
         raise failure[0]
     opened.patch(sink, updates, metadata)
-
-
-def _flush_early(sink: BinaryIO) -> None:
-    """fdatasync a file's copied bytes now (the caller fsyncs it again once complete); not a file: nothing."""
-    try:
-        sink.flush()
-        os.fdatasync(sink.fileno())
-    except (OSError, ValueError, AttributeError):  # a pipe, a socket, an in-memory buffer
-        pass
 
 
 def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) -> None:

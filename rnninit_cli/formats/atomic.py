@@ -237,6 +237,16 @@ def write_failure(error: BaseException) -> OSError | None:
     return None
 
 
+def flush_early(sink: BinaryIO) -> None:
+    """fdatasync what is written so far (the writer fsyncs again once complete, before the rename: that fsync then
+    waits only for what came after); not a file (a pipe, a buffer): nothing."""
+    try:
+        sink.flush()
+        os.fdatasync(sink.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def fsync_folder(folder: Path) -> None:
     try:
         descriptor = os.open(folder, os.O_RDONLY)
