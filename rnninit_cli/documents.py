@@ -57,7 +57,7 @@ def param_document(layer: Layer, kind: str, tensors: Tensors, known: Known | Non
         "kind": kind,
         "shape": list(tensor.shape),
         "dtype": str(tensor.dtype).removeprefix("torch."),
-        "blocks": [{"gate": block.gate,
+        "blocks": [{"gate": block.gate, "head": block.head,
                     **shown_stats(known.get((name, block.start)) or block_stats(tensor[block.start:block.stop]))}
                    for block in layer.blocks(kind)],
     }
@@ -74,6 +74,8 @@ def layer_document(layer: Layer, tensors: Tensors, kinds: Iterable[str], known: 
         "hidden_size": layer.hidden_size,
         "proj_size": layer.proj_size,
         "bias": layer.bias,
+        "family": layer.family or None, "heads": layer.heads, "head_size": layer.head_size or None,
+        "block_index": layer.block_index, "num_blocks": layer.num_blocks,
         "params": [param_document(layer, kind, tensors, known) for kind in kinds],
         "effective_bias": [{"gate": gate, **_json_stats(stats)}
                            for gate, stats in effective_bias(layer, tensors)],
@@ -110,6 +112,7 @@ def inspect_document(
                     block.update({k: extra[(spec.name, spec.start)][k] for k in _DIAGNOSTIC_FIELDS})
             doc["matrices"] = [m.as_dict() for m in found.matrices]
             doc["scheme"] = found.scheme.as_dict()
+            doc["notes"] = list(found.notes)
         docs.append(doc)
     # `warnings` is there without a diagnosis too (no layer found): a document's keys never depend on the data
     return {"input": source, "format": fmt, "metadata": dict(metadata or {}), "layers": docs,

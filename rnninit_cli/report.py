@@ -257,7 +257,7 @@ def inspect_table(
         doc = param_document(layer, kind, tensors, known, as_json=False)  # inf shown as inf, not as a missing value
         rows = []
         for block, spec in zip(doc["blocks"], layer.blocks(kind), strict=True):
-            cells = [block["gate"] or "-", *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES)]
+            cells = [spec.label, *(_num(math.nan if block[s] is None else block[s], s) for s in STAT_NAMES)]
             stats = found.get((spec.name, spec.start))
             if stats is not None:
                 nonfinite = f" [bold red]{stats.nan} NaN {stats.inf} Inf[/]" if stats.nan or stats.inf else ""
@@ -307,6 +307,7 @@ def inspect_table(
                 error = _error(matrix.orthogonality_error, dtype_name(tensors[matrix.name]), matrix.shape)
                 parts.append(Text(f"whole {visible(_short(matrix.name, layer))}: max|WᵀW − I| {error}{sigma}"))
         parts.append(Text("scheme: " + scheme_line(diagnosis), style="bold"))
+        parts += [Text(note) for note in diagnosis.notes]
     return Group(Text(layer_heading(layer), style="bold"), *parts)
 
 
@@ -399,7 +400,7 @@ def apply_table(
     rows: list[list[str]] = []  # per block: short name, gate, rule, [mean, std]
     arrays: dict[str, Any] = {}  # each parameter converted once, not once per block
     for entry in entries:
-        cells = [shown(_short(entry.name, layer)), entry.gate or "-", shown(entry.rule)]
+        cells = [shown(_short(entry.name, layer)), entry.label, shown(entry.rule)]
         if with_stats:
             old = before[(entry.name, entry.start)]
             if entry.name not in arrays:

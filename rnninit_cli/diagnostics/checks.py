@@ -420,6 +420,37 @@ def check_chrono(values: Any, tmax: float, negate: bool = False, u: float = 0.0,
     return Verdict(verdict.ok, verdict.decided, f"exp({sign}b): {verdict.detail}")
 
 
+def check_values(values: Any, expected: np.ndarray, u: float = 0.0, what: str = "") -> Verdict:
+    """Each value equals its expected one (a deterministic init) up to one rounding of the stored dtype and float32's
+    own: |x − e| ≤ 2·max(u, 2⁻²³)·max(1, |e|)."""
+    if (bad := _nonfinite(values)) is not None:
+        return bad
+    x, e = _values(values), np.asarray(expected, dtype=np.float64).reshape(-1)
+    if x.size != e.size:
+        return Verdict(False, True, f"{x.size} values where {e.size} were expected")
+    if x.size == 0:
+        return Verdict(True, True, "empty")
+    error = np.abs(x - e) / np.maximum(1.0, np.abs(e))
+    worst = int(np.argmax(error))
+    if float(error[worst]) > 2 * max(u, 2.0**-23):
+        return Verdict(False, True, f"value {worst} is {_fmt(float(x[worst]))}, expected {_fmt(float(e[worst]))}"
+                                    + (f" ({what})" if what else ""))
+    return Verdict(True, True, f"every value as {what or 'expected'}")
+
+
+@quiet_floats
+def check_radius(values: Any, min_rad: float, max_rad: float, u: float = 0.0, *, alpha: float = ALPHA) -> Verdict:
+    """p with a = σ(−p): a² passes check_uniform on [min_rad² + 1e-8, max_rad² + 1e-8] (the RG-LRU ring init)."""
+    if (bad := _nonfinite(values)) is not None:
+        return bad
+    p = _values(values)
+    squared = 1.0 / (1.0 + np.exp(p)) ** 2
+    # a rounding of p by u moves a² by 2a²(1 − a)·|p|·u ≤ 2|p|·u
+    slack = 2 * max(u, 2.0**-23) * max(1.0, float(np.abs(p).max()) if p.size else 1.0)
+    verdict = check_uniform(squared, min_rad**2 + 1e-8, max_rad**2 + 1e-8, slack, alpha=alpha)
+    return Verdict(verdict.ok, verdict.decided, f"a² = σ(−p)²: {verdict.detail}")
+
+
 @quiet_floats
 def check_normal_fit(values: Any, alpha: float = ALPHA, *, summary: Summary | None = None) -> Verdict:
     """Anderson–Darling test of normality with mean and std estimated from the values (at most GOF_SAMPLE of them,

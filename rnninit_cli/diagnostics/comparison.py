@@ -47,12 +47,13 @@ class BlockDiff:
     after: dict[str, float | int]
     dtype_a: str
     dtype_b: str
+    head: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return _json({"name": self.name, "kind": self.kind, "gate": self.gate, "rows": [self.start, self.stop],
                       "changed": self.changed, "changed_count": self.changed_count,
                       "max_abs_delta": self.max_abs_delta, "before": self.before, "after": self.after,
-                      "dtype_a": self.dtype_a, "dtype_b": self.dtype_b})
+                      "dtype_a": self.dtype_a, "dtype_b": self.dtype_b, "head": self.head})
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,8 @@ def _block_diff(block: Block, a: _Rows, b: _Rows, work: _Workspace) -> BlockDiff
     summary_a = _finish(before, a, block, work.raw_a, work.wide_a, work)
     summary_b = _finish(after, b, block, work.raw_b, work.wide_b, work)
     return BlockDiff(block.name, block.kind, block.gate, block.start, block.stop, changed > 0, changed, largest,
-                     value_stats(None, summary_a), value_stats(None, summary_b), a.dtype_name, b.dtype_name)
+                     value_stats(None, summary_a), value_stats(None, summary_b), a.dtype_name, b.dtype_name,
+                     block.head)
 
 
 _NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -283,7 +285,7 @@ def _small_blocks(blocks: list[Block], a: _Rows, b: _Rows, old: np.ndarray, new:
         summary_b = summary_a if same else summarize(new[first:stop])
         found.append(BlockDiff(block.name, block.kind, block.gate, block.start, block.stop, count > 0, count,
                                largest, value_stats(None, summary_a), value_stats(None, summary_b), a.dtype_name,
-                               b.dtype_name))
+                               b.dtype_name, block.head))
     return found
 
 

@@ -17,6 +17,7 @@ from .layer_diagnosis import LayerDiagnosis
 from .mistakes import DiagnosticWarning, layer_warnings, scheme_warnings
 from .progress import OnProgress, Tally, byte_size, rows_bytes
 from .recognition import _recognize
+from .recurrences import recurrence_notes
 from .stats import effective_bias, quiet_floats
 
 _WEIGHTS = ("weight_ih", "weight_hh", "weight_hr")
@@ -98,7 +99,7 @@ def diagnose(tensors: Mapping[str, Any], *, only: str | None = None,
                                             spectrum))
         bias = tuple({"gate": gate, **stats} for gate, stats in effective_bias(layer, tensors))
         results.append(LayerDiagnosis(layer, tuple(blocks), tuple(matrices), bias,
-                                      _recognize(layer, cache, candidate_list, plans)))
+                                      _recognize(layer, cache, candidate_list, plans), recurrence_notes(layer, cache)))
         warnings += layer_warnings(layer, cache)
         cache.forget(layer.params.values())  # one layer's float64 copies and Gram matrices at a time
         done += 2 * size

@@ -25,8 +25,10 @@ from .checks import (
     check_constant,
     check_identity,
     check_normal,
+    check_radius,
     check_truncated_normal,
     check_uniform,
+    check_values,
     orthogonal_tolerance,
 )
 from .formatting import _fmt
@@ -150,6 +152,20 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
         return check_uniform(block, float(args["a"]), float(args["b"]), u, summary=summary, alpha=alpha)
     if init == "normal":
         return check_normal(block, float(args["mean"]), float(args["std"]), u, summary=summary, alpha=alpha)
+    if init == "small_init":
+        return check_normal(block, 0.0, math.sqrt(2 / (5 * int(args["input_size"]))), u, summary=summary, alpha=alpha)
+    if init == "fan_in_normal":
+        return check_normal(block, 0.0, math.sqrt(float(args["scale"]) / _scope(entry, cache).fan_in), u,
+                            summary=summary, alpha=alpha)
+    if init == "linspace":
+        return check_values(block, linspace_values(float(args["start"]), float(args["end"]), block.shape[0]), u,
+                            f"linspace({_fmt(float(args['start']))}, {_fmt(float(args['end']))})")
+    if init == "powerlaw_forget":
+        expected = powerlaw_forget_values(block.shape[0], int(args["block_index"]), int(args["num_blocks"]))
+        return check_values(block, expected, u, f"the power law of block {args['block_index']} of "
+                                                f"{args['num_blocks']}")
+    if init == "rglru_radius":
+        return check_radius(block, float(args["min_rad"]), float(args["max_rad"]), u, alpha=alpha)
     if init == "pytorch":
         bound = 1 / math.sqrt(int(args["hidden_size"]))
         return check_uniform(block, -bound, bound, u, summary=summary, alpha=alpha)
@@ -174,7 +190,19 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
 
 
 _IID = ("uniform", "normal", "pytorch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
-        "lecun_normal")
+        "lecun_normal", "small_init", "fan_in_normal")
+
+
+def linspace_values(start: float, end: float, size: int) -> np.ndarray:
+    """start + (end − start)·k/(n − 1), k = 0 … n − 1 (one value: start), in float64."""
+    return np.linspace(start, end, size) if size > 1 else np.full(size, start)
+
+
+def powerlaw_forget_values(size: int, block_index: int, num_blocks: int) -> np.ndarray:
+    """−(−5 + 12·(k/(n − 1))^(0.3 + 1.3·r)), r = block_index/(num_blocks − 1), in float64 (one value: 5)."""
+    ratio = block_index / (num_blocks - 1) if num_blocks > 1 else 0.0
+    position = np.arange(size) / (size - 1) if size > 1 else np.zeros(size)
+    return -(-5.0 + 12.0 * position ** (0.3 + 1.3 * ratio))
 
 
 def _structured(entry: PlanEntry, cache: _Cache, alpha: float = ALPHA) -> str:

@@ -20,6 +20,7 @@ class LayerDiagnosis:
     matrices: tuple[MatrixStats, ...]
     effective_bias: tuple[dict[str, Any], ...]
     scheme: SchemeMatch
+    notes: tuple[str, ...] = ()  # what a per-head cell's biases and recurrence mean (see `recurrences`)
 
     @property
     def title(self) -> str:
@@ -32,5 +33,5 @@ class LayerDiagnosis:
             "layer": layer.layer, "direction": layer.direction, "input_size": layer.input_size,
             "hidden_size": layer.hidden_size, "proj_size": layer.proj_size, "bias": layer.bias,
             "blocks": [b.as_dict() for b in self.blocks], "matrices": [m.as_dict() for m in self.matrices],
-            "effective_bias": list(self.effective_bias), "scheme": self.scheme.as_dict(),
+            "effective_bias": list(self.effective_bias), "scheme": self.scheme.as_dict(), "notes": list(self.notes),
         })

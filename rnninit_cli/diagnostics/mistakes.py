@@ -14,6 +14,7 @@ from .checks import MIN_SAMPLES, check_uniform, orthogonal_tolerance
 from .families import UNDETERMINED
 from .formatting import _fmt
 from .orthogonality import orthogonality_decidable
+from .recurrences import slstm_mistakes
 from .stats import as_float64, quiet_floats
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ def find_warnings(layers: Sequence[LayerDiagnosis], tensors: Mapping[str, Any], 
 
 def layer_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
     """The mistakes one layer shows on its own: NaN/Inf, both biases, mixed scopes."""
-    return [*_nonfinite_warnings(layer, cache), *_double_bias_warnings(layer, cache), *_scope_warnings(layer, cache)]
+    return [*_nonfinite_warnings(layer, cache), *_double_bias_warnings(layer, cache), *_scope_warnings(layer, cache),
+            *(DiagnosticWarning(code, text) for code, text in slstm_mistakes(layer, cache))]
 
 
 def _nonfinite_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
@@ -128,7 +130,7 @@ def _param_scope(layer: Layer, kind: str, cache: _Cache) -> tuple[str | None, st
 
 
 def _scope_warnings(layer: Layer, cache: _Cache) -> list[DiagnosticWarning]:
-    if layer.cell == "rnn":
+    if layer.cell == "rnn" or layer.family or not {"weight_ih", "weight_hh"} <= layer.params.keys():
         return []
     scopes = {kind: _param_scope(layer, kind, cache) for kind in ("weight_ih", "weight_hh")}
     kinds = {scope: (kind, text) for kind, (scope, text) in scopes.items() if scope}

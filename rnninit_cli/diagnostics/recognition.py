@@ -91,7 +91,9 @@ def _shortest(value: float, dtype: str) -> float:
 
 def _estimate_irnn(layer: Layer, cache: _Cache) -> dict[str, float] | None:
     """scale = the first diagonal value of weight_hh."""
-    name = layer.params["weight_hh"]
+    name = layer.params.get("weight_hh")
+    if name is None:
+        return None
     value = float(as_float64(cache.whole(name)[0, :1])[0])
     return {"scale": _shortest(value, cache.dtype(name))} if math.isfinite(value) and value != 0 else None
 
@@ -119,6 +121,8 @@ def _scheme_specs(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme
                 specs.append((candidate.strip(), candidate.strip(), {}))
                 continue
         scheme = SCHEMES[name]
+        if (layer.family or scheme.families) and layer.family not in scheme.families:
+            continue  # written for other cells: planning it would only say so
         estimate = ESTIMATORS[name](layer, cache) if name in ESTIMATORS else None
         defaults = dict(scheme.params)
         if estimate is None:
@@ -155,7 +159,7 @@ def _planned(layer: Layer, target: str | Scheme, cache: _Cache, plans: _Plans) -
             plans[key] = entries
         return entries
     return tuple(PlanEntry(layer.params[entry.kind], entry.kind, entry.gate, entry.start, entry.stop, entry.initializer,
-                           entry.args, entry.per, entry.rule, entry.source) for entry in template)
+                           entry.args, entry.per, entry.rule, entry.source, entry.head) for entry in template)
 
 
 def _recognize(layer: Layer, cache: _Cache, candidates: Iterable[str | Scheme] | None,

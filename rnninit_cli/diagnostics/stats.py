@@ -411,7 +411,7 @@ def _nonfinite_stats(values: Any, summary: Summary) -> Stats:
 def effective_bias(layer: Layer, tensors: Mapping[str, Any]) -> list[tuple[str | None, Stats]]:
     """Per gate, statistics of bias_ih + bias_hh (what the gate actually adds)."""
     present = [kind for kind in ("bias_ih", "bias_hh") if kind in layer.params]
-    if not present:
+    if not present or layer.row_blocks:  # per-head cells have one bias: their notes say what it means
         return []
     total = sum(as_float64(tensors[layer.params[kind]]) for kind in present)  # a declared cell may have one
     return [(block.gate, block_stats(total[block.start:block.stop])) for block in layer.blocks(present[0])]

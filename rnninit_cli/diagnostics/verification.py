@@ -36,11 +36,12 @@ class VerifyBlock:
     status: str
     found: str
     detail: str
+    head: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "gate": self.gate, "rows": [self.start, self.stop],
                 "rule": self.rule, "expected": self.expected, "per": self.per, "status": self.status,
-                "found": self.found, "detail": self.detail}
+                "found": self.found, "detail": self.detail, "head": self.head}
 
 
 @dataclass(frozen=True)
@@ -111,5 +112,5 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
             found = _classify(layer, block, cache).label
         expected = entry.call + (" per matrix" if entry.per == "matrix" else "")
         blocks.append(VerifyBlock(entry.name, entry.kind, entry.gate, entry.start, entry.stop, entry.rule, expected,
-                                  entry.per, status, found, detail))
+                                  entry.per, status, found, detail, entry.head))
     return VerifyReport(the_plan.scheme, the_plan.rules, only, tuple(blocks), alpha, level)

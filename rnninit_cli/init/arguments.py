@@ -104,6 +104,11 @@ def _check_arguments(rule: Rule) -> None:
         problem = f"std = {format_value(args['std'])} < 0"
     elif spec.name == "chrono" and not float(args["tmax"]) > 2:
         problem = f"chrono needs tmax > 2, got {format_value(args['tmax'])}"
+    elif spec.name == "fan_in_normal" and float(args["scale"]) < 0:
+        problem = f"scale = {format_value(args['scale'])} < 0"
+    elif spec.name == "rglru_radius" and not 0 < float(args["min_rad"]) <= float(args["max_rad"]) < 1:
+        problem = (f"rglru_radius needs 0 < min_rad ≤ max_rad < 1, got {format_value(args['min_rad'])} and "
+                   f"{format_value(args['max_rad'])}")
     elif spec.name in ("kaiming_uniform", "kaiming_normal"):
         _gain(str(args["nonlinearity"]), float(args["a"]))  # RuleError for an unknown nonlinearity
         if args["mode"] not in ("fan_in", "fan_out"):
@@ -142,7 +147,7 @@ def _check_dims(rule: Rule) -> None:
     from .initializers import get_initializer
 
     spec = get_initializer(rule.initializer)
-    if spec.ndim == 2 and any(k.startswith("bias") for k in rule.kinds):
-        raise RuleError(f"rule {rule}: {spec.name} needs a 2-D weight block; biases are 1-D")
+    if spec.ndim == 2 and any(k.startswith("bias") or k == "radius" for k in rule.kinds):
+        raise RuleError(f"rule {rule}: {spec.name} needs a 2-D weight block; biases and radii are 1-D")
     if spec.ndim == 1 and any(k.startswith("weight") for k in rule.kinds):
         raise RuleError(f"rule {rule}: {spec.name} is for biases; weights are 2-D")

@@ -265,6 +265,56 @@ def chrono(tensor: torch.Tensor, tmax: float, negate: bool = False, *, generator
     return _write(tensor, -values if negate else values)
 
 
+@_register(context=("input_size",))
+def small_init(tensor: torch.Tensor, input_size: int, *, generator: torch.Generator) -> torch.Tensor:
+    """N(0, σ²), σ = √(2 / (5·input_size)) (Nguyen & Salazar 2019; xLSTM's `small_init_init_`)."""
+    return _normal(tensor, 0.0, math.sqrt(2.0 / (5.0 * input_size)), generator)
+
+
+@_register(scoped=True, ndim=2)
+def fan_in_normal(tensor: torch.Tensor, scale: float = 1.0, *, generator: torch.Generator) -> torch.Tensor:
+    """N(0, σ²), σ = √(scale / fan_in), untruncated (Griffin's gate weights: scale 0.01)."""
+    fan_in, _ = _fans(tensor)
+    return _normal(tensor, 0.0, math.sqrt(scale / fan_in), generator)
+
+
+@_register(ndim=1)
+def linspace(tensor: torch.Tensor, start: float, end: float, *, generator: torch.Generator | None = None
+             ) -> torch.Tensor:
+    """start + (end − start)·k/(n − 1), k = 0 … n − 1, as torch.linspace in float32 (xLSTM's gate biases)."""
+    import torch
+
+    return _write(tensor, torch.linspace(start, end, tensor.shape[0], dtype=torch.float32))
+
+
+@_register(ndim=1, context=("block_index", "num_blocks"))
+def powerlaw_forget(tensor: torch.Tensor, block_index: int, num_blocks: int, *,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """−(−5 + 12·(k/(n − 1))^(0.3 + 1.3·r)), r = block_index/(num_blocks − 1) (0 for one block), k = 0 … n − 1, in
+    float32 as xLSTM computes it (Beck et al. 2024, `powerlaw_blockdependent`); one value (n = 1) is k/(n − 1) := 0,
+    i.e. 5, where xLSTM divides 0 by 0."""
+    import torch
+
+    ratio = block_index / (num_blocks - 1) if num_blocks > 1 else 0.0
+    size = tensor.shape[0]
+    position = torch.arange(size) / (size - 1) if size > 1 else torch.zeros(size)
+    return _write(tensor, -(-5.0 + 12.0 * position ** (0.3 + 1.3 * ratio)))
+
+
+@_register(ndim=1)
+def rglru_radius(tensor: torch.Tensor, min_rad: float = 0.9, max_rad: float = 0.999, *,
+                 generator: torch.Generator) -> torch.Tensor:
+    """p = log(1/√u − 1), u ~ U(min_rad² + 1e-8, max_rad² + 1e-8), so a = σ(−p) = √u lies on [min_rad, max_rad] with
+    a² uniform (Griffin, De et al. 2024; transformers' RecurrentGemma `_init_weights`)."""
+    import torch
+
+    if not 0 < min_rad <= max_rad < 1:
+        raise RuleError(f"rglru_radius needs 0 < min_rad ≤ max_rad < 1, got {min_rad} and {max_rad}")
+    u = torch.empty(tensor.shape, dtype=torch.float32).uniform_(min_rad**2 + 1e-8, max_rad**2 + 1e-8,
+                                                                generator=generator)
+    return _write(tensor, u.log_().mul_(0.5).neg_().exp_().sub_(1.0).log_())
+
+
 @dataclass(frozen=True)
 class FloatFormat:
     """What a floating dtype can hold: its fraction bits, whether it has a sign and a zero, its range."""

@@ -40,7 +40,18 @@ from .distributed import (
 )
 from .drawing import _batches, _covered_rows, _draw_scope, _drawn_in_place, _dtype_name, _scope_size, draw_seed
 from .onethread import one_thread_pool
-from .schemes import GATE_WORDS, KEEP, Rule, Scheme, Value, format_value, get_scheme, parse_rules, scheme_label
+from .schemes import (
+    GATE_WORDS,
+    KEEP,
+    SCHEMES,
+    Rule,
+    Scheme,
+    Value,
+    format_value,
+    get_scheme,
+    parse_rules,
+    scheme_label,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -63,6 +74,12 @@ class PlanEntry:
     per: str  # "gate" (the block alone) or "matrix" (the whole parameter as one matrix)
     rule: str
     source: str  # "scheme" or "rule"
+    head: int | None = None  # the head whose rows these are (per-head cells)
+
+    @property
+    def label(self) -> str:
+        """The gate as tables show it: `f`, `f.h1` (head 1), `-` (no gates)."""
+        return (self.gate or "-") + (f".h{self.head}" if self.head is not None else "")
 
     @property
     def call(self) -> str:
@@ -72,7 +89,7 @@ class PlanEntry:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "gate": self.gate, "rows": [self.start, self.stop],
                 "initializer": self.initializer, "args": dict(self.args), "per": self.per,
-                "rule": self.rule, "source": self.source}
+                "rule": self.rule, "source": self.source, "head": self.head}
 
 
 @dataclass(frozen=True)
@@ -205,21 +222,22 @@ def plan(
 
     entries: list[PlanEntry] = []
     hit = [False] * len(user_rules)
-    winners: dict[tuple[str, str | None], tuple[Rule, str] | None] = {}
+    winners: dict[tuple[str, str, str | None], tuple[Rule, str] | None] = {}
     bound: dict[tuple[Rule, tuple[Any, ...]], tuple[str, tuple[tuple[str, Value], ...]]] = {}  # alike layers
     for layer, kinds in selected:
         _check_scheme_fits(scheme_obj, layer)
         for kind in kinds:
             for block in layer.blocks(kind):
-                if (kind, block.gate) not in winners:
+                gate_key = (layer.family, kind, block.gate)
+                if gate_key not in winners:
                     winner = None
                     for index, (rule, source) in enumerate(all_rules):
-                        if rule.hits(kind, block.gate):
+                        if rule.hits(kind, block.gate, layer.family):
                             winner = (rule, source)
                             if source == "rule":
                                 hit[index - len(scheme_rules)] = True
-                    winners[(kind, block.gate)] = winner
-                winner = winners[(kind, block.gate)]
+                    winners[gate_key] = winner
+                winner = winners[gate_key]
                 if winner is None:
                     continue
                 rule, source = winner
@@ -228,7 +246,7 @@ def plan(
                     bound[key] = _bind_args(rule, layer)
                 per, args = bound[key]
                 entries.append(PlanEntry(block.name, kind, block.gate, block.start, block.stop,
-                                         rule.initializer, args, per, str(rule), source))
+                                         rule.initializer, args, per, str(rule), source, block.head))
     for rule, was_hit in zip(user_rules, hit, strict=False):
         if not was_hit:
             raise RuleError(_hits_nothing(rule, selected))
@@ -292,6 +310,9 @@ def no_layers_message(found: Discovery) -> str:
 
 
 def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
+    if layer.family or scheme.families:
+        _check_family_fits(scheme, layer)
+        return
     if layer.cell == "custom":
         return  # a declared cell with its own gates: the scheme's rules apply by kind, gate rules where gates match
     if layer.cell not in scheme.cells:
@@ -301,6 +322,28 @@ def _check_scheme_fits(scheme: Scheme, layer: Layer) -> None:
     if scheme.needs_bias and "bias_ih" not in layer.params:  # the scheme's gate biases go into bias_ih
         why = "has no bias_ih (its layout declares none)" if layer.declared else "has no bias (bias=False)"
         raise SchemeError(f"scheme {scheme.name} sets gate biases, but {layer.title} {why}")
+
+
+def _check_family_fits(scheme: Scheme, layer: Layer) -> None:
+    """Per-head cells take only the schemes written for their family, and those schemes only such cells: an LSTM
+    scheme's fans and forget bias mean nothing for an exponentially gated sLSTM or a diagonal RG-LRU."""
+    if layer.family in scheme.families:
+        return
+    if layer.family:
+        fitting = sorted(name for name, other in SCHEMES.items() if layer.family in other.families)
+        use = f"use --scheme {' or '.join(fitting)}" if fitting else "give rules for it with --rule"
+        raise naming_arguments(SchemeError, f"scheme {scheme.name} {_scheme_target(scheme)}, but {layer.title} is "
+                               f"{article(layer.label)} cell (family {layer.family}), which it does not define: "
+                               f"{use}, or leave the layer out with {{only}}")
+    raise naming_arguments(SchemeError, f"scheme {scheme.name} {_scheme_target(scheme)}, but {layer.title} is "
+                           f"{article(layer.label or layer.cell.upper())}; select other layers with {{only}} or "
+                           "choose another scheme")
+
+
+def _scheme_target(scheme: Scheme) -> str:
+    if scheme.families:
+        return f"is defined for {'/'.join(sorted(scheme.families))} cells only"
+    return "is for torch.nn-style RNN/GRU/LSTM gates"
 
 
 def _overlaps(tensor: torch.Tensor) -> bool:

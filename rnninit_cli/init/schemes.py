@@ -28,6 +28,10 @@ KEEP = "keep"  # the initializer name of a rule that leaves its blocks as they a
 _CALL = re.compile(r"^\s*(?P<name>[A-Za-z_][\w-]*)\s*(?:\((?P<args>[^()]*)\))?\s*$")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _IDENT = re.compile(r"^[A-Za-z_]\w*$")
+_FAMILY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# the cell families of the per-head built-in layouts (`layouts.declared.MODERN_LAYOUTS`); a declared layout may name
+# its own
+FAMILIES = ("slstm", "mlstm", "rglru", "hf-mlstm")
 
 
 def parse_value(text: str) -> Value:
@@ -83,16 +87,18 @@ class Rule:
     initializer: str
     args: tuple[Value, ...] = ()
     kwargs: tuple[tuple[str, Value], ...] = ()
+    family: str | None = None  # `@slstm`: only the cells of that family (xLSTM's sLSTM...); None: any cell
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return TARGET_KINDS[self.target]
 
-    def hits(self, kind: str, gate: str | None) -> bool:
-        return kind in self.kinds and (self.gate is None or self.gate == gate)
+    def hits(self, kind: str, gate: str | None, family: str = "") -> bool:
+        return (kind in self.kinds and (self.gate is None or self.gate == gate)
+                and (self.family is None or self.family == family))
 
     def __str__(self) -> str:
-        target = self.target + (f".{self.gate}" if self.gate else "")
+        target = self.target + (f".{self.gate}" if self.gate else "") + (f"@{self.family}" if self.family else "")
         parts = [format_value(v) for v in self.args] + [f"{k}={format_value(v)}" for k, v in self.kwargs]
         return f"{target}={self.initializer}" + (f"({', '.join(parts)})" if parts else "")
 
@@ -104,6 +110,10 @@ def parse_rule(text: str | Rule) -> Rule:
     target_text, equals, init_text = text.partition("=")
     if not equals or not init_text.strip():
         raise RuleError(f"rule {text!r} is not of the form TARGET=INIT, e.g. bias_ih.f=constant(1)")
+    target_text, at, family = target_text.strip().partition("@")
+    if at and not _FAMILY.match(family):
+        raise RuleError(f"rule {text!r}: {family!r} after @ is not a cell family; families are "
+                        f"{', '.join(FAMILIES)} (e.g. bias_ih.f@slstm=...)")
     kind_text, dot, gate = target_text.strip().partition(".")
     if dot and not gate:  # `bias_ih.$GATE=ones` with GATE empty must not hit every gate
         raise RuleError(f"rule {text!r}: the gate after {kind_text}. is empty; name one (bias_ih.f=...) or write "
@@ -124,7 +134,7 @@ def parse_rule(text: str | Rule) -> Rule:
     from .initializers import INITIALIZERS  # torch-free; registered there, after this module
 
     name = resolve_name(name, [KEEP, *INITIALIZERS]) or name  # an unknown name is refused when the rule is planned
-    return Rule(kind, gate or None, name, args, kwargs)
+    return Rule(kind, gate or None, name, args, kwargs, family or None)
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,7 @@ class Scheme:
     params: tuple[tuple[str, Value | None], ...] = ()  # (name, default); None = required
     cells: frozenset[str] = field(default_factory=lambda: frozenset({"rnn", "gru", "lstm"}))
     needs_bias: bool = False
+    families: frozenset[str] = frozenset()  # the per-head cell families it is defined for (none: torch-style gates)
 
     def resolve(self, **arguments: Value) -> tuple[Rule, ...]:
         """The scheme's rules with its arguments filled in."""
@@ -281,6 +292,43 @@ for _scheme in (
         params=(("tmax", None),),
         cells=frozenset({"gru", "lstm"}),
         needs_bias=True,
+    ),
+    Scheme(
+        "xlstm",
+        "xLSTM's own init. sLSTM: gate projections small_init N(0, 2/(5E)), recurrent kernel 0, biases 0 but the "
+        "forget gate's power law in the block index (powerlaw_blockdependent). mLSTM: gate weights 0, input bias "
+        "N(0, 0.1²), forget bias linspace(3, 6) over heads. Other xlstm options as rules: "
+        "bias_ih.f@slstm=linspace(3, 6) (small_init), bias_ih@slstm=pytorch and weight_hh@slstm=pytorch (standard).",
+        ("weight_ih@slstm=small_init", "weight_hh@slstm=zeros", "bias_ih@slstm=zeros",
+         "bias_ih.f@slstm=powerlaw_forget", "weight_ih@mlstm=zeros", "bias_ih.i@mlstm=normal(0.0, 0.1)",
+         "bias_ih.f@mlstm=linspace(3.0, 6.0)"),
+        "Beck et al. 2024, xLSTM: Extended Long Short-Term Memory (NeurIPS); NX-AI xlstm 2.x sLSTMLayer/mLSTMCell "
+        "reset_parameters; small_init: Nguyen & Salazar 2019",
+        cells=frozenset(),
+        families=frozenset({"slstm", "mlstm"}),
+    ),
+    Scheme(
+        "griffin",
+        "Griffin's RG-LRU: input and recurrence gate weights N(0, scale/bw) per head (bw = the head's width), "
+        "biases 0, recurrence radius a = σ(−p) with a² ~ U(min_rad², max_rad²) (the ring init).",
+        ("weight_ih@rglru=fan_in_normal({scale})", "bias_ih@rglru=zeros",
+         "radius@rglru=rglru_radius({min_rad}, {max_rad})"),
+        "De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention (arXiv:2402.19427); "
+        "google-deepmind/recurrentgemma rnn_param_init; transformers RecurrentGemma _init_weights",
+        params=(("scale", 0.01), ("min_rad", 0.9), ("max_rad", 0.999)),
+        cells=frozenset(),
+        families=frozenset({"rglru"}),
+    ),
+    Scheme(
+        "xlstm-7b",
+        "xLSTM-7B's mLSTM gates: input, forget and output gate weights 0, input bias −10, forget bias "
+        "linspace(3, 6) over heads.",
+        ("weight_ih@hf-mlstm=zeros", "bias_ih@hf-mlstm=zeros", "bias_ih.i@hf-mlstm=constant(-10.0)",
+         "bias_ih.f@hf-mlstm=linspace(3.0, 6.0)"),
+        "Beck et al. 2025, xLSTM 7B: A Recurrent LLM for Fast and Efficient Inference; transformers "
+        "xLSTMPreTrainedModel._init_weights",
+        cells=frozenset(),
+        families=frozenset({"hf-mlstm"}),
     ),
 ):
     register_scheme(_scheme)

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LayoutDeclarationError, resolve_name, suggestion
+from .heads import Axes, axes_text, parse_axes
 from .patterns import UserPattern, compile_user_pattern
 
 if sys.version_info >= (3, 11):
@@ -68,14 +69,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-KINDS = ("weight_ih", "weight_hh", "weight_hr", "bias_ih", "bias_hh")
+KINDS = ("weight_ih", "weight_hh", "weight_hr", "bias_ih", "bias_hh", "radius")
 REQUIRED_KINDS = ("weight_ih", "weight_hh")
 WEIGHT_KINDS = ("weight_ih", "weight_hh", "weight_hr")
+GATELESS_KINDS = ("weight_hr", "radius")
 CELLS = ("rnn", "gru", "lstm", "custom")
 TORCH_GATES: dict[str, tuple[str, ...]] = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
 GATE_ALIASES: dict[str, dict[str, str]] = {"lstm": {"c": "g"}, "gru": {"h": "n"}}
 TITLES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM", "custom": "custom"}
-SETTINGS = ("cell", "gates", "title", "transposed", *KINDS)
+AXES_SETTINGS = tuple(f"{kind}_axes" for kind in KINDS)
+SETTINGS = ("cell", "gates", "title", "transposed", *KINDS, "family", "roles", "partial", "block", *AXES_SETTINGS)
 GATE_GROUP = "gate"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -93,6 +96,41 @@ class Declaration:
     patterns: dict[str, UserPattern]
     transposed: frozenset[str]
     source: str
+    family: str = ""
+    roles: tuple[tuple[str, str], ...] = ()  # (text the gate group captures, the gate it is)
+    partial: frozenset[str] = frozenset()  # per-gate kinds that may hold only some of the gates
+    block: UserPattern | None = None  # finds the cell's index in a residual stack from its prefix
+    axes: tuple[tuple[str, tuple[Axes, ...]], ...] = ()  # kind → its stored axes, one per form (see `heads`)
+    automatic: bool = False  # a built-in applied without --layout (its names cannot be anything else)
+
+    @property
+    def headed(self) -> bool:
+        """Whether the cell is built per gate and head (`heads`): stored axes, a radius or a family declared."""
+        return bool(self.axes or self.family or "radius" in self.patterns)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The kinds a cell must have: a per-head cell needs only the matrices (and radius) it declares, since some
+        have no hidden-to-hidden matrix (mLSTM, RG-LRU)."""
+        if not self.headed:
+            return REQUIRED_KINDS
+        return tuple(kind for kind in ("weight_ih", "weight_hh", "radius") if kind in self.patterns)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Captured gate text → gate: the cell kind's aliases (`c` for `g`) and the declared roles."""
+        return {**GATE_ALIASES.get(self.cell, {}), **dict(self.roles)}
+
+    @property
+    def forms(self) -> int:
+        return max((len(forms) for _, forms in self.axes), default=1)
+
+    def axes_of(self, kind: str, form: int) -> Axes | None:
+        """The stored axes of `kind` in form `form` (None: the default for its pieces)."""
+        forms = dict(self.axes).get(kind)
+        if not forms:
+            return None
+        return forms[form] if len(forms) > 1 else forms[0]
 
     def per_gate(self, kind: str) -> bool:
         """Whether `kind` is stored one tensor per gate (its pattern has a `(?P<gate>...)` group)."""
@@ -110,6 +148,9 @@ class Declaration:
             and self.gates == other.gates
             and self.transposed == other.transposed
             and {k: p.pattern for k, p in self.patterns.items()} == {k: p.pattern for k, p in other.patterns.items()}
+            and (self.family, self.roles, self.partial, self.axes) == (other.family, other.roles, other.partial,
+                                                                       other.axes)
+            and (self.block.pattern if self.block else None) == (other.block.pattern if other.block else None)
         )
 
 
@@ -190,8 +231,8 @@ def _compile(kind: str, text: Any, cell: str, where: str) -> UserPattern:
         raise _fail(where, f"{kind} must be a regular expression matching tensor names (got {text!r})")
     pattern = compile_user_pattern(text, f"{where}: {kind}", LayoutDeclarationError)
     if GATE_GROUP in pattern.groupindex:
-        if kind == "weight_hr":
-            raise _fail(where, f"weight_hr={text} has a (?P<gate>...) group, but weight_hr has no gates")
+        if kind in GATELESS_KINDS:
+            raise _fail(where, f"{kind}={text} has a (?P<gate>...) group, but {kind} has no gates")
         if cell == "rnn":
             raise _fail(where, f"{kind}={text} has a (?P<gate>...) group, but an rnn cell has no gates")
     return pattern
@@ -214,7 +255,8 @@ def _declaration(settings: Mapping[str, Any], name: str, where: str, source: str
     title = settings.get("title", TITLES[cell])
     if not isinstance(title, str) or not title.strip():
         raise _fail(where, f"title must be a non-empty name (got {title!r})")
-    missing = [kind for kind in REQUIRED_KINDS if kind not in settings]
+    headed = any(key in settings for key in ("family", "radius", *AXES_SETTINGS))
+    missing = [kind for kind in (("weight_ih",) if headed else REQUIRED_KINDS) if kind not in settings]
     if missing:
         raise _fail(
             where,
@@ -246,7 +288,56 @@ def _declaration(settings: Mapping[str, Any], name: str, where: str, source: str
         patterns=patterns,
         transposed=transposed,
         source=where if source is None else source,
+        **_headed_settings(settings, patterns, gates, transposed, where),
     )
+
+
+def _headed_settings(settings: Mapping[str, Any], patterns: Mapping[str, UserPattern], gates: tuple[str, ...],
+                     transposed: frozenset[str], where: str) -> dict[str, Any]:
+    """The per-head settings: family, roles, partial, block and each kind's stored axes (see `heads`)."""
+    family = settings.get("family", "")
+    if not isinstance(family, str) or (family and not _BUILTIN_NAME.fullmatch(family)):
+        raise _fail(where, f"family must be a name such as slstm (got {family!r})")
+    roles = []
+    for item in _as_list(settings["roles"], "roles", where) if "roles" in settings else []:
+        text, colon, gate = item.partition(":")
+        if not colon or not text or gate not in gates:
+            raise _fail(where, f"roles entry {item!r} is not TEXT:GATE with GATE one of {','.join(gates)} "
+                        "(e.g. roles=f:i,i:f when the tensor named f holds gate i)")
+        roles.append((text, gate))
+    partial = frozenset(_as_list(settings["partial"], "partial", where)) if "partial" in settings else frozenset()
+    for kind in sorted(partial):
+        if kind not in patterns or GATE_GROUP not in patterns[kind].groupindex:
+            raise _fail(where, f"partial={kind}: only a kind stored one tensor per gate (its pattern has a "
+                        "(?P<gate>...) group) can hold some of the gates")
+    block = None
+    if "block" in settings:
+        block = _compile("block", settings["block"], "custom", where)
+        if block.groups != 1:
+            raise _fail(where, f"block={block.pattern} must have exactly one group, capturing the block's number")
+    axes = []
+    for kind in KINDS:
+        text = settings.get(f"{kind}_axes")
+        if text is None:
+            continue
+        if kind not in patterns:
+            raise _fail(where, f"{kind}_axes is set, but the declaration does not match {kind}: add {kind}=REGEX")
+        if kind in transposed:
+            raise _fail(where, f"{kind} is both transposed and given axes: say the order in {kind}_axes alone")
+        if not isinstance(text, str):
+            raise _fail(where, f"{kind}_axes must be text such as head,gate*out,in (got {text!r})")
+        forms = tuple(parse_axes(form, f"{where}: {kind}_axes") for form in text.split("|"))
+        for form in forms:
+            has_in = any("in" in axis for axis in form)
+            if has_in != (kind in WEIGHT_KINDS):
+                need = "a weight needs an in factor" if kind in WEIGHT_KINDS else "a vector has no in factor"
+                raise _fail(where, f"{kind}_axes={text}: {need}")
+        axes.append((kind, forms))
+    counts = {len(forms) for _, forms in axes if len(forms) > 1}
+    if len(counts) > 1:
+        raise _fail(where, "the kinds give different numbers of forms (alternatives split by |): give each kind "
+                    "one form, or the same number of forms in the same order")
+    return {"family": family, "roles": tuple(roles), "partial": partial, "block": block, "axes": tuple(axes)}
 
 
 def _builtin(name: str, **settings: Any) -> Declaration:
@@ -287,6 +378,66 @@ BUILTIN_LAYOUTS: dict[str, Declaration] = {
         ),
     )
 }
+
+_PREFIX = r"((?:.*\.)?)"  # the module path up to the cell's own names, dot included; empty at the top level
+_STACK_BLOCK = r"(?:^|\.)blocks\.(\d+)\.(?:[^.]*\.){0,2}\Z"  # xLSTM stacks: `….blocks.{i}.xlstm.(mlstm_cell.)`
+
+# Per-head built-ins, found without --layout (their names cannot belong to another layer). Each was checked against
+# the library source named, by building the model and recomputing its gates from the stored tensors (see
+# ../shared/MODERN.md, and tests/modern_models.py for the fixtures built with the libraries themselves).
+MODERN_LAYOUTS: dict[str, Declaration] = {
+    layout.name: replace(layout, automatic=True)
+    for layout in (
+        # xlstm 2.x `xlstm/blocks/slstm/layer.py` sLSTMLayer and `cell.py`: per-head gate projections (NH, DH, DH)
+        # [head, out, in]; the module named `fgate` is the INPUT gate's and `igate` the FORGET gate's (recomputing
+        # the cell from the tensors proves it). The recurrent kernel and bias lie [head, gate·out, in] and
+        # [gate][head][out] in the vanilla backend, [head, in, gate·out] and [head][gate][out] in the cuda one: the
+        # kernel's shape tells which (the two forms below, tried in order).
+        _builtin(
+            "xlstm-slstm",
+            cell="custom", family="slstm", title="sLSTM", gates="i,f,z,o", roles="f:i,i:f",
+            weight_ih=_PREFIX + r"(?P<gate>[ifzo])gate\.weight", weight_ih_axes="head,out,in",
+            weight_hh=_PREFIX + r"slstm_cell\._recurrent_kernel_",
+            weight_hh_axes="head,gate*out,in|head,in,gate*out",
+            bias_ih=_PREFIX + r"slstm_cell\._bias_", bias_ih_axes="gate*head*out|head*gate*out",
+            block=_STACK_BLOCK,
+        ),
+        # xlstm 2.x `xlstm/blocks/mlstm/cell.py` mLSTMCell: `igate`/`fgate` = nn.Linear(3·inner, NH), one row per
+        # head, named by their roles; no hidden-to-hidden matrix (the memory is C_t = f·C_{t−1} + i·v kᵀ).
+        _builtin(
+            "xlstm-mlstm",
+            cell="custom", family="mlstm", title="mLSTM", gates="i,f",
+            weight_ih=_PREFIX + r"mlstm_cell\.(?P<gate>[if])gate\.weight",
+            bias_ih=_PREFIX + r"mlstm_cell\.(?P<gate>[if])gate\.bias",
+            block=_STACK_BLOCK,
+        ),
+        # transformers `models/recurrent_gemma/modeling_recurrent_gemma.py` RecurrentGemmaRglru: input and recurrence
+        # gate weights (NH, bw, bw) used as x @ W, i.e. [head, in, out]; their biases (NH, bw); `recurrent_param` (W,)
+        # with a = σ(−p). Griffin: De et al. 2024.
+        _builtin(
+            "recurrentgemma-rglru",
+            cell="custom", family="rglru", title="RG-LRU", gates="i,r", roles="input:i,recurrent:r",
+            weight_ih=_PREFIX + r"rg_lru\.(?P<gate>input|recurrent)_gate_weight", weight_ih_axes="head,in,out",
+            bias_ih=_PREFIX + r"rg_lru\.(?P<gate>input|recurrent)_gate_bias", bias_ih_axes="head,out",
+            radius=_PREFIX + r"rg_lru\.recurrent_param", radius_axes="out",
+            block=r"(?:^|\.)layers\.(\d+)\.(?:[^.]*\.){0,2}\Z",
+        ),
+        # transformers `models/xlstm/modeling_xlstm.py` (xLSTM-7B, weight_mode="single"): `igate_preact` and
+        # `fgate_preact` = nn.Linear(H, NH) with biases, `ogate_preact` = nn.Linear(H, V) without one. The fused
+        # `ifgate_preact` cannot be built in transformers 5.25 (a size error), so it is not declared.
+        _builtin(
+            "hf-xlstm",
+            cell="custom", family="hf-mlstm", title="mLSTM", gates="i,f,o",
+            weight_ih=_PREFIX + r"mlstm_layer\.(?P<gate>[ifo])gate_preact\.weight",
+            bias_ih=_PREFIX + r"mlstm_layer\.(?P<gate>[ifo])gate_preact\.bias", partial="bias_ih",
+            block=_STACK_BLOCK,
+        ),
+    )
+}
+BUILTIN_LAYOUTS.update(MODERN_LAYOUTS)
+# a text every file holding such a cell has in some name: the built-ins are matched only then (cheap for big files)
+MODERN_MARKERS = {"xlstm-slstm": "slstm_cell._recurrent_kernel_", "xlstm-mlstm": "mlstm_cell.",
+                  "recurrentgemma-rglru": "rg_lru.", "hf-xlstm": "gate_preact."}
 
 
 def _split_inline(text: str, where: str) -> dict[str, str]:
@@ -399,6 +550,15 @@ def inline_text(declaration: Declaration) -> str:
     parts += [f"{kind}={declaration.patterns[kind].pattern}" for kind in KINDS if kind in declaration.patterns]
     if declaration.transposed:
         parts.append(f"transposed={','.join(k for k in WEIGHT_KINDS if k in declaration.transposed)}")
+    if declaration.family:
+        parts.append(f"family={declaration.family}")
+    if declaration.roles:
+        parts.append("roles=" + ",".join(f"{text}:{gate}" for text, gate in declaration.roles))
+    if declaration.partial:
+        parts.append(f"partial={','.join(k for k in KINDS if k in declaration.partial)}")
+    if declaration.block is not None:
+        parts.append(f"block={declaration.block.pattern}")
+    parts += [f"{kind}_axes={'|'.join(axes_text(form) for form in forms)}" for kind, forms in declaration.axes]
     return " ".join(parts)
 
 
@@ -415,7 +575,7 @@ class _Collected:
 def _collect(
     names: Sequence[str], declaration: Declaration
 ) -> tuple[dict[tuple[str, ...], _Collected], dict[str, int]]:
-    aliases = GATE_ALIASES.get(declaration.cell, {})
+    aliases = declaration.aliases
     collected: dict[tuple[str, ...], _Collected] = {}
     matched_per_kind = dict.fromkeys(declaration.patterns, 0)
     for position, name in enumerate(names):
@@ -476,6 +636,8 @@ def _cell(declaration: Declaration, key: tuple[str, ...], entry: _Collected) -> 
                         f"the same groups {_show_key(key)}: capture the whole prefix in the pattern",
                     )
             absent = [gate for gate in declaration.gates if gate not in by_gate]
+            if absent and kind in declaration.partial and len(absent) < len(declaration.gates):
+                absent = []
             if absent:
                 present = ", ".join(f"{gate}: {found[0]}" for gate, found in by_gate.items())
                 stray = entry.stray_gates.get(kind)
@@ -486,7 +648,7 @@ def _cell(declaration: Declaration, key: tuple[str, ...], entry: _Collected) -> 
                     f"groups {_show_key(key)} gate {', '.join(absent)} has no tensor (found {present}{seen}): "
                     f"the (?P<gate>...) group must capture each of {','.join(declaration.gates)}",
                 )
-            pieces[kind] = tuple((by_gate[gate][0], gate) for gate in declaration.gates)
+            pieces[kind] = tuple((by_gate[gate][0], gate) for gate in declaration.gates if gate in by_gate)
     owners: dict[str, str] = {}
     for kind, entries in pieces.items():
         for name, _ in entries:
@@ -530,9 +692,9 @@ def match_declarations(names: Iterable[str], declarations: Sequence[Declaration]
         cells = [
             (entry.first, order, _cell(declaration, key, entry))
             for key, entry in collected.items()
-            if all(kind in entry.whole or kind in entry.per_gate for kind in REQUIRED_KINDS)
+            if all(kind in entry.whole or kind in entry.per_gate for kind in declaration.required)
         ]
-        if not cells:
+        if not cells and not declaration.automatic:
             raise LayoutDeclarationError(_nothing_matched(declaration, matched_per_kind, ordered))
         found += cells
     found.sort(key=lambda item: (item[0], item[1]))

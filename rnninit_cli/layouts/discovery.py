@@ -11,111 +11,25 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LayoutDeclarationError, LayoutError
+from .layer import CELL_BY_GATE_COUNT, GATES, KINDS, Block, Layer, article, common_prefix
 from .patterns import compile_user_pattern
+
+__all__ = ["CELL_BY_GATE_COUNT", "GATES", "KINDS", "Block", "Discovery", "Layer", "Skipped", "Suspect", "article",
+           "discover", "find_layers"]
 from .views import GateView, Piece, View, effective_shapes, find_views, is_parametrization_part, shape_of
 
 if TYPE_CHECKING:
     from .declared import Declaration, DeclaredCell
 
-GATES: dict[str, tuple[str, ...]] = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
-CELL_BY_GATE_COUNT = {1: "rnn", 3: "gru", 4: "lstm"}
-KINDS = ("weight_ih", "weight_hh", "weight_hr", "bias_ih", "bias_hh")
-
 _NAME = re.compile(  # \Z and DOTALL: a name may hold a newline anywhere, even at its end
     r"^(?P<prefix>(?:.*[./])?)(?P<kind>weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)"
     r"(?:_l(?P<layer>\d+)(?P<reverse>_reverse)?)?\Z", re.DOTALL
 )
-
-
-@dataclass(frozen=True)
-class Block:
-    """One gate block of a parameter: rows [start, stop) of dim 0."""
-
-    name: str
-    kind: str
-    gate: str | None
-    start: int
-    stop: int
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One direction of one layer of an nn.RNN/GRU/LSTM, or one nn.*Cell."""
-
-    prefix: str
-    cell: str
-    is_cell: bool
-    layer: int
-    direction: str
-    input_size: int
-    hidden_size: int
-    proj_size: int
-    bias: bool
-    params: dict[str, str] = field(compare=False)  # kind → the effective parameter's name
-    sources: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)  # kind → stored tensors
-    gate_names: tuple[str, ...] | None = None  # a declared cell's own gates (cell "custom")
-    label: str = ""  # a declared cell's name for people, e.g. LiGRU
-    declared: str = ""  # the declaration (layout) it was found by
-
-    @property
-    def gates(self) -> tuple[str | None, ...]:
-        """Gate names in storage order; (None,) for a plain RNN."""
-        if self.gate_names is not None:
-            return self.gate_names
-        return (None,) if self.cell == "rnn" else GATES[self.cell]
-
-    @property
-    def title(self) -> str:
-        """A short human name: `encoder.rnn.: LSTM layer 1, reverse`."""
-        where = self.prefix or "(top level)"
-        if self.declared:
-            return f"{where}: {self.label or self.cell.upper()} cell (layout {self.declared})"
-        if self.is_cell:
-            return f"{where}: {self.cell.upper()} cell"
-        return f"{where}: {self.cell.upper()} layer {self.layer}, {self.direction}"
-
-    def shape_key(self) -> tuple[Any, ...]:
-        """Everything but the names: layers with equal keys have the same blocks, and a scheme plans them alike."""
-        return (self.cell, self.is_cell, self.layer, self.direction, self.input_size, self.hidden_size,
-                self.proj_size, self.bias, self.gate_names, self.label, self.declared, tuple(self.params))
-
-    def stored(self, kind: str) -> tuple[str, ...]:
-        """The stored tensors behind parameter `kind` (its own name when it is stored as it is)."""
-        return self.sources.get(kind, (self.params[kind],))
-
-    def all_stored(self) -> list[str]:
-        return list(dict.fromkeys(name for kind in self.params for name in self.stored(kind)))
-
-    def blocks(self, kind: str) -> list[Block]:
-        """The gate blocks of parameter `kind` (views are taken by the caller with rows [start, stop))."""
-        name = self.params[kind]
-        if kind == "weight_hr":
-            return [Block(name, kind, None, 0, self.proj_size)]
-        h = self.hidden_size
-        return [Block(name, kind, gate, k * h, (k + 1) * h) for k, gate in enumerate(self.gates)]
-
-    def all_blocks(self) -> Iterator[Block]:
-        for kind in KINDS:
-            if kind in self.params:
-                yield from self.blocks(kind)
-
-
-def article(word: str) -> str:
-    """`word` with "a" or "an" by how it is read: an RNN, an LSTM, a GRU, an 8-row, an 11-row, a 96-row."""
-    digits = re.match(r"\d+", word)
-    if digits:
-        number = digits.group()
-        vowel = number.startswith("8") or (number[:2] in ("11", "18") and len(number) % 3 == 2)
-    elif word.isupper():
-        vowel = word[0] in "AEFHILMNORSX"  # letters whose names start with a vowel sound
-    else:
-        vowel = word[:1].lower() in "aeiou"
-    return f"{'an' if vowel else 'a'} {word}"
 
 
 @dataclass(frozen=True)
@@ -214,10 +128,11 @@ def discover(
     skipped: list[Skipped] = []
 
     claimed: set[str] = set()
-    if layouts:
+    declarations = [*layouts, *automatic_layouts(shapes, layouts)]
+    if declarations:
         from .declared import match_declarations
 
-        for cell in match_declarations(list(shapes), layouts):
+        for cell in match_declarations(list(shapes), declarations):
             names = [name for pieces in cell.pieces.values() for name, _ in pieces]
             claimed.update(names)
             if wanted(names):
@@ -288,7 +203,11 @@ def discover(
         taken = {identities[name] for name in used if name in identities}
         used |= {name for name, identity in identities.items() if identity in taken and name in shapes}
     skipped = [replace(item, declare=_working_hint(item.declare, shapes, used, set(item.names))) for item in skipped]
-    return Discovery(tuple(layer for _, layer in layers), tuple(views), tuple(skipped), tuple(_suspects(shapes, used)))
+    # the other weights of a block that holds a per-head cell (an xLSTM block's feed-forward) are no LSTM
+    blocks = tuple({layer.prefix[:layer.prefix.rstrip(".").rfind(".") + 1] for _, layer in layers if layer.row_blocks}
+                   - {""})
+    suspects = [suspect for suspect in _suspects(shapes, used) if not suspect.name.startswith(blocks)]
+    return Discovery(tuple(layer for _, layer in layers), tuple(views), tuple(skipped), tuple(suspects))
 
 
 def _pattern_for(name: str) -> str:
@@ -380,6 +299,8 @@ def _builtin_suspects(shapes: Mapping[str, tuple[int, ...]], used: Collection[st
     taken: set[str] = set()
     free = [name for name in shapes if name not in used]
     for name, declaration in BUILTIN_LAYOUTS.items():
+        if declaration.automatic:
+            continue  # found without being asked for
         recurrent_pattern = declaration.patterns["weight_hh"]
         if not any(recurrent_pattern.fullmatch(tensor) for tensor in free) or not hints.works(name):
             continue  # the first test is cheap: most checkpoints have no such names
@@ -466,9 +387,24 @@ def _suspects(shapes: Mapping[str, tuple[int, ...]], used: set[str]) -> list[Sus
     return found
 
 
-def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Layer, list[GateView]]:
+def automatic_layouts(shapes: Mapping[str, Any], given: Sequence[Declaration]) -> list[Declaration]:
+    """The per-head built-ins (`MODERN_LAYOUTS`) whose marker some name holds, unless given already: they apply
+    without --layout, since their names belong to nothing else."""
+    from .declared import MODERN_LAYOUTS, MODERN_MARKERS
+
+    return [declaration for name, declaration in MODERN_LAYOUTS.items()
+            if not any(declaration.same_layout(other) for other in given)
+            and any(MODERN_MARKERS[name] in tensor for tensor in shapes)]
+
+
+def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Layer, list[View]]:
     """The layer a declared cell makes, with views for the parameters it does not store in torch's form."""
     declaration = cell.declaration
+    if declaration.headed:
+        from .headed import headed_layer
+
+        layer, head_views = headed_layer(cell, shapes)
+        return layer, list(head_views)
     custom = declaration.cell == "custom"
     stored_order: tuple[str | None, ...] = tuple(None if gate == "" else gate for gate in declaration.gates)
     effective_order = stored_order if custom else ((None,) if declaration.cell == "rnn" else GATES[declaration.cell])
@@ -479,7 +415,7 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
 
     params: dict[str, str] = {}
     sources: dict[str, tuple[str, ...]] = {}
-    views: list[GateView] = []
+    views: list[View] = []
     effective: dict[str, tuple[int, ...]] = {}
     both_biases = ({name for name, _ in cell.pieces.get("bias_ih", ())}
                    & {name for name, _ in cell.pieces.get("bias_hh", ())})
@@ -553,7 +489,7 @@ def _declared_layer(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]]) -
                        f"hidden size is {told})")
     del ih_rows, hh_rows
     names = [name for kind in params for name in sources.get(kind, (params[kind],))]
-    prefix = _common_prefix(names)
+    prefix = common_prefix(names)
     layer = Layer(prefix=prefix, cell=declaration.cell, is_cell=True, layer=0, direction="forward",
                   input_size=input_size, hidden_size=hidden, proj_size=proj,
                   bias=any(kind.startswith("bias") for kind in params), params=params, sources=sources,
@@ -568,22 +504,13 @@ def _stored_shapes(params: Mapping[str, str], sources: Mapping[str, tuple[str, .
     return ", ".join(f"{name} shape {list(shapes[name])}" for name in sources.get(kind, (params[kind],)))
 
 
-def _common_prefix(names: Sequence[str]) -> str:
-    """The module path the names share, up to its last dot: `predictor.lstm_layers.0.`."""
-    shared = names[0]
-    for name in names[1:]:
-        while not name.startswith(shared):
-            shared = shared[:-1]
-    return shared[:shared.rfind(".") + 1]
-
-
 def _view_name(pieces: Sequence[Piece], reordered: bool) -> str:
     """A readable name for an assembled parameter: `cell.x2g.weight.T`, `cell.W_{i,f,g,o}.weight`."""
     names = [piece.source for piece in pieces]
     if len(names) == 1:
         name = names[0] + (f"[{pieces[0].row}]" if pieces[0].row is not None else "")
     else:
-        head = _common_prefix(names) if _common_prefix(names) else ""
+        head = common_prefix(names) if common_prefix(names) else ""
         stems = [n[len(head):] for n in names]
         tail = stems[0]
         for stem in stems[1:]:
