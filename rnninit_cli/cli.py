@@ -637,7 +637,15 @@ def inspect(
     def one(input: str) -> None:
         from .diagnostics import diagnose
         from .documents import inspect_document, selected_kinds
-        from .report import FULL_ON_A_TERMINAL, inspect_table, layer_kind, layer_runs, provenance, scheme_line
+        from .report import (
+            FULL_ON_A_TERMINAL,
+            inspect_table,
+            layer_kind,
+            layer_runs,
+            provenance,
+            quantized_table,
+            scheme_line,
+        )
         from .rewrite import inspect_checkpoint
 
         if plot is not None:
@@ -664,12 +672,14 @@ def inspect(
             _emit_json(inspect_document(found.layers, found.tensors, source=input, fmt=found.format,
                                         only=only, metadata=found.metadata, diagnosis=diagnosis)
                        | _discovery_document(found) | {"views": found.views, "foreign_classes": found.foreign_classes,
-                                                        "quantized": found.quantized})
+                                                        "quantized": found.quantized,
+                                                        "quantized_layers": [q.as_dict() for q in found.packed]})
             return
         by_layer = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
         selected = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
+        packed = f", {len(found.packed)} quantized layer(s) (shown, not rewritten)" if found.packed else ""
         answer.print(f"{visible(input)}: {found.format}, {found.tensor_count} tensor(s), "
-                     f"{len(selected)} recurrent layer(s)", markup=False, soft_wrap=True)
+                     f"{len(selected)} recurrent layer(s){packed}", markup=False, soft_wrap=True)
         recorded = provenance(found.metadata)
         if recorded:
             answer.print(visible(recorded), markup=False, soft_wrap=True)
@@ -680,7 +690,7 @@ def inspect(
             shown_names = ", ".join(found.quantized[:8]) + (f", ... ({len(found.quantized)} in all)"
                                                            if len(found.quantized) > 8 else "")
             answer.print(visible(f"quantized tensors, not recurrent: {shown_names}"), markup=False, soft_wrap=True)
-        if not selected:
+        if not selected and not found.packed:
             answer.print("no recurrent parameters found" + (f" matching --only {visible(repr(only))}" if only else ""),
                          markup=False)
         in_full = selected[:FULL_ON_A_TERMINAL] if _on_a_terminal() else selected
@@ -695,6 +705,9 @@ def inspect(
             for line in layer_runs(rest, lambda layer: f"{layer_kind(layer)}: " + (
                     scheme_line(by_layer[layer]) if layer in by_layer else "not diagnosed")):
                 answer.print(line, markup=False)
+        for quantized in found.packed:  # dynamically quantized layers: read from their packed records, never rewritten
+            answer.print()
+            _show(quantized_table(quantized))
         for line in found.views:
             answer.print(visible(f"read {line}"), markup=False, soft_wrap=True)
         _print_warnings([*found.skipped, *(f"not recognised: {item}" for item in found.suspects),

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from .diagnostics import DiffReport, LayerDiagnosis, VerifyReport
+    from .diagnostics.quantized import QuantizedLayer
 
 
 def _fixed(value: float, digits: int = 3, *, signed: bool = False) -> str:
@@ -309,6 +310,38 @@ def inspect_table(
         parts.append(Text("scheme: " + scheme_line(diagnosis), style="bold"))
         parts += [Text(note) for note in diagnosis.notes]
     return Group(Text(layer_heading(layer), style="bold"), *parts)
+
+
+def quantized_table(layer: QuantizedLayer) -> Group:
+    """A dynamically quantized layer: per packed weight its dtype, scale and zero point, and per gate block the
+    statistics of its dequantized values ((integer − zero point) × scale), then the float biases'."""
+    quantized = {param.dtype for param in layer.params if param.scale is not None}
+    packing = ", ".join(sorted(quantized)) + " per tensor" if quantized else "fp16 packed"
+    heading = (f"{layer.title}  (input {layer.input_size}, hidden {layer.hidden_size}, {packing}; "
+               "not rewritten by apply)")
+    params = [(param.kind, param.dtype, "" if param.scale is None else f"{param.scale:.6g}",
+               "" if param.zero_point is None else str(param.zero_point),
+               [[gate, *(_num(stats[s], s) for s in STAT_NAMES)] for gate, stats in param.blocks])
+              for param in layer.params]
+
+    def full(dense: bool) -> Table:
+        table = Table(show_edge=False, pad_edge=False, padding=(0, 0) if dense else (0, 1))
+        for column in ("parameter", "gate", "dtype", "scale", "zero point", *STAT_NAMES):
+            table.add_column(column, justify="right" if column in (*STAT_NAMES, "scale", "zero point") else "left",
+                             no_wrap=True)
+        for kind, dtype, scale, zero_point, rows in params:
+            for index, (gate, *cells) in enumerate(rows):
+                facts = [kind, gate, dtype, scale, zero_point] if index == 0 else ["", gate, "", "", ""]
+                table.add_row(*facts, *cells)
+        return table
+
+    def groups() -> list[tuple[Text, list[list[str]]]]:
+        return [(Text(" ".join(part for part in (kind, dtype, scale and f"scale {scale}",
+                                                 zero_point and f"zero point {zero_point}") if part), style="bold"),
+                 rows) for kind, dtype, scale, zero_point, rows in params]
+
+    header = [("gate", "left"), *((stat, "right") for stat in STAT_NAMES)]
+    return Group(Text(visible(heading), style="bold"), _ladder(full, header, groups, prose=None))
 
 
 def scheme_line(diagnosis: LayerDiagnosis) -> str:

@@ -45,7 +45,6 @@ from .formats.outputs import (
     refuse_non_tensors,
 )
 from .formats.tensorfile import CannotPatch, TensorFile, index_file, open_regular
-from .formats.unpickle.objects import script_objects
 from .init.onethread import wait_through_interrupts
 from .init.planning import (
     Plan,
@@ -58,6 +57,7 @@ from .init.planning import (
     set_aside_quantized,
 )
 from .layouts.discovery import Discovery, Layer, Skipped, Suspect, discover
+from .packing import describe_packed, set_aside_packed
 from .stale import model_tensors, shared_storage_warnings, stale_optimizer_warning
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from .diagnostics.quantized import QuantizedLayer
     from .layouts.declared import Declaration
 
 Source = Checkpoint | TensorFile | ModelFolder | DcpFolder
@@ -141,26 +142,7 @@ class Inspection:
     foreign_classes: list[str] = field(default_factory=list)  # objects of other classes the file holds
     quantized: list[str] = field(default_factory=list)  # quantized tensors no recurrent layer holds: "name (dtype)"
     unselected: list[str] = field(default_factory=list)  # when `only` selects no layer: the recurrent parameters
-
-
-def set_aside_packed(opened: Any, tensors: dict[str, Any]) -> tuple[dict[str, Any], tuple[Skipped, ...]]:
-    """`tensors` without those inside TorchScript objects (a quantized model's packed weights: never planned), and
-    a Skipped for each packed recurrent weight, by its name in the file."""
-    objects = script_objects(getattr(opened, "root", None))
-    if not objects:
-        return tensors, ()
-    inside = tuple(f"{path}/" for path, _ in objects)
-    kept = {name: tensor for name, tensor in tensors.items() if not name.startswith(inside)}
-    skipped = []
-    for path, record in objects:
-        # torch pickles a ScriptObject's state as (its __getstate__(), its class's qualified name)
-        fields, cls = record.state if isinstance(record.state, tuple) and len(record.state) == 2 else ((), "")
-        if isinstance(cls, str) and ".classes.rnn." in cls:
-            kind = fields[0] if isinstance(fields, tuple) and fields and isinstance(fields[0], str) else ""
-            skipped.append(Skipped((path,), f"a dynamically quantized (packed) recurrent weight "
-                                            f"({f'{kind}, ' if kind else ''}{cls}): rnninit cannot rewrite it and "
-                                            "keeps it as stored"))
-    return kept, tuple(skipped)
+    packed: list[QuantizedLayer] = field(default_factory=list)  # dynamically quantized layers, shown, never rewritten
 
 
 def _identities(opened: Any) -> dict[str, Any] | None:
@@ -191,6 +173,7 @@ def inspection_of(opened: Any, source: str, only: str | None, *, layouts: Sequen
     (read whole by `inspect_checkpoint`, left in the file by `reading.open_inspection`)."""
     shapes = opened.shape_records()
     unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
+    described, packed = describe_packed(opened, shapes, packed, only)
     kept, quantized = set_aside_quantized(unpacked, layouts=layouts, only=only)
     found = discover(kept, layouts=layouts, only=only, identities=_identities(opened))
     skipped = [*packed, *quantized, *found.skipped]
@@ -204,7 +187,7 @@ def inspection_of(opened: Any, source: str, only: str | None, *, layouts: Sequen
     return Inspection(source, opened.format, len(shapes), dict(opened.metadata), list(found.layers), tensors_of(found),
                       skipped, list(found.suspects), [view.describe for view in found.views],
                       foreign_classes=list(getattr(opened, "foreign_classes", [])), quantized=listed,
-                      unselected=unselected)
+                      unselected=unselected, packed=described)
 
 
 @dataclass

@@ -20,7 +20,8 @@ Modules, each importing only the ones above it:
 - mistakes: the warnings;
 - diagnosis: `diagnose()`;
 - verification: `verify()`;
-- comparison: `diff()`.
+- comparison: `diff()`;
+- quantized: what inspect shows of a dynamically quantized (packed) LSTM or GRU.
 """
 
 from __future__ import annotations

@@ -10,5 +10,6 @@
 - tensorfile: byte ranges of tensors in a file, and patched copies that leave every other byte alone;
 - folders: model folders (an index and its shards);
 - lazy: tensors left in their file until read: rows a piece at a time (`diff` streams two files);
+- packed: dynamically quantized LSTM/GRU records (`quantize_dynamic`) read as data;
 - dcp_metadata, dcp: torch.distributed.checkpoint folders: their `.metadata`, and patched copies.
 """

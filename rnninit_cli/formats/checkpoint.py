@@ -35,7 +35,7 @@ from .safety import (
     safetensors_header_size,
     validate_safetensors_header,
 )
-from .unpickle.arrays import array_from_bytes, tensor_array, tensor_span, view_span
+from .unpickle.arrays import array_from_bytes, integer_array, tensor_array, tensor_span, view_span
 from .unpickle.files import PickledFile, named_tensors, read_file
 from .unpickle.objects import is_tensor, optimizer_state_paths, refuse_broadcast, walk
 from .unpickle.records import Builders, QTensorRef, TensorRef, foreign_classes
@@ -288,6 +288,7 @@ class ArrayCheckpoint:
     root: Any = None  # .pt: the object graph with tensor records in place of tensors
     torchscript: bool = False
     legacy: bool = False
+    integer_reader: Callable[[str], Any] | None = None  # .pt: name → a quantized tensor's stored integers
 
     @property
     def foreign_classes(self) -> list[str]:
@@ -302,6 +303,12 @@ class ArrayCheckpoint:
 
     def arrays(self, names: Iterable[str]) -> dict[str, Any]:
         return {name: self.reader(name) for name in names}
+
+    def integers(self, names: Iterable[str]) -> dict[str, Any]:
+        """The stored integers (`int_repr()`) of the named quantized tensors (a .pt file's only)."""
+        if self.integer_reader is None:
+            raise CheckpointError(f"{self.source}: holds no quantized tensors")
+        return {name: self.integer_reader(name) for name in names}
 
 
 def read_checkpoint(source: str | Path, data: bytes | None = None) -> ArrayCheckpoint:
@@ -340,9 +347,16 @@ def read_checkpoint(source: str | Path, data: bytes | None = None) -> ArrayCheck
         except CheckpointError as error:  # a dtype numpy cannot read (bits8, float4_e2m1fn_x2...): say which
             raise CheckpointError(f"{name}: {key}: {error}") from None
 
+    def pt_integers(key: str) -> Any:
+        ref = refs[key]
+        first, stop = tensor_span(ref)
+        raw = pickled.storage_bytes[ref.storage.key][first * ref.itemsize:stop * ref.itemsize]  # checked above
+        return integer_array(raw, ref.dtype, ref.shape, ref.stride)
+
     records = {key: TensorShape(ref.shape, ref.dtype) for key, ref in refs.items()}
     return ArrayCheckpoint("pt", records, pt_array, _read_pt_metadata(data, name), name, pickled.root,
-                           torchscript=pickled.kind == "torchscript", legacy=pickled.kind == "legacy")
+                           torchscript=pickled.kind == "torchscript", legacy=pickled.kind == "legacy",
+                           integer_reader=pt_integers)
 
 
 SAFETENSORS_DTYPES = {  # torch dtype name → safetensors dtype code

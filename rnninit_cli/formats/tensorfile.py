@@ -46,7 +46,7 @@ from .safety import (
     safetensors_header_size,
     validate_safetensors_header,
 )
-from .unpickle.arrays import array_from_bytes, is_contiguous, view_span
+from .unpickle.arrays import array_from_bytes, integer_array, is_contiguous, view_span
 from .unpickle.machine import storage_from_id, unpickle
 from .unpickle.objects import is_tensor, optimizer_state_paths, refuse_broadcast, walk
 from .unpickle.records import DTYPES, QUANTIZED_DTYPES, Builders, QTensorRef, TensorRef
@@ -179,6 +179,14 @@ class TensorFile:
                 result[name] = array_from_bytes(raw, loc.dtype_name, loc.shape, loc.stride)  # `raw` starts at offset
             except CheckpointError as error:  # a dtype numpy cannot read (bits8, float4_e2m1fn_x2...): say which
                 raise CheckpointError(f"{self.path}: {name}: {error}") from None
+        return result
+
+    def integers(self, names: Iterable[str]) -> dict[str, Any]:
+        """The stored integers (`int_repr()`) of the named quantized tensors, read from their byte ranges."""
+        result = {}
+        for name in names:
+            loc, raw = self._read_tensor_bytes(name)
+            result[name] = integer_array(raw, loc.dtype_name, loc.shape, loc.stride)
         return result
 
     def _read_tensor_bytes(self, name: str) -> tuple[Location, bytes]:

@@ -43,9 +43,31 @@ def stored_array(raw: bytes | bytearray | memoryview, dtype: str, shape: tuple[i
                  stride: tuple[int, ...]) -> Any:
     """A numpy array (of `storage_dtype`) of `shape`/`stride` (in elements) over `raw`, which starts at the tensor's
     first element."""
+    return _laid_out(raw, storage_dtype(dtype), shape, stride)
+
+
+
+# the integers a quantized tensor stores (torch's `int_repr()`), by its dtype; quint4x2 and quint2x4 (several values
+# a byte) are never read
+QUANTIZED_INTEGERS = {"qint8": "i1", "quint8": "u1", "qint32": "<i4"}
+
+
+
+def integer_array(raw: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...],
+                  stride: tuple[int, ...]) -> Any:
+    """The stored integers of a quantized tensor (what torch's `int_repr()` gives) of `shape`/`stride` over `raw`,
+    as `stored_array` lays them out; the values are (integer − zero point) × scale."""
     import numpy as np
 
-    kind = storage_dtype(dtype)
+    if dtype not in QUANTIZED_INTEGERS:
+        raise CheckpointError(f"dtype {dtype} stores no integers rnninit reads")
+    return _laid_out(raw, np.dtype(QUANTIZED_INTEGERS[dtype]), shape, stride)
+
+
+
+def _laid_out(raw: bytes | bytearray | memoryview, kind: Any, shape: tuple[int, ...], stride: tuple[int, ...]) -> Any:
+    import numpy as np
+
     if 0 in shape:
         return np.empty(shape, dtype=kind)
     flat = np.frombuffer(raw, dtype=kind)
