@@ -181,7 +181,8 @@ def diff_document(a: str, b: str, report: DiffReport, skipped: Iterable[tuple[st
 def schemes_document(schemes: Iterable[Any]) -> list[dict[str, Any]]:
     """The `schemes --json` document (schema: `schemas/schemes.json`): one object per registered scheme."""
     return [{"name": s.name, "signature": s.signature, "description": s.description, "rules": list(s.rules),
-             "params": dict(s.params), "reference": s.reference, "cells": sorted(s.cells)} for s in schemes]
+             "params": dict(s.params), "reference": s.reference, "cells": sorted(s.cells),
+             "families": sorted(s.families)} for s in schemes]
 
 
 SCHEMA_NAMES = ("inspect", "apply", "new", "verify", "diff", "schemes", "error")
