@@ -134,7 +134,7 @@ def _trim(lines: list[str], *, rows: int | None, keep: str | None, head: int | N
     return kept
 
 
-INSTALL = "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e '.[test]'"
+INSTALL = "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt torch==2.13.0 -e '.[test]'"
 MAKE_FILES = ".venv/bin/python examples/make_readme_files.py"
 
 

@@ -55,7 +55,7 @@ def test_the_sdist_carries_what_its_tests_read(sdist_names: set[str]) -> None:
     """Every tracked file of tests/, examples/ and benchmarks/ (the tests read examples/ and the study code)."""
     missing = tracked_files("tests", "examples", "benchmarks", "rnninit_cli") - sdist_names
     assert not missing, sorted(missing)[:20]
-    assert {"LICENSE", "README.md", "pyproject.toml", "rnninit_cli/py.typed"} <= sdist_names
+    assert {"LICENSE", "README.md", "pyproject.toml", "constraints.txt", "rnninit_cli/py.typed"} <= sdist_names
 
 
 def test_the_sdist_leaves_out_generated_files(sdist_names: set[str]) -> None:
