@@ -13,6 +13,8 @@
 - keras-gru.pt: a GRU ported from Keras as it stores it: `kernel` (in, 3h), `recurrent_kernel` (h, 3h), gate
   order z, r, h, and one bias (2, 3h), declared by examples/layouts.toml.
 - weight-norm.pt: a 2-layer LSTM with `torch.nn.utils.parametrizations.weight_norm` on both recurrent weights.
+- xlstm.pt: a 3-block xLSTM stack (mLSTM, sLSTM, mLSTM; 2 heads) built by the `xlstm` package itself, whose
+  sLSTM forget bias was then rewritten as if its layer stood alone (the power law of block 0 of 1, not 1 of 3).
 
 examples/out/ is emptied first, so that the README's commands can be followed again from the start
 (they write their outputs there too, and refuse to replace an existing file without --force).
@@ -51,6 +53,32 @@ class Predictor(torch.nn.Module):
         self.lstm_layers = torch.nn.ModuleList([CustomLSTM(16, 32), CustomLSTM(32, 32)])
 
 
+def _xlstm_stack() -> dict[str, torch.Tensor]:
+    """xlstm's own 3-block stack, with block 1's sLSTM forget bias made by a standalone sLSTM cell."""
+    import warnings
+
+    warnings.filterwarnings("ignore")  # xlstm reports which kernels it can build
+    from xlstm import (
+        mLSTMBlockConfig,
+        mLSTMLayerConfig,
+        sLSTMBlockConfig,
+        sLSTMLayerConfig,
+        xLSTMBlockStack,
+        xLSTMBlockStackConfig,
+    )
+    from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
+
+    torch.manual_seed(0)
+    config = xLSTMBlockStackConfig(
+        mlstm_block=mLSTMBlockConfig(mlstm=mLSTMLayerConfig(conv1d_kernel_size=4, qkv_proj_blocksize=4, num_heads=2)),
+        slstm_block=sLSTMBlockConfig(slstm=sLSTMLayerConfig(backend="vanilla", num_heads=2, conv1d_kernel_size=4)),
+        context_length=16, num_blocks=3, embedding_dim=16, slstm_at=[1])
+    state = xLSTMBlockStack(config).state_dict()
+    alone = sLSTMCell(sLSTMCellConfig(hidden_size=16, num_heads=2, backend="vanilla"))  # block 0 of 1
+    state["blocks.1.xlstm.slstm_cell._bias_"] = alone._bias_.detach().clone()
+    return state
+
+
 def main(out: Path = OUT) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -81,6 +109,8 @@ def main(out: Path = OUT) -> None:
     for name in ("weight_hh_l0", "weight_hh_l1"):
         torch.nn.utils.parametrizations.weight_norm(weight_norm, name)
     torch.save(weight_norm.state_dict(), out / "weight-norm.pt")
+
+    torch.save(_xlstm_stack(), out / "xlstm.pt")
 
     print(f"wrote {', '.join(sorted(path.name for path in out.iterdir()))} to {os.path.relpath(out)}", file=sys.stderr)
 

@@ -420,9 +420,10 @@ def check_chrono(values: Any, tmax: float, negate: bool = False, u: float = 0.0,
     return Verdict(verdict.ok, verdict.decided, f"exp({sign}b): {verdict.detail}")
 
 
-def check_values(values: Any, expected: np.ndarray, u: float = 0.0, what: str = "") -> Verdict:
+def check_values(values: Any, expected: np.ndarray, u: float = 0.0, what: str = "", magnitude: float = 1.0
+                 ) -> Verdict:
     """Each value equals its expected one (a deterministic init) up to one rounding of the stored dtype and float32's
-    own: |x − e| ≤ 2·max(u, 2⁻²³)·max(1, |e|)."""
+    own in terms as large as `magnitude`: |x − e| ≤ 2·max(u, 2⁻²³)·max(magnitude, |e|)."""
     if (bad := _nonfinite(values)) is not None:
         return bad
     x, e = _values(values), np.asarray(expected, dtype=np.float64).reshape(-1)
@@ -430,7 +431,7 @@ def check_values(values: Any, expected: np.ndarray, u: float = 0.0, what: str = 
         return Verdict(False, True, f"{x.size} values where {e.size} were expected")
     if x.size == 0:
         return Verdict(True, True, "empty")
-    error = np.abs(x - e) / np.maximum(1.0, np.abs(e))
+    error = np.abs(x - e) / np.maximum(max(1.0, magnitude), np.abs(e))
     worst = int(np.argmax(error))
     if float(error[worst]) > 2 * max(u, 2.0**-23):
         return Verdict(False, True, f"value {worst} is {_fmt(float(x[worst]))}, expected {_fmt(float(e[worst]))}"

@@ -158,12 +158,13 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
         return check_normal(block, 0.0, math.sqrt(float(args["scale"]) / _scope(entry, cache).fan_in), u,
                             summary=summary, alpha=alpha)
     if init == "linspace":
-        return check_values(block, linspace_values(float(args["start"]), float(args["end"]), block.shape[0]), u,
-                            f"linspace({_fmt(float(args['start']))}, {_fmt(float(args['end']))})")
+        start, end = float(args["start"]), float(args["end"])
+        return check_values(block, linspace_values(start, end, block.shape[0]), u,
+                            f"linspace({_fmt(start)}, {_fmt(end)})", max(abs(start), abs(end)))
     if init == "powerlaw_forget":
         expected = powerlaw_forget_values(block.shape[0], int(args["block_index"]), int(args["num_blocks"]))
         return check_values(block, expected, u, f"the power law of block {args['block_index']} of "
-                                                f"{args['num_blocks']}")
+                                                f"{args['num_blocks']}", 12.0)  # x = 5 − 12·t: terms up to 12
     if init == "rglru_radius":
         return check_radius(block, float(args["min_rad"]), float(args["max_rad"]), u, alpha=alpha)
     if init == "pytorch":

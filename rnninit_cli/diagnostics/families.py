@@ -69,11 +69,15 @@ def _named_uniform(layer: Layer, kind: str, shape: tuple[int, ...], whole_rows: 
     return _merge(named)
 
 
-def _named_normal(kind: str, shape: tuple[int, ...], whole_rows: int) -> list[tuple[float, str]]:
-    """Known normal σ: Glorot √(2/(fan_in + h)) per gate, √(2/(fan_in + G·h)) per matrix; IRNN 0.001."""
+def _named_normal(layer: Layer, kind: str, shape: tuple[int, ...], whole_rows: int) -> list[tuple[float, str]]:
+    """Known normal σ: Glorot √(2/(fan_in + h)) per gate, √(2/(fan_in + G·h)) per matrix; IRNN 0.001. Per-head
+    cells: xLSTM's small_init √(2/(5E)) and Griffin's √(0.01/fan_in) (whole-matrix fans mean nothing there)."""
     if len(shape) != 2:
         return []
     fan_in, rows = shape[1], shape[0]
+    if layer.row_blocks:
+        return _merge([(math.sqrt(2 / (5 * layer.input_size)), "xLSTM small_init"),
+                       (math.sqrt(0.01 / fan_in), "Griffin √(0.01/fan_in)")])
     if kind == "weight_hr" or rows == whole_rows:
         named = [(math.sqrt(2 / (fan_in + whole_rows)), "Glorot normal")]
     else:
@@ -152,7 +156,7 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
         lecun = math.sqrt(1 / shape[1])
         if check_truncated_normal(values, lecun / TRUNCATED_NORMAL_STD, u, summary=summary).ok:
             candidates.append(f"normal({_fmt(lecun)}) [LeCun truncated, Flax]")
-    for std, name in _named_normal(block.kind, shape, int(whole.shape[0])):
+    for std, name in _named_normal(layer, block.kind, shape, int(whole.shape[0])):
         if check_normal(values, 0.0, std, u, summary=summary).ok and normal_fit():
             candidates.append(f"normal({_fmt(std)}) [{name}]")
     # No family with parameters fitted to the values (normal(x̄, s), uniform(min, max)): after a few hundred Adam

@@ -70,7 +70,7 @@ def _slstm_notes(layer: Layer, cache: _Cache) -> list[str]:
         position = powerlaw_position(values, u)
         if position is not None:
             block_at = position * (layer.num_blocks - 1)
-            shape = (f"power law, r = {position:.2f}"
+            shape = (f"power law, r = {abs(position) if abs(position) < 0.005 else position:.2f}"
                      + (f" (block {round(block_at)} of {layer.num_blocks})"
                         if layer.num_blocks > 1 and abs(block_at - round(block_at)) < POWERLAW_TOLERANCE * 10 else ""))
         else:

@@ -279,7 +279,7 @@ def fan_in_normal(tensor: torch.Tensor, scale: float = 1.0, *, generator: torch.
 
 
 @_register(ndim=1)
-def linspace(tensor: torch.Tensor, start: float, end: float, *, generator: torch.Generator | None = None
+def linspace(tensor: torch.Tensor, start: float = 0.0, end: float = 1.0, *, generator: torch.Generator | None = None
              ) -> torch.Tensor:
     """start + (end − start)·k/(n − 1), k = 0 … n − 1, as torch.linspace in float32 (xLSTM's gate biases)."""
     import torch

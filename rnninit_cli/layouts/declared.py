@@ -46,7 +46,13 @@ Where declarations come from:
 
   (TOML literal strings, in single quotes, keep backslashes as written.)
 
+Per-head cells (xLSTM, RG-LRU) add settings: `KIND_axes` (the stored axes, see `heads`), `roles`, `partial`,
+`radius`, `family` and `block`; the README's "Modern recurrences" describes them.
+
 Only names are matched here; shapes are checked where the declared cells become layers.
+
+Longer than 600 lines because the built-in layouts are declarations written in this module's own settings and
+checked by its own validation, and `parse_layout` resolves their names: split, the modules would import each other.
 """
 
 from __future__ import annotations

@@ -141,9 +141,10 @@ def _trivial(pieces: Sequence[HeadPiece]) -> bool:
     """One stored tensor already in the effective layout (rows gate-major, [out, in]): it needs no view."""
     if len(pieces) != 1:
         return False
-    factors = [factor for axis in pieces[0].axes for factor in axis if pieces[0].size(factor) > 1 or factor == "out"]
-    order = [factor for factor in ("gate", "head", "out", "in") if factor in factors]
-    return factors == order and pieces[0].axes[-1] in (("in",), ("out",), ("gate", "out"))
+    piece = pieces[0]
+    effective = (piece.rows,) if piece.vector else (piece.rows, piece.size("in"))
+    factors = [factor for axis in piece.axes for factor in axis if piece.size(factor) > 1]
+    return piece.stored_shape == effective and factors == [f for f in ("gate", "head", "out", "in") if f in factors]
 
 
 def _build(cell: DeclaredCell, shapes: Mapping[str, tuple[int, ...]], form: int) -> tuple[Layer, list[HeadView]]:

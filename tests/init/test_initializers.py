@@ -18,6 +18,8 @@ REQUIRED_ARGS: dict[str, dict[str, Any]] = {
     "constant": {"value": 0.5},
     "chrono": {"tmax": 10.0},
     "pytorch": {"hidden_size": 8},
+    "small_init": {"input_size": 8},
+    "powerlaw_forget": {"block_index": 1, "num_blocks": 3},
 }
 ROUNDING = 1 + 1e-6  # float32 rounding of a float64 bound: values may sit one ulp outside it
 RANDOM_INITIALIZERS = [
@@ -55,7 +57,7 @@ def fill(
 
 
 def shape_for(name: str) -> tuple[int, ...]:
-    return (9,) if name == "chrono" else (9, 6)
+    return (9,) if INITIALIZERS[name].ndim == 1 else (9, 6)
 
 
 def assert_uniform(values: torch.Tensor, low: float, high: float) -> None:
