@@ -938,9 +938,10 @@ def schemes(as_json: JsonOption = False) -> None:
         from .report import schemes_table
 
         _show(schemes_table(SCHEMES.values()))
+        # wrapped at words on a terminal; one line elsewhere
         answer.print("Rules: TARGET=INIT, TARGET = weight_ih | weight_hh | weight_hr | bias_ih | "
                       "bias_hh | radius | weight | bias, optionally .GATE (LSTM i f g o, GRU r z n) and "
-                      "@FAMILY (slstm, mlstm, rglru, hf-mlstm). Later rules win.", markup=False)  # wrapped at words on a terminal; one line elsewhere
+                      "@FAMILY (slstm, mlstm, rglru, hf-mlstm). Later rules win.", markup=False)
 
 
 _RETRY_S = 0.02  # how soon a signal that arrived during an import is delivered again

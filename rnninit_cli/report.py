@@ -49,6 +49,8 @@ def layer_heading(layer: Layer) -> str:
 
 
 def _sizes(layer: Layer) -> str:
+    if layer.row_blocks:  # a per-head cell: its title gives the heads; its gate rows per gate are not a hidden size
+        return f"input {layer.input_size}, {'bias' if layer.bias else 'no bias'}"
     sizes = f"input {layer.input_size}, hidden {layer.hidden_size}"
     if layer.proj_size:
         sizes += f", proj {layer.proj_size}"
@@ -359,11 +361,17 @@ def scheme_line(diagnosis: LayerDiagnosis) -> str:
     return line
 
 
+def _gate_label(gate: str | None, head: int | None) -> str:
+    """`f`, `f.h1` (head 1 of a per-head cell), `-` (no gates)."""
+    return (gate or "-") + (f".h{head}" if head is not None else "")
+
+
 def verify_table(report: VerifyReport, limit: int | None = None) -> _Fitted:
     """The failing blocks (the first `limit`): what the scheme would draw, what was found, and the numbers that
     decided. Where a row does not fit on one line, each parameter's name gets a line and each block three rows:
     expected, found, why."""
-    rows = [(shown(block.name), block.gate or "-", f"{block.start}:{block.stop}", shown(block.expected),
+    rows = [(shown(block.name), _gate_label(block.gate, block.head), f"{block.start}:{block.stop}",
+             shown(block.expected),
              shown(block.found), shown(block.detail)) for block in report.failures[:limit]]
 
     def full(dense: bool) -> Table:
@@ -400,7 +408,7 @@ def diff_table(report: DiffReport, limit: int | None = None) -> _Fitted:
     rows = []
     for block in report.changed_blocks[:limit]:
         before, after = block.before, block.after
-        rows.append((shown(block.name), block.gate or "-", f"{block.changed_count}/{before['count']}",
+        rows.append((shown(block.name), _gate_label(block.gate, block.head), f"{block.changed_count}/{before['count']}",
                      f"{block.max_abs_delta:.3g}", f"{_num(before['mean'])} → {_num(after['mean'])}",
                      f"{_num(before['std'], 'std')} → {_num(after['std'], 'std')}"))
 

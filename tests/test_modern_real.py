@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import modern_models as mm
 import pytest
 import torch
 
-import modern_models as mm
 from rnninit_cli import discover, init_
 
 pytest.importorskip("xlstm")
@@ -169,3 +169,16 @@ def test_python_api_on_the_library_module() -> None:
     forget = model.blocks[1].xlstm.slstm_cell._bias_.detach().reshape(4, 2, 8)[1]  # vanilla: [gate][head][dim]
     assert torch.equal(forget[0], forget[1]) and float(forget[0, 0]) == 5.0 and float(forget[0, -1]) == -7.0
     assert not model.blocks[1].xlstm.slstm_cell._recurrent_kernel_.any()
+
+
+def test_heads_of_one_gate_get_their_own_draws(tmp_path: Path) -> None:
+    """Each (gate, head) block has its own generator: heads never repeat each other's values."""
+    state, info = mm.xlstm_stack(num_blocks=1, slstm_at=(0,), heads=4, embedding_dim=16)
+    gemma, gemma_info = mm.recurrent_gemma(heads=4, lru_width=32, hidden_size=32)
+    for tensors, scheme in ((state, "xlstm"), (gemma, "griffin")):
+        init_(tensors, scheme, seed=0)
+    for key in (*info.blocks[0].gate_keys.values(), *gemma_info.of_kind("rglru")[0].gate_keys.values()):
+        tensor = (state | gemma)[key]
+        if tensor.dim() == 3 and tensor.any():
+            heads = [tensor[h].flatten() for h in range(tensor.shape[0])]
+            assert all(not torch.equal(a, b) for i, a in enumerate(heads) for b in heads[i + 1:]), key

@@ -17,6 +17,7 @@ Modules, each importing only the ones above it:
 - recognition: which schemes a layer matches;
 - blocks: per-block and per-matrix statistics;
 - layer_diagnosis: what a diagnosis found for one layer;
+- recurrences: what a per-head cell's biases and recurrence mean (notes), and its mistakes;
 - mistakes: the warnings;
 - diagnosis: `diagnose()`;
 - verification: `verify()`;

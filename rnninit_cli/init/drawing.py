@@ -85,7 +85,8 @@ def _draw_scope(entry: Any, tensor: torch.Tensor, seed: int, into: torch.Tensor 
 
     spec = get_initializer(entry.initializer)
     whole = entry.per == "matrix"
-    stream = spec.stream or ("matrix" if whole else (entry.gate or "block"))
+    # a block's own stream: its gate, and its head in a per-head cell (heads of one gate must differ)
+    stream = spec.stream or ("matrix" if whole else entry.label if entry.head is not None else (entry.gate or "block"))
     shape = tuple(tensor.shape) if whole else (entry.stop - entry.start, *tensor.shape[1:])
     compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     values = torch.empty(shape, dtype=compute) if into is None else into

@@ -136,7 +136,14 @@ def discover(
             names = [name for pieces in cell.pieces.values() for name, _ in pieces]
             claimed.update(names)
             if wanted(names):
-                layer, cell_views = _declared_layer(cell, shapes)
+                try:
+                    layer, cell_views = _declared_layer(cell, shapes)
+                except LayoutDeclarationError as error:
+                    if not cell.declaration.automatic:
+                        raise  # asked for: the user must hear that it does not fit
+                    skipped.append(Skipped(tuple(names), f"named like the built-in layout {cell.declaration.name}, "
+                                           f"but its shapes do not fit it: {error}"))
+                    continue
                 layers.append((min(position[name] for name in names), layer))
                 views.extend(cell_views)
 

@@ -32,7 +32,8 @@ block = '(?:^|\.)stack\.(\d+)\.(?:[^.]*\.)?\Z'
 
 def _cell(prefix: str, heads: int = 2, width: int = 3, *, transposed_kernel: bool = False) -> dict[str, torch.Tensor]:
     kernel = (heads, width, 2 * width) if transposed_kernel else (heads, 2 * width, width)
-    return {f"{prefix}alpha_proj": torch.randn(heads, width, width), f"{prefix}beta_proj": torch.randn(heads, width, width),
+    return {f"{prefix}alpha_proj": torch.randn(heads, width, width),
+            f"{prefix}beta_proj": torch.randn(heads, width, width),
             f"{prefix}kernel": torch.randn(kernel), f"{prefix}alpha_bias": torch.randn(heads * width),
             f"{prefix}decay": torch.randn(heads * width), f"{prefix}norm.weight": torch.ones(heads * width)}
 
@@ -52,7 +53,8 @@ def test_declared_cell_is_found_with_heads_roles_partial_gates_and_stack_positio
     assert (first.family, first.heads, first.head_size, first.input_size) == ("mycell", 2, 3, 6)
     assert (first.block_index, first.num_blocks, last.block_index, last.num_blocks) == (0, 4, 3, 4)
     assert [(b.gate, b.head) for b in first.blocks("weight_ih")] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
-    assert [(b.gate, b.head, b.stop) for b in first.blocks("bias_ih")] == [("a", None, 6)]  # no beta bias (partial); no axes: one block
+    # no beta bias (partial), and no axes declared for it: one block
+    assert [(b.gate, b.head, b.stop) for b in first.blocks("bias_ih")] == [("a", None, 6)]
     assert [(b.start, b.stop) for b in first.blocks("radius")] == [(0, 6)]
     effective = found.effective(tensors)
     for layer, prefix in ((first, "net.stack.0.cell."), (last, "net.stack.3.cell.")):

@@ -269,6 +269,14 @@ def corpus() -> list[str]:
               "dec.0.x2g.weight", "dec.0.p2g.weight", "enc.0.i2h.weight", "enc.0.h2h.weight", "cells.1.Wi.weight",
               "cells.1.Ui.weight", "a.i2h.weight.bias", "", ".", "x", LONG, "weight_hh_l0_reverse", "Decoder.GRU.x",
               "decoder", "layer.10.weight_hh_l10", "a b\tc", "ü.weight_ih_l0", "0.1.2"]
+    for k in range(2):  # the per-head built-ins' names (tests/modern_models.py builds them with the libraries)
+        names += [f"blocks.{k}.xlstm.{g}gate.weight" for g in "ifzo"]
+        names += [f"blocks.{k}.xlstm.slstm_cell._recurrent_kernel_", f"blocks.{k}.xlstm.slstm_cell._bias_"]
+        names += [f"blocks.{k}.xlstm.mlstm_cell.{g}gate.{p}" for g in "if" for p in ("weight", "bias")]
+        names += [f"model.layers.{k}.temporal_block.rg_lru.{n}" for n in (
+            "recurrent_param", "input_gate_weight", "input_gate_bias", "recurrent_gate_weight", "recurrent_gate_bias")]
+        names += [f"backbone.blocks.{k}.mlstm_layer.{g}gate_preact.weight" for g in "ifo"]
+        names += [f"backbone.blocks.{k}.mlstm_layer.{g}gate_preact.bias" for g in "if"]
     return list(dict.fromkeys(names))
 
 
