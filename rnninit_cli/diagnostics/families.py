@@ -25,6 +25,7 @@ from .checks import (
 )
 from .formatting import _fmt
 from .orthogonality import orthogonality_decidable
+from .recurrences import powerlaw_position
 from .stats import as_float64, quiet_floats
 
 UNDETERMINED = "undetermined"
@@ -130,6 +131,14 @@ def _classify(layer: Layer, block: Block, cache: _Cache) -> Family:
                                                 else f" (gain {_fmt(entire)})")
             first_place = own is None or math.isclose(own, entire, rel_tol=tolerance)
             exact.insert(0 if first_place else len(exact), matrix)
+    if values.ndim == 1 and n >= 3:  # deterministic vectors: xLSTM's power-law forget bias, linspace biases
+        flat = as_float64(values).reshape(-1)
+        position = powerlaw_position(flat, u)
+        if position is not None:
+            exact.append(f"xLSTM power law (r = {abs(position) if abs(position) < 0.005 else position:.2f})")
+        steps = np.diff(flat)
+        if float(np.abs(steps - steps.mean()).max()) <= 4 * max(u, 2.0**-23) * max(1.0, float(np.abs(flat).max())):
+            exact.append(f"linspace({_fmt(float(flat[0]))}, {_fmt(float(flat[-1]))})")
     if exact:
         return Family(exact[0], tuple(exact), True)
     if n < MIN_SAMPLES:
