@@ -287,6 +287,10 @@ def _gate_as_spelled(rule: Rule, selected: Sequence[tuple[Layer, Sequence[str]]]
 
 def _hits_nothing(rule: Rule, selected: Sequence[tuple[Layer, Sequence[str]]]) -> str:
     """Why a rule hits no selected block: no such parameter, or no such gate (with the closest gate)."""
+    families = sorted({layer.family for layer, _ in selected if layer.family})
+    if rule.family is not None and rule.family not in families:
+        return (f"rule {rule} hits no block: no selected layer is of family {rule.family} ("
+                + (f"theirs: {', '.join(families)}" if families else "they name no family") + ")")
     kinds = sorted({kind for _, layer_kinds in selected for kind in layer_kinds})
     if not set(rule.kinds) & set(kinds):
         return f"rule {rule} hits no block: no selected layer has {rule.target}; they have {', '.join(kinds)}"

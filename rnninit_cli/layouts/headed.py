@@ -65,6 +65,9 @@ def _pieces(found: Sequence[_Found], shapes: Mapping[str, tuple[int, ...]], head
         if sizes is None:
             raise _NoFit(f"{item.source} has shape {list(shape)}, which is not [{axes_text(item.axes)}] with "
                          f"{len(item.gates)} gate(s) and {heads} head(s)")
+        if empty := [factor for factor, size in sizes.items() if size == 0]:
+            raise _NoFit(f"{item.source} has shape {list(shape)}: its {', '.join(empty)} size is 0, and a gate "
+                         "block needs at least one row and one column")
         pieces.append(HeadPiece(item.source, item.gates, item.axes,
                                 tuple((factor, sizes.get(factor, 1)) for factor in ("gate", "head", "out", "in"))))
     return pieces

@@ -507,6 +507,17 @@ def test_rule_hitting_nothing_lists_the_blocks() -> None:
     assert "bias_ih.z" in message
 
 
+@pytest.mark.parametrize("rule", ["bias_ih.f@foo=ones", "bias_ih.f@slstm=ones"])
+def test_rule_for_a_family_no_layer_has_says_so(rule: str) -> None:
+    """The gate exists (LSTM's f): the family is what matches nothing, and the message must say that, not suggest
+    the very gate the rule names."""
+    with pytest.raises(RuleError) as caught:
+        rnninit_cli.init_(nn.LSTM(3, 4), "keras", rules=[rule], seed=0)
+    message = str(caught.value)
+    assert f"family {rule.split('@')[1].split('=')[0]}" in message
+    assert "did you mean" not in message
+
+
 def test_weight_hr_rule_on_a_model_without_projection_hits_nothing() -> None:
     with pytest.raises(RuleError, match="weight_hr"):
         rnninit_cli.init_(nn.LSTM(3, 4), "keras", rules=["weight_hr=zeros"], seed=0)
