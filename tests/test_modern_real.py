@@ -6,6 +6,7 @@ on generic re-inits, the mistake detector names the libraries' own pitfalls, cla
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import modern_models as mm
@@ -182,3 +183,23 @@ def test_heads_of_one_gate_get_their_own_draws(tmp_path: Path) -> None:
         if tensor.dim() == 3 and tensor.any():
             heads = [tensor[h].flatten() for h in range(tensor.shape[0])]
             assert all(not torch.equal(a, b) for i, a in enumerate(heads) for b in heads[i + 1:]), key
+
+
+def test_verify_pools_the_heads_of_one_rule() -> None:
+    """small_init drawn with the head width DH instead of E (σ √2 too large): one 8×8 head block often passes on its
+    own (11 of 30 seeds before pooling), the 8 head blocks of the rule together never do; fresh files still pass."""
+    from rnninit_cli.diagnostics.verification import verify
+
+    def consistent(tensors: dict[str, torch.Tensor]) -> bool:
+        found = discover(tensors)
+        return verify(found.effective(tensors), "xlstm", layers=found.layers).ok
+
+    for seed in range(8):
+        state, info = mm.xlstm_stack(num_blocks=1, slstm_at=(0,), heads=2, embedding_dim=16, seed=seed)
+        assert consistent(state)
+        generator = torch.Generator().manual_seed(seed)
+        wrong = dict(state)
+        for key in info.blocks[0].gate_keys.values():
+            if key.endswith("gate.weight"):
+                wrong[key] = torch.randn(wrong[key].shape, generator=generator) * math.sqrt(2 / (5 * 8))
+        assert not consistent(wrong), seed

@@ -249,6 +249,44 @@ def _check_chrono_entry(entry: PlanEntry, block: np.ndarray, u: float, cache: _C
     return verdict
 
 
+_POOLED = ("small_init", "fan_in_normal", "normal", "uniform", "pytorch")
+
+
+def pooled_groups(entries: Sequence[PlanEntry]) -> list[list[int]]:
+    """Positions of the per-head blocks one rule drew with the same arguments in one parameter (two or more): small
+    heads test weakly one by one (64 values cannot tell a σ √2 too large), their union tests well."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, entry in enumerate(entries):
+        if entry.head is not None and entry.per == "gate" and entry.initializer in _POOLED:
+            key = (entry.name, entry.rule, entry.initializer, entry.args, entry.stop - entry.start)
+            groups.setdefault(key, []).append(index)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+@quiet_floats
+def check_pooled(group: Sequence[PlanEntry], cache: _Cache, alpha: float = ALPHA) -> Verdict:
+    """The blocks of a pooled group (see `pooled_groups`) as one i.i.d. sample of their initializer."""
+    first = group[0]
+    args = dict(first.args)
+    values = np.concatenate([as_float64(cache.block(e.name, e.start, e.stop)).reshape(-1) for e in group])
+    u = cache.u(first.name)
+    if first.initializer in ("uniform", "pytorch"):
+        low, high = ((float(args["a"]), float(args["b"])) if first.initializer == "uniform"
+                     else (-1 / math.sqrt(int(args["hidden_size"])), 1 / math.sqrt(int(args["hidden_size"]))))
+        verdict = check_uniform(values, low, high, u, alpha=alpha)
+    else:
+        if first.initializer == "small_init":
+            mean, std = 0.0, math.sqrt(2 / (5 * int(args["input_size"])))
+        elif first.initializer == "fan_in_normal":
+            mean, std = 0.0, math.sqrt(float(args["scale"]) / _scope(first, cache).fan_in)
+        else:
+            mean, std = float(args["mean"]), float(args["std"])
+        verdict = check_normal(values, mean, std, u, alpha=alpha)
+    if verdict.ok:
+        return verdict
+    return Verdict(False, True, f"its {len(group)} head blocks of {first.rule} pooled: {verdict.detail}")
+
+
 def _groups(entries: Sequence[PlanEntry]) -> tuple[dict[int, list[PlanEntry]], dict[int, list[PlanEntry]]]:
     """Per entry: the entries drawn as one matrix with it (same parameter and rule, per matrix), and its chrono
     peers (chrono entries of the same parameter and tmax)."""

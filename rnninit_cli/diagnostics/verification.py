@@ -14,7 +14,7 @@ from ..init.schemes import Rule, Scheme
 from ..layouts.discovery import Layer
 from .cache import _Cache
 from .checks import ALPHA, FILE_ALPHA, bonferroni_level
-from .entry_checks import _check_all
+from .entry_checks import _check_all, check_pooled, pooled_groups
 from .families import _classify
 from .progress import OnProgress, Tally, rows_bytes
 from .stats import quiet_floats
@@ -89,7 +89,8 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
     if not 1e-100 <= alpha < 1:
         raise UsageError(f"alpha={alpha!r}: the false-alarm bound must be a probability in [1e-100, 1)")
     the_plan = plan(tensors, scheme, rules=rules, only=only, for_writing=False, layers=layers)
-    level = bonferroni_level(len(the_plan.entries), alpha)
+    pooled = pooled_groups(the_plan.entries)  # per-head blocks of one rule: also tested together
+    level = bonferroni_level(len(the_plan.entries) + len(pooled), alpha)
     cache = _Cache(tensors)
     sizes = {(entry.name, entry.start, entry.stop): rows_bytes(tensors[entry.name], entry.start, entry.stop)
              for entry in the_plan.entries}
@@ -97,8 +98,15 @@ def verify(tensors: Mapping[str, Any], scheme: str | Scheme, *, rules: Iterable[
     cache.prefetch(sizes, on_summary=lambda key: tally.add(sizes[key]))
     tally.reach(sum(sizes.values()))  # summaries not computed ahead are computed with the checks
     layer_of = {name: layer for layer in the_plan.layers for name in layer.params.values()}
+    verdicts = list(_check_all(the_plan.entries, cache, level))
+    for group in pooled:
+        if all(verdicts[index].ok for index in group):
+            together = check_pooled([the_plan.entries[index] for index in group], cache, level)
+            if not together.ok:
+                for index in group:
+                    verdicts[index] = together
     blocks = []
-    for entry, verdict in zip(the_plan.entries, _check_all(the_plan.entries, cache, level), strict=True):
+    for entry, verdict in zip(the_plan.entries, verdicts, strict=True):
         tally.add(sizes[(entry.name, entry.start, entry.stop)])
         status = "fail" if not verdict.ok else ("ok" if verdict.decided else "weak")
         detail = verdict.detail
