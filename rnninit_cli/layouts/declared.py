@@ -473,7 +473,7 @@ def parse_layout(text: str, where: str) -> list[Declaration]:
             hint = suggestion(stripped, BUILTIN_LAYOUTS) or f": the built-in layouts are {', '.join(BUILTIN_LAYOUTS)}"
             raise _fail(where, f"no built-in layout named {stripped!r}{hint} (or declare one, e.g. cell=lstm "
                         "weight_ih=REGEX weight_hh=REGEX)")
-        return [replace(BUILTIN_LAYOUTS[name], source=where)]
+        return [replace(BUILTIN_LAYOUTS[name], source=where, automatic=False)]  # asked for: shapes that misfit fail
     return [_declaration(_split_inline(stripped, where), where, where)]
 
 

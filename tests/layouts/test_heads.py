@@ -104,6 +104,7 @@ def test_view_composes_pieces_in_gate_order_and_decomposes_to_the_stored_dtypes(
 
 def test_a_per_head_cell_with_an_empty_axis_is_refused_by_name() -> None:
     """sLSTM tensors of head width 0 (and of 0 heads) are no cell: refused with the reason, not drawn into."""
+    from rnninit_cli.layouts.declared import parse_layout
     from rnninit_cli.layouts.discovery import discover
 
     for heads, width in ((2, 0), (0, 8)):
@@ -111,5 +112,8 @@ def test_a_per_head_cell_with_an_empty_axis_is_refused_by_name() -> None:
         tensors = {f"{prefix}{g}gate.weight": torch.zeros(heads, width, width) for g in "ifzo"}
         tensors[f"{prefix}slstm_cell._recurrent_kernel_"] = torch.zeros(heads, 4 * width, width)
         tensors[f"{prefix}slstm_cell._bias_"] = torch.zeros(4 * heads * width)
-        with pytest.raises(LayoutDeclarationError, match="size is 0" if width == 0 else "shape"):
-            discover(tensors)
+        reason = "size is 0" if width == 0 else "shape"
+        found = discover(tensors)  # found without being asked for: skipped, with the reason
+        assert not found.layers and len(found.skipped) == 1 and reason in found.skipped[0].reason
+        with pytest.raises(LayoutDeclarationError, match=reason):  # asked for: refused
+            discover(tensors, layouts=parse_layout("xlstm-slstm", "--layout 1"))
