@@ -643,6 +643,7 @@ def inspect(
             layer_kind,
             layer_runs,
             provenance,
+            quantized_count,
             quantized_table,
             scheme_line,
         )
@@ -677,7 +678,7 @@ def inspect(
             return
         by_layer = {} if diagnosis is None else {d.layer: d for d in diagnosis.layers}
         selected = [(layer, kinds) for layer in found.layers if (kinds := selected_kinds(layer, only))]
-        packed = f", {len(found.packed)} quantized layer(s) (shown, not rewritten)" if found.packed else ""
+        packed = f", {quantized_count(found.packed)}" if found.packed else ""
         answer.print(f"{visible(input)}: {found.format}, {found.tensor_count} tensor(s), "
                      f"{len(selected)} recurrent layer(s){packed}", markup=False, soft_wrap=True)
         recorded = provenance(found.metadata)
@@ -705,7 +706,7 @@ def inspect(
             for line in layer_runs(rest, lambda layer: f"{layer_kind(layer)}: " + (
                     scheme_line(by_layer[layer]) if layer in by_layer else "not diagnosed")):
                 answer.print(line, markup=False)
-        for quantized in found.packed:  # dynamically quantized layers: read from their packed records, never rewritten
+        for quantized in found.packed:  # dynamically quantized layers: read from their packed records
             answer.print()
             _show(quantized_table(quantized))
         for line in found.views:

@@ -314,13 +314,21 @@ def inspect_table(
     return Group(Text(layer_heading(layer), style="bold"), *parts)
 
 
+def quantized_count(layers: Sequence[QuantizedLayer]) -> str:
+    """`2 quantized layer(s) (rewritten by apply)`, `(shown, not rewritten)`, or `(1 not rewritten by apply)`."""
+    kept = sum(layer.kept is not None for layer in layers)
+    fate = "rewritten by apply" if not kept else "shown, not rewritten" if kept == len(layers) else \
+        f"{kept} not rewritten by apply"
+    return f"{len(layers)} quantized layer(s) ({fate})"
+
+
 def quantized_table(layer: QuantizedLayer) -> Group:
     """A dynamically quantized layer: per packed weight its dtype, scale and zero point, and per gate block the
     statistics of its dequantized values ((integer − zero point) × scale), then the float biases'."""
     quantized = {param.dtype for param in layer.params if param.scale is not None}
     packing = ", ".join(sorted(quantized)) + " per tensor" if quantized else "fp16 packed"
-    heading = (f"{layer.title}  (input {layer.input_size}, hidden {layer.hidden_size}, {packing}; "
-               "not rewritten by apply)")
+    fate = "rewritten by apply as its float layer, packed again" if layer.kept is None else "not rewritten by apply"
+    heading = f"{layer.title}  (input {layer.input_size}, hidden {layer.hidden_size}, {packing}; {fate})"
     params = [(param.kind, param.dtype, "" if param.scale is None else f"{param.scale:.6g}",
                "" if param.zero_point is None else str(param.zero_point),
                [[gate, *(_num(stats[s], s) for s in STAT_NAMES)] for gate, stats in param.blocks])

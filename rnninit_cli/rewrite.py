@@ -57,7 +57,7 @@ from .init.planning import (
     set_aside_quantized,
 )
 from .layouts.discovery import Discovery, Layer, Skipped, Suspect, discover
-from .packing import describe_packed, set_aside_packed
+from .packing import describe_packed, packed_as_float, packed_float_values, packed_updates, repack, set_aside_packed
 from .stale import model_tensors, shared_storage_warnings, stale_optimizer_warning
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
     from .diagnostics.quantized import QuantizedLayer
     from .layouts.declared import Declaration
+    from .packing import PackedFloat
 
 Source = Checkpoint | TensorFile | ModelFolder | DcpFolder
 Folder = ModelFolder | DcpFolder
@@ -142,7 +143,7 @@ class Inspection:
     foreign_classes: list[str] = field(default_factory=list)  # objects of other classes the file holds
     quantized: list[str] = field(default_factory=list)  # quantized tensors no recurrent layer holds: "name (dtype)"
     unselected: list[str] = field(default_factory=list)  # when `only` selects no layer: the recurrent parameters
-    packed: list[QuantizedLayer] = field(default_factory=list)  # dynamically quantized layers, shown, never rewritten
+    packed: list[QuantizedLayer] = field(default_factory=list)  # dynamically quantized layers (see `packing`)
 
 
 def _identities(opened: Any) -> dict[str, Any] | None:
@@ -173,6 +174,7 @@ def inspection_of(opened: Any, source: str, only: str | None, *, layouts: Sequen
     (read whole by `inspect_checkpoint`, left in the file by `reading.open_inspection`)."""
     shapes = opened.shape_records()
     unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
+    _, packed = packed_as_float(opened, unpacked, packed)
     described, packed = describe_packed(opened, shapes, packed, only)
     kept, quantized = set_aside_quantized(unpacked, layouts=layouts, only=only)
     found = discover(kept, layouts=layouts, only=only, identities=_identities(opened))
@@ -218,11 +220,11 @@ def _plan_or_hints(opened: Source, unpacked: dict[str, Any], scheme: str, **opti
         raise
 
 
-def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any], *,
-                      dry_run: bool = False) -> tuple[list[str], list[str]]:
-    """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state."""
-    written = the_plan.written_sources
-    shared = shared_storage_warnings(opened, written)
+def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any], written: list[str], *,
+                      dry_run: bool = False, packed: PackedFloat | None = None) -> tuple[list[str], list[str]]:
+    """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state;
+    `written`: the stored tensors the plan rewrites (`packed`: those of packed records among them)."""
+    shared = shared_storage_warnings(opened, written, [cell.path for cell in packed.cells] if packed else ())
     warnings = [str(item) for item in the_plan.skipped] + shared
     codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
     stale = stale_optimizer_warning(opened, shapes, written, dry_run=dry_run)
@@ -351,18 +353,22 @@ def _rewrite(
 
     shapes = opened.shapes()
     unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
-    the_plan = _plan_or_hints(opened, unpacked, scheme, rules=rules, only=only, layouts=layouts, strict=strict,
-                              skipped=packed)
+    as_float, packed = packed_as_float(opened, unpacked, packed)
+    the_plan = _plan_or_hints(opened, {**unpacked, **as_float.shapes}, scheme, rules=rules, only=only,
+                              layouts=layouts, strict=strict, skipped=packed)
     notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
-    tensors = opened.load(the_plan.sources)
+    notes.extend(as_float.notes(the_plan.written_sources))
+    tensors = {**opened.load(as_float.stored_of(the_plan.sources)[0]),
+               **packed_float_values(opened, as_float, the_plan.sources, as_torch=True)}
     discovery = the_plan.discovery
     effective = discovery.effective(tensors)
     # the total is known from here on: a bar shows it while the old values' statistics are taken
     written_entry = _counting(the_plan.writes, effective, on_entry, None if dry_run or output is None else on_progress)
     before = capture_stats(the_plan, effective) if report_before else {}
-    written = the_plan.written_sources
+    written, packed_written = as_float.stored_of(the_plan.written_sources)
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
-    warnings, codes = _rewrite_warnings(opened, the_plan, shapes, dry_run=dry_run)
+    warnings, codes = _rewrite_warnings(opened, the_plan, shapes, [*written, *packed_written], dry_run=dry_run,
+                                        packed=as_float)
     result = RewriteResult(the_plan, effective, before, opened.format, target_format, None, warnings, notes, codes)
     if dry_run or output is None:
         result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
@@ -371,16 +377,24 @@ def _rewrite(
     the_plan = replace(the_plan, seed=draw_seed() if seed is None else seed)
     metadata = recorded_metadata(the_plan)
     updates = {name: tensors[name] for name in written}
+    repacked = packed_updates(as_float, tensors, the_plan.written_sources)
+    updates.update(repacked)
+    scales: dict[str, dict[int, bytes]] = {}  # the packed weights' new scales, in data.pkl
 
     def draw() -> None:
         result.plan = apply_plan(the_plan, tensors, on_entry=written_entry)
+        if repacked:
+            scales[as_float.pickle] = repack(as_float, tensors, repacked)
         result.tensors = discovery.effective(tensors)  # what the layers now compute with
 
     if isinstance(opened, TensorFile):
         indexed = opened
         try:
-            atomic_write(output, lambda sink: _copy_while(indexed, sink, metadata, updates, draw), expect=expect)
+            atomic_write(output, lambda sink: _copy_while(indexed, sink, metadata, updates, draw, scales),
+                         expect=expect)
         except CannotPatch:
+            if repacked:  # a whole re-save cannot write the packed records again
+                raise
             atomic_write(output, lambda sink: save_whole(Path(source), updates, metadata, sink, target_format,
                                                          tensors_only=tensors_only, data=indexed.read_all()),
                          expect=expect)
@@ -437,16 +451,22 @@ def _plan_without_torch(source: str, output: str | None, scheme: str, options: R
                 return None
         shapes = opened.shape_records()
         unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
-        the_plan = _plan_or_hints(opened, unpacked, scheme, rules=options.rules, only=options.only,
-                                  layouts=options.layouts, strict=options.strict, skipped=packed, probe=False)
+        as_float, packed = packed_as_float(opened, unpacked, packed)
+        the_plan = _plan_or_hints(opened, {**unpacked, **as_float.shapes}, scheme, rules=options.rules,
+                                  only=options.only, layouts=options.layouts, strict=options.strict, skipped=packed,
+                                  probe=False)
         notes = [f"effective parameter: {view.describe}" for view in the_plan.views]
+        notes.extend(as_float.notes(the_plan.written_sources))
         discovery = the_plan.discovery
-        tensors = discovery.effective(opened.arrays(the_plan.sources)) if options.report_before else {}
+        stored, _ = as_float.stored_of(the_plan.sources)
+        tensors = discovery.effective({**opened.arrays(stored), **packed_float_values(
+            opened, as_float, the_plan.sources, as_torch=False)}) if options.report_before else {}
         before = capture_stats(the_plan, tensors) if options.report_before else {}
-        written = the_plan.written_sources
+        written, packed_written = as_float.stored_of(the_plan.written_sources)
         strided = _strided(opened)
         refuse_overlapping(strided, [name for name in written if name in strided])
-        warnings, codes = _rewrite_warnings(opened, the_plan, shapes, dry_run=True)
+        warnings, codes = _rewrite_warnings(opened, the_plan, shapes, [*written, *packed_written], dry_run=True,
+                                            packed=as_float)
         seeded = the_plan if options.seed is None else replace(the_plan, seed=options.seed)
         return RewriteResult(seeded, tensors, before, opened.format, target_format, None, warnings, notes, codes)
     finally:
@@ -472,7 +492,7 @@ def _counting(entries: Sequence[PlanEntry], tensors: Mapping[str, Any], on_entry
 
 def _copy_while(
     opened: TensorFile, sink: BinaryIO, metadata: dict[str, str], updates: dict[str, torch.Tensor],
-    draw: Callable[[], None],
+    draw: Callable[[], None], raw: Mapping[str, Mapping[int, bytes]] | None = None,
 ) -> None:
     """Copy the input into `sink` in a second thread while `draw` computes the new values (the kernel
     copy and the initializer math overlap), then patch the new values in. The copy is flushed to the disk on its
@@ -494,7 +514,7 @@ def _copy_while(
         wait_through_interrupts(copier.join)  # the sink must not be closed under the copy, even on Ctrl-C
     if failure:
         raise failure[0]
-    opened.patch(sink, updates, metadata)
+    opened.patch(sink, updates, metadata, raw)
 
 
 def _check_folder_output(folder: Folder, output: str | None, fmt: str | None) -> None:

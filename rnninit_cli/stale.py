@@ -46,8 +46,11 @@ def stale_optimizer_warning(opened: Any, shapes: dict[str, Any], written: Iterab
             "optimizer when resuming")
 
 
-def shared_storage_warnings(opened: Any, written: Iterable[str]) -> list[str]:
+def shared_storage_warnings(opened: Any, written: Iterable[str], records: Iterable[str] = ()) -> list[str]:
+    """Warnings for rewritten tensors that share storage with others (tied weights); `records`: paths of objects
+    whose tensors share storage with each other by design (a packed record's biases), not called tied."""
     spans = opened.storage_spans()
+    inside = tuple(f"{path}/" for path in records)
     overlapping = SpanIndex(spans)
     messages = []
     written = list(written)
@@ -60,7 +63,8 @@ def shared_storage_warnings(opened: Any, written: Iterable[str]) -> list[str]:
             raise CheckpointError(f"{name} and {clash} overlap in memory without being the same tensor: rewriting "
                                   "one would overwrite part of the other. Save the checkpoint with each "
                                   "parameter .clone()d, or leave one out with --only")
-        others = [other for other in others if not _flat_weight_of(name, other)]
+        others = [other for other in others if not _flat_weight_of(name, other)
+                  and not any(name.startswith(path) and other.startswith(path) for path in inside)]
         if others:
             messages.append(f"{name} shares its storage with {', '.join(others)} (tied weights): "
                             "rewriting it changed those too")

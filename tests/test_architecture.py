@@ -29,7 +29,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "plain": {"report"},
     "plot": {"errors", "terminal", "formats", "diagnostics"},
     "stale": {"errors"},
-    "packing": {"formats", "layouts", "diagnostics"},
+    "packing": {"errors", "formats", "layouts", "diagnostics"},
     "rewrite": {"errors", "formats", "layouts", "init", "diagnostics", "documents", "stale", "packing", "rnninit_cli"},
     "reading": {"formats", "layouts", "rewrite"},
     "cli_help": {"errors", "init", "layouts"},

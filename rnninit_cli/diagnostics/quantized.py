@@ -1,6 +1,6 @@
 """What inspect shows of a dynamically quantized LSTM or GRU (read by `formats.packed`): per packed weight its dtype,
 scale and zero point, and per gate block the statistics of the dequantized values ((integer − zero point) × scale)
-and of the float biases. Such layers are shown, never rewritten.
+and of the float biases, and whether `apply` rewrites the layer (`packing`) or keeps it as stored, and why.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from typing import Any
 from ..layouts.discovery import GATES
 from .formatting import _json
 from .stats import Stats, block_stats, dtype_name
-
-NOT_REWRITTEN = "apply keeps it as stored: rnninit does not rewrite packed (dynamically quantized) weights"
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,7 @@ class QuantizedLayer:
     input_size: int
     hidden_size: int
     params: tuple[QuantizedParam, ...]
+    kept: str | None = None  # why apply keeps the record as stored; None: apply rewrites it
 
     @property
     def title(self) -> str:
@@ -61,7 +60,8 @@ class QuantizedLayer:
         return {"path": self.path, "module": self.module, "index": self.index, "packing": self.packing,
                 "cell": self.cell, "layer": self.layer, "direction": direction, "input_size": self.input_size,
                 "hidden_size": self.hidden_size, "gates": list(GATES[self.cell]),
-                "params": [param.as_dict() for param in self.params], "rewritten": False, "reason": NOT_REWRITTEN}
+                "params": [param.as_dict() for param in self.params], "rewritten": self.kept is None,
+                "reason": self.kept}
 
 
 def dequantized_stats(integers: Any, scale: float, zero_point: int) -> Stats:
@@ -72,9 +72,9 @@ def dequantized_stats(integers: Any, scale: float, zero_point: int) -> Stats:
             "min": (stats["min"] - zero_point) * scale, "max": (stats["max"] - zero_point) * scale}
 
 
-def quantized_layer(cell: Any, values: Mapping[str, Any]) -> QuantizedLayer:
+def quantized_layer(cell: Any, values: Mapping[str, Any], kept: str | None = None) -> QuantizedLayer:
     """The description of a `formats.packed.PackedCell`, its tensors' `values` by name (stored integers for the
-    quantized weights, float arrays otherwise)."""
+    quantized weights, float arrays otherwise); `kept`: why apply keeps it as stored (None: apply rewrites it)."""
     gates = GATES[cell.cell]
     rows = cell.hidden_size
 
@@ -95,4 +95,4 @@ def quantized_layer(cell: Any, values: Mapping[str, Any]) -> QuantizedLayer:
         params.append(QuantizedParam(kind, name, tuple(array.shape), dtype_name(array), None, None,
                                      blocks(array, block_stats)))
     return QuantizedLayer(cell.path, cell.module, cell.index, cell.tag, cell.cell, cell.layer, cell.direction,
-                          cell.input_size, cell.hidden_size, tuple(params))
+                          cell.input_size, cell.hidden_size, tuple(params), kept)

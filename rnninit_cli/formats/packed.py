@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .unpickle.objects import join, script_objects
+from .unpickle.objects import join, script_objects, walk
 from .unpickle.records import Foreign, QTensorRef, TensorRef
 
 CELL_CLASS = "__torch__.torch.classes.rnn.CellParamsBase"
@@ -218,3 +219,98 @@ def read_packed(opened: Any, cells: Iterable[PackedCell]) -> dict[str, Any]:
              [name for cell in cells for _, name in cell.biases]
     values: Mapping[str, Any] = opened.integers(quantized) if quantized else {}
     return {**values, **opened.arrays(dict.fromkeys(floats))}
+
+
+QINT8_LEVELS = 255  # quant_max − quant_min of torch's qint8 weight observer: 127 − (−128)
+FLOAT32_EPS = 2.0 ** -23  # torch.finfo(torch.float32).eps, the observer's smallest scale
+
+
+def qint8_scale(max_abs: float | None) -> float:
+    """The per-tensor scale `quantize_dynamic` gives a weight: max(m / (255 / 2), eps) in float32, m = max |w|
+    (torch's MinMaxObserver, per_tensor_symmetric, qint8 −128…127, reduce_range False); an empty weight 1.0."""
+    import numpy as np
+
+    if max_abs is None:  # an empty weight: the observer saw nothing and keeps its default
+        return 1.0
+    halved = np.float32(max_abs) / np.float32(QINT8_LEVELS / 2)  # 127.5 is exact in float32; one rounding
+    return float(max(halved, np.float32(FLOAT32_EPS)))
+
+
+def pickle_record(opened: Any) -> str | None:
+    """The name of an indexed .pt's data.pkl record (None: none)."""
+    records = getattr(opened, "records", None) or {}
+    return next((name for name in records if name.count("/") == 1 and name.endswith("/data.pkl")), None)
+
+
+def located_scales(opened: Any, weights: Iterable[PackedWeight]) -> tuple[dict[str, int], dict[str, str]]:
+    """`scale_offsets` in the data.pkl record of `opened`, an indexed .pt (`tensorfile.TensorFile`), whose pickle
+    is read again by the restricted reader as indexing read it (storages named, never read)."""
+    from .tensorfile import read_exactly
+    from .unpickle.machine import storage_from_id, unpickle
+    from .unpickle.records import Builders
+
+    record = opened.records[pickle_record(opened)]
+    data = read_exactly(opened.descriptor, record.data_start, record.size, opened.path)
+
+    def reread(changed: bytes) -> Any:
+        storages: dict[str, Any] = {}
+        return unpickle(changed, lambda saved_id: storage_from_id(saved_id, storages), str(opened.path), Builders())
+
+    return scale_offsets(data, weights, reread)
+
+
+def scale_offsets(data: bytes, weights: Iterable[PackedWeight], reread: Any) -> tuple[dict[str, int], dict[str, str]]:
+    """Where each quantized weight's scale lies in the pickle `data`: the offset of the 8 bytes (big-endian double)
+    of the BINFLOAT opcode it was read from, by the weight's name; and why, for a weight whose scale cannot be told
+    apart from other values. Every BINFLOAT holding one of the scales gets its own negative probe value; `reread`
+    unpickles the probed bytes (the restricted reader) and returns its root: a weight whose scale became probe k
+    was read from opcode k. A probe that also shows up elsewhere (a shared scale or quantizer) is refused."""
+    import pickletools
+
+    wanted = {w.name: w for w in weights if w.scale is not None}
+    bits = {struct.pack(">d", w.scale) for w in wanted.values()}
+    try:
+        found = [position + 1 for opcode, argument, position in pickletools.genops(data)
+                 if opcode.code == "G" and position is not None and struct.pack(">d", argument) in bits]
+    except Exception as error:  # genops is stricter than the reader on some damage
+        return {}, dict.fromkeys(wanted, f"its pickle cannot be parsed opcode by opcode ({type(error).__name__})")
+    probed = bytearray(data)
+    for number, offset in enumerate(found):
+        probed[offset:offset + 8] = struct.pack(">d", _probe(number))
+    root = reread(bytes(probed))
+    scales: dict[str, Any] = {}
+    elsewhere: list[float] = []
+    for name, value in walk(root, ""):
+        if isinstance(value, QTensorRef) and len(value.quantizer) == 3:
+            scales[name] = value.quantizer[1]
+        elif isinstance(value, float):
+            elsewhere.append(value)
+    offsets, why = {}, {}
+    used: dict[int, str] = {}
+    for name in wanted:
+        scale = scales.get(name)
+        number = _probed(scale)
+        if not 0 <= number < len(found):
+            why[name] = "its scale is not stored as a BINFLOAT of its own"
+        elif number in used or _probe(number) in elsewhere:
+            why[name] = f"its scale is shared with {used.get(number, 'another value of the file')}"
+        else:
+            used[number] = name
+            offsets[name] = found[number]
+    return offsets, why
+
+
+_PROBE_UNIT = 2.0 ** 900  # probes are −(k + 1)·2⁹⁰⁰: exact, and no scale (> 0) nor plausible value of a file
+
+
+def _probe(number: int) -> float:
+    """The value BINFLOAT number `number` is probed with: −(number + 1)·2⁹⁰⁰."""
+    return -(number + 1) * _PROBE_UNIT
+
+
+def _probed(value: Any) -> int:
+    """The number of the probe `value` is (see `_probe`), or −1."""
+    if not isinstance(value, float) or not value < 0 or not math.isfinite(value):
+        return -1
+    number = -value / _PROBE_UNIT - 1
+    return int(number) if number.is_integer() and _probe(int(number)) == value else -1

@@ -21,7 +21,7 @@ import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,14 +276,25 @@ class TensorFile:
             _check_torch_loads(self.path, self.handle)
         self.torch_checked = True
 
-    def patch(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-        """Second phase: overwrite the rewritten tensors' bytes (and a .pt's CRCs and rnninit record)."""
+    def patch(self, sink: BinaryIO, updates: dict[str, torch.Tensor], metadata: dict[str, str],
+              raw: Mapping[str, Mapping[int, bytes]] | None = None) -> None:
+        """Second phase: overwrite the rewritten tensors' bytes (and a .pt's CRCs and rnninit record); `raw`: bytes
+        to write at offsets of other records of a .pt, by record name (a packed weight's scale in data.pkl), each
+        inside its record."""
         out = sink.fileno()
         shift = self._shift(metadata)
         for name, tensor in updates.items():
             _pwrite_tensor(out, tensor, self.locations[name].byte_range[0] + shift)
+        touched = {self.locations[name].storage for name in updates}
+        for record_name, changes in (raw or {}).items():
+            record = self.records[record_name]
+            for offset, data in changes.items():
+                if not 0 <= offset <= record.size - len(data):  # checked by the caller: never past the record
+                    raise CheckpointError(f"a change of {len(data)} bytes at {offset} lies outside {record_name}")
+                os.pwrite(out, data, record.data_start + offset)
+            touched.add(record_name)
         if self.format == "pt":
-            self._finish_pt(sink, {self.locations[name].storage for name in updates}, metadata)
+            self._finish_pt(sink, touched, metadata)
 
     def _header_bytes(self, metadata: dict[str, str]) -> bytes:
         header = dict(self.header)

@@ -1,4 +1,5 @@
-"""Issue 23 §3: dynamically quantized LSTM/GRU layers (`torch.ao.quantization.quantize_dynamic`) shown by inspect.
+"""Issue 23 §3: dynamically quantized LSTM/GRU layers (`torch.ao.quantization.quantize_dynamic`) shown by inspect
+(rewritten by apply: tests/formats/test_requantize.py).
 
 Checkpoints are made by torch itself; what inspect reports is checked against torch's own unpacking of the same
 file (`torch.load(weights_only=False)` of the file the test has just written, never in the library): every layer
@@ -119,7 +120,7 @@ def test_inspect_shows_each_quantized_layer_as_torch_unpacks_it(cli: Callable[..
         # input 5, hidden 4: only one arrangement of the cells fits their shapes
         assert layer["layer"] == index // directions
         assert layer["direction"] == ("forward", "reverse")[index % directions]
-        assert not layer["rewritten"] and "apply keeps it as stored" in layer["reason"]
+        assert layer["rewritten"] and layer["reason"] is None  # apply packs it again (tests/formats/test_requantize.py)
         params = {param["kind"]: param for param in layer["params"]}
         assert list(params) == ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
         for kind_name, weight in zip(("weight_ih", "weight_hh"), weights, strict=True):
@@ -142,7 +143,7 @@ def test_inspect_shows_each_quantized_layer_as_torch_unpacks_it(cli: Callable[..
         assert f"{path}: quantized {kind.upper()}" in human.stdout
         if dtype == torch.qint8:
             assert all(f"{weight.q_scale():.6g}" in human.stdout for weight in weights)
-        assert f"skipped {path}: a dynamically quantized (packed)" in human.stderr  # apply leaves it: still said
+        assert f"skipped {path}" not in human.stderr  # apply rewrites it
 
 
 def test_the_quantized_table_off_a_terminal_is_what_rich_prints(tmp_path: Path) -> None:
