@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "schemes"))
 
-import analysis  # noqa: E402
+import analysis
 
 stats = pytest.importorskip("scipy.stats")
 

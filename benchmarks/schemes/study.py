@@ -26,6 +26,7 @@ read-out layer for every scheme and cell, so schemes are compared run against ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -379,7 +380,9 @@ def run_one(job: Job, steps_limit: int | None = None) -> dict[str, Any]:
 
 def _worker_start() -> None:
     torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    if torch.get_num_interop_threads() != 1:
+        with contextlib.suppress(RuntimeError):  # already set in this process (the grid calls run_jobs again)
+            torch.set_num_interop_threads(1)
 
 
 # ---- the resumable CSV -------------------------------------------------------------------------------
@@ -497,18 +500,27 @@ def best_rate(scores: dict[float, float]) -> float:
     return min(scores, key=lambda lr: (scores[lr], lr))
 
 
+def ladder(lr: float, up: bool) -> float:
+    """The next rate on the 1-3-10 ladder of the grid: 3e-2 → 1e-1 → 3e-1 upwards, 1e-3 → 3e-4 → 1e-4 downwards."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    leading = round(lr / 10**exponent)
+    if up:
+        return 3 * 10.0**exponent if leading < 3 else 10.0 ** (exponent + 1)
+    return 3 * 10.0 ** (exponent - 1) if leading < 3 else 10.0**exponent
+
+
 def edge_extension(scores: dict[float, float]) -> float | None:
-    """A rate one half-decade past the grid's edge when the winner sits on that edge (None: no need, or the limit)."""
+    """One more rate past the grid's edge when the winner sits on that edge (None: no need, or a limit reached)."""
     rates = sorted(scores)
-    best = best_rate(scores)
     if len(rates) < 2 or all(math.isinf(value) for value in scores.values()):
         return None
+    best = best_rate(scores)
     below = sum(lr < min(LR_GRID) for lr in rates)
     above = sum(lr > max(LR_GRID) for lr in rates)
-    if best == rates[0] and below < LR_EXTENSIONS and rates[0] / math.sqrt(10) >= LR_LIMITS[0]:
-        return float(f"{rates[0] / math.sqrt(10):.2g}")
-    if best == rates[-1] and above < LR_EXTENSIONS and rates[-1] * math.sqrt(10) <= LR_LIMITS[1]:
-        return float(f"{rates[-1] * math.sqrt(10):.2g}")
+    if best == rates[0] and below < LR_EXTENSIONS and ladder(rates[0], up=False) >= LR_LIMITS[0] * 0.999:
+        return float(f"{ladder(rates[0], up=False):.1g}")
+    if best == rates[-1] and above < LR_EXTENSIONS and ladder(rates[-1], up=True) <= LR_LIMITS[1] * 1.001:
+        return float(f"{ladder(rates[-1], up=True):.1g}")
     return None
 
 
@@ -571,8 +583,9 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def study_jobs(tasks: tuple[Task, ...], variants: tuple[Variant, ...], tuned: dict[str, Any] | None, seeds: int,
-               sizes: tuple[int, int, int], fixed_lr: float | None) -> list[Job]:
-    """Per configuration: the seeds at its tuned rate and at the shared rate (one run when the two agree)."""
+               sizes: tuple[int, int, int], fixed_lr: float | None, fallback_lr: float | None = None) -> list[Job]:
+    """Per configuration: the seeds at its tuned rate and at the shared rate (one run when the two agree).
+    `fallback_lr` (the --quick slice only) stands in for a configuration the grid has not tuned."""
     hidden, batch, validation = sizes
     table = {(e["task"], e["cell"], e["scheme"]): e for e in (tuned or {}).get("entries", [])}
     made = []
@@ -583,6 +596,8 @@ def study_jobs(tasks: tuple[Task, ...], variants: tuple[Variant, ...], tuned: di
                     arms = {fixed_lr: "tuned+shared"}
                 else:
                     entry = table.get((task.name, cell, variant.name))
+                    if entry is None and fallback_lr is not None:
+                        entry = {"tuned_lr": fallback_lr, "shared_lr": fallback_lr}
                     if entry is None:
                         raise SystemExit(f"no tuned rate for {task.name} {cell} {variant.name}: run --tune first "
                                          "(or give --lr)")
@@ -639,6 +654,15 @@ def estimate(tasks: tuple[Task, ...], variants: tuple[Variant, ...], seeds: int,
 # ---- command line ------------------------------------------------------------------------------------
 
 
+def scaled(task: Task, factor: float) -> Task:
+    """The task with its budgets times `factor`, rounded to whole evaluation intervals."""
+    if factor == 1.0:
+        return task
+    def whole(steps: int) -> int:
+        return max(task.eval_every, round(steps * factor / task.eval_every) * task.eval_every)
+    return replace(task, steps=whole(task.steps), tune_steps=whole(task.tune_steps))
+
+
 def pick(items: tuple[Any, ...], wanted: str | None) -> tuple[Any, ...]:
     if not wanted:
         return items
@@ -661,10 +685,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="one rate for every run instead of tuning/tuned.json")
     parser.add_argument("--estimate", action="store_true", help="time a few steps; print the projected total")
     parser.add_argument("--probe-steps", type=int, default=20)
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every task's budget and grid budget (to size the study; recorded per row)")
     parser.add_argument("--no-plot", action="store_true", help="write the CSV only")
     args = parser.parse_args(argv)
 
-    tasks = pick(QUICK_TASKS if args.quick else TASKS, args.only_task)
+    tasks = tuple(scaled(task, args.steps_scale) for task in pick(QUICK_TASKS if args.quick else TASKS, args.only_task))
     variants = pick(VARIANTS, args.only_scheme)
     seeds = args.seeds or (2 if args.quick else SEEDS)
     sizes = (8, 8, 32) if args.quick else (HIDDEN_SIZE, BATCH_SIZE, VALIDATION_SIZE)
@@ -678,9 +704,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{', '.join(' '.join((e['task'], e['cell'], e['scheme'])) for e in edges) or 'none'}", file=sys.stderr)
         return
     tuned_path = args.out / "tuning" / "tuned.json"
-    lr = args.lr if args.lr is not None or tuned_path.exists() or not args.quick else 1e-2
-    tuned = json.loads(tuned_path.read_text(encoding="utf-8")) if lr is None and tuned_path.exists() else None
-    jobs = study_jobs(tasks, variants, tuned, seeds, sizes, lr)
+    tuned = json.loads(tuned_path.read_text(encoding="utf-8")) if args.lr is None and tuned_path.exists() else None
+    jobs = study_jobs(tasks, variants, tuned, seeds, sizes, args.lr, fallback_lr=1e-2 if args.quick else None)
     started = time.perf_counter()
     out_csv = args.out / "results.csv"
     rows = run_jobs(jobs, out_csv, args.jobs, "study")
