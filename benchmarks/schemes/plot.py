@@ -308,14 +308,15 @@ def plot_summary(table: dict[tuple[str, str, str], Config], tasks: list[str], sc
         for j, (task, cell) in enumerate(columns):
             config = table.get((task, cell, scheme))
             if config is None:
-                axis.text(j, i, "not run", ha="center", va="center", fontsize=7, color="#777777")
+                why = "not run\n(gated-cell scheme)" if cell == "rnn-relu" else "not run"
+                axis.text(j, i, why, ha="center", va="center", fontsize=7, color="#777777")
                 continue
             fraction = 1.0 - (config.survival[-1].survival if config.survival else 1.0)
             shade[i, j] = fraction
             median = config.km_median
             median_text = f"median {median:.0f}" if median is not None else f"median > {config.budget}"
             axis.text(j, i, f"{config.solved}/{len(config.runs)}\n{median_text}",
-                      ha="center", va="center", fontsize=7, color="white" if fraction > 0.6 else "black")
+                      ha="center", va="center", fontsize=7, color="white" if fraction < 0.55 else "black")
     cmap = plt.get_cmap("viridis").copy()
     cmap.set_bad("#eeeeee")
     image = axis.imshow(np.ma.masked_invalid(shade), cmap=cmap, vmin=0, vmax=1, aspect="auto")
@@ -328,8 +329,8 @@ def plot_summary(table: dict[tuple[str, str, str], Config], tasks: list[str], sc
     axis.xaxis.tick_top()
     axis.set_yticks(range(len(schemes)))
     axis.set_yticklabels(schemes, fontsize=8)
-    axis.set_title("Seeds solved (and Kaplan–Meier median steps to solve) per scheme and cell, each at its tuned "
-                   "rate; one colour scale for every task", fontsize=9, pad=8)
+    axis.set_title("Seeds solved (and Kaplan–Meier median steps to solve) per scheme and cell,\n"
+                   "each at its tuned rate; one colour scale for every task", fontsize=9, pad=8)
     figure.tight_layout()
     path = out / "summary.png"
     figure.savefig(path, dpi=100)
@@ -382,7 +383,7 @@ def findings(table: dict[tuple[str, str, str], Config], comparisons: list[Compar
                                  f"{next(iter(here.values())).budget} steps; the study cannot rank the schemes here")
             else:
                 winners = [s for s, v in solved.items() if v > 0]
-                if len(winners) == 1:
+                if len(winners) == 1 and len(here) > 1:
                     only = winners[0]
                     ps = analysis.holm([analysis.fisher_exact(
                         here[only].solved, len(here[only].runs) - here[only].solved, 0, len(c.runs))
@@ -415,6 +416,8 @@ def findings(table: dict[tuple[str, str, str], Config], comparisons: list[Compar
             if plain:
                 sentences.append(f"not distinguishable from `{REFERENCE}` (Holm-adjusted Wilcoxon p ≥ {ALPHA}): "
                                  + ", ".join(f"`{s}`" for s in plain))
+            if len(here) == 1:
+                sentences.append(f"only `{next(iter(here))}` was run here; nothing to compare")
             lines.append(head + "; ".join(sentences) + ".")
     return lines
 
@@ -433,14 +436,16 @@ def write_summary(rows: list[Row], csv_path: Path, tasks: list[str], schemes: li
     lines += ["![Seeds solved per scheme and cell](summary.png)", "",
               "Figures per task: " + ", ".join(f"{task} [curves](curves-{task}.png) and [time to solve]"
                                                f"(solved-{task}.png)" for task in tasks) + ".", ""]
+    lines += [*design(study, csv_path), ""]
     lines += ["How to read it: a run *solves* a task when its validation metric first reaches the threshold; "
               "time-to-solve is censored at the budget for runs that never do (Kaplan–Meier). Schemes are "
               f"compared with `{REFERENCE}` on the same seeds by the exact Wilcoxon signed-rank test on "
               "time-to-solve (unsolved runs ranked behind solved ones by how close they got), Holm-corrected "
               "within each task and cell; solve counts by Fisher's exact test. \"Not distinguishable\" is not "
               "\"no difference\": it says what these seeds cannot show.", ""]
+    same_rate = all(row["arm"] == "tuned+shared" for row in study)
     for arm, table, tests in (("tuned", tuned, tuned_tests), ("shared", shared, shared_tests)):
-        if not table:
+        if not table or (arm == "shared" and same_rate):
             continue
         lines += [f"### Findings, each scheme at its {arm} learning rate", ""]
         lines += [*findings(table, tests, tasks, arm), ""]
@@ -452,7 +457,9 @@ def write_summary(rows: list[Row], csv_path: Path, tasks: list[str], schemes: li
     changed = [(a, b) for a in tuned_tests for b in shared_tests
                if (a.family, a.scheme, a.task, a.cell) == (b.family, b.scheme, b.task, b.cell)
                and (a.holm < ALPHA) != (b.holm < ALPHA)]
-    if shared:
+    if same_rate:
+        lines += ["Every configuration ran at one rate (the tuned rate was the shared rate, or `--lr` fixed it).", ""]
+    elif shared:
         lines += ["Tuned against shared rate: " + ("; ".join(
             f"`{a.scheme}` on {a.task} {CELL_TITLES[a.cell]} is {'separated' if a.holm < ALPHA else 'not separated'} "
             f"from `{a.against}` at its tuned rate and {'separated' if b.holm < ALPHA else 'not separated'} at the "
@@ -489,6 +496,54 @@ def write_summary(rows: list[Row], csv_path: Path, tasks: list[str], schemes: li
     return path
 
 
+def sitting_walls(path: Path) -> tuple[list[float], int]:
+    """(wall seconds of each finished sitting, number of sittings that never wrote their end line)."""
+    with path.open(encoding="utf-8") as handle:
+        lines = [line for line in handle if line.startswith("# sitting")]
+    found = [re.search(r"in (\d+) s wall", line) for line in lines if line.startswith("# sitting finished")]
+    walls = [float(match.group(1)) for match in found if match]
+    started = sum(line.startswith("# sitting started") for line in lines)
+    return walls, started - len(walls)
+
+
+def design(study: list[Row], csv_path: Path) -> list[str]:
+    """The set-up, read back from the rows (and tuning/tuned.json beside the CSV when it is there)."""
+    first = study[0]
+    lines = ["| task | T | budget (steps) | evaluated every | solved when | best constant |",
+             "|---|---|---|---|---|---|"]
+    for task in ordered([row["task"] for row in study]):
+        row = next(r for r in study if r["task"] == task)
+        lines.append(f"| {task_title(row)} | {row['seq_len']} | {row['steps']} | {row['eval_every']} | "
+                     f"{threshold_text(row)} | {float(row['baseline_metric']):.3g} |")
+    cells = ", ".join(CELL_TITLES[c] for c in cells_of(study))
+    lines += ["", f"Cells: {cells}, {first['hidden_size']} units, a linear read-out; Adam, batch "
+              f"{first['batch_size']}, gradient norm clipped at {first['clip_norm']}. Seed s fixes the training "
+              "batches and the read-out for every scheme and cell, so runs are paired by seed."]
+    tuned_path = csv_path.parent / "tuning" / "tuned.json"
+    if tuned_path.exists():
+        import json
+
+        tuned = json.loads(tuned_path.read_text(encoding="utf-8"))
+        grids = sorted({lr for entry in tuned["entries"] for lr in entry["grid"]})
+        edges = [f"{e['task']} {e['cell']} {e['scheme']}" for e in tuned["entries"] if e["on_edge"]]
+        lines += ["", f"Learning rates: a grid of {', '.join(f'{lr:g}' for lr in grids)} (extended past an edge "
+                  f"that held a winner), seeds {tuned['grid_seeds']} (not the study's), rule: {tuned['rule']}. "
+                  "Each configuration runs at its own best rate (*tuned*) and at the rate best for the median "
+                  "scheme of its task and cell (*shared*). Winners still on the grid's edge: "
+                  f"{', '.join(edges) or 'none'}."]
+    walls, unfinished = sitting_walls(csv_path)
+    cpu = sum(float(row["wall_s"]) for row in study)
+    lines += ["", f"Compute: {cpu / 3600:.2f} CPU-hours of runs; {len(walls)} finished sitting(s) took "
+              f"{sum(walls) / 60:.0f} min wall in all" + (f", {unfinished} sitting(s) were interrupted (their runs "
+                                                           "are counted in the CPU-hours)" if unfinished else "") + "."]
+    lines += ["", "Rerun or resume (each command skips the runs already in its CSV):", "", "```",
+              "nice -n 19 .venv/bin/python benchmarks/schemes/study.py --estimate",
+              "nice -n 19 .venv/bin/python benchmarks/schemes/study.py --tune --jobs 2",
+              "nice -n 19 .venv/bin/python benchmarks/schemes/study.py --jobs 2",
+              ".venv/bin/python benchmarks/schemes/plot.py --readme README.md", "```"]
+    return lines
+
+
 def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(text, encoding="utf-8")
@@ -515,7 +570,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out or args.csv.parent
     out.mkdir(parents=True, exist_ok=True)
-    rows = [row for row in read_rows(args.csv) if row["phase"] == "study"]
+    rows = read_rows(args.csv)
+    if rows and "phase" not in rows[0]:
+        raise SystemExit(f"{args.csv}: a study v1 CSV (no `phase` column); plot.py draws study v2 results")
+    rows = [row for row in rows if row["phase"] == "study"]
+    if not rows:
+        raise SystemExit(f"{args.csv}: no study rows yet")
     tasks = ordered([row["task"] for row in sorted(rows, key=lambda r: r["task"])])
     known = [variant.name for variant in VARIANTS]
     schemes = sorted(ordered([row["scheme"] for row in rows]), key=lambda s: known.index(s) if s in known else 99)

@@ -455,6 +455,8 @@ def run_jobs(jobs: list[Job], out_csv: Path, workers: int, note: str) -> list[di
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
                 for future in as_completed([pool.submit(run_one, job) for job in longest_first(todo)]):
                     record(future.result())
+        # the sitting's wall time (a killed sitting has no such line; plot.py then says so)
+        handle.write(f"# sitting finished: {count} runs in {time.perf_counter() - started:.0f} s wall\n")
     return read_rows(out_csv)
 
 
