@@ -16,7 +16,7 @@ import rnninit_cli
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "benchmarks" / "schemes" / "study.py"
-TASKS = ("adding-200", "copy-100", "digits-pixels")
+TASKS = ("adding-150", "copy-100", "digits-pixels")
 PLAIN_RNN_SCHEMES = ("pytorch", "orthogonal", "irnn")
 COLUMNS = {"task", "seq_len", "cell", "scheme", "scheme_spec", "extra_rules", "seed", "phase", "arm", "lr",
            "steps_to_threshold", "solved", "final_val_loss", "final_val_metric", "baseline_metric", "threshold",

@@ -103,14 +103,16 @@ class Task:
         return {"adding": baseline_metric / 10, "copy": 0.9, "digits": 0.9}[self.kind]
 
 
+# Sized by --estimate to about 6 CPU-hours, 3 h on 2 idle cores (see README.md): literature-scale lengths, budgets
+# long enough that the v1 truncation (350 steps) is gone, grid runs a third to a half of the study's budget.
 TASKS: tuple[Task, ...] = (
-    Task("adding-200", "adding", 200, steps=1500, eval_every=50, tune_steps=600),
-    Task("copy-100", "copy", 100, steps=1500, eval_every=50, tune_steps=600),
-    Task("digits-pixels", "digits", 64, steps=1500, eval_every=50, tune_steps=600),
+    Task("adding-150", "adding", 150, steps=1200, eval_every=50, tune_steps=400),
+    Task("copy-100", "copy", 100, steps=1000, eval_every=50, tune_steps=400),
+    Task("digits-pixels", "digits", 64, steps=800, eval_every=25, tune_steps=400),
 )
 
 QUICK_TASKS: tuple[Task, ...] = (
-    Task("adding-200", "adding", 12, steps=4, eval_every=2, tune_steps=2),
+    Task("adding-150", "adding", 12, steps=4, eval_every=2, tune_steps=2),
     Task("copy-100", "copy", 6, steps=4, eval_every=2, tune_steps=2),
     Task("digits-pixels", "digits", 64, steps=4, eval_every=2, tune_steps=2),
 )
@@ -614,23 +616,32 @@ def study_jobs(tasks: tuple[Task, ...], variants: tuple[Variant, ...], tuned: di
 # ---- --estimate --------------------------------------------------------------------------------------
 
 
+def probe_seconds(job: Job, steps: int) -> float:
+    """Seconds per training step: the faster of two timed stretches (a shared machine's bursts inflate one)."""
+    run_one(job, steps_limit=2)  # warm-up: the data set, the allocator
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        run_one(replace(job, task=replace(job.task, eval_every=10**9)), steps_limit=steps)
+        timings.append((time.perf_counter() - started) / steps)
+    return min(timings)
+
+
 def estimate(tasks: tuple[Task, ...], variants: tuple[Variant, ...], seeds: int, sizes: tuple[int, int, int],
-             workers: int, probe_steps: int, shared_fraction: float) -> str:
-    """Time `probe_steps` training steps (plus one evaluation) per task and cell, then project both phases."""
+             workers: int, probe_steps: int) -> str:
+    """Time `probe_steps` training steps (twice) and one evaluation per task and cell, then project both phases."""
     _worker_start()
+    load = os.getloadavg()[0]
     lines = [f"probe: {probe_steps} steps per task and cell, 1 thread, on {cpu_model()} "
-             f"(load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)"]
-    total = 0.0
+             f"(load average {load:.2f} on {os.cpu_count()} CPUs at the start)"]
+    grid_total = tuned_total = 0.0
     for task in tasks:
         for cell in CELLS:
             runs_here = [variant for variant in variants if cell in variant.cells]
             if not runs_here:
                 continue
             probe = Job(task, cell, runs_here[0], 0, 1e-3, "study", "probe", *sizes)
-            run_one(probe, steps_limit=2)  # warm-up: the data set, the allocator
-            started = time.perf_counter()
-            run_one(replace(probe, task=replace(task, eval_every=10**9)), steps_limit=probe_steps)
-            per_step = (time.perf_counter() - started) / probe_steps
+            per_step = probe_seconds(probe, probe_steps)
             started = time.perf_counter()
             with torch.no_grad():
                 val_inputs, _ = validation_set(task, sizes[2])
@@ -639,17 +650,21 @@ def estimate(tasks: tuple[Task, ...], variants: tuple[Variant, ...], seeds: int,
             study_s = task.steps * per_step + (task.steps // task.eval_every + 1) * per_eval
             tune_s = task.tune_steps * per_step + (task.tune_steps // task.eval_every + 1) * per_eval
             configs = len(runs_here)
-            study_runs = configs * seeds * (1 + shared_fraction)
-            tune_runs = configs * len(LR_GRID) * len(TUNE_SEEDS)
-            cost = study_runs * study_s + tune_runs * tune_s
-            total += cost
-            lines.append(f"{task.name:14} {cell:8} {per_step * 1000:6.1f} ms/step, eval {per_eval * 1000:5.0f} ms: "
-                         f"run {study_s:5.0f} s (tune run {tune_s:4.0f} s); {configs} schemes: "
-                         f"{study_runs:5.0f} study runs + {tune_runs:3d} grid runs = {cost / 3600:5.2f} CPU-h")
-    lines.append(f"total {total / 3600:.2f} CPU-hours; on {workers} cores ({workers} jobs of 1 thread): "
-                 f"{total / workers / 3600:.2f} h wall (assumes {shared_fraction:.0%} of the configurations need a "
-                 f"separate shared-rate arm, and grid winners inside the grid: each edge extension adds "
-                 f"{len(TUNE_SEEDS)} grid runs of that configuration)")
+            tuned_cost = configs * seeds * study_s
+            grid_cost = configs * len(LR_GRID) * len(TUNE_SEEDS) * tune_s
+            tuned_total += tuned_cost
+            grid_total += grid_cost
+            lines.append(f"{task.name:14} {cell:8} {per_step * 1000:6.1f} ms/step, eval {per_eval * 1000:4.0f} ms: "
+                         f"run {study_s:4.0f} s, grid run {tune_s:4.0f} s; {configs} schemes x {seeds} seeds "
+                         f"{tuned_cost / 3600:5.2f} CPU-h + grid {grid_cost / 3600:4.2f} CPU-h")
+    lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
+    hours = [(grid_total + tuned_total * (1 + shared)) / 3600 for shared in (0.0, 0.5, 1.0)]
+    lines.append(f"grid {grid_total / 3600:.2f} CPU-h (each edge extension: {len(TUNE_SEEDS)} more grid runs of that "
+                 f"configuration) + study {tuned_total / 3600:.2f} CPU-h at the tuned rates, plus the shared-rate "
+                 f"arm where a configuration's tuned rate is not the shared one (0 / half / all of them):")
+    lines.append(f"total {hours[0]:.2f} / {hours[1]:.2f} / {hours[2]:.2f} CPU-h = {hours[0] / workers:.2f} / "
+                 f"{hours[1] / workers:.2f} / {hours[2] / workers:.2f} h wall on {workers} cores ({workers} jobs of "
+                 "1 thread, nothing else running)")
     return "\n".join(lines)
 
 
@@ -697,7 +712,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = args.seeds or (2 if args.quick else SEEDS)
     sizes = (8, 8, 32) if args.quick else (HIDDEN_SIZE, BATCH_SIZE, VALIDATION_SIZE)
     if args.estimate:
-        print(estimate(tasks, variants, seeds, sizes, max(args.jobs, 2), args.probe_steps, shared_fraction=0.5))
+        print(estimate(tasks, variants, seeds, sizes, max(args.jobs, 2), args.probe_steps))
         return
     if args.tune:
         tuned = tune(tasks, variants, args.out, args.jobs, sizes)
