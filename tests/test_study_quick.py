@@ -114,3 +114,22 @@ def test_the_readme_section_between_the_markers_is_replaced(tmp_path: Path) -> N
     readme.write_text("# no markers\n", encoding="utf-8")
     with pytest.raises(SystemExit):
         plot.update_readme(readme, summary)
+
+
+def test_a_csv_with_other_columns_is_not_appended_to(tmp_path: Path) -> None:
+    sys.path.insert(0, str(STUDY.parent))
+    import study
+
+    old = tmp_path / "results.csv"
+    old.write_text("task,kind,seq_len\nadding-100,adding,100\n", encoding="utf-8")  # a v1 CSV's shape
+    with pytest.raises(SystemExit, match="other columns"):
+        study.open_for_append(old, 1, "test")
+    assert old.read_text(encoding="utf-8") == "task,kind,seq_len\nadding-100,adding,100\n"
+    fresh = tmp_path / "fresh.csv"
+    study.open_for_append(fresh, 2, "test").close()
+    handle = study.open_for_append(fresh, 2, "again")  # a second sitting appends only its comment lines
+    handle.close()
+    lines = fresh.read_text(encoding="utf-8").splitlines()
+    assert [line for line in lines if not line.startswith("#")] == [",".join(study.COLUMNS)]
+    assert sum(line.startswith("# sitting started") for line in lines) == 2
+    assert study.read_rows(fresh) == []

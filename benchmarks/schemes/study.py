@@ -415,6 +415,11 @@ def open_for_append(path: Path, jobs: int, note: str) -> Any:
             with path.open("r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with path.open(encoding="utf-8") as existing:
+            header = next((line.rstrip("\n") for line in existing if not line.startswith("#")), "")
+        if header != ",".join(COLUMNS):
+            raise SystemExit(f"{path}: written with other columns (an older study?); move it away or pick --out")
     handle = path.open("a", newline="", encoding="utf-8")
     if new:
         handle.write("# rnninit scheme study v2 (benchmarks/schemes/study.py); read with plot.read_rows\n")
