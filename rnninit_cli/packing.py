@@ -103,8 +103,8 @@ def packed_as_float(opened: Any, tensors: Mapping[str, Any], skipped: tuple[Skip
         return found, skipped
     if not isinstance(opened, TensorFile) or opened.format != "pt" or opened.torchscript:
         return found, tuple(replace(item, reason=f"{item.reason} ({_ONLY_PATCHED})") for item in skipped)
-    cells, _ = packed_cells(getattr(opened, "root", None), getattr(opened, "locations", {}))
-    why: dict[str, str] = {}  # records rnninit cannot read: described by `describe_packed`
+    cells, problems = packed_cells(getattr(opened, "root", None), getattr(opened, "locations", {}))
+    why = {problem.path: problem.reason for problem in problems}  # records rnninit cannot read
     offsets, unlocated = _scales(opened, cells)
     by_module: dict[str, list[PackedCell]] = {}
     for cell in cells:
@@ -253,5 +253,10 @@ def describe_packed(opened: Any, names: Iterable[str], skipped: tuple[Skipped, .
     why = {problem.path: problem.reason for problem in problems}
     kept = {item.names[0]: item.reason for item in skipped}
     return [quantized_layer(cell, values, kept.get(cell.path)) for cell in cells], tuple(
-        replace(item, reason=f"{item.reason}; inspect cannot show it: {why[item.names[0]]}")
-        if item.names[0] in why else item for item in skipped)
+        replace(item, reason=_unshown(item.reason, why[item.names[0]])) if item.names[0] in why else item
+        for item in skipped)
+
+
+def _unshown(reason: str, why: str) -> str:
+    """A skipped record's reason, saying that inspect cannot show it either (and why, unless it says so already)."""
+    return f"{reason}; inspect cannot show it" if reason.endswith(why) else f"{reason}; inspect cannot show it: {why}"

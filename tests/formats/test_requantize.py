@@ -267,3 +267,20 @@ def test_values_fp16_cannot_hold_are_refused_before_writing(cli: Callable[..., R
                  "weight_hh=constant(value=100000)")
     assert result.exit_code != 0 and result.stderr.startswith("error:"), result.stderr
     assert "65504" in result.stderr and not (tmp_path / "out.pt").exists()
+
+
+def test_apply_says_why_it_keeps_a_record_it_cannot_read(cli: Callable[..., Result], tmp_path: Path) -> None:
+    """A record inspect cannot describe (here a scale of 0) is kept by apply too, and apply says why, as inspect
+    does."""
+    from test_packed_layers import first_scale, replace_once, rezipped
+
+    source = save(quantized("lstm"), tmp_path / "q.pt")
+    scale = struct.pack(">d", first_scale(source))
+    tampered = rezipped(source, tmp_path / "zero.pt", replace_once(b"G" + scale, b"G" + struct.pack(">d", 0.0)))
+    result = cli("apply", tampered, "-o", tmp_path / "out.pt", "--scheme", "keras")
+    line = next(line for line in result.stderr.splitlines() if "skipped rnn._all_weight_values.0.param" in line)
+    assert "scale 0.0" in line, line
+    assert not (tmp_path / "out.pt").exists()
+    inspected = cli("inspect", tampered)
+    line = next(line for line in inspected.stderr.splitlines() if "skipped rnn._all_weight_values.0.param" in line)
+    assert "inspect cannot show it" in line and line.count("scale 0.0") == 1, line
