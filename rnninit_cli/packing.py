@@ -142,6 +142,9 @@ def _scales(opened: Any, cells: list[PackedCell]) -> tuple[dict[str, int], dict[
 def _not_rewritable(opened: Any, cell: PackedCell, tensors: Mapping[str, Any], unlocated: Mapping[str, str]
                     ) -> str | None:
     """Why `apply` keeps `cell` (and its module's other cells) as stored, or None."""
+    if cell.index is None:  # not a state dict's `….{k}.param` key: a whole module pickled (torch.save(model))
+        return ("it is part of a whole pickled module (torch.save(model)); rnninit rewrites the packed layers of "
+                "state dicts: save model.state_dict() and apply to that")
     if cell.layer is None:
         return "its layer and direction cannot be told from the shapes of its module's records"
     prefix = _prefix(cell.module)

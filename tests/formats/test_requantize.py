@@ -284,3 +284,16 @@ def test_apply_says_why_it_keeps_a_record_it_cannot_read(cli: Callable[..., Resu
     inspected = cli("inspect", tampered)
     line = next(line for line in inspected.stderr.splitlines() if "skipped rnn._all_weight_values.0.param" in line)
     assert "inspect cannot show it" in line and line.count("scale 0.0") == 1, line
+
+
+def test_a_whole_pickled_module_keeps_its_records_and_says_to_save_the_state_dict(cli: Callable[..., Result],
+                                                                                    tmp_path: Path) -> None:
+    """torch.save(model) names the records by module path, not `….{k}.param`: kept, with what to do instead."""
+    model = quantized("lstm")
+    model.extra = torch.nn.LSTM(5, 4)  # a float layer to plan beside it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(model, tmp_path / "module.pt")
+    document = json.loads(cli("inspect", tmp_path / "module.pt", "--json").stdout)
+    (layer,) = document["quantized_layers"]
+    assert not layer["rewritten"] and "save model.state_dict()" in layer["reason"]
