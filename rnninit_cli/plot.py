@@ -71,7 +71,8 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
     # columns: every 2-D gate block (values above, singular values below), then one for the biases;
     # one sub-figure per layer, so that its title sits above its two rows instead of beside them
     rows = [(layer, [b for b in layer.blocks if b.kind.startswith("weight")],
-             [b for b in layer.blocks if b.kind.startswith("bias")]) for layer in diagnosis.layers]
+             [b for b in layer.blocks if b.kind.startswith("bias") or b.kind == "radius"])
+            for layer in diagnosis.layers]
     columns = max(len(weights) + 1 for _, weights, _ in rows)
     figure = pyplot.figure(figsize=(2.4 * columns, 4.0 * len(rows)), layout="constrained")
     panels = figure.subfigures(len(rows), 1, squeeze=False)[:, 0]
@@ -87,7 +88,8 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
                 block = weights[column]
                 values = _finite_float64(tensors[block.name][block.start:block.stop])
                 _histogram(top, values.reshape(-1), bins=40, color="tab:blue")
-                name = f"{block.name.removeprefix(layer.layer.prefix)} {block.gate or ''}"
+                head = "" if block.head is None else f".h{block.head}"
+                name = f"{block.name.removeprefix(layer.layer.prefix)} {block.gate or ''}{head}"
                 top.set_title(f"{_wrap(visible(name))}\n{_wrap(block.family.label)}", fontsize=7)
                 with np.errstate(all="ignore"):
                     try:
@@ -101,10 +103,17 @@ def plot_diagnosis(diagnosis: Diagnosis, tensors: Mapping[str, Any], output: str
                     bottom.set_ylim(0, 1.1 * largest if 0 < largest < 1e300 else None)
                 bottom.set_title("singular values", fontsize=7)
             elif column == len(weights) and biases:
-                for axis, kind in ((top, "bias_ih"), (bottom, "bias_hh")):
-                    for block in (b for b in biases if b.kind == kind):
+                # a per-head cell has one bias and may have a radius (RG-LRU) where torch layers have bias_hh
+                second = "bias_hh" if any(b.kind == "bias_hh" for b in biases) else "radius"
+                for axis, kind in ((top, "bias_ih"), (bottom, second)):
+                    shown_blocks = [b for b in biases if b.kind == kind]
+                    if not shown_blocks:
+                        axis.axis("off")
+                        continue
+                    for block in shown_blocks:
                         values = _finite_float64(tensors[block.name][block.start:block.stop])
-                        _histogram(axis, values, bins=20, alpha=0.6, label=block.gate or kind)
+                        label = block.gate or kind if block.head is None else f"{block.gate}.h{block.head}"
+                        _histogram(axis, values, bins=20, alpha=0.6, label=label)
                     axis.set_title(kind, fontsize=7)
                     axis.legend(fontsize=6)
             else:

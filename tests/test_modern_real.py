@@ -203,3 +203,20 @@ def test_verify_pools_the_heads_of_one_rule() -> None:
             if key.endswith("gate.weight"):
                 wrong[key] = torch.randn(wrong[key].shape, generator=generator) * math.sqrt(2 / (5 * 8))
         assert not consistent(wrong), seed
+
+
+def test_plot_of_per_head_cells_shows_the_radius_and_warns_nothing(tmp_path: Path) -> None:
+    import warnings
+
+    from rnninit_cli.diagnostics import diagnose
+    from rnninit_cli.plot import plot_diagnosis
+
+    state, _ = mm.recurrent_gemma()
+    found = discover(state)
+    tensors = found.effective(state)
+    diagnosis = diagnose(tensors, layers=found.layers)
+    assert any(block.kind == "radius" for layer in diagnosis.layers for block in layer.blocks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned of an empty legend where a layer has no bias_hh
+        plot_diagnosis(diagnosis, tensors, tmp_path / "rg.png")
+    assert (tmp_path / "rg.png").stat().st_size > 0

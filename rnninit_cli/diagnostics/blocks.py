@@ -97,6 +97,7 @@ class BlockStats:
     family: Family
     histogram: str
     spectrum: str | None
+    head: int | None = None  # the head whose rows these are (per-head cells)
 
     def as_dict(self) -> dict[str, Any]:
         return _json({
@@ -257,4 +258,5 @@ def _block_stats(layer: Layer, block: Block, cache: _Cache, *, geometry: bool,
         int(stats["inf"]), error, sv_min, sv_max, identity, _classify(layer, block, cache),
         sparkline(values, summary=summary),
         spectrum,
+        block.head,
     )
