@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LayoutDeclarationError, LayoutError
-from .layer import CELL_BY_GATE_COUNT, GATES, KINDS, Block, Layer, article, common_prefix
+from .layer import CELL_BY_GATE_COUNT, GATES, KINDS, Block, Layer, article, brace_name, common_prefix
 from .patterns import compile_user_pattern
 
 __all__ = ["CELL_BY_GATE_COUNT", "GATES", "KINDS", "Block", "Discovery", "Layer", "Skipped", "Suspect", "article",
@@ -517,14 +517,7 @@ def _view_name(pieces: Sequence[Piece], reordered: bool) -> str:
     if len(names) == 1:
         name = names[0] + (f"[{pieces[0].row}]" if pieces[0].row is not None else "")
     else:
-        head = common_prefix(names) if common_prefix(names) else ""
-        stems = [n[len(head):] for n in names]
-        tail = stems[0]
-        for stem in stems[1:]:
-            while not stem.endswith(tail):
-                tail = tail[1:]
-        middles = [stem[:len(stem) - len(tail)] for stem in stems]
-        name = f"{head}{{{','.join(middles)}}}{tail}" + (f"[{pieces[0].row}]" if pieces[0].row is not None else "")
+        name = brace_name(names) + (f"[{pieces[0].row}]" if pieces[0].row is not None else "")
     if pieces[0].transposed:
         name += ".T"
     if reordered and len(pieces) == 1:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..errors import LayoutDeclarationError
 from .declared import WEIGHT_KINDS, DeclaredCell
 from .heads import Axes, HeadPiece, HeadView, axes_text, solve_sizes
-from .layer import KINDS, Layer, RowBlock, common_prefix
+from .layer import KINDS, Layer, RowBlock, brace_name, common_prefix
 
 
 class _NoFit(Exception):
@@ -123,20 +123,7 @@ def _stack_position(cell: DeclaredCell, prefix: str, names: Sequence[str]) -> tu
 def _view_name(pieces: Sequence[HeadPiece], declared_axes: bool) -> str:
     """`blocks.1.xlstm.{f,i,z,o}gate.weight[head,out,in]`: the stored tensors and their axes."""
     names = [piece.source for piece in pieces]
-    if len(names) == 1:
-        name = names[0]
-    else:
-        head = common_prefix(names)
-        stems = [n[len(head):] for n in names]
-        tail = stems[0]
-        for stem in stems[1:]:
-            while not stem.endswith(tail):
-                tail = tail[1:]
-        middles = [stem[:len(stem) - len(tail)] for stem in stems]
-        if any(len(middle) > 1 for middle in middles) and tail[:1] not in ("_", ".", ""):
-            cut = min((tail.find(mark) for mark in "_." if mark in tail), default=len(tail))
-            middles, tail = [middle + tail[:cut] for middle in middles], tail[cut:]
-        name = f"{head}{{{','.join(middles)}}}{tail}"
+    name = names[0] if len(names) == 1 else brace_name(names)
     return f"{name}[{axes_text(pieces[0].axes)}]" if declared_axes else name
 
 

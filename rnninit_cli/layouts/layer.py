@@ -123,6 +123,22 @@ def article(word: str) -> str:
     return f"{'an' if vowel else 'a'} {word}"
 
 
+def brace_name(names: Sequence[str]) -> str:
+    """One readable name for several tensors: `cell.W_{i,f,g,o}.weight`, `rg_lru.{input,recurrent}_gate_weight` (the
+    shared tail starts at a word where the differing parts are longer than a letter)."""
+    head = common_prefix(names)
+    stems = [name[len(head):] for name in names]
+    tail = stems[0]
+    for stem in stems[1:]:
+        while not stem.endswith(tail):
+            tail = tail[1:]
+    middles = [stem[:len(stem) - len(tail)] for stem in stems]
+    if any(len(middle) > 1 for middle in middles) and tail[:1] not in ("_", ".", ""):
+        cut = min((tail.find(mark) for mark in "_." if mark in tail), default=len(tail))
+        middles, tail = [middle + tail[:cut] for middle in middles], tail[cut:]
+    return f"{head}{{{','.join(middles)}}}{tail}"
+
+
 def common_prefix(names: Sequence[str]) -> str:
     """The module path the names share, up to its last dot: `predictor.lstm_layers.0.`."""
     shared = names[0]
