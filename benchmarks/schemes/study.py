@@ -60,6 +60,7 @@ COPY_ALPHABET = 8
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 LR_EXTENSIONS = 2  # at most this many extra rates beyond either edge of the grid when a winner sits there
 LR_LIMITS = (1e-4, 0.3)
+TUNE_MARGIN = 0.02  # a grid whose winner is not this far below its median score has not ranked the rates
 CELLS = ("lstm", "gru", "rnn-relu")
 
 COLUMNS = (
@@ -472,8 +473,9 @@ CELL_COST = {"lstm": 1.0, "gru": 1.0, "rnn-relu": 0.3}  # relative step cost, fo
 
 
 def longest_first(jobs: list[Job]) -> list[Job]:
-    """Longest first, so that the last job to finish is a short one."""
-    return sorted(jobs, key=lambda job: -job.task.seq_len * job.steps * CELL_COST[job.cell])
+    """The tuned arm before the shared-rate arm (a sitting cut short leaves the main comparison whole), and within
+    an arm the longest first, so that the last job to finish is a short one."""
+    return sorted(jobs, key=lambda job: (job.arm == "shared", -job.task.seq_len * job.steps * CELL_COST[job.cell]))
 
 
 # ---- the learning-rate grid --------------------------------------------------------------------------
@@ -572,17 +574,28 @@ def tune(tasks: tuple[Task, ...], variants: tuple[Variant, ...], out: Path, work
     return tuned
 
 
+def grid_decides(scores: dict[float, float]) -> bool:
+    """Whether the grid ranks the rates at all: its winner scores at least TUNE_MARGIN below the median of the finite
+    scores. A flat grid (no rate learned anything within the grid's budget) names its smallest rate only by the
+    tie rule; such a configuration runs at the shared rate instead."""
+    finite = [value for value in scores.values() if math.isfinite(value)]
+    return bool(finite) and min(finite) < (1 - TUNE_MARGIN) * median(finite)
+
+
 def summarize_tuning(scores: dict[tuple[str, str, str], dict[float, float]]) -> dict[str, Any]:
     entries = []
     for (task, cell, scheme), by_rate in sorted(scores.items()):
         best = best_rate(by_rate)
         rates = sorted(by_rate)
-        entries.append({"task": task, "cell": cell, "scheme": scheme, "tuned_lr": best,
-                        "shared_lr": shared_rate(scores, task, cell),
-                        "on_edge": best in (rates[0], rates[-1]), "grid": rates,
+        shared = shared_rate(scores, task, cell)
+        decided = grid_decides(by_rate)
+        entries.append({"task": task, "cell": cell, "scheme": scheme, "tuned_lr": best if decided else shared,
+                        "shared_lr": shared, "grid_best_lr": best, "grid_decides": decided,
+                        "on_edge": decided and best in (rates[0], rates[-1]), "grid": rates,
                         "scores": [by_rate[lr] for lr in rates]})
     return {"rule": "median over the grid seeds of (mean validation loss over evaluations / best constant loss); "
-                    "lowest wins", "grid_seeds": list(TUNE_SEEDS), "entries": entries}
+                    f"lowest wins when it is at least {TUNE_MARGIN:.0%} below the median of the grid's finite scores, "
+                    "otherwise (a flat grid) the shared rate", "grid_seeds": list(TUNE_SEEDS), "entries": entries}
 
 
 def write_atomically(path: Path, text: str) -> None:
