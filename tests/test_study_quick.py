@@ -51,7 +51,9 @@ def test_quick_study_tunes_runs_resumes_and_draws(tmp_path: Path) -> None:
     assert variants == expected_variants
     for entry in tuned["entries"]:
         assert entry["tuned_lr"] in entry["grid"] and entry["shared_lr"] in entry["grid"]
-        assert entry["on_edge"] == (entry["tuned_lr"] in (min(entry["grid"]), max(entry["grid"])))
+        expected_rate = entry["grid_best_lr"] if entry["grid_decides"] else entry["shared_lr"]
+        assert entry["tuned_lr"] == expected_rate
+        assert entry["on_edge"] == (entry["grid_decides"] and expected_rate in (min(entry["grid"]), max(entry["grid"])))
 
     run("--out", str(tmp_path), cwd=tmp_path)
     results = tmp_path / "results.csv"

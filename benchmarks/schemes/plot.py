@@ -19,6 +19,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -547,12 +548,31 @@ def design(study: list[Row], csv_path: Path) -> list[str]:
 
         tuned = json.loads(tuned_path.read_text(encoding="utf-8"))
         grids = sorted({lr for entry in tuned["entries"] for lr in entry["grid"]})
-        edges = [f"{e['task']} {e['cell']} {e['scheme']}" for e in tuned["entries"] if e["on_edge"]]
+        def named(entry: dict[str, Any]) -> str:
+            return f"{entry['task']} {CELL_TITLES[entry['cell']]} `{entry['scheme']}`"
+
+        def edge_text(entry: dict[str, Any]) -> str:
+            index = entry["grid"].index(entry["tuned_lr"])
+            neighbour = 1 if index == 0 else index - 1
+            return (f"{named(entry)} (at {entry['tuned_lr']:g}, the grid's limit, score {entry['scores'][index]:.3f}"
+                    f" against {entry['scores'][neighbour]:.3f} at {entry['grid'][neighbour]:g})")
+
+        edges = [edge_text(e) for e in tuned["entries"] if e["on_edge"]]
+        flat = [e for e in tuned["entries"] if not e.get("grid_decides", True)]
+        flat_tasks = ordered([e["task"] for e in flat])
         lines += ["", f"Learning rates: a grid of {', '.join(f'{lr:g}' for lr in grids)} (extended past an edge "
-                  f"that held a winner), seeds {tuned['grid_seeds']} (not the study's), rule: {tuned['rule']}. "
-                  "Each configuration runs at its own best rate (*tuned*) and at the rate best for the median "
-                  "scheme of its task and cell (*shared*). Winners still on the grid's edge: "
-                  f"{', '.join(edges) or 'none'}."]
+                  f"that held a winner, down to 1e-4 and up to 0.3), {len(tuned['grid_seeds'])} seeds "
+                  f"{tuned['grid_seeds']} that are not the study's, {grid_budgets(tuned_path)} steps per grid "
+                  f"run; rule: {tuned['rule']}. Each configuration runs at its own rate (*tuned*) and at the rate "
+                  "best for the median scheme of its task and cell (*shared*).",
+                  "", f"The grid could not rank the rates of {len(flat)} of {len(tuned['entries'])} configurations: "
+                  f"no rate learned anything within the grid's budget (the lowest final validation loss among "
+                  f"their grid runs was {flat_floor(tuned_path, flat):.4f} × the best constant's). They run at the "
+                  "shared rate in both arms, which says nothing about what a longer grid would have picked: "
+                  + "; ".join(
+                      f"{task}: " + ", ".join(f"{CELL_TITLES[e['cell']]} `{e['scheme']}`" for e in flat
+                                              if e["task"] == task) for task in flat_tasks) + "."
+                  if flat else "", "", f"Winners still on the grid's edge: {', '.join(edges) or 'none'}."]
     walls, unfinished = sitting_walls(csv_path)
     cpu = sum(float(row["wall_s"]) for row in study)
     lines += ["", f"Compute: {cpu / 3600:.2f} CPU-hours of runs; {len(walls)} finished sitting(s) took "
@@ -564,6 +584,26 @@ def design(study: list[Row], csv_path: Path) -> list[str]:
               "nice -n 19 .venv/bin/python benchmarks/schemes/study.py --jobs 2",
               ".venv/bin/python benchmarks/schemes/plot.py --readme README.md", "```"]
     return lines
+
+
+def grid_rows(tuned_path: Path) -> list[Row]:
+    return [row for row in read_rows(tuned_path.parent / "tuning.csv") if row["phase"] == "tune"]
+
+
+def grid_budgets(tuned_path: Path) -> str:
+    """The grid runs' budgets, read from tuning.csv beside tuned.json: one number, or one per task."""
+    budgets = {row["task"]: row["steps"] for row in grid_rows(tuned_path)}
+    if len(set(budgets.values())) == 1:
+        return next(iter(budgets.values()))
+    return ", ".join(f"{steps} ({task})" for task, steps in sorted(budgets.items())) or "?"
+
+
+def flat_floor(tuned_path: Path, flat: list[dict[str, Any]]) -> float:
+    """The lowest final validation loss ÷ best constant loss over the grid runs of configurations the grid could
+    not rank (≥ 1: none of them beat the constant predictor)."""
+    keys = {(entry["task"], entry["cell"], entry["scheme"]) for entry in flat}
+    return min(float(row["final_val_loss"]) / float(row["baseline_loss"]) for row in grid_rows(tuned_path)
+               if (row["task"], row["cell"], row["scheme"]) in keys)
 
 
 def write_atomically(path: Path, text: str) -> None:
