@@ -261,10 +261,11 @@ def plot_curves(task: str, rows: list[Row], schemes: list[str], out: Path) -> Pa
                   frameon=False)
     seeds = len({row["seed"] for row in rows})
     figure.suptitle(f"{task_title(first)}: median of {seeds} seeds, band = interquartile range; each scheme at its "
-                    f"tuned rate (Adam, batch {first['batch_size']})", fontsize=11)
+                    f"tuned rate (Adam, batch {first['batch_size']})\nmedians that sit on the best constant hide "
+                    f"each other; solved-{task}.png counts the seeds that solved", fontsize=11)
     figure.tight_layout(rect=(0, 0.08, 1, 0.96))
     path = out / f"curves-{task}.png"
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -298,7 +299,7 @@ def plot_survival(task: str, table: dict[tuple[str, str, str], Config], schemes:
                     fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     path = out / f"solved-{task}.png"
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -336,7 +337,7 @@ def plot_summary(table: dict[tuple[str, str, str], Config], tasks: list[str], sc
                    "each at its tuned rate; one colour scale for every task", fontsize=9, pad=8)
     figure.tight_layout()
     path = out / "summary.png"
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -442,6 +443,31 @@ def findings(table: dict[tuple[str, str, str], Config], comparisons: list[Compar
     return lines
 
 
+def in_brief(tests: list[Comparison], arm: str) -> list[str]:
+    """Every pre-declared comparison at one arm's rates, counted: which separate after Holm, which cannot."""
+    if not tests:
+        return []
+    against = [c for c in tests if c.against == REFERENCE and c.against_cell == c.cell]
+    separated = [c for c in against if c.holm < ALPHA]
+    hopeless = [c for c in against if c.holm >= ALPHA and c.wilcoxon.min_p * family_size(c) > ALPHA]
+    lines = [f"- At the {arm} rates, {len(separated)} of the {len(against)} comparisons of a scheme with "
+             f"`{REFERENCE}` (one per task, cell and scheme) separate after Holm"
+             + (": " + "; ".join(f"`{c.scheme}` {'ahead of' if c.ahead else 'behind'} `{REFERENCE}` on {c.task} "
+                                 f"{CELL_TITLES[c.cell]} (Holm p = {c.holm:.3g})" for c in separated) if separated
+                else "")
+             + f". For the other {len(against) - len(separated)} these seeds cannot tell the scheme from "
+               f"`{REFERENCE}`" + (f"; {len(hopeless)} of those had too few nonzero paired differences for any "
+                                   "outcome to pass Holm" if hopeless else "") + "."]
+    for family in ordered([c.family for c in tests if c not in against]):
+        members = [c for c in tests if c.family == family]
+        split = [c for c in members if c.holm < ALPHA]
+        lines.append(f"- {family} ({arm} rates): {len(split)} of {len(members)} task-and-cell comparisons separate "
+                     "after Holm" + (": " + "; ".join(
+                         f"`{c.scheme}` {'ahead' if c.ahead else 'behind'} on {c.task} {CELL_TITLES[c.cell]} "
+                         f"(Holm p = {c.holm:.3g})" for c in split) if split else "") + " (details below).")
+    return lines
+
+
 def write_summary(rows: list[Row], csv_path: Path, tasks: list[str], schemes: list[str], out: Path) -> Path:
     study = [row for row in rows if row["phase"] == "study"]
     tuned, shared = configs(study, "tuned"), configs(study, "shared")
@@ -463,6 +489,7 @@ def write_summary(rows: list[Row], csv_path: Path, tasks: list[str], schemes: li
               "time-to-solve (unsolved runs ranked behind solved ones by how close they got), Holm-corrected "
               "within each task and cell; solve counts by Fisher's exact test. \"Not distinguishable\" is not "
               "\"no difference\": it says what these seeds cannot show.", ""]
+    lines += ["### In brief", "", *in_brief(tuned_tests, "tuned"), *in_brief(shared_tests, "shared"), ""]
     same_rate = all(row["arm"] == "tuned+shared" for row in study)
     for arm, table, tests in (("tuned", tuned, tuned_tests), ("shared", shared, shared_tests)):
         if not table or (arm == "shared" and same_rate):
