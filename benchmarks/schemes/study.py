@@ -88,8 +88,8 @@ class Task:
 
     @property
     def chrono_tmax(self) -> int:
-        """chrono's T_max: the longest dependency, T for adding and the digits; 3/2 of the delay for copy (the value
-        attributed to Tallec & Ollivier's copy experiments, not re-read from the paper here)."""
+        """chrono's T_max as Tallec & Ollivier 2018 (section 3) set it: T on the adding problem (and here on the
+        digits, the longest dependency); on copy 3/2 of the delay T, "a bit larger than" the input's length."""
         return 3 * self.length // 2 if self.kind == "copy" else self.length
 
     @property
