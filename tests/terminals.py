@@ -41,25 +41,31 @@ def run_on_terminal(argv: list[str], *, columns: int, env: dict[str, str], cwd: 
     process = subprocess.Popen([sys.executable, *argv], stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
                                start_new_session=True, preexec_fn=preexec_fn)
     os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + 240
     try:
-        while True:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, "timed out"
-            try:
-                chunk = os.read(master, 1 << 16)
-            except OSError:  # EIO: the last writer closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+        shown = read_until_closed(master, 240)
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
         os.close(master)
-    return b"".join(chunks).decode("utf-8", errors="replace")
+    return shown.decode("utf-8", errors="replace")
+
+
+def read_until_closed(master: int, seconds: float) -> bytes:
+    """Everything written to a pseudo-terminal until its last writer closes it (EIO or end of file)."""
+    chunks = []
+    deadline = time.monotonic() + seconds
+    while True:
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "timed out"
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # Several commands in one interpreter (torch is imported once), each exactly as `rnninit ARGS` runs it, argv lists

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from terminals import address_space_limit, run_on_terminal, terminal_environment
+from terminals import address_space_limit, read_until_closed, run_on_terminal, terminal_environment
 
 from rnninit_cli.report import FULL_ON_A_TERMINAL, ROWS_ON_A_TERMINAL
 
@@ -104,17 +104,9 @@ def test_the_report_on_standard_error_says_how_to_keep_every_table(folder: Path,
                                     "--seed", "0", "-o", "-"], cwd=folder, stdout=out, stderr=slave,
                                    env=terminal_environment(TERM="xterm-256color"))
         os.close(slave)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 1 << 16)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+        shown = read_until_closed(master, 120)
         assert process.wait(timeout=120) == 0
     os.close(master)
-    report = STYLING.sub("", b"".join(chunks).decode())
+    report = STYLING.sub("", shown.decode())
     assert "one line per kind (every table: redirect standard error, or --json):" in " ".join(report.split())
     assert (tmp_path / "out.pt").read_bytes()[:2] == b"PK"  # the checkpoint, whole, on standard output

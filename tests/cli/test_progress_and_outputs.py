@@ -21,7 +21,7 @@ import torch
 from typer.testing import Result
 
 from tests.builders import file_format, temp_leftovers
-from tests.terminals import run_on_terminal, terminal_environment
+from tests.terminals import read_until_closed, run_on_terminal, terminal_environment
 
 SCHEME = ["-s", "keras", "--seed", "3"]
 # a count of bytes out of a known total, as the bar shows it ("1.2/4.5 MB"): determinate, never "0/?"
@@ -209,17 +209,7 @@ def run_with_stdout_on_terminal(argv: list[str], cwd: Path) -> tuple[int, bytes,
     process = subprocess.Popen([sys.executable, "-m", "rnninit_cli.cli", *argv], stdout=slave, stderr=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, cwd=cwd, env=terminal_environment())
     os.close(slave)
-    shown = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 120)
-        assert ready, "timed out"
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:  # EIO: the terminal's last writer is gone
-            break
-        if not chunk:
-            break
-        shown += chunk
+    shown = read_until_closed(master, 120)
     os.close(master)
     _, stderr = process.communicate(timeout=120)
     return process.returncode, shown, stderr.decode()
