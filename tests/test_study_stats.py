@@ -127,12 +127,17 @@ def test_paired_bootstrap_interval() -> None:
     assert analysis.paired_bootstrap_ci([1.0, 2.0], [0.5, 1.5]) == pytest.approx((0.5, 0.5, 0.5))
 
 
-def test_solve_score_ranks_unsolved_runs_behind_solved_ones() -> None:
-    solved = analysis.solve_score("1500", 1500, 0.95, 0.9, 0.125, True)
-    near = analysis.solve_score("", 1500, 0.8, 0.9, 0.125, True)
-    chance = analysis.solve_score("", 1500, 0.12, 0.9, 0.125, True)
-    assert solved <= 1500 < near < chance == 3000
-    mse_near = analysis.solve_score("", 1000, 0.02, 0.017, 0.17, False)
-    assert 1000 < mse_near < analysis.solve_score("", 1000, 0.17, 0.017, 0.17, False) == 2000
+def test_time_score_ties_unsolved_runs_behind_solved_ones() -> None:
+    assert analysis.time_score("1500", 1500) == 1500.0
+    assert analysis.time_score("", 1500) == analysis.time_score("", 1500) == 1501.0
+    assert analysis.time_score("250", 1500) < analysis.time_score("", 1500)
     assert analysis.time_to_solve("", 1500) == (1500.0, False)
     assert analysis.time_to_solve("250", 1500) == (250.0, True)
+
+
+def test_first_reach_on_both_directions_and_at_exactly_the_threshold() -> None:
+    steps = [0, 25, 50, 75]
+    assert analysis.first_reach(steps, [0.1, 0.5, 0.9, 0.95], 0.9, True) == 50  # exactly 0.9 counts
+    assert analysis.first_reach(steps, [0.1, 0.5, 0.89999, 0.95], 0.9, True) == 75
+    assert analysis.first_reach(steps, [0.2, 0.1, 0.02, 0.01], 0.02, False) == 50
+    assert analysis.first_reach(steps, [0.2, 0.1, 0.05, 0.03], 0.02, False) is None

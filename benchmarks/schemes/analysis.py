@@ -154,22 +154,16 @@ def time_to_solve(steps_to_threshold: str, budget: int) -> tuple[float, bool]:
     return (float(steps_to_threshold), True) if steps_to_threshold else (float(budget), False)
 
 
-def progress_gap(best_metric: float, threshold: float, baseline: float, higher_is_better: bool) -> float:
-    """How far an unsolved run stayed from the threshold, 0 (reached) … 1 (at the best constant or worse); MSE on a
-    log scale."""
-    if higher_is_better:
-        gap = (threshold - best_metric) / (threshold - baseline)
-    else:
-        if not (best_metric > 0 and math.isfinite(best_metric)):
-            return 1.0
-        gap = math.log(best_metric / threshold) / math.log(baseline / threshold)
-    return min(1.0, max(0.0, gap))
+def time_score(steps_to_threshold: str, budget: int) -> float:
+    """The time-to-solve endpoint for a paired rank test, lower is better: the steps a solved run took; budget + 1
+    for every unsolved run, so unsolved runs tie with each other and rank behind every solved one (how close an
+    unsolved run came is a different endpoint, the final metric)."""
+    return float(steps_to_threshold) if steps_to_threshold else float(budget + 1)
 
 
-def solve_score(steps_to_threshold: str, budget: int, best_metric: float, threshold: float, baseline: float,
-                higher_is_better: bool) -> float:
-    """Lower is better. Solved: the steps it took (≤ budget). Unsolved: budget · (1 + gap), so that an unsolved run
-    ranks behind every solved one and, among unsolved runs, the one that got closer ranks first."""
-    if steps_to_threshold:
-        return float(steps_to_threshold)
-    return budget * (1.0 + progress_gap(best_metric, threshold, baseline, higher_is_better))
+def first_reach(steps: Sequence[int], values: Sequence[float], threshold: float, higher_is_better: bool) -> int | None:
+    """The first evaluated step whose value reaches the threshold (≥ when higher is better, else ≤), or None."""
+    for step, value in zip(steps, values, strict=True):
+        if (value >= threshold) if higher_is_better else (value <= threshold):
+            return step
+    return None

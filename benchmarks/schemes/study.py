@@ -289,9 +289,10 @@ def loss_and_metric(task: Task, outputs: torch.Tensor, targets: torch.Tensor) ->
         return loss, float(loss.detach())
     if task.kind == "copy":
         loss = nn.functional.cross_entropy(outputs.reshape(-1, COPY_ALPHABET), targets.reshape(-1))
-        return loss, float((outputs.detach().argmax(2) == targets).float().mean())
+        return loss, int((outputs.detach().argmax(2) == targets).sum()) / targets.numel()
     loss = nn.functional.cross_entropy(outputs[:, -1], targets)
-    return loss, float((outputs.detach()[:, -1].argmax(1) == targets).float().mean())
+    # counted as an integer and divided in double precision: a float32 mean made 324/360 = 0.89999998 < 0.9
+    return loss, int((outputs.detach()[:, -1].argmax(1) == targets).sum()) / targets.numel()
 
 
 # ---- one run -----------------------------------------------------------------------------------------
