@@ -168,6 +168,7 @@ class Comparison:
     ahead: bool  # the scheme's outcomes rank better (lower score on the endpoint) than the other's
     fisher: float
     solved: tuple[int, int, int, int]  # solved, runs of the scheme; solved, runs of the other
+    rates: tuple[str, str]  # the learning rates of the scheme's runs and of the other's
     holm: float = 1.0
 
     @property
@@ -191,7 +192,8 @@ class Comparison:
         if self.wilcoxon.n == 0:
             return f"the same {self.on} as {against} on every seed (no nonzero paired difference)"
         if self.wilcoxon.min_p * family_size(self) > ALPHA:
-            return (f"the data cannot tell it from {against} on {self.on}: with {self.wilcoxon.n} nonzero differences "
+            return (f"the data cannot tell it from {against} on {self.on}: with {self.wilcoxon.n} nonzero "
+                    f"difference{'s' if self.wilcoxon.n != 1 else ''} "
                     f"the smallest p the test can give, {self.wilcoxon.min_p:.3g}, cannot pass Holm ({tested})")
         return f"not distinguishable from {against} on {self.on} at this sample size ({tested})"
 
@@ -213,7 +215,8 @@ def compare(family: str, mine: Config, other: Config, endpoint: str) -> Comparis
     p_fisher = analysis.fisher_exact(mine.solved, len(mine.runs) - mine.solved, other.solved,
                                      len(other.runs) - other.solved)
     return Comparison(endpoint, mine.metric, family, mine.task, mine.cell, mine.scheme, other.scheme, other.cell,
-                      len(seeds), result, ahead, p_fisher, (mine.solved, len(mine.runs), other.solved, len(other.runs)))
+                      len(seeds), result, ahead, p_fisher, (mine.solved, len(mine.runs), other.solved, len(other.runs)),
+                      (mine.runs[0]["lr"], other.runs[0]["lr"]))
 
 
 def with_holm(comparisons: list[Comparison]) -> list[Comparison]:
@@ -333,7 +336,7 @@ def plot_survival(task: str, table: dict[tuple[str, str, str], Config], schemes:
                 continue
             budget = config.budget
             xs, ys = analysis.km_curve(config.survival, config.budget)
-            lift = 0.008 * schemes.index(scheme)  # tied curves stay visible; never above 1 nor below 0
+            lift = 0.004 * schemes.index(scheme)  # tied curves stay visible; never above 1 nor below 0
             axis.plot(xs, [min(1.0, y + lift) if y < 1 else 1.0 - lift for y in ys], color=colors[scheme],
                       linewidth=1.5,
                       linestyle=(0, (4, 2)) if scheme.endswith("matched") else "-",
@@ -350,7 +353,7 @@ def plot_survival(task: str, table: dict[tuple[str, str, str], Config], schemes:
     axes[0][0].set_ylabel("fraction of seeds solved (Kaplan–Meier)")
     first = next(config.runs[0] for key, config in table.items() if key[0] == task)
     figure.suptitle(f"{task_title(first)}: time to reach {threshold_text(first)}; runs that never do are censored "
-                    f"at the budget ({budget} steps); curves offset by under 0.04 so that ties stay visible",
+                    f"at the budget ({budget} steps); curves offset by under 0.03 so that ties stay visible",
                     fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     path = out / f"solved-{task}.png"
@@ -476,13 +479,14 @@ def beside(paper: Paper, tables: dict[str, dict[tuple[str, str, str], Config]]) 
             mine, theirs = table.get(mine_key), table.get(theirs_key)
             if mine is None or theirs is None:
                 continue
-            endpoint = "time" if mine.solved or theirs.solved else "final"
-            test = compare("paper", mine, theirs, endpoint)
-            verdict = (("ahead" if test.ahead else "behind") if test.wilcoxon.p_value < ALPHA
-                       else "not separated")
+            verdicts = []
+            for endpoint in ENDPOINTS:
+                test = compare("paper", mine, theirs, endpoint)
+                verdict = (("ahead" if test.ahead else "behind") if test.wilcoxon.p_value < ALPHA
+                           else "not separated")
+                verdicts.append(f"{verdict} on {test.on} (p = {test.wilcoxon.p_value:.3g})")
             said.append(f"{arm} (lr {mine.runs[0]['lr']} / {theirs.runs[0]['lr']}): {mine.solved}/{len(mine.runs)} "
-                        f"against {theirs.solved}/{len(theirs.runs)} solved, {verdict} on {test.on} "
-                        f"(p = {test.wilcoxon.p_value:.3g})")
+                        f"against {theirs.solved}/{len(theirs.runs)} solved, " + ", ".join(verdicts))
         if said:
             task, cell, scheme = mine_key
             parts.append(f"{task}, `{scheme}` {CELL_TITLES[cell]} against `{theirs_key[2]}` "
@@ -599,12 +603,20 @@ def in_brief(tests: dict[str, list[Comparison]]) -> list[str]:
     if len(tests) == 2:
         first, second = tests.values()
         others = {verdict_key(c): c for c in second}
-        robust = [c for c in first if c.holm < ALPHA and verdict_key(c) in others
-                  and others[verdict_key(c)].holm < ALPHA and others[verdict_key(c)].ahead == c.ahead]
-        lines.append("- **Separated at both arms' rates, in the same direction** (the verdicts that do not hang on "
-                     "the learning rate): " + ("; ".join(
-                         f"`{c.scheme}` {c.cell_text} {'ahead of' if c.ahead else 'behind'} {c.against_text} on "
-                         f"{c.task}, {c.on}" for c in robust) or "none") + ".")
+        both = [c for c in first if c.holm < ALPHA and verdict_key(c) in others
+                and others[verdict_key(c)].holm < ALPHA and others[verdict_key(c)].ahead == c.ahead]
+        moved = [c for c in both if others[verdict_key(c)].rates != c.rates]
+
+        def said(c: Comparison) -> str:
+            verb = "ahead of" if c.ahead else "behind"
+            return f"`{c.scheme}` {c.cell_text} {verb} {c.against_text} on {c.task}, {c.on}"
+
+        lines.append("- **Separated in the same direction at two different learning rates** (the tuned and the shared "
+                     "arm ran at least one side at another rate): " + ("; ".join(said(c) for c in moved) or "none")
+                     + ".")
+        lines.append("- Separated in both arms, but both arms are the same runs (the tuned rate was the shared rate on "
+                     "both sides, so this is one result, not a check against the rate): "
+                     + ("; ".join(said(c) for c in both if c not in moved) or "none") + ".")
     return lines
 
 
@@ -719,7 +731,9 @@ def limitations(study: list[Row], tuned: dict[tuple[str, str, str], Config], csv
         at_threshold = sum(c.solved for c in here)
         lines.append(f"- **{task}** (tuned arm): {len(unsolved)} of {len(here)} configurations solved no seed within "
                      f"the budget of {here[0].budget} steps. Against the threshold: {at_threshold} of {len(rows)} "
-                     f"runs reach {threshold_text(rows[0])}; {solved_at(rows, looser)} reach {name}.")
+                     f"runs reach {threshold_text(rows[0])}; {solved_at(rows, looser)} reach {name}."
+                     + (" Its time-to-solve verdicts depend on where the threshold sits; its final-metric verdicts "
+                        "do not." if abs(solved_at(rows, looser) - at_threshold) > 0.1 * len(rows) else ""))
     moved = [row for row in study if row["steps_to_threshold"] != row["recorded_steps_to_threshold"]]
     if moved:
         per_task = ", ".join(f"{task} {sum(row['task'] == task for row in moved)}"
@@ -778,7 +792,8 @@ def compute_text(label: str, path: Path, rows: list[Row]) -> str:
     wall = sum((end - start).total_seconds() for start, end, _ in spans)
     cpu = sum(float(row["wall_s"]) for row in rows)
     return (f"{label}: {len(rows)} runs, {cpu / 3600:.2f} CPU-hours, {wall / 3600:.2f} h of wall time over "
-            f"{len(spans)} sitting(s) on 2 cores (from each sitting's start to its last row)")
+            f"{len(spans)} sitting{'s' if len(spans) != 1 else ''} on 2 cores (from each sitting's start to its "
+            "last row)")
 
 
 def design(study: list[Row], csv_path: Path) -> list[str]:
