@@ -117,15 +117,13 @@ def packed_as_float(opened: Any, tensors: Mapping[str, Any], skipped: tuple[Skip
         for cell in group:
             found.cells.append(cell)
             names = float_names(cell)
-            parts = [*cell.weights, *((kind, name) for kind, name in cell.biases)]
-            for part in parts:
-                kind, stored = (part.kind, part.name) if not isinstance(part, tuple) else part
+            for kind, stored in [*((weight.kind, weight.name) for weight in cell.weights), *cell.biases]:
                 location = opened.locations[stored]
                 dtype = "float32" if location.dtype_name.startswith("q") else location.dtype_name
                 found.stored[names[kind]] = stored
                 found.shapes[names[kind]] = TensorShape(location.shape, dtype)
             found.scales.update({w.name: offsets[w.name] for w in cell.weights if w.scale is not None})
-        found.pickle = pickle_record(opened) or ""
+    found.pickle = pickle_record(opened) or ""
     rewritten = {cell.path for cell in found.cells}
     return found, tuple(replace(item, reason=f"{item.reason}: {why[item.names[0]]}") if item.names[0] in why else item
                         for item in skipped if item.names[0] not in rewritten)
@@ -244,9 +242,9 @@ def repack(found: PackedFloat, tensors: Mapping[str, Any], updates: Mapping[str,
 
 
 def describe_packed(opened: Any, names: Iterable[str], skipped: tuple[Skipped, ...], only: str | None,
-                    rewritten: Iterable[str] = ()) -> tuple[list[QuantizedLayer], tuple[Skipped, ...]]:
-    """The dynamically quantized layers of `opened` (those whose record path `only` matches; `rewritten`: the
-    records apply rewrites), and `skipped` with why a packed record is not shown, where it is not."""
+                    ) -> tuple[list[QuantizedLayer], tuple[Skipped, ...]]:
+    """The dynamically quantized layers of `opened` (those whose record path `only` matches), each with why apply
+    keeps it where `skipped` names it, and `skipped` with why a packed record is not shown, where it is not."""
     cells, problems = packed_cells(getattr(opened, "root", None), names)
     if not cells and not skipped:
         return [], skipped

@@ -220,11 +220,23 @@ def _plan_or_hints(opened: Source, unpacked: dict[str, Any], scheme: str, **opti
         raise
 
 
-def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any], written: list[str], *,
-                      dry_run: bool = False, packed: PackedFloat | None = None) -> tuple[list[str], list[str]]:
-    """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state;
-    `written`: the stored tensors the plan rewrites (`packed`: those of packed records among them)."""
-    shared = shared_storage_warnings(opened, written, [cell.path for cell in packed.cells] if packed else ())
+def _packed_plan(opened: Source, shapes: dict[str, Any], scheme: str, **options: Any,
+                 ) -> tuple[Plan, PackedFloat, list[str]]:
+    """The plan of the model tensors of `opened` (`shapes`), its packed records planned as their float layers
+    (`packing`), and the notes it brings: effective parameters, packed modules rewritten."""
+    unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
+    as_float, packed = packed_as_float(opened, unpacked, packed)
+    the_plan = _plan_or_hints(opened, {**unpacked, **as_float.shapes}, scheme, skipped=packed, **options)
+    notes = [f"effective parameter: {view.describe}" for view in the_plan.views]
+    return the_plan, as_float, notes + as_float.notes(the_plan.written_sources)
+
+
+def _rewrite_warnings(opened: Source, the_plan: Plan, shapes: dict[str, Any], packed: PackedFloat, *,
+                      dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """What `apply` warns about, and a code for each (--json): skipped groups, tied weights, stale optimizer state,
+    for the stored tensors the plan rewrites (those behind the float parameters of `packed` included)."""
+    written = [name for names in packed.stored_of(the_plan.written_sources) for name in names]
+    shared = shared_storage_warnings(opened, written, [cell.path for cell in packed.cells])
     warnings = [str(item) for item in the_plan.skipped] + shared
     codes = ["skipped"] * len(the_plan.skipped) + ["shared-storage"] * len(shared)
     stale = stale_optimizer_warning(opened, shapes, written, dry_run=dry_run)
@@ -352,12 +364,9 @@ def _rewrite(
         refuse_non_tensors(opened.root, tensors_only)
 
     shapes = opened.shapes()
-    unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
-    as_float, packed = packed_as_float(opened, unpacked, packed)
-    the_plan = _plan_or_hints(opened, {**unpacked, **as_float.shapes}, scheme, rules=rules, only=only,
-                              layouts=layouts, strict=strict, skipped=packed)
-    notes.extend(f"effective parameter: {view.describe}" for view in the_plan.views)
-    notes.extend(as_float.notes(the_plan.written_sources))
+    the_plan, as_float, plan_notes = _packed_plan(opened, shapes, scheme, rules=rules, only=only, layouts=layouts,
+                                                  strict=strict)
+    notes.extend(plan_notes)
     tensors = {**opened.load(as_float.stored_of(the_plan.sources)[0]),
                **packed_float_values(opened, as_float, the_plan.sources, as_torch=True)}
     discovery = the_plan.discovery
@@ -365,10 +374,9 @@ def _rewrite(
     # the total is known from here on: a bar shows it while the old values' statistics are taken
     written_entry = _counting(the_plan.writes, effective, on_entry, None if dry_run or output is None else on_progress)
     before = capture_stats(the_plan, effective) if report_before else {}
-    written, packed_written = as_float.stored_of(the_plan.written_sources)
+    written, _ = as_float.stored_of(the_plan.written_sources)
     refuse_overlapping(shapes, written)  # with the file's own strides (`tensors` are copies)
-    warnings, codes = _rewrite_warnings(opened, the_plan, shapes, [*written, *packed_written], dry_run=dry_run,
-                                        packed=as_float)
+    warnings, codes = _rewrite_warnings(opened, the_plan, shapes, as_float, dry_run=dry_run)
     result = RewriteResult(the_plan, effective, before, opened.format, target_format, None, warnings, notes, codes)
     if dry_run or output is None:
         result.plan = the_plan if seed is None else replace(the_plan, seed=seed)
@@ -450,23 +458,17 @@ def _plan_without_torch(source: str, output: str | None, scheme: str, options: R
             if target_format != opened.format or output == STDIO or options.drop_optimizer_state:
                 return None
         shapes = opened.shape_records()
-        unpacked, packed = set_aside_packed(opened, model_tensors(opened, shapes))
-        as_float, packed = packed_as_float(opened, unpacked, packed)
-        the_plan = _plan_or_hints(opened, {**unpacked, **as_float.shapes}, scheme, rules=options.rules,
-                                  only=options.only, layouts=options.layouts, strict=options.strict, skipped=packed,
-                                  probe=False)
-        notes = [f"effective parameter: {view.describe}" for view in the_plan.views]
-        notes.extend(as_float.notes(the_plan.written_sources))
+        the_plan, as_float, notes = _packed_plan(opened, shapes, scheme, rules=options.rules, only=options.only,
+                                                 layouts=options.layouts, strict=options.strict, probe=False)
         discovery = the_plan.discovery
         stored, _ = as_float.stored_of(the_plan.sources)
         tensors = discovery.effective({**opened.arrays(stored), **packed_float_values(
             opened, as_float, the_plan.sources, as_torch=False)}) if options.report_before else {}
         before = capture_stats(the_plan, tensors) if options.report_before else {}
-        written, packed_written = as_float.stored_of(the_plan.written_sources)
+        written, _ = as_float.stored_of(the_plan.written_sources)
         strided = _strided(opened)
         refuse_overlapping(strided, [name for name in written if name in strided])
-        warnings, codes = _rewrite_warnings(opened, the_plan, shapes, [*written, *packed_written], dry_run=True,
-                                            packed=as_float)
+        warnings, codes = _rewrite_warnings(opened, the_plan, shapes, as_float, dry_run=True)
         seeded = the_plan if options.seed is None else replace(the_plan, seed=options.seed)
         return RewriteResult(seeded, tensors, before, opened.format, target_format, None, warnings, notes, codes)
     finally:

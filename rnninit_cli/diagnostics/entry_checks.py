@@ -148,15 +148,8 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
         return cache.orthogonal_verdict(entry.name, entry.start, entry.stop, float(args["gain"]), tolerance)
     if init in _IID and (structure := _structured(entry, cache, alpha)):
         return Verdict(False, True, f"{structure}; {init} draws i.i.d. values, which never are")
-    if init == "uniform":
-        return check_uniform(block, float(args["a"]), float(args["b"]), u, summary=summary, alpha=alpha)
-    if init == "normal":
-        return check_normal(block, float(args["mean"]), float(args["std"]), u, summary=summary, alpha=alpha)
-    if init == "small_init":
-        return check_normal(block, 0.0, math.sqrt(2 / (5 * int(args["input_size"]))), u, summary=summary, alpha=alpha)
-    if init == "fan_in_normal":
-        return check_normal(block, 0.0, math.sqrt(float(args["scale"]) / _scope(entry, cache).fan_in), u,
-                            summary=summary, alpha=alpha)
+    if init in _LAWS:
+        return _check_law(block, _law(entry, cache), u, summary=summary, alpha=alpha)
     if init == "linspace":
         start, end = float(args["start"]), float(args["end"])
         return check_values(block, linspace_values(start, end, block.shape[0]), u,
@@ -167,9 +160,6 @@ def _check_entry(entry: PlanEntry, cache: _Cache, group: Sequence[PlanEntry],
                                                 f"{args['num_blocks']}", 12.0)  # x = 5 − 12·t: terms up to 12
     if init == "rglru_radius":
         return check_radius(block, float(args["min_rad"]), float(args["max_rad"]), u, alpha=alpha)
-    if init == "pytorch":
-        bound = 1 / math.sqrt(int(args["hidden_size"]))
-        return check_uniform(block, -bound, bound, u, summary=summary, alpha=alpha)
     if init in ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal"):
         fans = _scope(entry, cache)
         if init == "xavier_uniform":
@@ -249,7 +239,29 @@ def _check_chrono_entry(entry: PlanEntry, block: np.ndarray, u: float, cache: _C
     return verdict
 
 
-_POOLED = ("small_init", "fan_in_normal", "normal", "uniform", "pytorch")
+# i.i.d. laws their arguments set: checked alone, and pooled over the heads of one rule
+_LAWS = ("small_init", "fan_in_normal", "normal", "uniform", "pytorch")
+
+
+def _law(entry: PlanEntry, cache: _Cache) -> tuple[str, float, float]:
+    """("uniform", low, high) or ("normal", mean, std) of an entry whose initializer is in `_LAWS`:
+    U(a, b); N(mean, std); PyTorch's U(±1/√h); small_init N(0, √(2/(5·d))); fan_in_normal N(0, √(scale/fan_in))."""
+    args = dict(entry.args)
+    if entry.initializer == "uniform":
+        return "uniform", float(args["a"]), float(args["b"])
+    if entry.initializer == "pytorch":
+        bound = 1 / math.sqrt(int(args["hidden_size"]))
+        return "uniform", -bound, bound
+    if entry.initializer == "small_init":
+        return "normal", 0.0, math.sqrt(2 / (5 * int(args["input_size"])))
+    if entry.initializer == "fan_in_normal":
+        return "normal", 0.0, math.sqrt(float(args["scale"]) / _scope(entry, cache).fan_in)
+    return "normal", float(args["mean"]), float(args["std"])
+
+
+def _check_law(values: Any, law: tuple[str, float, float], u: float, **options: Any) -> Verdict:
+    kind, first, second = law
+    return (check_uniform if kind == "uniform" else check_normal)(values, first, second, u, **options)
 
 
 def pooled_groups(entries: Sequence[PlanEntry]) -> list[list[int]]:
@@ -257,7 +269,7 @@ def pooled_groups(entries: Sequence[PlanEntry]) -> list[list[int]]:
     heads test weakly one by one (64 values cannot tell a σ √2 too large), their union tests well."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, entry in enumerate(entries):
-        if entry.head is not None and entry.per == "gate" and entry.initializer in _POOLED:
+        if entry.head is not None and entry.per == "gate" and entry.initializer in _LAWS:
             key = (entry.name, entry.rule, entry.initializer, entry.args, entry.stop - entry.start)
             groups.setdefault(key, []).append(index)
     return [group for group in groups.values() if len(group) > 1]
@@ -267,21 +279,8 @@ def pooled_groups(entries: Sequence[PlanEntry]) -> list[list[int]]:
 def check_pooled(group: Sequence[PlanEntry], cache: _Cache, alpha: float = ALPHA) -> Verdict:
     """The blocks of a pooled group (see `pooled_groups`) as one i.i.d. sample of their initializer."""
     first = group[0]
-    args = dict(first.args)
     values = np.concatenate([as_float64(cache.block(e.name, e.start, e.stop)).reshape(-1) for e in group])
-    u = cache.u(first.name)
-    if first.initializer in ("uniform", "pytorch"):
-        low, high = ((float(args["a"]), float(args["b"])) if first.initializer == "uniform"
-                     else (-1 / math.sqrt(int(args["hidden_size"])), 1 / math.sqrt(int(args["hidden_size"]))))
-        verdict = check_uniform(values, low, high, u, alpha=alpha)
-    else:
-        if first.initializer == "small_init":
-            mean, std = 0.0, math.sqrt(2 / (5 * int(args["input_size"])))
-        elif first.initializer == "fan_in_normal":
-            mean, std = 0.0, math.sqrt(float(args["scale"]) / _scope(first, cache).fan_in)
-        else:
-            mean, std = float(args["mean"]), float(args["std"])
-        verdict = check_normal(values, mean, std, u, alpha=alpha)
+    verdict = _check_law(values, _law(first, cache), cache.u(first.name), alpha=alpha)
     if verdict.ok:
         return verdict
     return Verdict(False, True, f"its {len(group)} head blocks of {first.rule} pooled: {verdict.detail}")
