@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 from collections import defaultdict
@@ -32,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import analysis  # noqa: E402
-from study import COPY_ALPHABET, VARIANTS, read_rows  # noqa: E402
+from study import COPY_ALPHABET, VARIANTS, read_rows, write_atomically  # noqa: E402
 
 CELLS = ("lstm", "gru", "rnn-relu")
 CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn-relu": "ReLU RNN"}
@@ -73,7 +72,7 @@ def sitting_lines(path: Path) -> list[str]:
 
 
 def rederived(row: Row) -> Row:
-    """The row with its solve step, solved flag and best metric read again from its recorded curve (5 significant
+    """The row with its solve step and solved flag read again from its recorded curve (5 significant
     digits), so that a metric of exactly the threshold counts: the runs' own float32 accuracy turned 324/360 into
     0.89999998 < 0.9. On copy the baseline is chance, 1/8, the expected accuracy of any constant prediction (the
     recorded one is the commonest symbol per position of the validation set itself, fitted to it)."""
@@ -81,10 +80,8 @@ def rederived(row: Row) -> Row:
     values = [float(value) for value in row["curve_metric"].split()]
     higher = row["higher_is_better"] == "True"
     reached = analysis.first_reach(steps, values, float(row["threshold"]), higher)
-    finite = [value for value in values if math.isfinite(value)]
-    best = (max if higher else min)(finite) if finite else math.nan
     made = row | {"steps_to_threshold": "" if reached is None else str(reached), "solved": str(reached is not None),
-                  "best_val_metric": repr(best), "recorded_steps_to_threshold": row["steps_to_threshold"]}
+                  "recorded_steps_to_threshold": row["steps_to_threshold"]}
     if row["kind"] == "copy":
         made["baseline_metric"] = repr(1 / COPY_ALPHABET)
     return made
@@ -149,8 +146,11 @@ def configs(rows: list[Row], arm: str) -> dict[tuple[str, str, str], Config]:
 ENDPOINTS = ("time", "final")
 
 
-def endpoint_name(endpoint: str, metric: str) -> str:
-    return "time to solve" if endpoint == "time" else f"final {metric}"
+def endpoint_name(endpoint: str, metric: str | None = None) -> str:
+    """`time to solve`, `final accuracy`; without a metric (across tasks) `the final metric`."""
+    if endpoint == "time":
+        return "time to solve"
+    return f"final {metric}" if metric else "the final metric"
 
 
 @dataclass(frozen=True)
@@ -237,16 +237,17 @@ def all_comparisons(table: dict[tuple[str, str, str], Config]) -> list[Compariso
     pytorch LSTM per task. Holm within each family."""
     made = []
     for endpoint in ENDPOINTS:
+        on = endpoint_name(endpoint)
         for (task, cell, scheme), config in sorted(table.items()):
             reference = table.get((task, cell, REFERENCE))
             if scheme != REFERENCE and reference and scheme != "flax-input-matched":
-                made.append(compare(f"{task} {cell}: schemes against {REFERENCE}, {endpoint}", config, reference,
+                made.append(compare(f"{task} {cell}: schemes against {REFERENCE}, {on}", config, reference,
                                     endpoint))
             if scheme == "flax" and (task, cell, "flax-input-matched") in table:
-                made.append(compare(f"flax against flax-input-matched, {endpoint}", config,
+                made.append(compare(f"flax against flax-input-matched, {on}", config,
                                     table[(task, cell, "flax-input-matched")], endpoint))
             if scheme == "irnn" and cell == "rnn-relu" and (task, "lstm", REFERENCE) in table:
-                made.append(compare(f"IRNN (ReLU RNN) against the pytorch LSTM, {endpoint}", config,
+                made.append(compare(f"IRNN (ReLU RNN) against the pytorch LSTM, {on}", config,
                                     table[(task, "lstm", REFERENCE)], endpoint))
     return with_holm(made)
 
@@ -587,7 +588,7 @@ def in_brief(tests: dict[str, list[Comparison]]) -> list[str]:
             if not against:
                 continue
             separated = [c for c in against if c.holm < ALPHA]
-            lines.append(f"- At the {arm} rates, on {'time to solve' if endpoint == 'time' else 'the final metric'}: "
+            lines.append(f"- At the {arm} rates, on {endpoint_name(endpoint)}: "
                          f"{len(separated)} of the {len(against)} comparisons of a scheme with `{REFERENCE}` (one "
                          "per task, cell and scheme) separate after Holm" + (": " + "; ".join(
                              f"`{c.scheme}` {'ahead of' if c.ahead else 'behind'} `{REFERENCE}` on {c.task} "
@@ -870,12 +871,6 @@ def flat_floor(tuned_path: Path, flat: list[dict[str, Any]]) -> float:
     keys = {(entry["task"], entry["cell"], entry["scheme"]) for entry in flat}
     return min(float(row["final_val_loss"]) / float(row["baseline_loss"]) for row in grid_rows(tuned_path)
                if (row["task"], row["cell"], row["scheme"]) in keys)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def update_readme(readme: Path, summary: Path) -> None:

@@ -33,6 +33,13 @@ def float_copy(kind: str, options: dict[str, Any], path: Path) -> Path:
     return save(Holder(cls(5, 4, **{**options, "bias": True})), path)
 
 
+def float_suffix(path: str, options: dict[str, Any]) -> str:
+    """`_l1_reverse`: the float layer's parameter suffix of record `rnn._all_weight_values.{k}.param`, k counting
+    layers then directions as torch's packed list does."""
+    layer, direction = divmod(int(path.split(".")[-2]), 2 if options.get("bidirectional") else 1)
+    return f"_l{layer}{'_reverse' if direction else ''}"
+
+
 def loaded(path: Path) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -82,10 +89,8 @@ def test_qint8_layers_are_packed_again_as_torch_packs_the_drawn_values(cli: Call
     floats = torch.load(drawn, weights_only=True)
     runs(quantized(kind, **options), loaded(output))
     before, after = torch_cells(source), torch_cells(output)
-    directions = 2 if options.get("bidirectional") else 1
     for path, (tag, weights, biases) in after.items():
-        layer, direction = divmod(int(path.split(".")[-2]), directions)
-        suffix = f"_l{layer}{'_reverse' if direction else ''}"
+        suffix = float_suffix(path, options)
         assert tag == "quantized_dynamic"
         for kind_name, weight in zip(("ih", "hh"), weights, strict=True):
             expected = torch_quantized(floats[f"rnn.weight_{kind_name}{suffix}"])
@@ -130,10 +135,8 @@ def test_fp16_layers_hold_the_drawn_values_rounded_to_float16(cli: Callable[...,
     floats = torch.load(drawn, weights_only=True)
     fresh = quantized(kind, torch.float16, **options)
     runs(fresh, loaded(output))
-    directions = 2 if options.get("bidirectional") else 1
     for path, (tag, weights, biases) in torch_cells(output).items():
-        layer, direction = divmod(int(path.split(".")[-2]), directions)
-        suffix = f"_l{layer}{'_reverse' if direction else ''}"
+        suffix = float_suffix(path, options)
         assert tag == "quantized_fp16"
         for kind_name, weight in zip(("ih", "hh"), weights, strict=True):
             assert torch.equal(weight, floats[f"rnn.weight_{kind_name}{suffix}"].half().float())
