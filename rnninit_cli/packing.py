@@ -162,25 +162,29 @@ def _not_rewritable(opened: Any, cell: PackedCell, tensors: Mapping[str, Any], u
     return None
 
 
-def packed_float_values(opened: Any, found: PackedFloat, names: Iterable[str], *, as_torch: bool) -> dict[str, Any]:
-    """The values of the named float parameters of `found` (dequantized weights, float32; biases as stored): torch
-    tensors (`as_torch`, for drawing: torch's own dequantize) or numpy arrays (for reading)."""
+def source_values(opened: Any, found: PackedFloat, names: Iterable[str], *, as_torch: bool) -> dict[str, Any]:
+    """The values of a plan's sources `names`: the file's tensors as stored, and the float parameters of `found`
+    (dequantized weights, float32; biases as stored); torch tensors (`as_torch`, for drawing: torch's own
+    dequantize) or numpy arrays (for reading)."""
     import numpy as np
 
-    names = [name for name in names if name in found.stored]
+    names = list(names)
+    plain, _ = found.stored_of(names)
+    packed = [name for name in names if name in found.stored]
     scales = {w.name: w.scale for cell in found.cells for w in cell.weights}
-    quantized = [found.stored[name] for name in names if scales.get(found.stored[name]) is not None]
-    floats = [found.stored[name] for name in names if found.stored[name] not in quantized]
+    quantized = [found.stored[name] for name in packed if scales.get(found.stored[name]) is not None]
+    floats = [found.stored[name] for name in packed if found.stored[name] not in quantized]
     integers = opened.integers(quantized) if quantized else {}
     if not as_torch:
-        arrays = opened.arrays(floats)
-        return {name: integers[stored].astype(np.float32) * np.float32(scales[stored]) if stored in integers
-                else arrays[stored] for name in names for stored in [found.stored[name]]}
+        arrays = opened.arrays([*plain, *floats])
+        return {**{name: arrays[name] for name in plain}, **{
+            name: integers[stored].astype(np.float32) * np.float32(scales[stored]) if stored in integers
+            else arrays[stored] for name in packed for stored in [found.stored[name]]}}
     import torch
 
-    loaded = opened.load(floats)
-    values = {}
-    for name in names:
+    loaded = opened.load([*plain, *floats])
+    values = {name: loaded[name] for name in plain}
+    for name in packed:
         stored = found.stored[name]
         if stored in integers:
             with warnings.catch_warnings():

@@ -57,7 +57,7 @@ from .init.planning import (
     set_aside_quantized,
 )
 from .layouts.discovery import Discovery, Layer, Skipped, Suspect, discover
-from .packing import describe_packed, packed_as_float, packed_float_values, packed_updates, repack, set_aside_packed
+from .packing import describe_packed, packed_as_float, packed_updates, repack, set_aside_packed, source_values
 from .stale import model_tensors, shared_storage_warnings, stale_optimizer_warning
 
 if TYPE_CHECKING:
@@ -367,8 +367,7 @@ def _rewrite(
     the_plan, as_float, plan_notes = _packed_plan(opened, shapes, scheme, rules=rules, only=only, layouts=layouts,
                                                   strict=strict)
     notes.extend(plan_notes)
-    tensors = {**opened.load(as_float.stored_of(the_plan.sources)[0]),
-               **packed_float_values(opened, as_float, the_plan.sources, as_torch=True)}
+    tensors = source_values(opened, as_float, the_plan.sources, as_torch=True)
     discovery = the_plan.discovery
     effective = discovery.effective(tensors)
     # the total is known from here on: a bar shows it while the old values' statistics are taken
@@ -461,9 +460,8 @@ def _plan_without_torch(source: str, output: str | None, scheme: str, options: R
         the_plan, as_float, notes = _packed_plan(opened, shapes, scheme, rules=options.rules, only=options.only,
                                                  layouts=options.layouts, strict=options.strict, probe=False)
         discovery = the_plan.discovery
-        stored, _ = as_float.stored_of(the_plan.sources)
-        tensors = discovery.effective({**opened.arrays(stored), **packed_float_values(
-            opened, as_float, the_plan.sources, as_torch=False)}) if options.report_before else {}
+        tensors = discovery.effective(source_values(opened, as_float, the_plan.sources, as_torch=False)) \
+            if options.report_before else {}
         before = capture_stats(the_plan, tensors) if options.report_before else {}
         written, _ = as_float.stored_of(the_plan.written_sources)
         strided = _strided(opened)
